@@ -1,0 +1,141 @@
+"""The one definition of an origin URL's cache key and of its /b/ token.
+
+Stdlib only and import-light: the server, the shims and the client library all
+use this module, so they can never disagree on which URL names which artifact.
+
+    >>> cache_key("HTTPS://Example.COM:443/a/./b/../cuda.run?sig=x#frag")
+    'https://example.com/a/cuda.run'
+    >>> serve_path("https://example.com/cuda.run")
+    '/b/aHR0cHM6Ly9leGFtcGxlLmNvbS9jdWRhLnJ1bg/cuda.run'
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from urllib.parse import SplitResult, urlsplit, urlunsplit
+
+SCHEMES = ("http", "https")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_URL_BYTES = 8192
+
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Control characters and spaces are never part of a URL a tool would send.
+_FORBIDDEN_RE = re.compile(r"[\x00-\x20\x7f]")
+
+
+class BadURL(ValueError):
+    """The string can't be an artifact's origin URL; the message says why."""
+
+
+def check_origin(url: str) -> SplitResult:
+    """Return the parts of an http(s) origin URL, or raise BadURL saying why."""
+    if not url:
+        raise BadURL("empty URL")
+    if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
+        raise BadURL(f"URL longer than {MAX_URL_BYTES} bytes")
+    if _FORBIDDEN_RE.search(url):
+        raise BadURL("URL contains a control character or a space")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise BadURL(f"malformed URL: {err}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise BadURL(f"not an http(s) URL (scheme {scheme or 'missing'!r})")
+    if not parts.hostname:
+        raise BadURL("URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise BadURL("credentials in the URL are not supported; send an Authorization header")
+    if port == 0:
+        raise BadURL("URL has port 0")
+    return parts
+
+
+def cache_key(url: str, keep_query: bool = False) -> str:
+    """The artifact's key: scheme://host[:port]/path, query kept only on request.
+
+    Scheme and host are lowercased, a default port and the fragment dropped, and
+    dot segments resolved the way curl resolves them before sending.
+    """
+    parts = check_origin(url)
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != DEFAULT_PORTS[scheme]:
+        host = f"{host}:{parts.port}"
+    path = remove_dot_segments(parts.path) or "/"
+    query = parts.query if keep_query else ""
+    return urlunsplit((scheme, host, path, query, ""))
+
+
+def display_url(url: str, keep_query: bool = False) -> str:
+    """The form of a URL that may be shown or logged: no query unless kept.
+
+    Query strings often carry signatures and tokens, so lists, events and logs
+    use this rather than the URL as received.
+    """
+    try:
+        return cache_key(url, keep_query)
+    except BadURL:
+        return "<invalid URL>"
+
+
+def remove_dot_segments(path: str) -> str:
+    """Resolve '.' and '..' path segments (RFC 3986, section 5.2.4)."""
+    if "." not in path:
+        return path
+    out: list[str] = []
+    segments = path.split("/")
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        if seg == ".":
+            if last:
+                out.append("")
+        elif seg == "..":
+            if len(out) > 1:
+                out.pop()
+            if last:
+                out.append("")
+        else:
+            out.append(seg)
+    return "/".join(out) if out != [""] else "/"
+
+
+def encode_token(url: str) -> str:
+    """The /b/ token: the origin URL as unpadded URL-safe base64."""
+    return base64.urlsafe_b64encode(url.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def decode_token(token: str) -> str:
+    """The origin URL inside a /b/ token; BadURL if it is not a valid one."""
+    if len(token) > MAX_URL_BYTES * 4 // 3 + 4 or not _TOKEN_RE.fullmatch(token):
+        raise BadURL("token is not unpadded URL-safe base64")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        url = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadURL("token is not base64 of a UTF-8 URL") from None
+    check_origin(url)
+    return url
+
+
+def basename(url: str) -> str:
+    """The last path segment of the URL, as written (may be empty)."""
+    path = urlsplit(url).path
+    return path.rsplit("/", 1)[-1]
+
+
+def serve_path(url: str) -> str:
+    """Path and query on the cache-host that serve this origin URL.
+
+    `/b/<token>/<basename>`: the basename is cosmetic for the server but makes
+    `curl -O` and wget name the file as the origin would; the origin's query is
+    repeated for the same reason (wget keeps it in the file name).
+    """
+    parts = urlsplit(url)
+    path = f"/b/{encode_token(url)}/{basename(url)}"
+    return f"{path}?{parts.query}" if parts.query else path

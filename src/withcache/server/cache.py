@@ -1,0 +1,255 @@
+"""The cache-host's core: the calls the read path, the UI and the API make.
+
+It ties the stores, the policy and the fill manager together. The web layer
+maps requests onto these calls and never reaches past them. Operator actions
+(add, approve, dismiss, cancel, retry, delete) are plain coroutines here, so
+every front end offers the same actions with the same rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from withcache import __version__, keys
+from withcache.server import events, log
+from withcache.server.fills import Fill, FillManager
+from withcache.server.policy import Policy
+from withcache.server.settings import Settings
+from withcache.server.store import PUBLIC, Artifact, Blobs, FillRecord, FillState, Metadata
+
+HIT_FLUSH_SECONDS = 2.0
+PRUNE_SECONDS = 600.0
+DAY = 86400.0
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class ActionError(Exception):
+    """An operator action that can't be done as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class MissOutcome:
+    """What happened to a miss, for the 404 body and the caller."""
+
+    reason: str
+    fill: Fill | None = None
+
+
+class Cache:
+    def __init__(
+        self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy
+    ) -> None:
+        self.settings = settings
+        self.metadata = metadata
+        self.blobs = blobs
+        self.policy = policy
+        self.fills = FillManager(settings, metadata, blobs, policy, self.record)
+        self._hits: dict[int, tuple[int, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Cache:
+        """The cache-host's core over the embedded default stores in the data dir."""
+        from withcache.server.store.files import LocalBlobs
+        from withcache.server.store.sqlite import SQLiteMetadata
+
+        metadata = SQLiteMetadata(settings.data_dir / "cache.db")
+        blobs = LocalBlobs(settings.data_dir)
+        policy = Policy(settings, await metadata.secret("scope"))
+        return cls(settings, metadata, blobs, policy)
+
+    async def start(self) -> None:
+        await self.fills.start()
+        await self._prune()
+        self._tasks = [
+            asyncio.create_task(self._every(HIT_FLUSH_SECONDS, self.flush_hits)),
+            asyncio.create_task(self._every(PRUNE_SECONDS, self._prune)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.fills.stop()
+        await self.flush_hits()
+        await self.metadata.close()
+
+    async def _every(self, seconds: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:
+                log.error("background.failed", exc_info=True, job=job.__name__)
+
+    # -- the read path
+
+    async def lookup(self, key: str, authorization: str | None) -> Artifact | None:
+        """The artifact this request may read under `key`, if cached."""
+        scope = self.policy.scope_of(authorization)
+        scopes = (scope, PUBLIC) if scope != PUBLIC else (PUBLIC,)
+        return await self.metadata.find_artifact(key, scopes)
+
+    def blob_path(self, artifact: Artifact) -> Path:
+        return self.blobs.path(artifact.sha256)
+
+    def count_hit(self, artifact: Artifact) -> None:
+        """Count a hit in memory; counts reach the store in batches, so the
+        read path never waits for a disk write."""
+        count, _ = self._hits.get(artifact.id, (0, 0.0))
+        self._hits[artifact.id] = (count + 1, time.time())
+
+    async def flush_hits(self) -> None:
+        if self._hits:
+            batch, self._hits = self._hits, {}
+            await self.metadata.add_hits(batch)
+
+    async def miss(self, url: str, key: str, authorization: str | None) -> MissOutcome:
+        """Record a miss and, in auto mode, start or join its fill."""
+        scope = self.policy.scope_of(authorization)
+        now = time.time()
+        running = self.fills.active(key, scope)
+        if running:
+            await self.metadata.record_miss(key, None, "being fetched", now)
+            return MissOutcome("being fetched now; ask again shortly", running)
+        refusal = self.policy.refuse_reason(url)
+        if refusal:
+            await self.metadata.record_miss(key, None, f"refused: {refusal}", now)
+            await self.record(events.FillRefused(url=self.display(url), reason=refusal))
+            return MissOutcome(f"not fetched: {refusal}")
+        if self.settings.curate:
+            # Keep the full URL: the fill an operator may approve needs it.
+            await self.metadata.record_miss(key, url, "awaiting approval", now)
+            return MissOutcome("recorded for an operator to approve")
+        full = await self._cache_full()
+        if full:
+            await self.metadata.record_miss(key, None, f"refused: {full}", now)
+            return MissOutcome(f"not fetched: {full}")
+        fill, _ = await self.fills.request(url, key, scope, authorization, "miss")
+        await self.metadata.record_miss(key, None, "being fetched", now)
+        return MissOutcome("queued for download; ask again shortly", fill)
+
+    async def _cache_full(self) -> str | None:
+        cap = self.settings.max_bytes
+        if cap is None:
+            return None
+        _, stored = await self.metadata.totals()
+        if stored + self.fills.reserved_bytes() >= cap:
+            return "the cache is full (--max-bytes)"
+        return None
+
+    # -- operator actions
+
+    async def add(
+        self, url: str, expected_sha256: str | None = None, actor: str | None = None
+    ) -> FillRecord:
+        """Pre-seed an artifact by URL, optionally pinned to a SHA-256."""
+        try:
+            keys.check_origin(url)
+        except keys.BadURL as err:
+            raise ActionError(str(err)) from None
+        if expected_sha256 is not None and not _SHA256_RE.fullmatch(expected_sha256):
+            raise ActionError("expected SHA-256 must be 64 hex digits")
+        refusal = self.policy.refuse_reason(url)
+        if refusal:
+            raise ActionError(f"not fetched: {refusal}")
+        key = self.key(url)
+        fill, created = await self.fills.request(
+            url, key, PUBLIC, None, "operator", expected_sha256.lower() if expected_sha256 else None
+        )
+        if not created:
+            raise ActionError("a fill for this URL is already queued or running")
+        return fill.record
+
+    async def approve(self, key: str, actor: str | None = None) -> FillRecord:
+        """Fetch a recorded miss (what an operator does in curate mode)."""
+        miss = await self.metadata.get_miss(key)
+        if miss is None:
+            raise ActionError("no such miss")
+        fill, _ = await self.fills.request(miss.url or key, key, PUBLIC, None, "operator")
+        await self.metadata.set_miss_reason(key, "approved; being fetched")
+        return fill.record
+
+    async def dismiss(self, key: str, actor: str | None = None) -> None:
+        miss = await self.metadata.delete_miss(key)
+        if miss is None:
+            raise ActionError("no such miss")
+        await self.record(events.MissDismissed(url=self.display(key), actor=actor))
+
+    async def cancel(self, fill_id: int, actor: str | None = None) -> None:
+        if not await self.fills.cancel(fill_id):
+            raise ActionError("no such queued or running fill")
+
+    async def retry(self, fill_id: int, actor: str | None = None) -> FillRecord:
+        """Queue a failed or cancelled fill again (from its display URL: a
+        query string that was not part of the key is not kept)."""
+        record = await self.metadata.get_fill(fill_id)
+        if record is None:
+            raise ActionError("no such fill")
+        if record.state not in (FillState.FAILED, FillState.CANCELLED):
+            raise ActionError(f"fill is {record.state}, not failed or cancelled")
+        if record.credentialed:
+            raise ActionError("this fill used a client's credentials; the client must ask again")
+        fill, _ = await self.fills.request(
+            record.url, record.key, record.scope, None, "operator", record.expected_sha256
+        )
+        return fill.record
+
+    async def delete(self, artifact_id: int, actor: str | None = None) -> Artifact:
+        async with self.fills.blob_lock:
+            artifact = await self.metadata.delete_artifact(artifact_id)
+            if artifact is None:
+                raise ActionError("no such artifact")
+            if not await self.metadata.sha_in_use(artifact.sha256):
+                await self.blobs.delete(artifact.sha256)
+        await self.record(
+            events.ArtifactDeleted(
+                url=artifact.key, actor=actor, sha256=artifact.sha256, size=artifact.size
+            )
+        )
+        return artifact
+
+    async def clear_finished(self, actor: str | None = None) -> int:
+        count = await self.metadata.clear_finished_fills()
+        await self.record(events.FillsCleared(actor=actor, count=count))
+        return count
+
+    # -- state and bookkeeping
+
+    async def health(self) -> dict[str, Any]:
+        count, stored = await self.metadata.totals()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "mode": self.settings.mode,
+            "artifacts": count,
+            "bytes_stored": stored,
+            "max_bytes": self.settings.max_bytes,
+            "free_bytes": self.blobs.free_bytes(),
+        }
+
+    async def record(self, event: events.Event) -> None:
+        """Append an event to the audit log and write its log line."""
+        detail = event.detail()
+        await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
+        log.info(event.kind, url=event.url, actor=event.actor, **detail)
+        if isinstance(event, events.FillFailed) and event.url:
+            await self.metadata.set_miss_reason(self.key(event.url), f"fill failed: {event.error}")
+
+    def key(self, url: str) -> str:
+        return keys.cache_key(url, self.settings.keep_query)
+
+    def display(self, url: str) -> str:
+        return keys.display_url(url, self.settings.keep_query)
+
+    async def _prune(self) -> None:
+        s = self.settings
+        await self.metadata.prune(
+            time.time(), s.miss_retention_days * DAY, s.max_misses,
+            s.event_retention_days * DAY, s.max_events,
+        )  # fmt: skip

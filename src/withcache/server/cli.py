@@ -1,0 +1,234 @@
+"""`withcache-server`: flags and `WITHCACHE_*` variables into Settings, then run.
+
+Every flag has an environment twin (`--max-bytes` <-> `WITHCACHE_MAX_BYTES`);
+a flag beats its variable. Bad values end the program with one line on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, NoReturn
+
+from withcache import __version__
+from withcache.server.settings import Settings, parse_size
+
+PROG = "withcache-server"
+
+
+class UsageError(Exception):
+    """A bad flag or variable value; the message is shown as is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not a whole number") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
+def _port(text: str) -> int:
+    port = _int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 1-65535 (0 picks a free one)")
+    return port
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise ValueError(f"{value} is not a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise ValueError(f"{value} is negative")
+    return value
+
+
+def _typed(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """Wrap a converter so argparse reports `invalid <what>: <reason>`."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: {err}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def env_name(dest: str) -> str:
+    return "WITHCACHE_" + dest.upper()
+
+
+class Option(NamedTuple):
+    dest: str
+    convert: Any  # a converter, or "flag" for booleans, or "list" for repeatable
+    default: Any
+    metavar: str | None
+    help: str
+
+
+_OPTIONS = [
+    Option(
+        "data_dir", Path, Settings.data_dir, "DIR", "where blobs and the metadata database live"
+    ),
+    Option("host", str, Settings.host, "ADDR", "address to listen on"),
+    Option(
+        "port", _typed(_port, "port"), Settings.port, "PORT", "port to listen on (0: any free port)"
+    ),
+    Option(
+        "workers", _typed(_positive_int, "count"), Settings.workers, "N",
+        "concurrent origin downloads",
+    ),
+    Option("curate", "flag", False, None, "fetch nothing until an operator approves the miss"),
+    Option(
+        "max_bytes", _typed(parse_size, "size"), None, "SIZE",
+        "cap on stored bytes, e.g. 500G; fills that would cross it are refused (no eviction)",
+    ),
+    Option("keep_query", "flag", False, None, "make the query string part of the cache key"),
+    Option(
+        "allow_origin", "list", (), "GLOB",
+        "only fill from hosts matching this glob, e.g. '*.nvidia.com' (repeatable; "
+        "the variable takes a comma-separated list)",
+    ),
+    Option(
+        "allow_private_origins", "flag", False, None,
+        "allow fills from loopback, link-local and private addresses",
+    ),
+    Option("tls_cert", Path, None, "FILE", "serve HTTPS with this certificate chain (PEM)"),
+    Option("tls_key", Path, None, "FILE", "private key for --tls-cert (PEM)"),
+    Option(
+        "miss_retention_days", _typed(_non_negative_float, "number of days"),
+        Settings.miss_retention_days, "DAYS", "forget misses not seen for this many days",
+    ),
+    Option(
+        "max_misses", _typed(_positive_int, "count"), Settings.max_misses, "N",
+        "keep at most this many misses (the oldest go first)",
+    ),
+    Option(
+        "event_retention_days", _typed(_non_negative_float, "number of days"),
+        Settings.event_retention_days, "DAYS", "forget events older than this many days",
+    ),
+    Option(
+        "max_events", _typed(_positive_int, "count"), Settings.max_events, "N",
+        "keep at most this many events (the oldest go first)",
+    ),
+    Option(
+        "fill_attempts", _typed(_positive_int, "count"), Settings.fill_attempts, "N",
+        "tries per fill before it fails (transient errors only)",
+    ),
+    Option(
+        "retry_delay", _typed(_non_negative_float, "number of seconds"), Settings.retry_delay,
+        "SECONDS", "seconds before the first retry of a fill; doubled on each further retry",
+    ),
+    Option(
+        "origin_timeout", _typed(_non_negative_float, "number of seconds"),
+        Settings.origin_timeout, "SECONDS",
+        "give up on an origin that sends nothing for this many seconds",
+    ),
+]  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="The withcache cache-host: serves cached artifacts by origin URL "
+        "and fills misses from the origin.",
+        epilog="Also read from the environment: WITHCACHE_ADMIN_PASSWORD (operator "
+        "password; unset leaves the UI open) and WITHCACHE_SESSION_SECRET.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    for opt in _OPTIONS:
+        flag = "--" + opt.dest.replace("_", "-")
+        shown = f"{opt.default}" if opt.default not in (None, (), False) else "unset"
+        help_text = f"{opt.help} (default: {shown}; env {env_name(opt.dest)})"
+        common = {"dest": opt.dest, "default": None, "help": help_text}
+        if opt.convert == "flag":
+            parser.add_argument(flag, action="store_true", **common)
+        elif opt.convert == "list":
+            parser.add_argument(flag, action="append", metavar=opt.metavar, **common)
+        else:
+            parser.add_argument(flag, type=opt.convert, metavar=opt.metavar, **common)
+    return parser
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise UsageError(f"{name}={text!r} is not a boolean (use 1 or 0)")
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Settings from command-line flags over `WITHCACHE_*` variables over defaults."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    for dest, convert, default, _, _ in _OPTIONS:
+        value = getattr(args, dest)
+        name = env_name(dest)
+        if value is None and name in environ:
+            raw = environ[name]
+            if convert == "flag":
+                value = _parse_bool(name, raw)
+            elif convert == "list":
+                value = [part.strip() for part in raw.split(",") if part.strip()]
+            else:
+                try:
+                    value = convert(raw)
+                except (ValueError, argparse.ArgumentTypeError) as err:
+                    raise UsageError(f"{name}: {err}") from None
+        if value is None:
+            value = default
+        values["allow_origins" if dest == "allow_origin" else dest] = value
+    values["allow_origins"] = tuple(values["allow_origins"])
+    if (values["tls_cert"] is None) != (values["tls_key"] is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    return Settings(
+        **values,
+        admin_password=environ.get("WITHCACHE_ADMIN_PASSWORD") or None,
+        session_secret=environ.get("WITHCACHE_SESSION_SECRET") or None,
+    )
+
+
+def fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        settings = settings_from(sys.argv[1:] if argv is None else argv, os.environ)
+    except UsageError as err:
+        fail(str(err))
+    # Imported here so that `--help` and bad flags answer without loading aiohttp.
+    from withcache.server.run import StartupError, serve
+
+    try:
+        serve(settings)
+    except StartupError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,117 @@
+"""The audit trail's vocabulary: one typed record per thing that happened.
+
+An event says who did what to which URL; it is appended to the metadata
+store's event log and written as one log line. URLs in events are always the
+display form (no query unless --keep-query), and no event ever carries an
+Authorization value, a password or a cookie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str]
+    url: str | None = None
+    actor: str | None = None  # "operator", "api:<token name>", a client address, ...
+
+    def detail(self) -> dict[str, Any]:
+        fields = asdict(self)
+        fields.pop("url")
+        fields.pop("actor")
+        return fields
+
+
+@dataclass(frozen=True)
+class FillQueued(Event):
+    kind: ClassVar[str] = "fill.queued"
+    requested_by: str = "miss"
+
+
+@dataclass(frozen=True)
+class FillStarted(Event):
+    kind: ClassVar[str] = "fill.started"
+    fill_id: int = 0
+
+
+@dataclass(frozen=True)
+class FillRetrying(Event):
+    kind: ClassVar[str] = "fill.retrying"
+    fill_id: int = 0
+    error: str = ""
+    attempt: int = 0
+    resume_from: int = 0
+
+
+@dataclass(frozen=True)
+class FillFinished(Event):
+    kind: ClassVar[str] = "fill.finished"
+    fill_id: int = 0
+    sha256: str = ""
+    size: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class FillFailed(Event):
+    kind: ClassVar[str] = "fill.failed"
+    fill_id: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class FillCancelled(Event):
+    kind: ClassVar[str] = "fill.cancelled"
+    fill_id: int = 0
+
+
+@dataclass(frozen=True)
+class FillRefused(Event):
+    """The policy or the cap kept a fill from starting."""
+
+    kind: ClassVar[str] = "fill.refused"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactDeleted(Event):
+    kind: ClassVar[str] = "artifact.deleted"
+    sha256: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class MissDismissed(Event):
+    kind: ClassVar[str] = "miss.dismissed"
+
+
+@dataclass(frozen=True)
+class FillsCleared(Event):
+    kind: ClassVar[str] = "fills.cleared"
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class LoginSucceeded(Event):
+    kind: ClassVar[str] = "login.succeeded"
+
+
+@dataclass(frozen=True)
+class LoginFailed(Event):
+    kind: ClassVar[str] = "login.failed"
+
+
+def kinds() -> list[str]:
+    """Every event kind, for filters in the UI and the API."""
+    return sorted(cls.kind for cls in _all_subclasses(Event))
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found

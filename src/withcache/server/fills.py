@@ -1,0 +1,484 @@
+"""The fill manager: downloads misses from their origins into the blob store.
+
+The queue lives in the metadata store, so queued and interrupted fills survive
+a restart. `--workers` tasks claim fills one at a time. There is at most one
+fill per (key, scope): a second request for a key being filled joins the
+`Fill` already under way, so an artifact is pulled from its origin once.
+
+A fill follows redirects itself (the policy checks every hop), retries
+transient errors with exponential backoff, resumes with a Range request when
+the origin honours it, checks the length against Content-Length and any
+expected SHA-256, and only then commits the blob and its row. Whatever goes
+wrong, a failed or cancelled fill leaves neither blob nor row behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from withcache import __version__, keys
+from withcache.server import events, log
+from withcache.server.policy import OriginRefused, Policy
+from withcache.server.settings import Settings, format_size
+from withcache.server.store import Artifact, Blobs, BlobWriter, FillRecord, FillState, Metadata
+
+MAX_REDIRECTS = 10
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+# Statuses worth another try: the origin or something before it is struggling.
+TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+# Response headers kept with the artifact and replayed on every hit.
+REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
+FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
+FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
+PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
+_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class FillError(Exception):
+    """A fill went wrong; `transient` says whether another try may succeed."""
+
+    def __init__(self, message: str, transient: bool = False, refused: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.refused = refused  # the policy or the cap said no: nothing was fetched
+
+
+class FillCancelled(Exception):
+    """The fill was cancelled by an operator."""
+
+
+@dataclass(eq=False)
+class Fill:
+    """A fill queued or running in this process, shared by all who wait on it."""
+
+    record: FillRecord
+    authorization: str | None = field(default=None, repr=False)
+    bytes_done: int = 0  # bytes written to `path` so far, readable by others
+    total: int | None = None
+    path: Path | None = None  # the partial blob's local file, once the transfer runs
+    started: float | None = None
+    clients: int = 0  # requests streaming from this fill (read-through)
+    validator: str | None = None  # origin's ETag or Last-Modified, for resuming
+    _cancel_requested: bool = False
+    _task: asyncio.Task[None] | None = None
+    _result: asyncio.Future[Artifact] = field(default_factory=lambda: _new_future())
+    _progressed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
+    _rate_mark: tuple[float, int] = (0.0, 0)
+    rate: float = 0.0  # bytes per second, smoothed
+
+    @property
+    def id(self) -> int:
+        return self.record.id
+
+    async def result(self) -> Artifact:
+        """Wait for the fill; the artifact, or the FillError/FillCancelled it ended with."""
+        return await asyncio.shield(self._result)
+
+    async def progressed(self) -> None:
+        """Wait until more bytes are readable or the fill ended."""
+        await asyncio.shield(self._progressed)
+
+    @property
+    def finished(self) -> bool:
+        return self._result.done()
+
+    def _advance(self, bytes_done: int) -> None:
+        self.bytes_done = bytes_done
+        now = time.monotonic()
+        mark_time, mark_bytes = self._rate_mark
+        if now - mark_time >= 1.0:
+            if mark_time:
+                sample = (bytes_done - mark_bytes) / (now - mark_time)
+                self.rate = sample if not self.rate else 0.5 * self.rate + 0.5 * sample
+            self._rate_mark = (now, bytes_done)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting, self._progressed = self._progressed, _new_future()
+        waiting.set_result(None)
+
+    def _end(self, artifact: Artifact | None, error: BaseException | None) -> None:
+        if not self._result.done():
+            if error is None:
+                self._result.set_result(artifact)  # type: ignore[arg-type]
+            else:
+                self._result.set_exception(error)
+                self._result.exception()  # nobody waiting is fine: don't warn
+        self._wake()
+
+
+def _new_future() -> asyncio.Future:  # type: ignore[type-arg]
+    return asyncio.get_running_loop().create_future()
+
+
+Emit = Callable[[events.Event], Awaitable[None]]
+
+
+class FillManager:
+    def __init__(
+        self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit
+    ) -> None:
+        self._settings = settings
+        self._metadata = metadata
+        self._blobs = blobs
+        self._policy = policy
+        self._emit = emit
+        self._by_key: dict[tuple[str, str], Fill] = {}
+        self._by_id: dict[int, Fill] = {}
+        self._reserved: dict[int, int] = {}  # fill id -> bytes it will add to the store
+        self._stored = 0  # bytes in the store when the last capped fill started
+        self._wakeup = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        # Held while a blob is committed or deleted, so a delete can't remove a
+        # blob that a finishing fill (with the same bytes) is about to reference.
+        self.blob_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        interrupted = await self._metadata.requeue_interrupted()
+        cleaned = self._blobs.clean_temp()
+        if interrupted or cleaned:
+            log.info("fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=30, sock_read=self._settings.origin_timeout or None
+        )
+        connector = aiohttp.TCPConnector(resolver=self._policy.resolver(), limit=0)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": f"withcache/{__version__}"},
+        )
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"fill-worker-{n}")
+            for n in range(self._settings.workers)
+        ]
+
+    async def stop(self) -> None:
+        """Stop the workers. Running fills stay `running` in the store and are
+        queued again at the next start."""
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._session:
+            await self._session.close()
+
+    # -- what the rest of the cache-host calls
+
+    def active(self, key: str, scope: str) -> Fill | None:
+        return self._by_key.get((key, scope))
+
+    def live(self, fill_id: int) -> Fill | None:
+        return self._by_id.get(fill_id)
+
+    def reserved_bytes(self) -> int:
+        return sum(self._reserved.values())
+
+    async def request(
+        self,
+        url: str,
+        key: str,
+        scope: str,
+        authorization: str | None,
+        requested_by: str,
+        expected_sha256: str | None = None,
+    ) -> tuple[Fill, bool]:
+        """Queue a fill for `url`, or join the one under way; (fill, created)."""
+        existing = self._by_key.get((key, scope))
+        if existing:
+            return existing, False
+        record, created = await self._metadata.enqueue_fill(
+            key, scope, url, requested_by, time.time(),
+            expected_sha256=expected_sha256, credentialed=authorization is not None,
+        )  # fmt: skip
+        fill = self._by_id.get(record.id) or self._adopt(record)
+        if created:
+            fill.authorization = authorization
+            self._wakeup.set()
+            await self._emit(events.FillQueued(url=self._display(url), requested_by=requested_by))
+        return fill, created
+
+    async def cancel(self, fill_id: int) -> bool:
+        fill = self._by_id.get(fill_id)
+        if fill and fill._task:
+            fill._cancel_requested = True
+            fill._task.cancel()
+            return True
+        record = await self._metadata.get_fill(fill_id)
+        if record is None or record.state is not FillState.QUEUED:
+            return False
+        ended = await self._metadata.finish_fill(
+            fill_id, FillState.CANCELLED, "cancelled", self._display(record.url), time.time()
+        )
+        if ended is None:
+            return False
+        if fill:
+            self._forget(fill)
+            fill._end(None, FillCancelled("cancelled by an operator"))
+        await self._emit(events.FillCancelled(url=ended.url, fill_id=fill_id))
+        return True
+
+    # -- workers
+
+    def _adopt(self, record: FillRecord) -> Fill:
+        fill = Fill(record)
+        self._by_key[(record.key, record.scope)] = fill
+        self._by_id[record.id] = fill
+        return fill
+
+    def _forget(self, fill: Fill) -> None:
+        self._by_key.pop((fill.record.key, fill.record.scope), None)
+        self._by_id.pop(fill.id, None)
+        self._reserved.pop(fill.id, None)
+
+    async def _work(self) -> None:
+        while True:
+            self._wakeup.clear()
+            record = await self._metadata.claim_fill(time.time())
+            if record is None:
+                # Woken by a local enqueue; the timeout also picks up fills
+                # that another process queued in a shared store.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
+                continue
+            fill = self._by_id.get(record.id) or self._adopt(record)
+            fill.record = record
+            fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
+            try:
+                await asyncio.wait([fill._task])
+            except asyncio.CancelledError:
+                fill._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fill._task
+                raise
+
+    async def _run(self, fill: Fill) -> None:
+        record = fill.record
+        display = self._display(record.url)
+        fill.started = time.monotonic()
+        writer: BlobWriter | None = None
+        try:
+            if record.credentialed and fill.authorization is None:
+                raise FillError(
+                    "the request's credentials are not kept across a restart; ask again"
+                )
+            await self._emit(events.FillStarted(url=display, fill_id=record.id))
+            writer = self._blobs.begin()
+            fill.path = writer.path
+            headers = await self._download(fill, writer, display)
+            if record.expected_sha256 and writer.hexdigest() != record.expected_sha256.lower():
+                raise FillError(
+                    f"SHA-256 mismatch: expected {record.expected_sha256}, got {writer.hexdigest()}"
+                )
+            async with self.blob_lock:
+                sha = await writer.commit()
+                writer = None
+                artifact = await self._metadata.commit_artifact(
+                    record, sha, fill.bytes_done, headers, display, time.time()
+                )
+        except asyncio.CancelledError:
+            if writer:
+                await writer.abort()
+            if not fill._cancel_requested:  # shutting down: the fill resumes at next start
+                fill._end(None, FillError("the cache-host is shutting down", transient=True))
+                raise
+            self._forget(fill)
+            await self._metadata.finish_fill(
+                record.id, FillState.CANCELLED, "cancelled", display, time.time()
+            )
+            fill._end(None, FillCancelled("cancelled by an operator"))
+            await self._emit(events.FillCancelled(url=display, fill_id=record.id))
+            return
+        except Exception as err:
+            if writer:
+                await writer.abort()
+            self._forget(fill)
+            if not isinstance(err, FillError):
+                log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
+                err = FillError(f"internal error: {type(err).__name__}: {err}")
+            await self._metadata.finish_fill(
+                record.id, FillState.FAILED, str(err), display, time.time()
+            )
+            fill._end(None, err)
+            if err.refused:
+                await self._emit(events.FillRefused(url=display, reason=str(err)))
+            await self._emit(events.FillFailed(url=display, fill_id=record.id, error=str(err)))
+            return
+        self._forget(fill)
+        fill._end(artifact, None)
+        await self._emit(
+            events.FillFinished(
+                url=display,
+                fill_id=record.id,
+                sha256=artifact.sha256,
+                size=artifact.size,
+                seconds=round(time.monotonic() - fill.started, 3),
+            )
+        )
+
+    async def _download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
+        """Transfer the whole body into `writer`, retrying and resuming as needed."""
+        attempt = 1
+        while True:
+            try:
+                return await self._transfer(fill, writer)
+            except FillError as err:
+                if not err.transient or attempt >= self._settings.fill_attempts:
+                    raise
+                await self._emit(
+                    events.FillRetrying(
+                        url=display, fill_id=fill.id, error=str(err), attempt=attempt,
+                        resume_from=writer.size,
+                    )
+                )  # fmt: skip
+                await asyncio.sleep(self._settings.retry_delay * 2 ** (attempt - 1))
+                attempt += 1
+
+    async def _transfer(self, fill: Fill, writer: BlobWriter) -> dict[str, str]:
+        extra = {"Accept-Encoding": "identity"}
+        resuming = writer.size > 0 and fill.validator is not None
+        if resuming:
+            extra["Range"] = f"bytes={writer.size}-"
+            extra["If-Range"] = fill.validator  # type: ignore[assignment]
+        response = await self._open(fill, extra)
+        async with response:
+            total = await self._accept(fill, writer, response, resuming)
+            try:
+                await self._receive(fill, writer, response, total)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
+                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+            if total is not None and writer.size != total:
+                raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
+            return {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+
+    async def _accept(
+        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
+    ) -> int | None:
+        """Check a response's status and size; return the artifact's total length."""
+        status = response.status
+        if status == 206 and resuming:
+            match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
+            if match and int(match[1]) == writer.size and match[3] != "*":
+                return int(match[3])
+            raise FillError("origin sent an unexpected range", transient=True)
+        if status != 200:
+            transient = status in TRANSIENT_STATUSES
+            raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
+        if writer.size:
+            # The origin ignored the resume (or the artifact changed): start over.
+            await writer.restart()
+            fill._advance(0)
+        fill.validator = _validator(response)
+        fill.total = response.content_length
+        if self._settings.max_bytes is not None:
+            _, self._stored = await self._metadata.totals()
+        self._check_cap(fill, fill.total or 0, announced=fill.total is not None)
+        return fill.total
+
+    def _check_cap(self, fill: Fill, size: int, announced: bool) -> None:
+        """Refuse a fill whose bytes would take the store past --max-bytes."""
+        cap = self._settings.max_bytes
+        if cap is None:
+            return
+        self._reserved.pop(fill.id, None)
+        committed = self._stored + self.reserved_bytes()
+        if committed + size > cap:
+            what = "is" if announced else "grew past"
+            raise FillError(
+                f"artifact {what} {format_size(size)}; with {format_size(committed)} stored or "
+                f"reserved it would exceed --max-bytes {format_size(cap)}",
+                refused=True,
+            )
+        self._reserved[fill.id] = size
+
+    async def _receive(
+        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, total: int | None
+    ) -> None:
+        buffer = bytearray()
+        last_flush = last_save = time.monotonic()
+        received = writer.size
+        async for chunk in response.content.iter_any():
+            buffer += chunk
+            received += len(chunk)
+            if total is None:
+                self._check_cap(fill, received, announced=False)
+            now = time.monotonic()
+            if len(buffer) >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
+                await self._flush(fill, writer, buffer)
+                last_flush = now
+                if now - last_save >= PROGRESS_SECONDS:
+                    await self._metadata.save_progress(fill.id, writer.size, total)
+                    last_save = now
+        await self._flush(fill, writer, buffer)
+
+    async def _flush(self, fill: Fill, writer: BlobWriter, buffer: bytearray) -> None:
+        if not buffer:
+            return
+        try:
+            await writer.write(bytes(buffer))
+        except OSError as err:
+            raise FillError(f"cannot write the blob: {err.strerror or err}") from None
+        buffer.clear()
+        fill._advance(writer.size)
+
+    async def _open(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
+        """GET the fill's URL, following redirects with the policy checked on each hop."""
+        assert self._session is not None
+        url = fill.record.url
+        origin = _origin(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            reason = self._policy.refuse_reason(url)
+            if reason:
+                raise FillError(reason, refused=True)
+            headers = dict(extra)
+            # Like curl without --location-trusted: credentials stay with their host.
+            if fill.authorization and _origin(url) == origin:
+                headers["Authorization"] = fill.authorization
+            try:
+                response = await self._session.get(url, headers=headers, allow_redirects=False)
+            except OriginRefused as err:
+                raise FillError(str(err), refused=True) from None
+            except (aiohttp.ClientError, TimeoutError, OSError) as err:
+                raise FillError(f"origin unreachable: {_describe(err)}", transient=True) from None
+            location = response.headers.get("Location")
+            if response.status not in REDIRECT_STATUSES or not location:
+                return response
+            response.release()
+            url = urljoin(url, location)
+            try:
+                keys.check_origin(url)
+            except keys.BadURL as err:
+                raise FillError(f"bad redirect: {err}") from None
+        raise FillError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _display(self, url: str) -> str:
+        return keys.display_url(url, self._settings.keep_query)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.hostname, parts.port
+
+
+def _validator(response: aiohttp.ClientResponse) -> str | None:
+    """A strong validator to resume against with If-Range, if the origin gave one."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err)
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -1,0 +1,63 @@
+"""The cache-host's configuration: one frozen object, built once at start.
+
+Only the CLI builds it (from flags and `WITHCACHE_*` variables); everything
+else receives a Settings and never reads argv or the environment itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in a size such as `50G`, `1.5T`, `512MiB` or `1048576` (binary units)."""
+    match = _SIZE_RE.fullmatch(text)
+    if not match:
+        raise ValueError("use a number with an optional K, M, G or T suffix")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def format_size(n: int | float) -> str:
+    """A human-readable binary size: 1.5 GiB, 12 KiB, 7 B."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    host: str = "0.0.0.0"
+    port: int = 3000
+    workers: int = 4
+    curate: bool = False
+    max_bytes: int | None = None
+    keep_query: bool = False
+    allow_origins: tuple[str, ...] = ()
+    allow_private_origins: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Retention of the miss list and the event log, so junk can't fill the disk.
+    miss_retention_days: float = 30.0
+    max_misses: int = 10_000
+    event_retention_days: float = 90.0
+    max_events: int = 100_000
+    # Fills: attempts per fill (first try included) and the first retry delay,
+    # doubled on each retry; the origin may stay silent this long mid-transfer.
+    fill_attempts: int = 5
+    retry_delay: float = 1.0
+    origin_timeout: float = 60.0
+    admin_password: str | None = field(default=None, repr=False)
+    session_secret: str | None = field(default=None, repr=False)
+
+    @property
+    def mode(self) -> str:
+        return "curate" if self.curate else "auto"

@@ -1,0 +1,262 @@
+"""The two narrow interfaces the cache-host stores through, and their records.
+
+`Metadata` holds what is known about artifacts, misses, fills and events;
+`Blobs` holds the bytes, named by their SHA-256. The embedded default is
+SQLite (store.sqlite) and local files (store.files). Nothing above this layer
+writes SQL or touches blob files itself, so another pair can plug in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+PUBLIC = ""  # the scope of an artifact fetched without credentials
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A cached artifact: one origin URL key, in one credential scope."""
+
+    id: int
+    key: str
+    scope: str
+    sha256: str
+    size: int
+    headers: Mapping[str, str]  # origin response headers replayed on a hit
+    fetched_at: float
+    hits: int = 0
+    misses: int = 0  # times it was asked for before it was cached
+    last_hit: float | None = None
+
+    @property
+    def scoped(self) -> bool:
+        return self.scope != PUBLIC
+
+
+class FillState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATES = (FillState.QUEUED, FillState.RUNNING)
+
+
+@dataclass(frozen=True)
+class FillRecord:
+    """A fill as the queue stores it. `url` is the full origin URL only while
+    the fill is active; afterwards it is the display form (no query)."""
+
+    id: int
+    key: str
+    scope: str
+    url: str
+    state: FillState
+    requested_by: str  # "miss" or "operator"
+    expected_sha256: str | None = None
+    credentialed: bool = False  # the request's Authorization is forwarded
+    bytes_done: int = 0
+    total: int | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Miss:
+    key: str
+    url: str | None  # full URL, kept only while a curated fill may need it
+    count: int
+    first_seen: float
+    last_seen: float
+    reason: str  # why it was not (yet) filled
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    at: float
+    kind: str
+    url: str | None
+    actor: str | None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing and the number of rows across all pages."""
+
+    rows: Sequence[Any]
+    total: int
+
+
+class Metadata(Protocol):
+    """Everything the cache-host knows, except the bytes. All calls are atomic."""
+
+    async def close(self) -> None: ...
+
+    async def secret(self, name: str) -> bytes:
+        """A random secret shared by every host of this store, made on first use."""
+        ...
+
+    # -- artifacts
+    async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None: ...
+
+    async def get_artifact(self, artifact_id: int) -> Artifact | None: ...
+
+    async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
+        """Add batched hit counts: artifact id -> (hits, time of the last)."""
+        ...
+
+    async def delete_artifact(self, artifact_id: int) -> Artifact | None: ...
+
+    async def sha_in_use(self, sha256: str) -> bool: ...
+
+    async def totals(self) -> tuple[int, int]:
+        """(artifact count, bytes stored), counting shared blobs once."""
+        ...
+
+    async def list_artifacts(
+        self,
+        search: str = "",
+        sort: str = "fetched_at",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Page: ...
+
+    # -- misses
+    async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        """Count a miss; remember `url` (or forget the stored one when None)."""
+        ...
+
+    async def set_miss_reason(self, key: str, reason: str) -> None:
+        """Say why a recorded miss is (still) not filled; no-op if there is none."""
+        ...
+
+    async def get_miss(self, key: str) -> Miss | None: ...
+
+    async def delete_miss(self, key: str) -> Miss | None: ...
+
+    async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page: ...
+
+    # -- fills
+    async def enqueue_fill(
+        self,
+        key: str,
+        scope: str,
+        url: str,
+        requested_by: str,
+        now: float,
+        expected_sha256: str | None = None,
+        credentialed: bool = False,
+    ) -> tuple[FillRecord, bool]:
+        """Queue a fill unless one is active for (key, scope); (fill, created)."""
+        ...
+
+    async def claim_fill(self, now: float) -> FillRecord | None:
+        """Take the oldest queued fill and mark it running."""
+        ...
+
+    async def get_fill(self, fill_id: int) -> FillRecord | None: ...
+
+    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None: ...
+
+    async def finish_fill(
+        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float
+    ) -> FillRecord | None:
+        """End an active fill; the full URL is replaced by `display_url`."""
+        ...
+
+    async def commit_artifact(
+        self,
+        fill: FillRecord,
+        sha256: str,
+        size: int,
+        headers: Mapping[str, str],
+        display_url: str,
+        now: float,
+    ) -> Artifact:
+        """Atomically: store the artifact, finish the fill, settle its miss."""
+        ...
+
+    async def requeue_interrupted(self) -> int:
+        """At start: put fills left running by a crash back in the queue."""
+        ...
+
+    async def clear_finished_fills(self) -> int: ...
+
+    async def list_fills(
+        self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
+    ) -> Page: ...
+
+    # -- events
+    async def add_event(
+        self,
+        kind: str,
+        url: str | None,
+        actor: str | None,
+        detail: Mapping[str, Any],
+        now: float,
+    ) -> None: ...
+
+    async def list_events(
+        self, kind: str = "", search: str = "", offset: int = 0, limit: int = 50
+    ) -> Page: ...
+
+    async def prune(
+        self,
+        now: float,
+        miss_max_age: float,
+        max_misses: int,
+        event_max_age: float,
+        max_events: int,
+    ) -> None:
+        """Drop misses and events past their age or count limits."""
+        ...
+
+
+class BlobWriter(Protocol):
+    """A blob being written: hashed as it goes, invisible until committed."""
+
+    size: int
+    path: Path  # a local file holding the bytes written so far
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def restart(self) -> None:
+        """Drop everything written so far (the origin ignored a resume)."""
+        ...
+
+    def hexdigest(self) -> str: ...
+
+    async def commit(self) -> str:
+        """Make the bytes durable and visible under their SHA-256; return it."""
+        ...
+
+    async def abort(self) -> None: ...
+
+
+class Blobs(Protocol):
+    """Content-addressed bytes: two URLs with the same bytes share one blob."""
+
+    def begin(self) -> BlobWriter: ...
+
+    def path(self, sha256: str) -> Path:
+        """Local file of a committed blob, for zero-copy sendfile."""
+        ...
+
+    async def delete(self, sha256: str) -> None: ...
+
+    def clean_temp(self) -> int:
+        """Remove partial blobs a crash left behind; return how many."""
+        ...
+
+    def free_bytes(self) -> int: ...

@@ -1,0 +1,418 @@
+"""Metadata in one SQLite database (WAL), the embedded default.
+
+Queries are short and indexed, so they run on the event loop's thread; the
+request path only reads (hit counts arrive batched through `add_hits`).
+WAL with synchronous=NORMAL survives a killed process; every commit is a
+single transaction, so a crash leaves each change either whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from withcache.server.store import (
+    Artifact,
+    EventRecord,
+    FillRecord,
+    FillState,
+    Miss,
+    Page,
+)
+
+# Each entry upgrades the schema by one version (PRAGMA user_version).
+MIGRATIONS = [
+    """
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+    CREATE TABLE artifacts (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        headers TEXT NOT NULL,
+        fetched_at REAL NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0,
+        misses INTEGER NOT NULL DEFAULT 0,
+        last_hit REAL,
+        UNIQUE (key, scope)
+    );
+    CREATE INDEX artifacts_sha256 ON artifacts (sha256);
+    CREATE INDEX artifacts_fetched_at ON artifacts (fetched_at);
+    CREATE TABLE misses (
+        key TEXT PRIMARY KEY,
+        url TEXT,
+        count INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX misses_last_seen ON misses (last_seen);
+    CREATE TABLE fills (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        expected_sha256 TEXT,
+        credentialed INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        total INTEGER,
+        error TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL
+    );
+    CREATE UNIQUE INDEX fills_one_active ON fills (key, scope)
+        WHERE state IN ('queued', 'running');
+    CREATE INDEX fills_state ON fills (state, id);
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        url TEXT,
+        actor TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    """,
+]
+
+_ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
+_ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
+_FILL_COLUMNS = (
+    "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
+    "bytes_done, total, error, created_at, started_at, finished_at"
+)
+
+
+def _artifact(row: Sequence[Any]) -> Artifact:
+    return Artifact(
+        id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
+        headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
+        last_hit=row[9],
+    )  # fmt: skip
+
+
+def _fill(row: Sequence[Any]) -> FillRecord:
+    return FillRecord(
+        id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
+        requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),
+        bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
+        started_at=row[12], finished_at=row[13],
+    )  # fmt: skip
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class SQLiteMetadata:
+    """The Metadata interface over a single SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self._transaction():
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    async def close(self) -> None:
+        self._db.close()
+
+    async def secret(self, name: str) -> bytes:
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                (name, secrets.token_bytes(32)),
+            )
+            return self._db.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()[
+                0
+            ]
+
+    # -- artifacts
+
+    async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
+        marks = ",".join("?" * len(scopes))
+        row = self._db.execute(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? AND scope IN ({marks}) "
+            "ORDER BY scope DESC LIMIT 1",
+            (key, *scopes),
+        ).fetchone()
+        return _artifact(row) if row else None
+
+    async def get_artifact(self, artifact_id: int) -> Artifact | None:
+        row = self._db.execute(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)
+        ).fetchone()
+        return _artifact(row) if row else None
+
+    async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE artifacts SET hits = hits + ?, last_hit = max(coalesce(last_hit, 0), ?) "
+                "WHERE id = ?",
+                [(n, last, artifact_id) for artifact_id, (n, last) in counts.items()],
+            )
+
+    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+        with self._transaction():
+            found = await self.get_artifact(artifact_id)
+            if found:
+                self._db.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
+            return found
+
+    async def sha_in_use(self, sha256: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1", (sha256,))
+        return row.fetchone() is not None
+
+    async def totals(self) -> tuple[int, int]:
+        count = self._db.execute("SELECT count(*) FROM artifacts").fetchone()[0]
+        stored = self._db.execute(
+            "SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT sha256, size FROM artifacts)"
+        ).fetchone()[0]
+        return count, stored
+
+    async def list_artifacts(
+        self, search: str = "", sort: str = "fetched_at", descending: bool = True,
+        offset: int = 0, limit: int = 50,
+    ) -> Page:  # fmt: skip
+        if sort not in _ARTIFACT_SORTS:
+            raise ValueError(f"cannot sort by {sort!r}")
+        where, args = (
+            ("WHERE key LIKE ? ESCAPE '\\' OR sha256 = ?", [_like(search), search])
+            if (search)
+            else ("", [])
+        )
+        order = f"{sort} {'DESC' if descending else 'ASC'}, id DESC"
+        rows = self._db.execute(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM artifacts {where}", args).fetchone()[0]
+        return Page([_artifact(r) for r in rows], total)
+
+    # -- misses
+
+    async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO misses (key, url, count, first_seen, last_seen, reason) "
+            "VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "url = excluded.url, count = count + 1, last_seen = excluded.last_seen, "
+            "reason = excluded.reason",
+            (key, url, now, now, reason),
+        )
+
+    async def set_miss_reason(self, key: str, reason: str) -> None:
+        self._db.execute("UPDATE misses SET reason = ? WHERE key = ?", (reason, key))
+
+    async def get_miss(self, key: str) -> Miss | None:
+        row = self._db.execute(
+            "SELECT key, url, count, first_seen, last_seen, reason FROM misses WHERE key = ?",
+            (key,),
+        ).fetchone()
+        return Miss(*row) if row else None
+
+    async def delete_miss(self, key: str) -> Miss | None:
+        with self._transaction():
+            found = await self.get_miss(key)
+            self._db.execute("DELETE FROM misses WHERE key = ?", (key,))
+            return found
+
+    async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
+        where, args = ("WHERE key LIKE ? ESCAPE '\\'", [_like(search)]) if search else ("", [])
+        rows = self._db.execute(
+            f"SELECT key, url, count, first_seen, last_seen, reason FROM misses {where} "
+            "ORDER BY last_seen DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM misses {where}", args).fetchone()[0]
+        return Page([Miss(*r) for r in rows], total)
+
+    # -- fills
+
+    async def enqueue_fill(
+        self, key: str, scope: str, url: str, requested_by: str, now: float,
+        expected_sha256: str | None = None, credentialed: bool = False,
+    ) -> tuple[FillRecord, bool]:  # fmt: skip
+        with self._transaction():
+            row = self._db.execute(
+                f"SELECT {_FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
+                "AND state IN ('queued', 'running')",
+                (key, scope),
+            ).fetchone()
+            if row:
+                return _fill(row), False
+            cursor = self._db.execute(
+                "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
+                "credentialed, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (key, scope, url, requested_by, expected_sha256, credentialed, now),
+            )
+            fill = await self.get_fill(cursor.lastrowid or 0)
+            assert fill is not None
+            return fill, True
+
+    async def claim_fill(self, now: float) -> FillRecord | None:
+        row = self._db.execute(
+            f"UPDATE fills SET state = 'running', started_at = ?, bytes_done = 0, total = NULL "
+            "WHERE id = (SELECT id FROM fills WHERE state = 'queued' ORDER BY id LIMIT 1) "
+            f"RETURNING {_FILL_COLUMNS}",
+            (now,),
+        ).fetchone()
+        return _fill(row) if row else None
+
+    async def get_fill(self, fill_id: int) -> FillRecord | None:
+        row = self._db.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE id = ?", (fill_id,))
+        found = row.fetchone()
+        return _fill(found) if found else None
+
+    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
+        self._db.execute(
+            "UPDATE fills SET bytes_done = ?, total = ? WHERE id = ?", (bytes_done, total, fill_id)
+        )
+
+    async def finish_fill(
+        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float
+    ) -> FillRecord | None:
+        row = self._db.execute(
+            "UPDATE fills SET state = ?, error = ?, url = ?, finished_at = ? "
+            "WHERE id = ? AND state IN ('queued', 'running') "
+            f"RETURNING {_FILL_COLUMNS}",
+            (state.value, error, display_url, now, fill_id),
+        ).fetchone()
+        return _fill(row) if row else None
+
+    async def commit_artifact(
+        self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
+        display_url: str, now: float,
+    ) -> Artifact:  # fmt: skip
+        with self._transaction():
+            miss = await self.delete_miss(fill.key)
+            cursor = self._db.execute(
+                "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) DO UPDATE SET "
+                "sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
+                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses "
+                "RETURNING id",
+                (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
+                 miss.count if miss else 0),
+            )  # fmt: skip
+            artifact_id = cursor.fetchone()[0]
+            self._db.execute(
+                "UPDATE fills SET state = 'done', error = NULL, url = ?, finished_at = ?, "
+                "bytes_done = ?, total = ? WHERE id = ?",
+                (display_url, now, size, size, fill.id),
+            )
+            artifact = await self.get_artifact(artifact_id)
+            assert artifact is not None
+            return artifact
+
+    async def requeue_interrupted(self) -> int:
+        cursor = self._db.execute(
+            "UPDATE fills SET state = 'queued', started_at = NULL WHERE state = 'running'"
+        )
+        return cursor.rowcount
+
+    async def clear_finished_fills(self) -> int:
+        cursor = self._db.execute("DELETE FROM fills WHERE state NOT IN ('queued', 'running')")
+        return cursor.rowcount
+
+    async def list_fills(
+        self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        states = states or list(FillState)
+        marks = ",".join("?" * len(states))
+        where = f"WHERE state IN ({marks})"
+        args = [s.value for s in states]
+        # Active fills first, then the most recent.
+        order = "CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, id DESC"
+        rows = self._db.execute(
+            f"SELECT {_FILL_COLUMNS} FROM fills {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM fills {where}", args).fetchone()[0]
+        return Page([_fill(r) for r in rows], total)
+
+    # -- events
+
+    async def add_event(
+        self, kind: str, url: str | None, actor: str | None, detail: Mapping[str, Any],
+        now: float,
+    ) -> None:  # fmt: skip
+        self._db.execute(
+            "INSERT INTO events (at, kind, url, actor, detail) VALUES (?, ?, ?, ?, ?)",
+            (now, kind, url, actor, json.dumps(dict(detail))),
+        )
+
+    async def list_events(
+        self, kind: str = "", search: str = "", offset: int = 0, limit: int = 50
+    ) -> Page:
+        clauses, args = [], []
+        if kind:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if search:
+            clauses.append("(url LIKE ? ESCAPE '\\' OR detail LIKE ? ESCAPE '\\')")
+            args += [_like(search), _like(search)]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            f"SELECT id, at, kind, url, actor, detail FROM events {where} "
+            "ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        total = self._db.execute(f"SELECT count(*) FROM events {where}", args).fetchone()[0]
+        return Page([EventRecord(*r[:5], detail=json.loads(r[5])) for r in rows], total)
+
+    async def prune(
+        self, now: float, miss_max_age: float, max_misses: int, event_max_age: float,
+        max_events: int,
+    ) -> None:  # fmt: skip
+        with self._transaction():
+            self._db.execute("DELETE FROM misses WHERE last_seen < ?", (now - miss_max_age,))
+            self._db.execute(
+                "DELETE FROM misses WHERE key IN (SELECT key FROM misses "
+                "ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+                (max_misses,),
+            )
+            self._db.execute("DELETE FROM events WHERE at < ?", (now - event_max_age,))
+            self._db.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (max_events,),
+            )
+
+
+class _Transaction:
+    """`with` block = BEGIN IMMEDIATE ... COMMIT (or ROLLBACK); nests as a no-op."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._outer = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._outer = True
+        return self._db
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if self._outer:
+            self._db.execute("ROLLBACK" if kind else "COMMIT")
