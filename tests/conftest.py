@@ -1,0 +1,158 @@
+"""Shared fixtures: a real origin (HTTP + HTTPS with a trustme CA) and real
+`withcache-server` processes on loopback, driven by real curl and wget."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from origin import Origin  # noqa: E402
+
+BIN = Path(sys.executable).parent
+# Fast retries, and the loopback origin must be reachable.
+TEST_FLAGS = ("--allow-private-origins", "--retry-delay", "0.05")
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def origin(ca: trustme.CA) -> Iterator[Origin]:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    server = Origin(tls=context)
+    server.start()
+    yield server
+    server.stop()
+
+
+class CacheHost:
+    """One `withcache-server` process with its own data dir."""
+
+    def __init__(self, data_dir: Path, flags: tuple[str, ...], env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.flags = flags
+        self.env = env
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.scheme = "https" if "--tls-cert" in flags else "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> CacheHost:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
+        self.proc = subprocess.Popen(
+            [str(BIN / "withcache-server"), "--data-dir", str(self.data_dir), "--host",
+             "127.0.0.1", "--port", str(self.port), *self.flags],
+            stdout=log, stderr=log, env=self.env,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()[offset:].decode(errors="replace")
+            match = re.search(r"event=listening .*?port=(\d+)", text)
+            if match:
+                self.port = int(match[1])
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"withcache-server exited {self.proc.returncode}:\n{text}")
+            time.sleep(0.02)
+        raise RuntimeError("withcache-server did not start:\n" + self.log())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> CacheHost:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def blob_url(self, origin_url: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.url}/blob?url={quote(origin_url, safe='')}"
+
+    def health(self) -> dict:
+        import json
+
+        with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
+            return json.load(response)
+
+    def wait_cached(self, origin_url: str, timeout: float = 20.0) -> None:
+        """Poll with HEAD (which does not count as a hit) until the URL is a hit."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            request = urllib.request.Request(self.blob_url(origin_url), method="HEAD")
+            try:
+                with urllib.request.urlopen(request, timeout=5):
+                    return
+            except urllib.error.HTTPError:
+                time.sleep(0.05)
+        raise AssertionError(f"{origin_url} not cached after {timeout}s:\n{self.log()[-3000:]}")
+
+
+@pytest.fixture
+def cache_host(tmp_path: Path, ca_file: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+    """Factory: cache_host("--curate", ...) starts a server; all stop at teardown."""
+    hosts: list[CacheHost] = []
+
+    def start(*flags: str, env: dict[str, str] | None = None, name: str = "data") -> CacheHost:
+        full_env = {**os.environ, "SSL_CERT_FILE": str(ca_file), **(env or {})}
+        host = CacheHost(tmp_path / name, (*TEST_FLAGS, *flags), full_env)
+        hosts.append(host)
+        return host.start()
+
+    yield start
+    for host in hosts:
+        host.stop()
+
+
+def curl(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["curl", "-sS", *args], capture_output=True, check=check, timeout=60, **kw
+    )  # type: ignore[call-overload]
+
+
+def wget(*args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["wget", "-q", *args], capture_output=True, timeout=60, **kw)  # type: ignore[call-overload]

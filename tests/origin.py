@@ -1,0 +1,159 @@
+"""A real origin server for the tests: aiohttp on loopback, HTTP and HTTPS.
+
+Each resource can misbehave on purpose (die mid-transfer, lie about its
+length, ignore Range, demand credentials, redirect, trickle), and the origin
+counts the requests and body bytes it sent, so tests can assert "one origin
+download".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from email.utils import formatdate
+
+from aiohttp import web
+
+
+@dataclass
+class Resource:
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    ranges: bool = True  # honour Range requests
+    last_modified: float | None = 1_700_000_000.0
+    etag: str | None = None
+    die_after: int | None = None  # close the connection after this many body bytes...
+    die_times: int = 1  # ...on this many requests, then behave
+    chunked: bool = False  # no Content-Length
+    rate: int | None = None  # bytes per second
+    require_auth: str | None = None  # the Authorization value it demands
+    redirect: str | None = None  # answer 302 to this location
+    delay: float = 0.0  # seconds before answering
+
+
+@dataclass
+class Hit:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+class Origin:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.resources: dict[str, Resource] = {}
+        self.hits: list[Hit] = []
+        self.body_bytes: Counter[str] = Counter()
+        self._tls = tls
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = 0
+        self.tls_port = 0
+
+    # -- set-up
+
+    def add(self, path: str, body: bytes = b"", **options: object) -> str:
+        self.resources[path] = Resource(body=body, **options)  # type: ignore[arg-type]
+        return self.url(path)
+
+    def url(self, path: str, tls: bool = False) -> str:
+        if tls:
+            return f"https://localhost:{self.tls_port}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def gets(self, path: str) -> int:
+        """GET requests that reached `path`."""
+        return sum(1 for h in self.hits if h.path == path and h.method == "GET")
+
+    # -- serving
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        if self._tls:
+            tls_site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls)
+            await tls_site.start()
+            self.tls_port = self._runner.addresses[1][1]
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.hits.append(Hit(request.method, path, dict(request.headers)))
+        res = self.resources.get(path)
+        if res is None:
+            return web.Response(status=404, text="no such file at the origin\n")
+        if res.delay:
+            await asyncio.sleep(res.delay)
+        if (
+            res.require_auth is not None
+            and request.headers.get("Authorization") != res.require_auth
+        ):
+            return web.Response(status=401, text="credentials required\n")
+        if res.redirect:
+            raise web.HTTPFound(res.redirect)
+        headers = dict(res.headers)
+        headers.setdefault("Content-Type", "application/octet-stream")
+        if res.last_modified is not None:
+            headers["Last-Modified"] = formatdate(res.last_modified, usegmt=True)
+        if res.etag:
+            headers["ETag"] = res.etag
+        start, body, status = 0, res.body, res.status
+        if res.ranges:
+            headers["Accept-Ranges"] = "bytes"
+            wanted = request.headers.get("Range", "")
+            valid = request.headers.get("If-Range") in (
+                None,
+                res.etag,
+                headers.get("Last-Modified"),
+            )
+            if wanted.startswith("bytes=") and wanted.endswith("-") and valid:
+                start = int(wanted[6:-1])
+                body = res.body[start:]
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{len(res.body) - 1}/{len(res.body)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        if not res.chunked:
+            response.content_length = len(body)
+        await response.prepare(request)
+        if request.method == "HEAD":
+            return response
+        await self._send(request, response, res, body)
+        return response
+
+    async def _send(
+        self, request: web.Request, response: web.StreamResponse, res: Resource, body: bytes
+    ) -> None:
+        limit = len(body)
+        dying = res.die_after is not None and res.die_times > 0
+        if dying:
+            res.die_times -= 1
+            limit = min(limit, res.die_after or 0)
+        step = 64 * 1024 if res.rate is None else max(1, res.rate // 20)
+        for pos in range(0, limit, step):
+            chunk = body[pos : min(pos + step, limit)]
+            await response.write(chunk)
+            self.body_bytes[request.path] += len(chunk)
+            if res.rate:
+                await asyncio.sleep(len(chunk) / res.rate)
+        if dying:
+            # Flush what was written, then hang up before the body is complete.
+            assert request.transport is not None
+            request.transport.close()
+            return
+        await response.write_eof()
