@@ -18,7 +18,7 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from origin import Origin  # noqa: E402
+from origin import Origin
 
 BIN = Path(sys.executable).parent
 # Fast retries, and the loopback origin must be reachable.
