@@ -112,7 +112,9 @@ def encode_token(url: str) -> str:
 
 def decode_token(token: str) -> str:
     """The origin URL inside a /b/ token; BadURL if it is not a valid one."""
-    if len(token) > MAX_URL_BYTES * 4 // 3 + 4 or not _TOKEN_RE.fullmatch(token):
+    if len(token) > (MAX_URL_BYTES + 2) // 3 * 4:
+        raise BadURL(f"URL longer than {MAX_URL_BYTES} bytes")
+    if not _TOKEN_RE.fullmatch(token):
         raise BadURL("token is not unpadded URL-safe base64")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))

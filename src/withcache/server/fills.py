@@ -408,19 +408,22 @@ class FillManager:
         buffer = bytearray()
         last_flush = last_save = time.monotonic()
         received = writer.size
-        async for chunk in response.content.iter_any():
-            buffer += chunk
-            received += len(chunk)
-            if total is None:
-                self._check_cap(fill, received, announced=False)
-            now = time.monotonic()
-            if len(buffer) >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                await self._flush(fill, writer, buffer)
-                last_flush = now
-                if now - last_save >= PROGRESS_SECONDS:
-                    await self._metadata.save_progress(fill.id, writer.size, total)
-                    last_save = now
-        await self._flush(fill, writer, buffer)
+        try:
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                received += len(chunk)
+                if total is None:
+                    self._check_cap(fill, received, announced=False)
+                now = time.monotonic()
+                if len(buffer) >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
+                    await self._flush(fill, writer, buffer)
+                    last_flush = now
+                    if now - last_save >= PROGRESS_SECONDS:
+                        await self._metadata.save_progress(fill.id, writer.size, total)
+                        last_save = now
+        finally:
+            # Bytes received before a break-off are good: keep them to resume from.
+            await self._flush(fill, writer, buffer)
 
     async def _flush(self, fill: Fill, writer: BlobWriter, buffer: bytearray) -> None:
         if not buffer:
