@@ -5,8 +5,8 @@ import base64
 import socket
 
 import pytest
-
 from conftest import curl
+
 from withcache import keys
 
 

@@ -6,8 +6,8 @@ import socket
 import subprocess
 
 import pytest
-
 from conftest import BIN
+
 from withcache.server.cli import _OPTIONS, env_name, settings_from
 
 SERVER = str(BIN / "withcache-server")

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 
 from conftest import curl, wget
+
 from withcache import keys
 
 BODY = os.urandom(300_000)
@@ -26,9 +27,10 @@ def headers_of(result: subprocess.CompletedProcess) -> dict[str, str]:
 
 
 def test_hit_replays_origin_headers(origin, cache_host):
+    disposition = 'attachment; filename="d.run"'
     host, url = cached(
         origin, cache_host, "/read/driver.run",
-        headers={"Content-Type": "application/x-sh", "Content-Disposition": 'attachment; filename="d.run"'},
+        headers={"Content-Type": "application/x-sh", "Content-Disposition": disposition},
     )  # fmt: skip
     head = curl("-I", host.url + keys.serve_path(url))
     assert head.stdout.startswith(b"HTTP/1.1 200")
@@ -38,7 +40,7 @@ def test_hit_replays_origin_headers(origin, cache_host):
     assert h["etag"] == f'"{hashlib.sha256(BODY).hexdigest()}"'
     assert h["last-modified"] == "Tue, 14 Nov 2023 22:13:20 GMT"
     assert h["accept-ranges"] == "bytes"
-    assert h["content-disposition"] == 'attachment; filename="d.run"'
+    assert h["content-disposition"] == disposition
 
 
 def test_basename_is_cosmetic_and_token_route_serves(origin, cache_host, tmp_path):
