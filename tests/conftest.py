@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -40,8 +41,6 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def origin(ca: trustme.CA) -> Iterator[Origin]:
     cert = ca.issue_cert("localhost", "127.0.0.1")
-    import ssl
-
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     server = Origin(tls=context)
@@ -61,6 +60,7 @@ class CacheHost:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.scheme = "https" if "--tls-cert" in flags else "http"
+        self.tls = ssl.create_default_context(cafile=env.get("SSL_CERT_FILE"))
 
     @property
     def url(self) -> str:
@@ -116,7 +116,7 @@ class CacheHost:
     def health(self) -> dict:
         import json
 
-        with urllib.request.urlopen(f"{self.url}/healthz", timeout=5) as response:
+        with urllib.request.urlopen(f"{self.url}/healthz", timeout=5, context=self.tls) as response:
             return json.load(response)
 
     def wait_cached(self, origin_url: str, timeout: float = 20.0) -> None:
@@ -125,7 +125,7 @@ class CacheHost:
         while time.monotonic() < deadline:
             request = urllib.request.Request(self.blob_url(origin_url), method="HEAD")
             try:
-                with urllib.request.urlopen(request, timeout=5):
+                with urllib.request.urlopen(request, timeout=5, context=self.tls):
                     return
             except urllib.error.HTTPError:
                 time.sleep(0.05)
