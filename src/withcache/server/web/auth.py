@@ -1,0 +1,249 @@
+"""Who may change the cache: operator sessions, CSRF tokens, login throttling.
+
+A session is a signed cookie (`<expires>.<nonce>.<mac>`), so no session table
+is needed and sessions survive a restart. The signing key is derived from the
+session secret and the admin password: changing either ends every session.
+Each session has one CSRF token (a MAC of its nonce); every state-changing UI
+request must carry it, so a page on another site can't act for the operator.
+
+With no WITHCACHE_ADMIN_PASSWORD the UI is open: each browser is handed a
+session without logging in, and CSRF tokens are still required.
+
+Passwords, cookies and tokens are never logged, stored or shown.
+The read path does not come through here: it stays open and fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from aiohttp import web
+
+from withcache.server import log
+
+COOKIE = "withcache_session"
+CSRF_FIELD = "csrf"  # form field; htmx and API clients may send the header instead
+CSRF_HEADER = "X-CSRF-Token"
+SESSION_SECONDS = 12 * 3600
+FREE_LOGIN_TRIES = 3  # failed logins from one address before each try costs a wait
+MAX_LOGIN_WAIT = 60.0  # seconds; the wait doubles per failure up to this
+_MAX_TRACKED = 10_000  # addresses (failed logins) and revoked sessions kept in memory
+
+
+@dataclass(frozen=True)
+class Session:
+    nonce: str
+    expires: int
+    csrf: str
+
+
+class Auth:
+    """Issues and checks sessions, CSRF tokens and passwords."""
+
+    def __init__(self, password: str | None, secret: bytes) -> None:
+        self._password = hashlib.sha256(password.encode()).digest() if password else None
+        material = b"session\0" + (self._password or b"")
+        self._key = hmac.new(secret, material, hashlib.sha256).digest()
+        # Logged-out sessions until they would have expired anyway. In memory
+        # only: after a restart a logged-out cookie is valid until its expiry.
+        self._revoked: dict[str, int] = {}
+        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, last)
+
+    @property
+    def open(self) -> bool:
+        """No password is set: anyone who can reach the UI may use it."""
+        return self._password is None
+
+    # -- sessions
+
+    def issue(self, now: float | None = None) -> tuple[Session, str]:
+        """A new session and the cookie value that carries it."""
+        expires = int((now or time.time()) + SESSION_SECONDS)
+        nonce = secrets.token_urlsafe(18)
+        cookie = f"{expires}.{nonce}.{self._mac('cookie', nonce, expires)}"
+        return self._session(nonce, expires), cookie
+
+    def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
+        """The session a cookie carries, if it is genuine, current and not revoked."""
+        if not cookie:
+            return None
+        parts = cookie.split(".")
+        if len(parts) != 3 or not parts[0].isdigit():
+            return None
+        expires, nonce, mac = int(parts[0]), parts[1], parts[2]
+        if not hmac.compare_digest(mac, self._mac("cookie", nonce, expires)):
+            return None
+        if expires <= (now or time.time()) or nonce in self._revoked:
+            return None
+        return self._session(nonce, expires)
+
+    def revoke(self, session: Session) -> None:
+        now = time.time()
+        if len(self._revoked) >= _MAX_TRACKED:
+            self._revoked = {n: e for n, e in self._revoked.items() if e > now}
+        if len(self._revoked) < _MAX_TRACKED:
+            self._revoked[session.nonce] = session.expires
+
+    def csrf_ok(self, session: Session, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(token, session.csrf)  # type: ignore[arg-type]
+
+    def _session(self, nonce: str, expires: int) -> Session:
+        return Session(nonce, expires, self._mac("csrf", nonce, expires))
+
+    def _mac(self, purpose: str, nonce: str, expires: int) -> str:
+        message = f"{purpose}\0{nonce}\0{expires}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    # -- passwords
+
+    def password_ok(self, given: str) -> bool:
+        """Constant-time: compares fixed-length digests, so the length leaks nothing."""
+        if self._password is None:
+            return True
+        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self._password)
+
+    def login_wait(self, address: str, now: float | None = None) -> float:
+        """Seconds before `address` may try another password (0: now)."""
+        count, last = self._failures.get(address, (0, 0.0))
+        if count < FREE_LOGIN_TRIES:
+            return 0.0
+        wait = min(2.0 ** (count - FREE_LOGIN_TRIES), MAX_LOGIN_WAIT)
+        return max(0.0, last + wait - (now or time.time()))
+
+    def login_failed(self, address: str, now: float | None = None) -> None:
+        now = now or time.time()
+        if address not in self._failures and len(self._failures) >= _MAX_TRACKED:
+            stale = now - 2 * MAX_LOGIN_WAIT
+            self._failures = {a: f for a, f in self._failures.items() if f[1] > stale}
+            if len(self._failures) >= _MAX_TRACKED:
+                return  # under a flood from many addresses: each still waits its turn
+        count, _ = self._failures.get(address, (0, 0.0))
+        self._failures[address] = (count + 1, now)
+
+    def login_succeeded(self, address: str) -> None:
+        self._failures.pop(address, None)
+
+
+# -- aiohttp glue, shared by the UI and anything else that sits beside it
+
+AUTH_KEY = web.AppKey("auth", Auth)
+SESSION_KEY = "withcache.session"  # request-scoped: the checked Session
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def setup(app: web.Application, password: str | None, secret: Callable[[], Awaitable[bytes]]):
+    """Build the app's Auth at start-up (the secret may need the metadata store)."""
+
+    async def start(app: web.Application) -> None:
+        app[AUTH_KEY] = Auth(password, await secret())
+        if password is None:
+            log.warning(
+                "ui.open",
+                reason="WITHCACHE_ADMIN_PASSWORD is unset: anyone who can reach the "
+                "cache-host can use the operator UI",
+            )
+
+    app.on_startup.append(start)
+
+
+def actor(request: web.Request) -> str:
+    """Who did it, for the audit log: the UI, and the address it came from."""
+    return f"ui:{request.remote or 'unknown'}"
+
+
+def session_of(request: web.Request) -> Session | None:
+    found = request.get(SESSION_KEY)
+    if found is None:
+        found = request.app[AUTH_KEY].verify(request.cookies.get(COOKIE))
+    return found
+
+
+def start_session(request: web.Request, response: web.StreamResponse) -> Session:
+    """Give the browser a new session cookie (after a login, or in open mode)."""
+    session, value = request.app[AUTH_KEY].issue()
+    _set_cookie(request, response, value)
+    request[SESSION_KEY] = session
+    return session
+
+
+def _set_cookie(request: web.Request, response: web.StreamResponse, value: str) -> None:
+    response.set_cookie(
+        COOKIE, value, max_age=SESSION_SECONDS, path="/", httponly=True, samesite="Strict",
+        secure=request.secure,
+    )  # fmt: skip
+
+
+def end_session(request: web.Request, response: web.StreamResponse) -> None:
+    session = session_of(request)
+    if session:
+        request.app[AUTH_KEY].revoke(session)
+    response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+
+
+def login_redirect(request: web.Request) -> web.Response:
+    """Send a visitor without a session to the login form, then back here."""
+    target = "/login?next=" + quote(request.path_qs, safe="/")
+    if request.headers.get("HX-Request"):
+        # A background htmx request: make the whole page go to the login form.
+        return web.Response(status=401, text="log in first\n", headers={"HX-Redirect": target})
+    raise web.HTTPSeeOther(target)
+
+
+def page(handler: Handler) -> Handler:
+    """A page: needs a session (open mode hands one out)."""
+
+    @functools.wraps(handler)
+    async def gated(request: web.Request) -> web.StreamResponse:
+        auth = request.app[AUTH_KEY]
+        session = session_of(request)
+        if session is None and not auth.open:
+            return login_redirect(request)
+        if session is not None:
+            request[SESSION_KEY] = session
+            return await handler(request)
+        # Open mode: a session is handed out so that forms can carry a CSRF token.
+        session, value = auth.issue()
+        request[SESSION_KEY] = session
+        response = await handler(request)
+        _set_cookie(request, response, value)
+        return response
+
+    return gated
+
+
+def action(handler: Handler) -> Handler:
+    """A state change: needs a session and its CSRF token, or gets 403 and does nothing."""
+
+    @functools.wraps(handler)
+    async def gated(request: web.Request) -> web.StreamResponse:
+        auth = request.app[AUTH_KEY]
+        session = session_of(request)
+        if session is None:
+            return forbidden(request, "no valid session: log in (or reload the page) first")
+        token = request.headers.get(CSRF_HEADER)
+        if token is None:
+            try:
+                form = await request.post()
+            except ValueError:
+                raise web.HTTPBadRequest(text="unreadable form body\n") from None
+            value = form.get(CSRF_FIELD)
+            token = value if isinstance(value, str) else None
+        if not auth.csrf_ok(session, token):
+            return forbidden(request, "missing or invalid CSRF token: reload the page and retry")
+        request[SESSION_KEY] = session
+        return await handler(request)
+
+    return gated
+
+
+def forbidden(request: web.Request, reason: str) -> web.Response:
+    log.info("request.refused", status=403, reason=reason, path=request.path, peer=request.remote)
+    return web.Response(status=403, text=f"403 forbidden: {reason}\n")

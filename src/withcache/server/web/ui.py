@@ -1,0 +1,452 @@
+"""The operator UI: pages that show the cache and forms that steer it.
+
+Every handler maps a request onto the core (`Cache`, its `Metadata` listings
+and live fills) and renders a template; no SQL or file access here. Every
+action is a plain HTML form (POST, CSRF token, then a 303 back to the page),
+so the UI works without JavaScript; htmx boosts links and forms and polls the
+progress table. Input is checked here: bad input gets a 4xx, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from withcache.server import events
+from withcache.server.cache import ActionError, Cache
+from withcache.server.store import ACTIVE_STATES, FillRecord, FillState
+from withcache.server.web import auth, render
+from withcache.server.web.read import CACHE_KEY
+
+PAGE_SIZE = 50
+OVERVIEW_ROWS = 10
+MAX_PAGE = 1_000_000  # keeps offsets inside SQLite's integers
+MAX_SELECTION = 500  # misses acted on by one bulk form
+MAX_TEXT = 8192  # longest filter or URL accepted from a form or query
+
+TEMPLATES_KEY = web.AppKey("templates", jinja2.Environment)
+STATIC_KEY = web.AppKey("static", render.StaticFiles)
+STARTED = "withcache.started"
+
+FILL_VIEWS = {
+    "": (),
+    "active": ACTIVE_STATES,
+    "done": (FillState.DONE,),
+    "failed": (FillState.FAILED,),
+    "cancelled": (FillState.CANCELLED,),
+}
+ARTIFACT_SORTS = ("key", "size", "hits", "misses", "sha256", "fetched_at", "last_hit")
+ASCENDING_FIRST = {"key", "sha256"}  # columns whose natural first order is A-Z
+
+
+@dataclass(frozen=True)
+class FillRow:
+    """A fill as the progress table shows it: stored state plus live progress."""
+
+    record: FillRecord
+    url: str
+    bytes_done: int
+    total: int | None
+    rate: float
+    clients: int
+
+    @property
+    def active(self) -> bool:
+        return self.record.state in ACTIVE_STATES
+
+    @property
+    def percent(self) -> int | None:
+        if self.record.state is FillState.DONE:
+            return 100
+        if not self.total:
+            return None
+        return min(100, int(self.bytes_done * 100 / self.total))
+
+    @property
+    def eta(self) -> float | None:
+        if self.record.state is not FillState.RUNNING or not self.total or self.rate <= 0:
+            return None
+        return max(0.0, (self.total - self.bytes_done) / self.rate)
+
+
+def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
+    rows = []
+    for record in records:
+        live = cache.fills.live(record.id) if record.state in ACTIVE_STATES else None
+        rows.append(
+            FillRow(
+                record=record,
+                url=cache.display(record.url),  # an active fill's URL may hold a signed query
+                bytes_done=live.bytes_done if live else record.bytes_done,
+                total=(live.total if live and live.total is not None else record.total),
+                rate=live.rate if live else 0.0,
+                clients=live.clients if live else 0,
+            )
+        )
+    return rows
+
+
+# -- input
+
+
+def _number(text: str, what: str, low: int = 1, high: int = MAX_PAGE) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise web.HTTPBadRequest(text=f"bad {what}: give a whole number from {low} to {high}\n")
+    return int(text)
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise web.HTTPBadRequest(text=f"bad {what}: expected text\n")
+    if len(value) > MAX_TEXT:
+        raise web.HTTPBadRequest(text=f"bad {what}: longer than {MAX_TEXT} characters\n")
+    return value.strip()
+
+
+def _query(request: web.Request, name: str) -> str:
+    return _text(request.query.get(name, ""), name)
+
+
+def _page(request: web.Request) -> int:
+    return _number(request.query.get("page", "1"), "page")
+
+
+def _choice(request: web.Request, name: str, choices: Any, default: str) -> str:
+    value = request.query.get(name, default)
+    if value not in choices:
+        shown = ", ".join(repr(c) for c in choices)
+        raise web.HTTPBadRequest(text=f"bad {name}: choose one of {shown}\n")
+    return value
+
+
+async def _form(request: web.Request) -> MultiDictProxy[Any]:
+    try:
+        return await request.post()
+    except ValueError:
+        raise web.HTTPBadRequest(text="unreadable form body\n") from None
+
+
+def _next(form: MultiDictProxy[Any], default: str) -> str:
+    """Where to go after an action: a path on this host, never another site."""
+    target = form.get("next")
+    if isinstance(target, str) and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
+def _pages(total: int, page: int) -> dict[str, int]:
+    last = max(1, -(-total // PAGE_SIZE))
+    first_row = (page - 1) * PAGE_SIZE + 1 if total else 0
+    return {
+        "page": page, "last": last, "total": total, "first_row": min(first_row, total),
+        "last_row": min(page * PAGE_SIZE, total),
+    }  # fmt: skip
+
+
+# -- rendering
+
+
+async def _show(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:
+    """A full page: the header strip (disk, mode, version) plus the template."""
+    cache = request.app[CACHE_KEY]
+    session = request.get(auth.SESSION_KEY)
+    context.update(
+        health=await cache.health() if session else None,
+        csrf=session.csrf if session else "",
+        open_ui=request.app[auth.AUTH_KEY].open,
+        here=request.path_qs,
+        section=context.get("section", ""),
+        static=request.app[STATIC_KEY].version,
+    )
+    text = render.render(request.app[TEMPLATES_KEY], name, context)
+    return render.html(text, status, request.get(STARTED))
+
+
+def _fragment(request: web.Request, name: str, **context: Any) -> web.Response:
+    session = request[auth.SESSION_KEY]
+    context.update(csrf=session.csrf, here=context.get("here", request.path_qs))
+    text = render.render(request.app[TEMPLATES_KEY], name, context)
+    return render.html(text, started=request.get(STARTED))
+
+
+async def _failed(request: web.Request, errors: list[str], back: str, status: int = 409):
+    return await _show(request, "error.html", status, errors=errors, back=back)
+
+
+# -- pages
+
+
+async def overview(request: web.Request) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    md = cache.metadata
+    misses = await md.list_misses(limit=OVERVIEW_ROWS)
+    fills = await md.list_fills(ACTIVE_STATES, limit=OVERVIEW_ROWS)
+    recent = await md.list_artifacts(limit=OVERVIEW_ROWS)
+    return await _show(
+        request, "overview.html", section="overview", misses=misses,
+        fills=fill_rows(cache, list(fills.rows)), fills_total=fills.total,
+        poll=f"/downloads/table?state=active&limit={OVERVIEW_ROWS}",
+        artifacts=recent, curate=cache.settings.curate, q="",
+    )  # fmt: skip
+
+
+async def misses_page(request: web.Request) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    search, page = _query(request, "q"), _page(request)
+    found = await cache.metadata.list_misses(search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    return await _show(
+        request, "misses.html", section="misses", misses=found, q=search,
+        pages=_pages(found.total, page), curate=cache.settings.curate,
+    )  # fmt: skip
+
+
+async def downloads_page(request: web.Request) -> web.Response:
+    view, page = _choice(request, "state", FILL_VIEWS, ""), _page(request)
+    table = await _fills_table(request, view, page, PAGE_SIZE)
+    return await _show(request, "downloads.html", section="downloads", view=view, **table)
+
+
+async def downloads_table(request: web.Request) -> web.Response:
+    """The progress table alone, polled by htmx so bars move without a reload."""
+    view, page = _choice(request, "state", FILL_VIEWS, ""), _page(request)
+    limit = _number(request.query.get("limit", str(PAGE_SIZE)), "limit", 1, PAGE_SIZE)
+    table = await _fills_table(request, view, page, limit)
+    back = request.headers.get("HX-Current-URL", "")
+    return _fragment(request, "_fills.html", here=_local_path(back), **table)
+
+
+def _local_path(url: str) -> str:
+    """The path and query of the page the browser shows, for the forms' `next`."""
+    start = url.find("/", url.find("//") + 2) if "//" in url else -1
+    return url[start:] if start > 0 else "/downloads"
+
+
+async def _fills_table(request: web.Request, view: str, page: int, limit: int) -> dict[str, Any]:
+    cache = request.app[CACHE_KEY]
+    found = await cache.metadata.list_fills(FILL_VIEWS[view], (page - 1) * limit, limit)
+    rows = fill_rows(cache, list(found.rows))
+    poll = f"/downloads/table?state={view}&page={page}&limit={limit}"
+    return {
+        "fills": rows, "fills_total": found.total, "poll": poll,
+        "pages": _pages(found.total, page) if limit == PAGE_SIZE else None,
+    }  # fmt: skip
+
+
+async def cached_page(request: web.Request) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    search, page = _query(request, "q"), _page(request)
+    sort = _choice(request, "sort", ARTIFACT_SORTS, "fetched_at")
+    default_order = "asc" if sort in ASCENDING_FIRST else "desc"
+    order = _choice(request, "order", ("asc", "desc"), default_order)
+    found = await cache.metadata.list_artifacts(
+        search, sort, order == "desc", (page - 1) * PAGE_SIZE, PAGE_SIZE
+    )
+    return await _show(
+        request, "cached.html", section="cached", artifacts=found, q=search, sort=sort,
+        order=order, pages=_pages(found.total, page), ascending_first=ASCENDING_FIRST,
+    )  # fmt: skip
+
+
+async def confirm_delete(request: web.Request) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    artifact = await cache.metadata.get_artifact(int(request.match_info["id"]))
+    if artifact is None:
+        return await _failed(request, ["no such artifact (deleted already?)"], "/cached", 404)
+    back = _next(request.query, "/cached")
+    return await _show(request, "delete.html", section="cached", artifact=artifact, back=back)
+
+
+async def add_page(request: web.Request) -> web.Response:
+    return await _show(request, "add.html", section="add", url="", sha256="", error=None)
+
+
+async def events_page(request: web.Request) -> web.Response:
+    cache = request.app[CACHE_KEY]
+    kinds = events.kinds()
+    kind = _choice(request, "kind", ["", *kinds], "")
+    search, page = _query(request, "q"), _page(request)
+    found = await cache.metadata.list_events(kind, search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    return await _show(
+        request, "events.html", section="events", events=found, kinds=kinds, kind=kind,
+        q=search, pages=_pages(found.total, page),
+    )  # fmt: skip
+
+
+# -- actions
+
+
+async def misses_action(request: web.Request) -> web.StreamResponse:
+    """One form serves the whole miss table: a row's own button names its miss;
+    the bulk buttons act on the ticked rows."""
+    cache = request.app[CACHE_KEY]
+    form = await _form(request)
+    back = _next(form, "/misses")
+    if "download" in form or "dismiss" in form:
+        verb = "download" if "download" in form else "dismiss"
+        chosen = [_text(form[verb], "miss")]
+    elif form.get("bulk") in ("download", "dismiss"):
+        verb = form["bulk"]
+        chosen = [_text(k, "miss") for k in form.getall("key", [])]
+    else:
+        raise web.HTTPBadRequest(text="say what to do: download or dismiss\n")
+    if not chosen:
+        return await _failed(request, ["tick at least one miss first"], back, 400)
+    if len(chosen) > MAX_SELECTION:
+        raise web.HTTPBadRequest(text=f"select at most {MAX_SELECTION} misses at once\n")
+    act = cache.approve if verb == "download" else cache.dismiss
+    errors = []
+    for key in chosen:
+        try:
+            await act(key, auth.actor(request))
+        except ActionError as err:
+            errors.append(f"{cache.display(key)}: {err}")
+    if errors:
+        return await _failed(request, errors, back)
+    raise web.HTTPSeeOther("/downloads" if verb == "download" and back == "/misses" else back)
+
+
+async def fill_action(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await _form(request)
+    back = _next(form, "/downloads")
+    fill_id = int(request.match_info["id"])
+    try:
+        if request.match_info["verb"] == "cancel":
+            await cache.cancel(fill_id, auth.actor(request))
+        else:
+            await cache.retry(fill_id, auth.actor(request))
+    except ActionError as err:
+        return await _failed(request, [str(err)], back)
+    raise web.HTTPSeeOther(back)
+
+
+async def clear_finished(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await _form(request)
+    await cache.clear_finished(auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/downloads"))
+
+
+async def delete_artifact(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await _form(request)
+    back = _next(form, "/cached")
+    try:
+        await cache.delete(int(request.match_info["id"]), auth.actor(request))
+    except ActionError as err:
+        return await _failed(request, [str(err)], back, 404)
+    raise web.HTTPSeeOther(back)
+
+
+async def add_action(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await _form(request)
+    url = _text(form.get("url", ""), "url")
+    sha256 = _text(form.get("sha256", ""), "sha256")
+    try:
+        if not url:
+            raise ActionError("give the URL to fetch")
+        await cache.add(url, sha256 or None, auth.actor(request))
+    except ActionError as err:
+        return await _show(
+            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err)
+        )
+    raise web.HTTPSeeOther(_next(form, "/downloads"))
+
+
+# -- login
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    back = _next(request.query, "/")
+    if request.app[auth.AUTH_KEY].open or auth.session_of(request):
+        raise web.HTTPSeeOther(back)
+    return await _show(request, "login.html", back=back, error=None)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    gate = request.app[auth.AUTH_KEY]
+    form = await _form(request)
+    back = _next(form, "/")
+    address = request.remote or "unknown"
+    wait = gate.login_wait(address)
+    if wait > 0:
+        # The password is not even looked at: guessing costs time, not just tries.
+        response = await _show(
+            request, "login.html", 429, back=back,
+            error=f"Too many failed logins: try again in {wait:.0f} s.",
+        )  # fmt: skip
+        response.headers["Retry-After"] = str(max(1, round(wait)))
+        return response
+    password = form.get("password")
+    if isinstance(password, str) and gate.password_ok(password):
+        gate.login_succeeded(address)
+        await cache.record(events.LoginSucceeded(actor=auth.actor(request)))
+        response = web.HTTPSeeOther(back)
+        auth.start_session(request, response)
+        raise response
+    gate.login_failed(address)
+    await cache.record(events.LoginFailed(actor=auth.actor(request)))
+    return await _show(request, "login.html", 403, back=back, error="Wrong password.")
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    response = web.HTTPSeeOther("/login" if not request.app[auth.AUTH_KEY].open else "/")
+    auth.end_session(request, response)
+    raise response
+
+
+# -- routes
+
+
+def _timed(handler: auth.Handler) -> auth.Handler:
+    async def timed(request: web.Request) -> web.StreamResponse:
+        request[STARTED] = time.perf_counter()
+        return await handler(request)
+
+    return timed
+
+
+def add_routes(app: web.Application, cache: Cache) -> None:
+    app[TEMPLATES_KEY] = render.templates()
+    static = app[STATIC_KEY] = render.StaticFiles()
+    settings = cache.settings
+
+    async def secret() -> bytes:
+        if settings.session_secret:
+            return settings.session_secret.encode()
+        return await cache.metadata.secret("session")
+
+    auth.setup(app, settings.admin_password, secret)
+    object_id = r"{id:\d{1,18}}"
+    pages = [
+        ("/", overview),
+        ("/misses", misses_page),
+        ("/downloads", downloads_page),
+        ("/downloads/table", downloads_table),
+        ("/cached", cached_page),
+        (f"/cached/{object_id}/delete", confirm_delete),
+        ("/add", add_page),
+        ("/events", events_page),
+    ]
+    actions = [
+        ("/misses", misses_action),
+        (f"/downloads/{object_id}/{{verb:cancel|retry}}", fill_action),
+        ("/downloads/clear", clear_finished),
+        (f"/cached/{object_id}/delete", delete_artifact),
+        ("/add", add_action),
+        ("/logout", logout),
+    ]
+    for path, handler in pages:
+        app.router.add_get(path, _timed(auth.page(handler)))
+    for path, handler in actions:
+        app.router.add_post(path, _timed(auth.action(handler)))
+    app.router.add_get("/login", _timed(login_page))
+    app.router.add_post("/login", _timed(login))
+    app.router.add_get("/static/{name}", static.serve)
