@@ -156,3 +156,35 @@ def curl(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedP
 
 def wget(*args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["wget", "-q", *args], capture_output=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+# Debian's chromium, driven by Playwright; never a browser that Playwright downloads.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-dev-shm-usage",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless chromium per test module (starting one takes about a second)."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium"
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: object) -> Iterator[object]:
+    """A fresh browser context (no cookies) and page for each test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+    context.set_default_timeout(15_000)
+    yield context.new_page()
+    context.close()
