@@ -84,9 +84,9 @@ def test_wrong_passwords_are_refused_logged_and_then_slowed_down(cache_host):
 
 def test_open_ui_warns_and_still_requires_csrf(origin, cache_host):
     host = cache_host("--curate")
-    assert "event=ui.open" in host.log()
     client = PageClient(host.url)
     page = client.get("/")
+    assert "level=warning event=ui.open" in host.log()  # logged right after "listening"
     assert page.status == 200 and 'id="open-ui-warning"' in page.text
     url = origin.add("/http/open.iso", b"o" * 100)
     _miss(host, url)

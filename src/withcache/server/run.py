@@ -17,7 +17,7 @@ from aiohttp import web
 from withcache.server import log
 from withcache.server.cache import Cache
 from withcache.server.settings import Settings
-from withcache.server.web import make_app
+from withcache.server.web import auth, make_app
 
 # Room for a /b/ token of the longest URL we accept (8 KiB, base64-encoded).
 MAX_REQUEST_LINE = 16384
@@ -88,6 +88,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
         mode=settings.mode,
         data_dir=settings.data_dir,
     )
+    auth.warn_if_open(settings.admin_password)
     try:
         await stop.wait()
     finally:

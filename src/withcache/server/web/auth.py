@@ -144,14 +144,18 @@ def setup(app: web.Application, password: str | None, secret: Callable[[], Await
 
     async def start(app: web.Application) -> None:
         app[AUTH_KEY] = Auth(password, await secret())
-        if password is None:
-            log.warning(
-                "ui.open",
-                reason="WITHCACHE_ADMIN_PASSWORD is unset: anyone who can reach the "
-                "cache-host can use the operator UI",
-            )
 
     app.on_startup.append(start)
+
+
+def warn_if_open(password: str | None) -> None:
+    """Said once the cache-host listens, so an operator sees it beside the address."""
+    if password is None:
+        log.warning(
+            "ui.open",
+            reason="WITHCACHE_ADMIN_PASSWORD is unset: anyone who can reach the "
+            "cache-host can use the operator UI",
+        )
 
 
 def actor(request: web.Request) -> str:
