@@ -123,7 +123,7 @@ def test_progress_bars_move_without_a_reload_and_a_fill_can_be_cancelled(origin,
     expect(running).to_contain_text("ETA")
     assert page.evaluate("window.sameDocument") is True
     if SCREENSHOT:
-        page.screenshot(path=SCREENSHOT)
+        page.screenshot(path=SCREENSHOT, clip={"x": 0, "y": 0, "width": 1280, "height": 460})
     running.get_by_role("button", name="Cancel").click()
     expect(_row(page, slow).locator(".state")).to_have_text("cancelled")
     expect(_row(page, waiting).locator(".state")).to_have_text("done")
