@@ -24,7 +24,7 @@ def test_tampered_expired_foreign_and_malformed_cookies_are_refused():
     assert auth.verify(f"{later}.{nonce}.{mac}", now=1001.0) is None  # extended expiry
     assert auth.verify(f"{expires}.x{nonce}.{mac}", now=1001.0) is None
     assert auth.verify(cookie, now=1000.0 + SESSION_SECONDS + 1) is None
-    for junk in ("", "a.b", "a.b.c", "..", "1.2.3.4", "-1.x.y"):
+    for junk in ("", "a.b", "a.b.c", "..", "1.2.3.4", "-1.x.y", "\u00b2.x.y", "\u0661.x.y"):
         assert auth.verify(junk, now=1001.0) is None
     # Another secret, or another password, signs differently: those cookies are void.
     assert Auth("pw", b"t" * 32).verify(cookie, now=1001.0) is None

@@ -75,7 +75,7 @@ class Auth:
         if not cookie:
             return None
         parts = cookie.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdecimal()):
             return None
         expires, nonce, mac = int(parts[0]), parts[1], parts[2]
         if not hmac.compare_digest(mac, self._mac("cookie", nonce, expires)):

@@ -95,7 +95,7 @@ def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
 
 
 def _number(text: str, what: str, low: int = 1, high: int = MAX_PAGE) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
         raise web.HTTPBadRequest(text=f"bad {what}: give a whole number from {low} to {high}\n")
     return int(text)
 
