@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from aiohttp import web
@@ -133,7 +134,10 @@ async def _form(request: web.Request) -> MultiDictProxy[Any]:
 
 def _next(form: MultiDictProxy[Any], default: str) -> str:
     """Where to go after an action: a path on this host, never another site."""
-    target = form.get("next")
+    return _local(form.get("next"), default)
+
+
+def _local(target: Any, default: str) -> str:
     if isinstance(target, str) and target.startswith("/") and not target.startswith(("//", "/\\")):
         return target
     return default
@@ -216,14 +220,10 @@ async def downloads_table(request: web.Request) -> web.Response:
     view, page = _choice(request, "state", FILL_VIEWS, ""), _page(request)
     limit = _number(request.query.get("limit", str(PAGE_SIZE)), "limit", 1, PAGE_SIZE)
     table = await _fills_table(request, view, page, limit)
-    back = request.headers.get("HX-Current-URL", "")
-    return _fragment(request, "_fills.html", here=_local_path(back), **table)
-
-
-def _local_path(url: str) -> str:
-    """The path and query of the page the browser shows, for the forms' `next`."""
-    start = url.find("/", url.find("//") + 2) if "//" in url else -1
-    return url[start:] if start > 0 else "/downloads"
+    # The forms in the table return to the page that shows it (overview or Downloads).
+    shown = urlsplit(request.headers.get("HX-Current-URL", ""))
+    here = _local(shown.path + (f"?{shown.query}" if shown.query else ""), "/downloads")
+    return _fragment(request, "_fills.html", here=here, **table)
 
 
 async def _fills_table(request: web.Request, view: str, page: int, limit: int) -> dict[str, Any]:
