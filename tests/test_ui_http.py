@@ -272,3 +272,52 @@ def test_sessions_survive_a_restart_and_the_secret_can_come_from_the_environment
     host.restart()
     client.port = host.port
     assert client.get("/").status == 303
+
+
+def _urls_in_order(html: str, urls: list[str]) -> list[str]:
+    return sorted((u for u in urls if u in html), key=html.index)
+
+
+def test_misses_can_be_downloaded_and_dismissed_in_bulk(origin, cache_host):
+    urls = [origin.add(f"/http/bulk-{n}.bin", bytes([n]) * 3000) for n in range(3)]
+    host = cache_host("--curate", env=LOCKED)
+    client = PageClient(host.url)
+    client.login(PASSWORD)
+    for url in urls:
+        _miss(host, url)
+    token = client.csrf()
+    form = [("csrf", token), ("bulk", "download"), ("key", urls[0]), ("key", urls[1])]
+    reply = client.post("/misses", form + [("next", "/misses")])
+    assert reply.status == 303 and reply.location == "/downloads"
+    for url in urls[:2]:
+        host.wait_cached(url)
+    assert _head_status(host.blob_url(urls[2])) == b"404"  # not ticked: still a miss
+    form = [("csrf", token), ("bulk", "dismiss"), ("key", urls[2]), ("next", "/misses")]
+    assert client.post("/misses", form).status == 303
+    assert "No misses" in client.get("/misses").text
+    assert "miss.dismissed" in client.get("/events?kind=miss.dismissed").text
+
+
+def test_cached_artifacts_filter_sort_and_page(origin, cache_host):
+    sizes = {"small": 1000, "large": 30000, "medium": 9000}
+    urls = {name: origin.add(f"/http/sort/{name}.bin", b"s" * n) for name, n in sizes.items()}
+    host = cache_host(env=LOCKED)
+    client = PageClient(host.url)
+    client.login(PASSWORD)
+    for url in urls.values():
+        _miss(host, url)
+        host.wait_cached(url)
+    everything = list(urls.values())
+    by_size = client.get("/cached?sort=size&order=asc").text
+    assert _urls_in_order(by_size, everything) == [urls["small"], urls["medium"], urls["large"]]
+    by_size = client.get("/cached?sort=size&order=desc").text
+    assert _urls_in_order(by_size, everything) == [urls["large"], urls["medium"], urls["small"]]
+    assert 'aria-sort="descending"' in by_size
+    by_url = client.get("/cached?sort=key").text  # URLs sort A-Z first
+    assert _urls_in_order(by_url, everything) == sorted(everything)
+    found = client.get("/cached?q=medi").text
+    assert _urls_in_order(found, everything) == [urls["medium"]]
+    sha = re.search(r'title="([0-9a-f]{64})"', found)[1]
+    assert _urls_in_order(client.get(f"/cached?q={sha}").text, everything) == [urls["medium"]]
+    assert _urls_in_order(client.get("/cached?page=2").text, everything) == []
+    assert "Nothing cached matches" in client.get("/cached?q=nothing-like-it").text
