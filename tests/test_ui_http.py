@@ -287,7 +287,7 @@ def test_misses_can_be_downloaded_and_dismissed_in_bulk(origin, cache_host):
         _miss(host, url)
     token = client.csrf()
     form = [("csrf", token), ("bulk", "download"), ("key", urls[0]), ("key", urls[1])]
-    reply = client.post("/misses", form + [("next", "/misses")])
+    reply = client.post("/misses", [*form, ("next", "/misses")])
     assert reply.status == 303 and reply.location == "/downloads"
     for url in urls[:2]:
         host.wait_cached(url)
