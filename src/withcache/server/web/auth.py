@@ -139,7 +139,9 @@ SESSION_KEY = "withcache.session"  # request-scoped: the checked Session
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def setup(app: web.Application, password: str | None, secret: Callable[[], Awaitable[bytes]]):
+def setup(
+    app: web.Application, password: str | None, secret: Callable[[], Awaitable[bytes]]
+) -> None:
     """Build the app's Auth at start-up (the secret may need the metadata store)."""
 
     async def start(app: web.Application) -> None:
