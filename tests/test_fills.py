@@ -118,6 +118,10 @@ def test_origin_error_fails_the_fill_without_retrying(origin, cache_host):
     assert error.startswith("origin answered 403")
     assert origin.gets("/fills/forbidden.bin") == 1
     assert rows(host, "SELECT reason FROM misses") == [(f"fill failed: {error}",)]
+    # Probing again soon doesn't make the cache-host ask the origin again.
+    again = curl(host.blob_url(url)).stdout.decode()
+    assert "the last fill failed: origin answered 403" in again
+    assert origin.gets("/fills/forbidden.bin") == 1
 
 
 def test_transient_origin_error_is_retried(origin, cache_host):

@@ -27,15 +27,17 @@ def test_curate_records_misses_and_fetches_nothing(origin, cache_host):
 
 def test_cap_refuses_a_fill_whose_length_would_cross_it(origin, cache_host):
     fits = origin.add("/modes/fits.bin", BODY)
-    too_big = origin.add("/modes/too-big.bin", os.urandom(900_000))
+    size = 30_000_000  # more than loopback socket buffers hold
+    too_big = origin.add("/modes/too-big.bin", os.urandom(size))
     host = cache_host("--max-bytes", "1M")
     miss(host, fits)
     host.wait_cached(fits)
     miss(host, too_big)
     (error,) = wait_fill_state(host, "failed")[0]
+    assert "artifact is 28.6 MiB" in error
     assert "would exceed --max-bytes 1.0 MiB" in error
     # Refused on its headers: the body was never read.
-    assert origin.body_bytes["/modes/too-big.bin"] < 900_000
+    assert origin.body_bytes["/modes/too-big.bin"] < size
     assert list((host.data_dir / "tmp").iterdir()) == []
     assert curl("-f", host.blob_url(fits)).stdout == BODY  # reads keep working
     assert ("fill.refused",) in rows(host, "SELECT kind FROM events")

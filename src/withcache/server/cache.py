@@ -126,6 +126,10 @@ class Cache:
             # Keep the full URL: the fill an operator may approve needs it.
             await self.metadata.record_miss(key, url, "awaiting approval", now)
             return MissOutcome("recorded for an operator to approve")
+        failed = self.fills.recent_failure(key, scope)
+        if failed:
+            await self.metadata.record_miss(key, None, f"fill failed: {failed}", now)
+            return MissOutcome(f"not fetched: the last fill failed: {failed}")
         full = await self._cache_full()
         if full:
             await self.metadata.record_miss(key, None, f"refused: {full}", now)

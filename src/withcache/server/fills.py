@@ -40,6 +40,11 @@ REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Con
 FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
 PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
+# A fill that failed for good (origin said 4xx, policy or cap said no) is not
+# fetched again by misses for this long, so a script probing a dead URL in a
+# loop doesn't make the cache-host hammer the origin. Operators can retry.
+FAILURE_MEMORY_SECONDS = 60.0
+FAILURE_MEMORY_ENTRIES = 10_000
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -136,6 +141,7 @@ class FillManager:
         self._by_id: dict[int, Fill] = {}
         self._reserved: dict[int, int] = {}  # fill id -> bytes it will add to the store
         self._stored = 0  # bytes in the store when the last capped fill started
+        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # oldest first
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -181,6 +187,19 @@ class FillManager:
 
     def live(self, fill_id: int) -> Fill | None:
         return self._by_id.get(fill_id)
+
+    def recent_failure(self, key: str, scope: str) -> str | None:
+        """Why the last fill of (key, scope) failed for good, if that was less
+        than FAILURE_MEMORY_SECONDS ago: misses don't re-fetch it until then."""
+        found = self._failures.get((key, scope))
+        if found and time.monotonic() - found[0] < FAILURE_MEMORY_SECONDS:
+            return found[1]
+        return None
+
+    def _remember_failure(self, record: FillRecord, error: str) -> None:
+        self._failures[(record.key, record.scope)] = (time.monotonic(), error)
+        while len(self._failures) > FAILURE_MEMORY_ENTRIES:
+            self._failures.pop(next(iter(self._failures)))
 
     def reserved_bytes(self) -> int:
         return sum(self._reserved.values())
@@ -310,6 +329,8 @@ class FillManager:
             await self._metadata.finish_fill(
                 record.id, FillState.FAILED, str(err), display, time.time()
             )
+            if not err.transient:
+                self._remember_failure(record, str(err))
             fill._end(None, err)
             if err.refused:
                 await self._emit(events.FillRefused(url=display, reason=str(err)))

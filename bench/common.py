@@ -1,0 +1,152 @@
+"""What the benchmarks share: a withcache-server process, nginx, hey, and
+/proc readings (CPU time, peak RSS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """withcache-server from this venv, on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        binary = Path(sys.executable).parent / "withcache-server"
+        self.log = open(data_dir.parent / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(binary), "--data-dir", str(data_dir), "--host", "127.0.0.1",
+             "--port", str(self.port), *flags],
+            stdout=self.log, stderr=self.log,
+        )  # fmt: skip
+        self.pid = self.proc.pid
+        _wait_http(f"{self.url}/healthz")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(15)
+        self.log.close()
+
+
+class Nginx:
+    def __init__(self, root: Path, port: int, proc: subprocess.Popen[bytes]) -> None:
+        self.root, self.port, self.proc = root, port, proc
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGQUIT)
+        self.proc.wait(15)
+
+
+def start_nginx(work: Path, root: Path, port: int) -> Nginx:
+    """nginx in the foreground, as Debian ships it, serving `root` on loopback."""
+    work.mkdir(parents=True, exist_ok=True)
+    conf = work / "nginx.conf"
+    # Blobs are private to the cache-host's user (0600); let the workers read them.
+    user = "user root;" if os.geteuid() == 0 else ""
+    conf.write_text(
+        f"""
+{user}
+worker_processes auto;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  default_type application/octet-stream;
+  client_body_temp_path {work}/body;
+  proxy_temp_path {work}/proxy;
+  fastcgi_temp_path {work}/fastcgi;
+  uwsgi_temp_path {work}/uwsgi;
+  scgi_temp_path {work}/scgi;
+  server {{ listen 127.0.0.1:{port}; root {root}; }}
+}}
+"""
+    )
+    proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)])
+    _wait_http(f"http://127.0.0.1:{port}/", any_status=True)
+    return Nginx(root, port, proc)
+
+
+def _wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            if any_status:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def wait_cached(blob_url: str, timeout: float = 600.0) -> None:
+    """Ask once (the miss queues the fill), then poll with HEAD until it's a hit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(blob_url, method="HEAD")).close()
+            return
+        except urllib.error.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{blob_url} was not cached in {timeout}s")
+
+
+def hey(url: str, requests: int, concurrency: int, method: str = "GET") -> dict[str, float]:
+    """Requests per second and failed requests from one `hey` run."""
+    out = subprocess.run(
+        ["hey", "-n", str(requests), "-c", str(concurrency), "-m", method, "-t", "30", url],
+        capture_output=True, text=True, timeout=600,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
+    return {"rps": rps, "errors": requests - ok}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024  # type: ignore[index]
+
+
+def write_results(name: str, data: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path.write_text(json.dumps({"measured_at": stamp, **data}, indent=2) + "\n")
+    return path
