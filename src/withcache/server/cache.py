@@ -9,6 +9,7 @@ every front end offers the same actions with the same rules.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -245,7 +246,9 @@ class Cache:
         if isinstance(event, events.FillFailed) and event.url:
             await self.metadata.set_miss_reason(self.key(event.url), f"fill failed: {event.error}")
 
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (one Cache per process)
     def key(self, url: str) -> str:
+        """The cache key of `url` under this server's settings; BadURL if invalid."""
         return keys.cache_key(url, self.settings.keep_query)
 
     def display(self, url: str) -> str:

@@ -8,6 +8,7 @@ which the RFC allows.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Answer:
     length: int = 0  # bytes of body to send
 
 
+@functools.lru_cache(maxsize=1024)  # the same few Last-Modified values, on every hit
 def http_date(value: str | None) -> float | None:
     """Seconds since the epoch of an HTTP date, or None if absent or invalid."""
     if not value:

@@ -7,6 +7,8 @@ with zero-copy sendfile; bad input gets a 4xx with a one-line reason.
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from withcache import keys
@@ -16,6 +18,7 @@ from withcache.server.store import Artifact
 from withcache.server.web import conditional
 
 CACHE_KEY = web.AppKey("cache", Cache)
+SMALL_BODY = 256 * 1024
 _BAD_NAME_PARTS = ("/", "\\", "%2f", "%5c", "%00", "\x00")
 
 
@@ -33,27 +36,26 @@ async def serve_token(request: web.Request) -> web.StreamResponse:
         url = keys.decode_token(request.match_info["token"])
     except keys.BadURL as err:
         return bad_request(request, f"bad token: {err}", _status_for(err))
-    return await _serve(request, url)
+    return await _serve(request, url, "bad token")
 
 
 async def serve_query(request: web.Request) -> web.StreamResponse:
     urls = request.query.getall("url", [])
     if len(urls) != 1:
         return bad_request(request, "give exactly one url= parameter")
-    try:
-        keys.check_origin(urls[0])
-    except keys.BadURL as err:
-        return bad_request(request, f"bad url: {err}", _status_for(err))
-    return await _serve(request, urls[0])
+    return await _serve(request, urls[0], "bad url")
 
 
 def _status_for(err: keys.BadURL) -> int:
     return 414 if "longer than" in str(err) else 400
 
 
-async def _serve(request: web.Request, url: str) -> web.StreamResponse:
+async def _serve(request: web.Request, url: str, what: str) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
-    key = cache.key(url)
+    try:
+        key = cache.key(url)
+    except keys.BadURL as err:
+        return bad_request(request, f"{what}: {err}", _status_for(err))
     authorization = request.headers.get("Authorization")
     artifact = await cache.lookup(key, authorization)
     if artifact is not None:
@@ -97,6 +99,14 @@ async def send_blob(
         response = web.StreamResponse(status=answer.status, headers=headers)
         response.content_length = answer.length
         return response
+    if answer.length <= SMALL_BODY:
+        try:
+            with open(cache.blob_path(artifact), "rb") as small:
+                body = os.pread(small.fileno(), answer.length, answer.start)
+        except FileNotFoundError:
+            return None
+        cache.count_hit(artifact)
+        return web.Response(status=answer.status, headers=headers, body=body)
     try:
         blob = open(cache.blob_path(artifact), "rb")  # noqa: SIM115 (closed below)
     except FileNotFoundError:
