@@ -46,16 +46,22 @@ def curl_seconds(url: str) -> float:
     return float(out.stdout)
 
 
-def big_hit(url: str, pids: list[int], runs: int, size: int) -> dict[str, float]:
-    """Median throughput (MB/s) and median server CPU seconds per GiB."""
-    curl_seconds(url)  # warm the page cache
-    rates, cpus = [], []
+def big_hits(targets: dict[str, tuple[str, list[int]]], runs: int, size: int) -> dict:
+    """Median throughput (MB/s) and server CPU seconds per GiB for each target,
+    runs interleaved so that both see the same machine."""
+    samples: dict[str, dict[str, list[float]]] = {}
+    for url, _ in targets.values():
+        curl_seconds(url)  # warm the page cache
     for _ in range(runs):
-        before = cpu_seconds(pids)
-        seconds = curl_seconds(url)
-        cpus.append((cpu_seconds(pids) - before) * (1 << 30) / size)
-        rates.append(size / seconds / 1e6)
-    return {"mb_per_s": statistics.median(rates), "cpu_s_per_gib": statistics.median(cpus)}
+        for label, (url, pids) in targets.items():
+            before = cpu_seconds(pids)
+            seconds = curl_seconds(url)
+            got = samples.setdefault(label, {"mb_per_s": [], "cpu_s_per_gib": []})
+            got["cpu_s_per_gib"].append((cpu_seconds(pids) - before) * (1 << 30) / size)
+            got["mb_per_s"].append(size / seconds / 1e6)
+    return {
+        label: {k: statistics.median(v) for k, v in got.items()} for label, got in samples.items()
+    }
 
 
 def main() -> None:
@@ -90,17 +96,18 @@ def main() -> None:
         sha = {name: _etag(blob_urls[name]) for name in blob_urls}
         nginx_urls = {n: f"http://127.0.0.1:{plain.port}/{sha[n][:2]}/{sha[n]}" for n in sha}
 
-        for label, urls, pids in (
-            ("withcache", blob_urls, [server.pid]),
-            ("nginx", nginx_urls, plain.worker_pids()),
-        ):
-            row = big_hit(urls["big.bin"], pids, runs, big_size)
+        targets = {
+            "withcache": (blob_urls, [server.pid]),
+            "nginx": (nginx_urls, plain.worker_pids()),
+        }
+        results = big_hits({k: (u["big.bin"], p) for k, (u, p) in targets.items()}, runs, big_size)
+        for label, (urls, _) in targets.items():
+            row = results[label]
             row["head_per_s"] = hey(urls["small.bin"], requests, 32, method="HEAD")["rps"]
             row["get_64k_per_s"] = hey(urls["small.bin"], requests, 32)["rps"]
             crowd = hey(urls["small.bin"], requests, 200)
             row["c200_errors"] = crowd["errors"]
             row["c200_per_s"] = crowd["rps"]
-            results[label] = row
         results["withcache"]["peak_rss_mib"] = peak_rss_mib(server.pid)
     finally:
         server.stop()
