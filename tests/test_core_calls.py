@@ -34,6 +34,8 @@ async def test_add_by_url_fills_and_verifies(cache, origin):
     artifact = await cache.fills.live(record.id).result()
     assert artifact.sha256 == hashlib.sha256(BODY).hexdigest()
     assert await cache.lookup(cache.key(url), None) == artifact
+    (queued,) = (await cache.metadata.list_events(kind="fill.queued")).rows
+    assert queued.actor == "operator"
 
 
 async def test_add_with_wrong_sha256_keeps_nothing(cache, origin):
@@ -100,6 +102,8 @@ async def test_cancel_a_running_fill_keeps_nothing(cache, origin):
         await fill.result()
     assert (await cache.metadata.get_fill(record.id)).state is FillState.CANCELLED
     assert list((cache.settings.data_dir / "tmp").iterdir()) == []
+    (cancelled,) = (await cache.metadata.list_events(kind="fill.cancelled")).rows
+    assert cancelled.actor == "operator"
     with pytest.raises(ActionError):
         await cache.cancel(record.id)
 

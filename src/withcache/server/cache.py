@@ -164,8 +164,9 @@ class Cache:
         if refusal:
             raise ActionError(f"not fetched: {refusal}")
         key = self.key(url)
+        expected = expected_sha256.lower() if expected_sha256 else None
         fill, created = await self.fills.request(
-            url, key, PUBLIC, None, "operator", expected_sha256.lower() if expected_sha256 else None
+            url, key, PUBLIC, None, "operator", expected, actor
         )
         if not created:
             raise ActionError("a fill for this URL is already queued or running")
@@ -176,7 +177,9 @@ class Cache:
         miss = await self.metadata.get_miss(key)
         if miss is None:
             raise ActionError("no such miss")
-        fill, _ = await self.fills.request(miss.url or key, key, PUBLIC, None, "operator")
+        fill, _ = await self.fills.request(
+            miss.url or key, key, PUBLIC, None, "operator", actor=actor
+        )
         await self.metadata.set_miss_reason(key, "approved; being fetched")
         return fill.record
 
@@ -187,7 +190,7 @@ class Cache:
         await self.record(events.MissDismissed(url=self.display(key), actor=actor))
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> None:
-        if not await self.fills.cancel(fill_id):
+        if not await self.fills.cancel(fill_id, actor):
             raise ActionError("no such queued or running fill")
 
     async def retry(self, fill_id: int, actor: str | None = None) -> FillRecord:
@@ -201,7 +204,7 @@ class Cache:
         if record.credentialed:
             raise ActionError("this fill used a client's credentials; the client must ask again")
         fill, _ = await self.fills.request(
-            record.url, record.key, record.scope, None, "operator", record.expected_sha256
+            record.url, record.key, record.scope, None, "operator", record.expected_sha256, actor
         )
         return fill.record
 

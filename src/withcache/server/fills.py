@@ -74,6 +74,7 @@ class Fill:
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
     _cancel_requested: bool = False
+    _cancelled_by: str | None = None
     _task: asyncio.Task[None] | None = None
     _result: asyncio.Future[Artifact] = field(default_factory=lambda: _new_future())
     _progressed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
@@ -212,6 +213,7 @@ class FillManager:
         authorization: str | None,
         requested_by: str,
         expected_sha256: str | None = None,
+        actor: str | None = None,
     ) -> tuple[Fill, bool]:
         """Queue a fill for `url`, or join the one under way; (fill, created)."""
         existing = self._by_key.get((key, scope))
@@ -225,13 +227,16 @@ class FillManager:
         if created:
             fill.authorization = authorization
             self._wakeup.set()
-            await self._emit(events.FillQueued(url=self._display(url), requested_by=requested_by))
+            await self._emit(
+                events.FillQueued(url=self._display(url), actor=actor, requested_by=requested_by)
+            )
         return fill, created
 
-    async def cancel(self, fill_id: int) -> bool:
+    async def cancel(self, fill_id: int, actor: str | None = None) -> bool:
         fill = self._by_id.get(fill_id)
         if fill and fill._task:
             fill._cancel_requested = True
+            fill._cancelled_by = actor
             fill._task.cancel()
             return True
         record = await self._metadata.get_fill(fill_id)
@@ -245,7 +250,7 @@ class FillManager:
         if fill:
             self._forget(fill)
             fill._end(None, FillCancelled("cancelled by an operator"))
-        await self._emit(events.FillCancelled(url=ended.url, fill_id=fill_id))
+        await self._emit(events.FillCancelled(url=ended.url, actor=actor, fill_id=fill_id))
         return True
 
     # -- workers
@@ -317,7 +322,9 @@ class FillManager:
                 record.id, FillState.CANCELLED, "cancelled", display, time.time()
             )
             fill._end(None, FillCancelled("cancelled by an operator"))
-            await self._emit(events.FillCancelled(url=display, fill_id=record.id))
+            await self._emit(
+                events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id)
+            )
             return
         except Exception as err:
             if writer:

@@ -219,7 +219,8 @@ class Metadata(Protocol):
         event_max_age: float,
         max_events: int,
     ) -> None:
-        """Drop misses and events past their age or count limits."""
+        """Drop misses, events and finished fills past their age or count limits
+        (finished fills are the downloads history: they follow the events')."""
         ...
 
 

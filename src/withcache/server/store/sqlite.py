@@ -81,6 +81,52 @@ MIGRATIONS = [
     );
     CREATE INDEX events_at ON events (at);
     """,
+    # Totals kept by triggers, so the header strip, /healthz and the cap check
+    # cost one row read instead of a scan of every artifact.
+    """
+    CREATE TABLE blob_refs (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        refs INTEGER NOT NULL
+    );
+    CREATE TABLE totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        artifacts INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    INSERT INTO blob_refs SELECT sha256, max(size), count(*) FROM artifacts GROUP BY sha256;
+    INSERT INTO totals VALUES (
+        1, (SELECT count(*) FROM artifacts), (SELECT coalesce(sum(size), 0) FROM blob_refs)
+    );
+    CREATE TRIGGER artifact_added AFTER INSERT ON artifacts BEGIN
+        INSERT INTO blob_refs VALUES (NEW.sha256, NEW.size, 1)
+            ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1;
+        UPDATE totals SET artifacts = artifacts + 1, bytes = bytes + CASE
+            WHEN (SELECT refs FROM blob_refs WHERE sha256 = NEW.sha256) = 1 THEN NEW.size
+            ELSE 0 END;
+    END;
+    CREATE TRIGGER artifact_removed AFTER DELETE ON artifacts BEGIN
+        UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.sha256;
+        UPDATE totals SET artifacts = artifacts - 1, bytes = bytes - CASE
+            WHEN (SELECT refs FROM blob_refs WHERE sha256 = OLD.sha256) = 0 THEN OLD.size
+            ELSE 0 END;
+        DELETE FROM blob_refs WHERE sha256 = OLD.sha256 AND refs = 0;
+    END;
+    CREATE TRIGGER artifact_replaced AFTER UPDATE OF sha256 ON artifacts
+    WHEN OLD.sha256 != NEW.sha256 BEGIN
+        UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.sha256;
+        UPDATE totals SET bytes = bytes - CASE
+            WHEN (SELECT refs FROM blob_refs WHERE sha256 = OLD.sha256) = 0 THEN OLD.size
+            ELSE 0 END;
+        DELETE FROM blob_refs WHERE sha256 = OLD.sha256 AND refs = 0;
+        INSERT INTO blob_refs VALUES (NEW.sha256, NEW.size, 1)
+            ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1;
+        UPDATE totals SET bytes = bytes + CASE
+            WHEN (SELECT refs FROM blob_refs WHERE sha256 = NEW.sha256) = 1 THEN NEW.size
+            ELSE 0 END;
+    END;
+    CREATE INDEX fills_finished_at ON fills (finished_at);
+    """,
 ]
 
 _ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
@@ -126,11 +172,14 @@ class SQLiteMetadata:
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self._transaction():
-                for statement in script.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={number}")
+            try:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+                )
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
@@ -181,15 +230,11 @@ class SQLiteMetadata:
             return found
 
     async def sha_in_use(self, sha256: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM artifacts WHERE sha256 = ? LIMIT 1", (sha256,))
+        row = self._db.execute("SELECT 1 FROM blob_refs WHERE sha256 = ?", (sha256,))
         return row.fetchone() is not None
 
     async def totals(self) -> tuple[int, int]:
-        count = self._db.execute("SELECT count(*) FROM artifacts").fetchone()[0]
-        stored = self._db.execute(
-            "SELECT coalesce(sum(size), 0) FROM (SELECT DISTINCT sha256, size FROM artifacts)"
-        ).fetchone()[0]
-        return count, stored
+        return self._db.execute("SELECT artifacts, bytes FROM totals").fetchone()
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
@@ -399,6 +444,15 @@ class SQLiteMetadata:
             self._db.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events "
                 "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (max_events,),
+            )
+            self._db.execute(
+                "DELETE FROM fills WHERE finished_at < ? AND state NOT IN ('queued', 'running')",
+                (now - event_max_age,),
+            )
+            self._db.execute(
+                "DELETE FROM fills WHERE id IN (SELECT id FROM fills "
+                "WHERE state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (max_events,),
             )
 
