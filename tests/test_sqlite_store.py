@@ -56,7 +56,7 @@ async def test_finished_fills_follow_the_event_limits(tmp_path):
     for n in range(6):
         fill, _ = await meta.enqueue_fill(f"https://h/{n}", "", f"https://h/{n}", "miss", n)
         await meta.finish_fill(fill.id, FillState.FAILED, "x", fill.url, now=100.0 + n)
-    running, _ = await meta.enqueue_fill("https://h/run", "", "https://h/run", "miss", 0)
+    await meta.enqueue_fill("https://h/run", "", "https://h/run", "miss", 0)
     await meta.prune(now=110.0, miss_max_age=1e9, max_misses=10, event_max_age=8.0, max_events=3)
     kept = [f.key for f in (await meta.list_fills()).rows]
     # Age took 0 and 1 (finished before 102); the count kept the newest 3.
