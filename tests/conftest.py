@@ -119,11 +119,18 @@ class CacheHost:
         with urllib.request.urlopen(f"{self.url}/healthz", timeout=5, context=self.tls) as response:
             return json.load(response)
 
-    def wait_cached(self, origin_url: str, timeout: float = 20.0) -> None:
-        """Poll with HEAD (which does not count as a hit) until the URL is a hit."""
+    def wait_cached(
+        self, origin_url: str, timeout: float = 20.0, headers: dict[str, str] | None = None
+    ) -> None:
+        """Poll with HEAD (which does not count as a hit) until the URL is a hit.
+
+        `headers` (an Authorization) scopes the lookup as the server scopes it.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            request = urllib.request.Request(self.blob_url(origin_url), method="HEAD")
+            request = urllib.request.Request(
+                self.blob_url(origin_url), method="HEAD", headers=headers or {}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=5, context=self.tls):
                     return
@@ -146,6 +153,65 @@ def cache_host(tmp_path: Path, ca_file: Path) -> Iterator[callable]:  # type: ig
     yield start
     for host in hosts:
         host.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_cache_host(
+    tmp_path_factory: pytest.TempPathFactory, ca_file: Path
+) -> Iterator[CacheHost]:
+    """One auto-fill cache-host for a whole test module (each start costs ~0.3 s).
+
+    Tests that share it use their own origin paths, so they can't see each
+    other's artifacts.
+    """
+    env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
+    host = CacheHost(tmp_path_factory.mktemp("shared") / "data", TEST_FLAGS, env)
+    yield host.start()
+    host.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A certificate chain and key for 127.0.0.1/localhost, signed by the test CA."""
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    folder = tmp_path_factory.mktemp("tls")
+    chain, key = folder / "chain.pem", folder / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    return chain, key
+
+
+# What a user's environment must not leak into a shim under test.
+_SHIM_ENV_PREFIXES = ("WITHCACHE_", "CURLWITHCACHE_", "WGETWITHCACHE_", "REAL_")
+
+
+def shim_env(server: str | None = None, **extra: str) -> dict[str, str]:
+    """A clean environment for running a shim: no proxies, no withcache settings."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_SHIM_ENV_PREFIXES) and not k.lower().endswith("_proxy")
+    }
+    env["WITHCACHE_DEBUG"] = "1"
+    if server is not None:
+        env["WITHCACHE_SERVER"] = server
+    env.update(extra)
+    return env
+
+
+def shim(
+    tool: str,
+    *args: str,
+    server: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run curlwithcache or wgetwithcache as a user would (WITHCACHE_DEBUG on)."""
+    return subprocess.run(
+        [str(BIN / f"{tool}withcache"), *args], capture_output=True, text=True,
+        env=env if env is not None else shim_env(server), cwd=cwd, timeout=timeout,
+    )  # fmt: skip
 
 
 def curl(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedProcess[bytes]:
