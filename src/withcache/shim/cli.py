@@ -1,2 +1,255 @@
-def main() -> None:
-    raise SystemExit("todo")
+"""`withcache-shims`: set the shims up, and say what is in effect.
+
+    eval "$(withcache-shims env http://cache:3000)"   # this shell only
+    withcache-shims setup user                        # the snippet for one set-up
+    withcache-shims install --user                    # ~/.withcache/bin/{curl,wget}
+    withcache-shims status                            # which curl/wget, does the cache answer
+
+The five set-ups are the seed's: call the shims by name; shadow curl/wget in
+this shell; for your user; for one project (direnv); for the whole machine.
+Errors are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from withcache import cachehost
+from withcache.shim import curl, entry, wget
+
+TOOLS = (curl.TOOL, wget.TOOL)
+USER_BIN = "~/.withcache/bin"
+SETUPS = ("by-name", "shell", "user", "direnv", "system")
+
+
+class UsageError(Exception):
+    """A bad argument or an unusable setting; the message is shown as is."""
+
+
+def shim_path(tool: str) -> Path:
+    """Where this installation's `<tool>withcache` script is."""
+    name = f"{tool}withcache"
+    here = Path(os.path.realpath(sys.argv[0])).parent / name
+    if here.is_file():
+        return here
+    found = shutil.which(name)
+    if found is None:
+        raise UsageError(f"{name} is not installed next to withcache-shims nor on PATH")
+    return Path(found)
+
+
+def _server(given: str | None) -> str:
+    server = given or os.environ.get("WITHCACHE_SERVER", "").strip()
+    if not server:
+        raise UsageError("give the cache-host URL (or set WITHCACHE_SERVER)")
+    try:
+        return cachehost.parse(server).base
+    except cachehost.BadCacheHost as err:
+        raise UsageError(f"bad cache-host {server!r}: {err}") from None
+
+
+def _links(folder: str) -> list[str]:
+    lines = [f'mkdir -p "{folder}"']
+    for tool in TOOLS:
+        lines.append(f'ln -sf {shlex.quote(str(shim_path(tool.name)))} "{folder}/{tool.name}"')
+    return lines
+
+
+def snippet(setup: str, server: str) -> str:
+    """The shell lines for one of the five set-ups."""
+    home_bin = "$HOME/.withcache/bin"
+    export = f"export WITHCACHE_SERVER={shlex.quote(server)}"
+    if setup == "by-name":
+        return "\n".join(
+            [
+                "# 1. No shadowing: call the shims by name.",
+                export,
+                "# curlwithcache -fsSL https://vendor.example/cuda.run -o cuda.run",
+                "# wgetwithcache https://vendor.example/rocm.tar.gz",
+            ]
+        )
+    if setup == "shell":
+        return "\n".join(
+            [
+                "# 2. This shell only: curl and wget are the shims until the shell exits.",
+                *_links(home_bin),
+                export,
+                f'case ":$PATH:" in *":{home_bin}:"*) ;; *) export PATH="{home_bin}:$PATH" ;; esac',
+                "hash -r",
+            ]
+        )
+    if setup == "user":
+        return "\n".join(
+            [
+                "# 3. Your user: every new shell of yours (undo: delete the block).",
+                *_links(home_bin),
+                "cat >> ~/.bashrc <<'EOF'",
+                "# withcache: transparent curl/wget caching",
+                export,
+                f'export PATH="{home_bin}:$PATH"',
+                "EOF",
+            ]
+        )
+    if setup == "direnv":
+        return "\n".join(
+            [
+                "# 4. One project: put these two lines in its .envrc, then `direnv allow`",
+                "#    (the links come from `withcache-shims install --user`).",
+                export,
+                "PATH_add ~/.withcache/bin",
+            ]
+        )
+    return "\n".join(
+        [
+            "# 5. The whole machine: every user, every shell, build tools too (run as root).",
+            *(
+                f"ln -sf {shlex.quote(str(shim_path(t.name)))} /usr/local/bin/{t.name}"
+                for t in TOOLS
+            ),
+            f"echo {shlex.quote(export)} > /etc/profile.d/withcache.sh",
+        ]
+    )
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    print(snippet("shell", _server(args.server)))
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    server = _server(args.server)
+    print("\n\n".join(snippet(name, server) for name in ([args.setup] if args.setup else SETUPS)))
+    return 0
+
+
+def _folder(args: argparse.Namespace) -> Path:
+    if args.dir:
+        return Path(args.dir)
+    if args.user:
+        return Path(os.path.expanduser(USER_BIN))
+    raise UsageError("say where: --user (~/.withcache/bin) or --dir DIR")
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    folder = _folder(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    for tool in TOOLS:
+        link, target = folder / tool.name, shim_path(tool.name)
+        if link.exists() and not link.is_symlink():
+            raise UsageError(f"{link} exists and is not a link; not replacing it")
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+        print(f"{link} -> {target}")
+    if args.user and str(folder) not in os.environ.get("PATH", "").split(os.pathsep):
+        print(f'now put it first on PATH: export PATH="{folder}:$PATH"; hash -r')
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    folder = _folder(args)
+    for tool in TOOLS:
+        link = folder / tool.name
+        if link.is_symlink() and os.path.basename(os.path.realpath(link)) in entry.SHIM_NAMES:
+            link.unlink()
+            print(f"removed {link}")
+    return 0
+
+
+def _health(base: str, timeout: float = 2.0) -> str:
+    """'answers …' or 'does not answer: …' for the cache-host's /healthz."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.monotonic()
+    try:
+        with opener.open(f"{base}/healthz", timeout=timeout) as response:
+            body = response.read(64 * 1024)
+    except urllib.error.HTTPError as err:
+        return f"does not answer: HTTP {err.code}"
+    except (OSError, ValueError) as err:
+        return f"does not answer: {getattr(err, 'reason', None) or err}"
+    took = (time.monotonic() - started) * 1000
+    try:
+        health = json.loads(body)
+        summary = f"{health['status']}, {health['mode']} mode, {health['artifacts']} artifacts"
+    except (ValueError, KeyError, TypeError):
+        summary = "not a withcache /healthz"
+    return f"answers ({summary}, {took:.0f} ms)"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = os.environ.get("PATH", os.defpath)
+    failed = False
+    for tool in TOOLS:
+        in_effect = shutil.which(tool.name, path=path)
+        if in_effect is None:
+            print(f"{tool.name}: not on PATH")
+        elif os.path.basename(os.path.realpath(in_effect)) in entry.SHIM_NAMES:
+            real = entry.find_real_tool(tool.name, os.environ.get(tool.real_env, ""), path)
+            print(f"{tool.name}: {in_effect} is the withcache shim; it runs {real or 'NOTHING'}")
+            failed |= real is None
+        else:
+            print(f"{tool.name}: {in_effect} (the real {tool.name}; not shimmed)")
+        setting = (
+            os.environ[tool.server_env]
+            if tool.server_env in os.environ
+            else os.environ.get("WITHCACHE_SERVER", "")
+        ).strip()
+        source = tool.server_env if tool.server_env in os.environ else "WITHCACHE_SERVER"
+        if not setting:
+            print(f"  cache-host: none ({source} unset): the shim passes everything through")
+            continue
+        try:
+            base = cachehost.parse(setting).base
+        except cachehost.BadCacheHost as err:
+            print(f"  cache-host: {setting!r} from {source} is unusable: {err}")
+            failed = True
+            continue
+        health = _health(base)
+        failed |= health.startswith("does not")
+        print(f"  cache-host: {base} (from {source}) {health}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="withcache-shims", description="Set up the withcache curl/wget shims."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    env = sub.add_parser("env", help='shell lines for this shell: eval "$(withcache-shims env)"')
+    env.add_argument("server", nargs="?", help="cache-host URL (default: $WITHCACHE_SERVER)")
+    env.set_defaults(run=cmd_env)
+    setup = sub.add_parser("setup", help="the shell lines for one set-up, or all five")
+    setup.add_argument("setup", nargs="?", choices=SETUPS)
+    setup.add_argument("--server", help="cache-host URL (default: $WITHCACHE_SERVER)")
+    setup.set_defaults(run=cmd_setup)
+    for name, run, doing in (
+        ("install", cmd_install, "make curl/wget links to the shims"),
+        ("uninstall", cmd_uninstall, "remove those links"),
+    ):
+        command = sub.add_parser(name, help=doing)
+        where = command.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", help=f"in {USER_BIN}")
+        where.add_argument("--dir", help="in this folder (e.g. /usr/local/bin)")
+        command.set_defaults(run=run)
+    status = sub.add_parser("status", help="which curl/wget is in effect; does the cache answer")
+    status.set_defaults(run=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.run(args)
+    except (UsageError, OSError) as err:
+        print(f"withcache-shims: {err}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
