@@ -100,12 +100,12 @@ def test_globs_pass_through_unless_globoff(origin, shared_cache_host, tmp_path):
     assert origin.gets("/curl/glob/p2.bin") == 2  # the fill and this curl
 
 
-def outcome(folder: Path, result) -> tuple:
-    files = {
-        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
-    }
-    mtimes = {p.name: int(p.stat().st_mtime) for p in folder.rglob("*") if p.is_file()}
-    return result.returncode, files, mtimes
+def outcome(folder: Path, result, mtimes: bool) -> tuple:
+    """Exit status, files and (when the tool sets them from the server) their mtimes."""
+    found = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in found}
+    times = {p.name: int(p.stat().st_mtime) for p in found} if mtimes else {}
+    return result.returncode, files, times
 
 
 def compare(tmp_path, args, url, server, prepare=lambda folder: None):
@@ -118,7 +118,7 @@ def compare(tmp_path, args, url, server, prepare=lambda folder: None):
         result = shim("curl", *args, url, server=setting, cwd=folder)
         if setting:
             assert [line.split()[2] for line in debug_lines(result)] == ["hit"], result.stderr
-        outcomes.append(outcome(folder, result))
+        outcomes.append(outcome(folder, result, "-R" in args))
     assert outcomes[0] == outcomes[1]
     return outcomes[0]
 
