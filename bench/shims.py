@@ -1,7 +1,7 @@
 """Time the curl/wget shims against running the tools directly (one run, medians).
 
     apt-get install -y hyperfine     # Debian's package
-    .venv/bin/python bench/shims.py  # or: make bench-shims
+    .venv/bin/python bench/shims.py
 
 Starts a real cache-host (auto mode, pre-warmed: every probe is a hit), a
 second one in --curate mode (every probe is a miss, nothing is ever

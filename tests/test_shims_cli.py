@@ -113,3 +113,20 @@ def test_env_without_a_server_is_a_one_line_error(home):
     assert result.stderr == "withcache-shims: give the cache-host URL (or set WITHCACHE_SERVER)\n"
     bad = cli("env", "ftp://cache", env=shim_env(HOME=str(home)))
     assert bad.returncode == 2 and "bad cache-host" in bad.stderr
+
+
+def test_readme_documents_every_shim_setting_and_command():
+    from pathlib import Path
+
+    from withcache.shim import cli, curl, wget
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    wanted = {f"`{name}`" for name in cli.SETUPS}
+    wanted |= {
+        f"`{name}" for name in ("WITHCACHE_SERVER", "WITHCACHE_PROBE_TIMEOUT", "WITHCACHE_DEBUG")
+    }
+    wanted |= {f"`{t.server_env}`" for t in (curl.TOOL, wget.TOOL)}
+    wanted |= {f"`{t.real_env}`" for t in (curl.TOOL, wget.TOOL)}
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    wanted |= {f"withcache-shims {name}" for name in subcommands}
+    assert {text for text in wanted if text not in readme} == set()
