@@ -199,8 +199,10 @@ def silent_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-# What a user's environment must not leak into a shim under test.
-_SHIM_ENV_PREFIXES = ("WITHCACHE_", "CURLWITHCACHE_", "WGETWITHCACHE_", "REAL_")
+# What a user's environment must not leak into a shim under test (CA variables
+# included: which CAs curl trusts is part of what the tests set).
+_SHIM_ENV_PREFIXES = ("WITHCACHE_", "CURLWITHCACHE_", "WGETWITHCACHE_", "REAL_", "SSL_CERT_")
+_SHIM_ENV_NAMES = {"CURL_CA_BUNDLE"}
 
 
 def shim_env(server: str | None = None, **extra: str) -> dict[str, str]:
@@ -208,7 +210,9 @@ def shim_env(server: str | None = None, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(_SHIM_ENV_PREFIXES) and not k.lower().endswith("_proxy")
+        if not k.startswith(_SHIM_ENV_PREFIXES)
+        and k not in _SHIM_ENV_NAMES
+        and not k.lower().endswith("_proxy")
     }
     env["WITHCACHE_DEBUG"] = "1"
     if server is not None:

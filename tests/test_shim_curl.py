@@ -204,6 +204,26 @@ def test_https_cache_host_trusts_what_curl_trusts(origin, cache_host, tls_files,
     untrusted = shim("curl", "-fsS", "-o", "out2", url, server=host.url, cwd=tmp_path)
     assert untrusted.returncode == 0, untrusted.stderr
     assert "unreachable" in debug_lines(untrusted)[0]
+    # curl reads SSL_CERT_FILE, so the probe does too...
+    env = shim_env(host.url, SSL_CERT_FILE=str(ca_file))
+    by_env = shim("curl", "-fsS", "-o", "out3", url, env=env, cwd=tmp_path)
+    assert debug_lines(by_env)[0].startswith(f"withcache: curl: hit {url}"), by_env.stderr
+    # ...and wget (GnuTLS) doesn't, so for wget it doesn't: the origin serves it.
+    wget_env = shim("wget", "-q", "-O", "out4", url, env=env, cwd=tmp_path)
+    assert wget_env.returncode == 0, wget_env.stderr
+    assert "withcache: wget: unreachable" in wget_env.stderr
+    wget_ca = shim(
+        "wget",
+        "-q",
+        f"--ca-certificate={ca_file}",
+        "-O",
+        "out5",
+        url,
+        server=host.url,
+        cwd=tmp_path,
+    )
+    assert "withcache: wget: hit" in wget_ca.stderr, wget_ca.stderr
+    assert (tmp_path / "out5").read_bytes() == (tmp_path / "out4").read_bytes() == BODY
 
 
 def test_credential_scoped_artifact_needs_the_same_authorization(

@@ -345,6 +345,20 @@ def test_https_cache_probe_trusts_what_the_tool_trusts():
     assert tuple(probe.asked[0].trust) == (False, None, "/d")
 
 
+@pytest.mark.parametrize(
+    ("tool", "env", "trust"),
+    [
+        ("curl", {"CURL_CA_BUNDLE": "/b.pem", "SSL_CERT_FILE": "/f.pem"}, (True, "/b.pem", None)),
+        ("curl", {"SSL_CERT_FILE": "/f.pem", "SSL_CERT_DIR": "/d"}, (True, "/f.pem", "/d")),
+        ("curl", {}, (True, None, None)),
+        ("wget", {"SSL_CERT_FILE": "/f.pem", "CURL_CA_BUNDLE": "/b.pem"}, (True, None, None)),
+    ],
+)
+def test_ca_variables_count_only_for_the_tool_that_reads_them(tool, env, trust):
+    _, probe = run(tool, U1, env={"WITHCACHE_SERVER": "https://cache.lab", **env})
+    assert tuple(probe.asked[0].trust) == trust
+
+
 def test_tls_limits_pass_through_only_for_an_https_cache():
     assert run("curl", "--tls-max", "1.1", U1)[0].argv[-1] == served(U1)
     https = {"WITHCACHE_SERVER": "https://cache.lab"}

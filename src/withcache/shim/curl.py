@@ -150,7 +150,7 @@ TOOL = Tool(
     ca_file_options=frozenset({"cacert"}),
     ca_dir_options=frozenset({"capath"}),
     no_verify={"insecure": True},
-    ca_file_env=("CURL_CA_BUNDLE",),
+    ca_env=(("CURL_CA_BUNDLE", ""), ("SSL_CERT_FILE", "SSL_CERT_DIR")),
     proxy_options=frozenset(
         {"proxy", "preproxy", "socks4", "socks4a", "socks5", "socks5-hostname"}
     ),

@@ -167,10 +167,14 @@ class _Operation:
         return "Basic " + encoded.decode("ascii")
 
     def trust(self, tool: Tool, env: Mapping[str, str]) -> Trust:
-        ca_file = self.ca_file
-        for name in tool.ca_file_env:
-            ca_file = ca_file or env.get(name) or None
-        return Trust(self.verify, ca_file, self.ca_dir)
+        """The CAs the tool will check the cache-host against (None, None: the system's)."""
+        if self.ca_file or self.ca_dir:
+            return Trust(self.verify, self.ca_file, self.ca_dir)
+        for file_name, dir_name in tool.ca_env:
+            ca_file, ca_dir = env.get(file_name) or None, env.get(dir_name) or None
+            if ca_file or ca_dir:
+                return Trust(self.verify, ca_file, ca_dir)
+        return Trust(self.verify)
 
     def proxy_reason(self, tool: Tool, server: cachehost.CacheHost, env: Mapping[str, str]) -> str:
         """Why the tool would reach the cache-host through a proxy ('' if it won't)."""

@@ -161,12 +161,19 @@ def _connect(server: CacheHost, family: int, deadline: float) -> _socket.socket:
 def _tls(sock: _socket.socket, server: CacheHost, trust: Trust, deadline: float) -> _socket.socket:
     import ssl  # only an https cache-host pays for it
 
-    if trust.verify:
-        context = ssl.create_default_context(cafile=trust.ca_file, capath=trust.ca_dir)
-    else:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if not trust.verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    elif trust.ca_file or trust.ca_dir:
+        context.load_verify_locations(trust.ca_file, trust.ca_dir)
+    else:
+        # The system store as compiled in, not SSL_CERT_FILE/SSL_CERT_DIR: whether
+        # those count is the tool's business (plan passes them on for curl).
+        paths = ssl.get_default_verify_paths()
+        cafile = paths.openssl_cafile if os.path.isfile(paths.openssl_cafile) else None
+        capath = paths.openssl_capath if os.path.isdir(paths.openssl_capath) else None
+        context.load_verify_locations(cafile, capath)
     _settimeout(sock, deadline)
     return context.wrap_socket(sock, server_hostname=server.host)  # type: ignore[arg-type]
 

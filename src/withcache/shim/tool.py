@@ -42,7 +42,9 @@ class Tool(Record):
     ca_file_options: frozenset[str]
     ca_dir_options: frozenset[str]
     no_verify: dict[str, bool]  # option -> the on/off state that turns verification off
-    ca_file_env: tuple[str, ...]
+    # CA variables the tool reads when no option names a CA: (file, directory)
+    # pairs, the first pair with either set wins; none: the system store only.
+    ca_env: tuple[tuple[str, str], ...]
     # Proxies: the rewritten URL must reach the cache-host the way the probe did.
     proxy_options: frozenset[str]  # a non-empty value routes through a proxy
     proxy_switch: str | None  # boolean option: off ignores proxy variables (wget --no-proxy)
