@@ -379,3 +379,10 @@ def test_notes_say_why_for_every_url():
         f"hit {U1} -> {served(U1)}",
         f"miss {U2}",
     ]
+
+
+def test_a_url_that_is_not_utf8_passes_through():
+    url = "https://vendor.example/\udcff.bin"  # how Python holds a non-UTF-8 argv byte
+    result, _ = run("curl", url, U1, cached=(url, U1))
+    assert result.argv == [url, served(U1)]
+    assert result.notes[0] == f"passed through {url} (not valid UTF-8)"

@@ -130,3 +130,18 @@ def test_readme_documents_every_shim_setting_and_command():
     subcommands = cli.build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     wanted |= {f"withcache-shims {name}" for name in subcommands}
     assert {text for text in wanted if text not in readme} == set()
+
+
+def test_tables_dump_is_the_tables(home):
+    import json
+
+    from withcache.shim import curl, wget
+
+    result = cli("tables", env=shim_env(HOME=str(home)))
+    assert result.returncode == 0, result.stderr
+    dumped = json.loads(result.stdout)
+    for tool in (curl.TOOL, wget.TOOL):
+        assert dumped[tool.name]["table"]["long"] == tool.table.long
+        assert dumped[tool.name]["table"]["short"] == tool.table.short
+        assert dumped[tool.name]["pass_through"] == tool.pass_through
+        assert set(dumped[tool.name]) == set(tool._fields)

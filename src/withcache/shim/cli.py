@@ -4,6 +4,7 @@
     withcache-shims setup user                        # the snippet for one set-up
     withcache-shims install --user                    # ~/.withcache/bin/{curl,wget}
     withcache-shims status                            # which curl/wget, does the cache answer
+    withcache-shims tables                            # the option tables as JSON
 
 The five set-ups are the seed's: call the shims by name; shadow curl/wget in
 this shell; for your user; for one project (direnv); for the whole machine.
@@ -219,6 +220,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def tables() -> dict[str, dict[str, object]]:
+    """Both tools' tables and semantics as JSON-ready data (for a native port)."""
+
+    def plain(value: object) -> object:
+        if isinstance(value, frozenset | set):
+            return sorted(value)
+        if isinstance(value, tuple):
+            return [plain(item) for item in value]
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in sorted(value.items())}
+        return value
+
+    out: dict[str, dict[str, object]] = {}
+    for tool in TOOLS:
+        fields = dict(zip(tool._fields, tool, strict=True))
+        table = fields.pop("table")
+        fields["table"] = {"style": table.style, "long": table.long, "short": table.short}
+        out[tool.name] = {key: plain(value) for key, value in fields.items()}
+    return out
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    print(json.dumps(tables(), indent=1, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="withcache-shims", description="Set up the withcache curl/wget shims."
@@ -242,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
     status = sub.add_parser("status", help="which curl/wget is in effect; does the cache answer")
     status.set_defaults(run=cmd_status)
+    dump = sub.add_parser("tables", help="the option tables as JSON (for a native port)")
+    dump.set_defaults(run=cmd_tables)
     return parser
 
 

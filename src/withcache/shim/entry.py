@@ -32,9 +32,13 @@ def main(tool: str, server_env: str, real_env: str) -> None:
     args = sys.argv[1:]
     setting = env[server_env] if server_env in env else env.get("WITHCACHE_SERVER", "")
     if setting.strip():
-        from withcache.shim import run
+        try:
+            from withcache.shim import run
 
-        args = run.rewrite(tool, args, env)
+            args = run.rewrite(tool, args, env)
+        except Exception as err:  # even a broken install must leave curl working
+            if env.get("WITHCACHE_DEBUG", "0") not in ("", "0"):
+                os.write(2, f"withcache: {tool}: passed through: shim error: {err!r}\n".encode())
     elif env.get("WITHCACHE_DEBUG", "0") not in ("", "0"):
         os.write(2, f"withcache: {tool}: passed through: no cache-host set\n".encode())
     try:

@@ -110,6 +110,10 @@ def _url_reason(tool: Tool, url: str, index: int, op: _Operation) -> str:
         return "not an http(s) URL"
     if index < 0:
         return "shares a word with its option"
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8"
     authority = url.split("://", 1)[1]
     for end in "/?#":
         authority = authority.split(end, 1)[0]

@@ -56,6 +56,7 @@ CONNECT_TIMEOUT = 1.0  # seconds for one TCP connect
 BUDGET = 2.0  # seconds for the whole probe, all URLs together
 MAX_PARALLEL = 8
 _MAX_HEAD = 64 * 1024
+_HEX = frozenset(b"0123456789abcdef")
 _FAMILIES = {0: _socket.AF_UNSPEC, 4: _socket.AF_INET, 6: _socket.AF_INET6}
 
 
@@ -118,13 +119,15 @@ def head(server: CacheHost, request: Request, deadline: float) -> Answer:
             sock = _tls(sock, server, request.trust, deadline)
         _settimeout(sock, deadline)
         sock.sendall(_request_bytes(server, request))
-        status = _read_status(sock, deadline)
+        status, head = _read_head(sock, deadline)
     except Exception as err:
         return Answer(UNREACHABLE, _describe(err))
     finally:
         sock.close()
-    if status == 200:
+    if status == 200 and _has_sha256_etag(head):
         return Answer(HIT)
+    if status == 200:  # some other server answering 200 to anything: not a withcache hit
+        return Answer(REFUSED, "200 without a SHA-256 ETag: is this a withcache cache-host?")
     if status == 404:
         return Answer(MISS)
     return Answer(REFUSED, f"the cache-host answered {status}")
@@ -194,8 +197,8 @@ def _request_bytes(server: CacheHost, request: Request) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _read_status(sock: _socket.socket, deadline: float) -> int:
-    """The status code of the response; reads the whole head so the close is clean."""
+def _read_head(sock: _socket.socket, deadline: float) -> tuple[int, bytes]:
+    """The response's status code and head; reads it all so the close is clean."""
     received = b""
     while b"\r\n\r\n" not in received:
         _settimeout(sock, deadline)
@@ -209,4 +212,14 @@ def _read_status(sock: _socket.socket, deadline: float) -> int:
     code = rest[:3]
     if not version.startswith(b"HTTP/") or not code.isdigit():
         raise ValueError("not an HTTP response")
-    return int(code)
+    return int(code), received.split(b"\r\n\r\n", 1)[0]
+
+
+def _has_sha256_etag(head: bytes) -> bool:
+    """Whether a response head carries the cache-host's `ETag: "<sha256 hex>"`."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"etag":
+            tag = value.strip().strip(b'"')
+            return len(tag) == 64 and _HEX.issuperset(tag)
+    return False

@@ -1,8 +1,12 @@
-"""A cache that accepts the connection and never answers costs at most the probe
-budget, and the command then runs against the origin as written."""
+"""A cache-host that fails: one that accepts the connection and never answers
+costs at most the probe budget, and one that isn't a cache-host at all is
+never taken for a hit; either way the command runs against the origin."""
 
+import http.server
+import threading
 import time
 
+import pytest
 from conftest import shim, shim_env
 
 BODY = b"patience" * 1000
@@ -40,3 +44,32 @@ def test_wget_budget_from_the_environment(origin, silent_port, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "wget.bin").read_bytes() == BODY
     assert elapsed < 0.3 + 1.0
+
+
+@pytest.fixture
+def yes_server():
+    """A web server that answers 200 to any request, as a captive portal might."""
+
+    class Yes(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Yes)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_is_not_a_cache_host_is_never_a_hit(origin, yes_server, tmp_path):
+    url = origin.add("/budget/not-a-cache.bin", BODY)
+    result = shim("curl", "-fsS", "-o", "out", url, server=yes_server, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "withcache: curl: refused" in result.stderr and "SHA-256 ETag" in result.stderr
+    assert (tmp_path / "out").read_bytes() == BODY
