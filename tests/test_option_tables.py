@@ -150,7 +150,7 @@ def test_semantic_option_names_are_in_the_table(tool):
         | tool.method_options | tool.header_options | tool.user_password_options
         | tool.user_options | tool.password_options | set(tool.preemptive)
         | set(tool.family_options) | tool.ca_file_options | tool.ca_dir_options
-        | set(tool.no_verify) | tool.proxy_options | set(tool.execute_aliases.values())
+        | set(tool.no_verify) | set(tool.proxy_options) | set(tool.execute_aliases.values())
         | {tool.next_option, tool.globoff_option, tool.proxy_switch, tool.no_proxy_option}
         | {tool.execute_option}
     ) - {None}  # fmt: skip

@@ -257,6 +257,7 @@ def test_credentials_in_the_url_are_never_sent_to_the_cache():
         ("curl", ["-u", "user"], None),  # curl would prompt for the password
         ("curl", ["-H", "Authorization: A", "-H", "Authorization: B"], None),
         ("curl", ["-H", "X-Other: y"], None),
+        ("curl", ["-u", "user:pw", "-H", "Authorization;"], None),  # sent empty, not Basic
         ("wget", ["--header=Authorization: Bearer t0k"], "Bearer t0k"),
         ("wget", ["-e", "header = Authorization: Bearer t0k"], "Bearer t0k"),
         ("wget", ["--header=Authorization: x", "--header="], None),  # --header= clears

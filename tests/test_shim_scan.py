@@ -30,7 +30,7 @@ def neutral_options(tool):
         | set(tool.https_pass_through)
         | tool.method_options
         | tool.url_options
-        | tool.proxy_options
+        | set(tool.proxy_options)
         | {tool.next_option, tool.execute_option}
     )
     names = [n for n in tool.table.long if n not in special]

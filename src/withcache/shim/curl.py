@@ -151,9 +151,10 @@ TOOL = Tool(
     ca_dir_options=frozenset({"capath"}),
     no_verify={"insecure": True},
     ca_env=(("CURL_CA_BUNDLE", ""), ("SSL_CERT_FILE", "SSL_CERT_DIR")),
-    proxy_options=frozenset(
-        {"proxy", "preproxy", "socks4", "socks4a", "socks5", "socks5-hostname"}
-    ),
+    proxy_options={
+        "proxy": True,
+        **dict.fromkeys(["preproxy", "socks4", "socks4a", "socks5", "socks5-hostname"], False),
+    },
     proxy_switch=None,
     no_proxy_option="noproxy",
     proxy_env={

@@ -137,7 +137,6 @@ class _Operation:
     def __init__(self) -> None:
         self.globoff = False
         self.header_authorization: list[str] = []
-        self.headers_cleared = False
         self.user_password: str | None = None
         self.users: set[str] = set()
         self.passwords: set[str] = set()
@@ -260,10 +259,9 @@ def _execute(tool: Tool, token: Token) -> Token:
 def _apply(tool: Tool, command: _Command, token: Token) -> None:
     op = command.ops[-1]
     name = token.name
-    if token.index >= 0 and name == "" and token.value is not None and token.value_index >= 0:
-        command.urls.append((token.value_index, token.value, op))
-        return
-    if not name:
+    if not name:  # an operand: a URL to the tool (or nothing, from an ignored -e)
+        if token.value is not None:
+            command.urls.append((token.value_index, token.value, op))
         return
     is_arg = tool.table.long.get(name) == ARG
     value = token.value if is_arg else None
@@ -302,8 +300,8 @@ def _apply(tool: Tool, command: _Command, token: Token) -> None:
     elif name in tool.proxy_options:
         if value:
             op.proxy = value
-        elif name == "proxy":
-            op.env_proxies = False  # curl -x "" ignores the proxy variables
+        elif tool.proxy_options[name]:
+            op.env_proxies = False
     elif name == tool.proxy_switch:
         op.env_proxies = on
     elif name == tool.no_proxy_option:
@@ -315,9 +313,9 @@ def _header(op: _Operation, header: str) -> None:
         op.header_authorization.clear()  # wget --header= clears the headers given before
         return
     name, colon, value = header.partition(":")
-    if name.strip().lower() != "authorization":
+    if not colon and name.rstrip().endswith(";"):
+        name, value = name.rstrip()[:-1], ""  # curl's "Name;" sends the header empty
+    elif not colon:
         return
-    if not colon:
-        op.header_authorization.append("")  # curl's "Name;" sends it empty
-    else:
+    if name.strip().lower() == "authorization":
         op.header_authorization.append(value.strip())

@@ -46,7 +46,9 @@ class Tool(Record):
     # pairs, the first pair with either set wins; none: the system store only.
     ca_env: tuple[tuple[str, str], ...]
     # Proxies: the rewritten URL must reach the cache-host the way the probe did.
-    proxy_options: frozenset[str]  # a non-empty value routes through a proxy
+    # Options naming a proxy: a non-empty value routes through it; an empty one
+    # turns the proxy variables off when the value here is True (curl -x "").
+    proxy_options: dict[str, bool]
     proxy_switch: str | None  # boolean option: off ignores proxy variables (wget --no-proxy)
     no_proxy_option: str | None  # replaces the no_proxy variable (curl --noproxy)
     proxy_env: dict[str, tuple[str, ...]]  # cache-host scheme -> variables the tool reads

@@ -127,7 +127,7 @@ TOOL = Tool(
     ca_dir_options=frozenset({"ca-directory"}),
     no_verify={"check-certificate": False},
     ca_env=(),  # Debian's wget uses GnuTLS and the system store; SSL_CERT_FILE is ignored
-    proxy_options=frozenset(),
+    proxy_options={},
     proxy_switch="proxy",
     no_proxy_option=None,
     # wget reads the lowercase names; the uppercase ones are checked too, to be safe.
