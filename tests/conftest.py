@@ -123,7 +123,8 @@ class CacheHost:
     def wait_cached(
         self, origin_url: str, timeout: float = 20.0, headers: dict[str, str] | None = None
     ) -> None:
-        """Poll with HEAD (which does not count as a hit) until the URL is a hit.
+        """Poll with HEAD (which does not count as a hit) until the URL is a
+        stored hit: a fill in progress answers 200 too, but without an ETag.
 
         `headers` (an Authorization) scopes the lookup as the server scopes it.
         """
@@ -133,10 +134,12 @@ class CacheHost:
                 self.blob_url(origin_url), method="HEAD", headers=headers or {}
             )
             try:
-                with urllib.request.urlopen(request, timeout=5, context=self.tls):
-                    return
+                with urllib.request.urlopen(request, timeout=5, context=self.tls) as response:
+                    if response.headers.get("ETag"):
+                        return
             except urllib.error.HTTPError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise AssertionError(f"{origin_url} not cached after {timeout}s:\n{self.log()[-3000:]}")
 
 

@@ -49,7 +49,7 @@ def test_artifacts_misses_and_queue_survive_a_restart(origin, cache_host):
 
 
 def test_queued_fills_survive_kill_9(origin, cache_host):
-    urls = [origin.add(f"/dur/q{n}.bin", BODY, rate=2_000_000) for n in range(3)]
+    urls = [origin.add(f"/dur/q{n}.bin", BODY, rate=400_000) for n in range(3)]
     host = cache_host("--workers", "1")
     for url in urls:
         miss(host, url)

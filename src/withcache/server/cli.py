@@ -108,6 +108,11 @@ _OPTIONS = [
     ),
     Option("keep_query", "flag", False, None, "make the query string part of the cache key"),
     Option(
+        "no_stream_fills", "flag", False, None,
+        "answer a miss with 404 and fill in the background (withcache 0.4's way) instead of "
+        "streaming the fill to its first clients",
+    ),
+    Option(
         "allow_origin", "list", (), "GLOB",
         "only fill from hosts matching this glob, e.g. '*.nvidia.com' (repeatable; "
         "the variable takes a comma-separated list)",

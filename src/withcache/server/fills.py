@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -70,6 +70,8 @@ class Fill:
     bytes_done: int = 0  # bytes written to `path` so far, readable by others
     total: int | None = None
     path: Path | None = None  # the partial blob's local file, once the transfer runs
+    headers: Mapping[str, str] | None = None  # the origin's replayed headers, once it answered
+    generation: int = 0  # bumped when the transfer starts over from byte 0
     started: float | None = None
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
@@ -96,6 +98,22 @@ class Fill:
     @property
     def finished(self) -> bool:
         return self._result.done()
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the fill ended badly; None while it runs and once it succeeded."""
+        return self._result.exception() if self._result.done() else None
+
+    async def wait_started(self, timeout: float) -> bool:
+        """Wait until the origin answered (True) or the fill ended or the time ran out."""
+        deadline = time.monotonic() + timeout
+        while self.headers is None and not self.finished:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.progressed(), remaining)
+        return self.headers is not None and self.error is None
 
     def _advance(self, bytes_done: int) -> None:
         self.bytes_done = bytes_done
@@ -388,7 +406,8 @@ class FillManager:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             if total is not None and writer.size != total:
                 raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
-            return {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+            assert fill.headers is not None
+            return dict(fill.headers)
 
     async def _accept(
         self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
@@ -406,12 +425,15 @@ class FillManager:
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
             await writer.restart()
+            fill.generation += 1
             fill._advance(0)
         fill.validator = _validator(response)
         fill.total = response.content_length
         if self._settings.max_bytes is not None:
             _, self._stored = await self._metadata.totals()
         self._check_cap(fill, fill.total or 0, announced=fill.total is not None)
+        fill.headers = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+        fill._wake()
         return fill.total
 
     def _check_cap(self, fill: Fill, size: int, announced: bool) -> None:

@@ -41,6 +41,7 @@ class Settings:
     curate: bool = False
     max_bytes: int | None = None
     keep_query: bool = False
+    no_stream_fills: bool = False
     allow_origins: tuple[str, ...] = ()
     allow_private_origins: bool = False
     tls_cert: Path | None = None
@@ -61,3 +62,8 @@ class Settings:
     @property
     def mode(self) -> str:
         return "curate" if self.curate else "auto"
+
+    @property
+    def stream_fills(self) -> bool:
+        """Serve a miss's client from its fill as the bytes arrive (auto mode only)."""
+        return not (self.curate or self.no_stream_fills)

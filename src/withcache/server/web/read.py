@@ -17,7 +17,7 @@ from withcache import keys
 from withcache.server import log
 from withcache.server.cache import Cache
 from withcache.server.store import Artifact
-from withcache.server.web import conditional
+from withcache.server.web import conditional, readthrough
 
 CACHE_KEY = web.AppKey("cache", Cache)
 SMALL_BODY = 256 * 1024
@@ -65,6 +65,10 @@ async def _serve(request: web.Request, url: str, what: str) -> web.StreamRespons
         if response is not None:
             return response
     outcome = await cache.miss(url, key, authorization)
+    if outcome.fill is not None and cache.settings.stream_fills:
+        streamed = await readthrough.serve_from_fill(request, outcome.fill)
+        if streamed is not None:
+            return streamed
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
 
 

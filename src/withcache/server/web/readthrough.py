@@ -1,0 +1,117 @@
+"""Read-through: the clients of a miss are served from its fill as it arrives.
+
+Every client of a key joins the one fill and reads the partial blob as it
+grows, so a miss costs one origin download however many ask. Each client
+reads at its own pace from the file, never from the fill's buffers: a slow
+client can't slow the fill or the others, and one that leaves doesn't stop it.
+
+Never a wrong or silently short byte: a client gets only bytes already
+written; if the fill fails, or starts over with bytes that may differ, every
+client that got part of the old ones has its connection closed before the
+announced length, so curl and wget exit non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO
+
+from aiohttp import web
+
+from withcache.server.fills import Fill
+from withcache.server.web import conditional
+
+# A probe (HEAD) waits this long for the fill to reach the origin: well inside
+# the shims' probe budget. A GET waits longer, since its client asked the
+# cache for the bytes; if no worker is free by then, it gets the miss's 404.
+PROBE_WAIT = 1.0
+GET_WAIT = 30.0
+# No SHA-256 yet, so no strong validator: this tag never matches a client's.
+_FILLING_ETAG = '"withcache-fill-in-progress"'
+CHUNK = 1 << 20
+
+
+async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamResponse | None:
+    """Answer from a running fill; None if it can't (caller answers the miss)."""
+    wait = PROBE_WAIT if request.method == "HEAD" else GET_WAIT
+    if not await fill.wait_started(wait):
+        return None
+    assert fill.headers is not None
+    headers = dict(fill.headers)
+    headers.setdefault("Content-Type", "application/octet-stream")
+    total, generation = fill.total, fill.generation
+    if total is None:
+        if request.method == "HEAD":
+            return None  # the shim would have no length to promise: let it go to the origin
+        answer = conditional.Answer(200)
+    else:
+        headers["Accept-Ranges"] = "bytes"
+        rep = conditional.Representation(
+            _FILLING_ETAG, conditional.http_date(headers.get("Last-Modified")), total
+        )
+        answer = conditional.evaluate(request.method, request.headers, rep)
+    if answer.status in (304, 412, 416):
+        if answer.status == 416:
+            headers["Content-Range"] = f"bytes */{total}"
+        return web.Response(status=answer.status, headers=headers)
+    if answer.status == 206:
+        headers["Content-Range"] = (
+            f"bytes {answer.start}-{answer.start + answer.length - 1}/{total}"
+        )
+    response = web.StreamResponse(status=answer.status, headers=headers)
+    if total is not None:
+        response.content_length = answer.length
+    if request.method == "HEAD":
+        return response
+    end = answer.start + answer.length if total is not None else None
+    assert fill.path is not None
+    try:
+        partial = open(fill.path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:  # the fill ended badly just now
+        return None
+    fill.clients += 1
+    try:
+        await response.prepare(request)
+        await _copy(request, response, fill, partial, answer.start, end, generation)
+    except ConnectionError:
+        pass  # the client left; the fill goes on
+    finally:
+        fill.clients -= 1
+        partial.close()
+    return response
+
+
+async def _copy(
+    request: web.Request,
+    response: web.StreamResponse,
+    fill: Fill,
+    partial: BinaryIO,
+    pos: int,
+    end: int | None,
+    generation: int,
+) -> None:
+    """Send bytes [pos, end) of the partial blob as the fill writes them."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("client went away")
+    while end is None or pos < end:
+        if transport.is_closing():
+            return  # the client left
+        if fill.generation != generation or fill.error is not None:
+            transport.close()  # short of Content-Length (or the last chunk): the client fails
+            return
+        available = fill.bytes_done if end is None else min(fill.bytes_done, end)
+        if available > pos:
+            if end is None:
+                # Unknown length goes out chunked, which sendfile would bypass.
+                data = os.pread(partial.fileno(), min(available - pos, CHUNK), pos)
+                await response.write(data)
+                pos += len(data)
+            else:
+                pos += await request.loop.sendfile(transport, partial, pos, available - pos)
+            continue
+        if fill.finished:
+            if end is not None:  # can't happen: a finished fill has written every byte
+                transport.close()
+            return
+        await fill.progressed()
