@@ -166,10 +166,13 @@ def shared_cache_host(
     """One auto-fill cache-host for a whole test module (each start costs ~0.3 s).
 
     Tests that share it use their own origin paths, so they can't see each
-    other's artifacts.
+    other's artifacts. It fills in the background (`--no-stream-fills`), so a
+    client's first request for a URL is always a miss; read-through is tested
+    in test_readthrough.py and test_shim_readthrough.py.
     """
     env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
-    host = CacheHost(tmp_path_factory.mktemp("shared") / "data", TEST_FLAGS, env)
+    flags = (*TEST_FLAGS, "--no-stream-fills")
+    host = CacheHost(tmp_path_factory.mktemp("shared") / "data", flags, env)
     yield host.start()
     host.stop()
 

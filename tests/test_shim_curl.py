@@ -190,7 +190,7 @@ def test_https_origin_with_cacert(origin, shared_cache_host, ca_file, tmp_path):
 
 def test_https_cache_host_trusts_what_curl_trusts(origin, cache_host, tls_files, ca_file, tmp_path):
     chain, key = tls_files
-    host = cache_host("--tls-cert", str(chain), "--tls-key", str(key))
+    host = cache_host("--tls-cert", str(chain), "--tls-key", str(key), "--no-stream-fills")
     url = origin.add("/curl/https-cache.bin", BODY)
     args = ["-fsS", "--cacert", str(ca_file), "-o", "out", url]
     first = shim("curl", *args, server=host.url, cwd=tmp_path)
