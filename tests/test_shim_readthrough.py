@@ -49,4 +49,3 @@ def test_origin_dying_mid_fill_fails_the_shimmed_curl(origin, cache_host, tmp_pa
     assert result.returncode == 18  # never a silently short file
     out = tmp_path / "out"
     assert not out.exists() or len(out.read_bytes()) < len(BODY)
-
