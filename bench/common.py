@@ -39,7 +39,7 @@ class Server:
             stdout=self.log, stderr=self.log,
         )  # fmt: skip
         self.pid = self.proc.pid
-        _wait_http(f"{self.url}/healthz")
+        wait_http(f"{self.url}/healthz")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -60,12 +60,16 @@ class Nginx:
         self.proc.wait(15)
 
 
-def start_nginx(work: Path, root: Path, port: int) -> Nginx:
-    """nginx in the foreground, as Debian ships it, serving `root` on loopback."""
+def start_nginx(work: Path, root: Path, port: int, servers: str = "", http: str = "") -> Nginx:
+    """nginx in the foreground, as Debian ships it, serving `root` on loopback.
+
+    `servers` adds server blocks and `http` more directives to the http block.
+    """
     work.mkdir(parents=True, exist_ok=True)
     conf = work / "nginx.conf"
     # Blobs are private to the cache-host's user (0600); let the workers read them.
     user = "user root;" if os.geteuid() == 0 else ""
+    logging = "" if "access_log" in http else "access_log off;"
     conf.write_text(
         f"""
 {user}
@@ -75,7 +79,7 @@ pid {work}/nginx.pid;
 error_log {work}/error.log;
 events {{ worker_connections 4096; }}
 http {{
-  access_log off;
+  {logging}
   sendfile on;
   tcp_nopush on;
   default_type application/octet-stream;
@@ -84,16 +88,18 @@ http {{
   fastcgi_temp_path {work}/fastcgi;
   uwsgi_temp_path {work}/uwsgi;
   scgi_temp_path {work}/scgi;
+  {http}
   server {{ listen 127.0.0.1:{port}; root {root}; }}
+  {servers}
 }}
 """
     )
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)])
-    _wait_http(f"http://127.0.0.1:{port}/", any_status=True)
+    wait_http(f"http://127.0.0.1:{port}/", any_status=True)
     return Nginx(root, port, proc)
 
 
-def _wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None:
+def wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -1,6 +1,7 @@
 """withcache.client against the real cache-host and origin."""
 
 import hashlib
+import os
 import time
 import urllib.request
 
@@ -96,3 +97,28 @@ def test_fetch_without_a_cache_uses_the_origin(origin, tmp_path):
     got = client.fetch(None, url, tmp_path / "out", headers={"X-Trace": "1"})
     assert got.source == "origin" and got.note == "no cache-host set"
     assert (tmp_path / "out").read_bytes() == BODY
+
+
+def test_fetch_of_an_uncached_artifact_reads_through_and_checks_the_sha256(
+    origin, cache_host, tmp_path
+):
+    host = cache_host()  # streams fills: the first fetch is served by the fill
+    body = os.urandom(2_000_000)
+    url = origin.add("/client/read-through.bin", body, rate=4_000_000)
+    got = client.fetch(host.url, url, tmp_path / "out")
+    assert got.source == "cache"
+    assert got.sha256 == hashlib.sha256(body).hexdigest()
+    assert (tmp_path / "out").read_bytes() == body
+    assert origin.gets("/client/read-through.bin") == 1
+
+
+def test_fetch_from_a_fill_that_fails_falls_back_to_the_origin(origin, cache_host, tmp_path):
+    host = cache_host("--fill-attempts", "1")
+    body = os.urandom(2_000_000)
+    url = origin.add("/client/fill-dies.bin", body, rate=4_000_000, die_after=500_000, ranges=False)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    got = client.fetch(host.url, url, dest / "out")
+    assert got.source == "origin"
+    assert (dest / "out").read_bytes() == body
+    assert [p.name for p in dest.iterdir()] == ["out"]  # no partial file left behind

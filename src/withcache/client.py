@@ -22,14 +22,17 @@ the miss and, in auto mode, fetches it in the background.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from time import monotonic
+from time import monotonic, sleep
 
 from withcache import cachehost, keys
 from withcache.record import Record
 from withcache.shim import probe
 
 PROBE_SECONDS = probe.BUDGET
+COMMIT_WAIT = 5.0  # seconds a streamed fill may take to be stored after its last byte
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
@@ -147,9 +150,13 @@ def fetch(
             direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
             request = urllib.request.Request(cache_url(server, origin), headers=sent)
             with direct.open(request, timeout=timeout) as response:
-                expected = response.headers.get("ETag", "").strip('"')
-                if len(expected) != 64 or not _SHA256_HEX.issuperset(expected):
-                    raise ValueError(f"the cache sent no SHA-256 ETag ({expected!r})")
+                expected: str | Callable[[], str | None] | None
+                expected = _sha256_etag(response.headers)
+                if expected is None and response.headers.get("Withcache-Fill"):
+                    # Streamed from a fill in progress: its SHA-256 exists once it is whole.
+                    expected = partial(_committed_sha256, direct, request, timeout)
+                if expected is None:
+                    raise ValueError("the cache sent no SHA-256 ETag")
                 return _keep(response, target, "cache", expected)
         except urllib.error.HTTPError as err:
             note = "not cached" if err.code == 404 else f"the cache answered {err.code}"
@@ -164,10 +171,37 @@ def fetch(
         raise FetchError(f"{origin}: {err} (and from the cache: {note})") from err
 
 
+def _sha256_etag(headers: object) -> str | None:
+    tag = headers.get("ETag", "").strip('"')  # type: ignore[attr-defined]
+    return tag if len(tag) == 64 and _SHA256_HEX.issuperset(tag) else None
+
+
+def _committed_sha256(opener: object, request: object, timeout: float) -> str | None:
+    """The SHA-256 the cache-host reports once the fill just streamed is stored."""
+    import urllib.request
+
+    head = urllib.request.Request(request.full_url, headers=request.headers, method="HEAD")  # type: ignore[attr-defined]
+    deadline = monotonic() + COMMIT_WAIT
+    while monotonic() < deadline:
+        try:
+            with opener.open(head, timeout=timeout) as response:  # type: ignore[attr-defined]
+                if sha256 := _sha256_etag(response.headers):
+                    return sha256
+        except OSError:
+            pass
+        sleep(0.05)
+    return None
+
+
 def _keep(
-    response: object, target: Path, source: str, expected: str | None, note: str = ""
+    response: object,
+    target: Path,
+    source: str,
+    expected: str | Callable[[], str | None] | None,
+    note: str = "",
 ) -> Fetched:
-    """Stream a response into `target` atomically; check the SHA-256 when one is expected."""
+    """Stream a response into `target` atomically; check the SHA-256 when one is
+    expected (a callable gives it once the body is read: a streamed fill's)."""
     import hashlib
     import tempfile
 
@@ -183,6 +217,8 @@ def _keep(
             out.flush()
             os.fsync(out.fileno())
         sha256 = digest.hexdigest()
+        if callable(expected):
+            expected = expected() or "unknown: the fill was not stored"
         if expected is not None and sha256 != expected:
             raise ValueError(f"SHA-256 mismatch: got {sha256}, the cache said {expected}")
         os.replace(temp, target)

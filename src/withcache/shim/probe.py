@@ -124,8 +124,8 @@ def head(server: CacheHost, request: Request, deadline: float) -> Answer:
         return Answer(UNREACHABLE, _describe(err))
     finally:
         sock.close()
-    if status == 200 and _has_sha256_etag(head):
-        return Answer(HIT)
+    if status == 200 and (_has_sha256_etag(head) or _header(head, b"withcache-fill")):
+        return Answer(HIT)  # stored, or being filled and streamed to whoever asks
     if status == 200:  # some other server answering 200 to anything: not a withcache hit
         return Answer(REFUSED, "200 without a SHA-256 ETag: is this a withcache cache-host?")
     if status == 404:
@@ -217,9 +217,14 @@ def _read_head(sock: _socket.socket, deadline: float) -> tuple[int, bytes]:
 
 def _has_sha256_etag(head: bytes) -> bool:
     """Whether a response head carries the cache-host's `ETag: "<sha256 hex>"`."""
+    tag = (_header(head, b"etag") or b"").strip(b'"')
+    return len(tag) == 64 and _HEX.issuperset(tag)
+
+
+def _header(head: bytes, wanted: bytes) -> bytes | None:
+    """The value of header `wanted` (lowercase) in a response head, if present."""
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"etag":
-            tag = value.strip().strip(b'"')
-            return len(tag) == 64 and _HEX.issuperset(tag)
-    return False
+        if name.strip().lower() == wanted:
+            return value.strip()
+    return None

@@ -29,6 +29,7 @@ GET_WAIT = 30.0
 # No SHA-256 yet, so no strong validator: this tag never matches a client's.
 _FILLING_ETAG = '"withcache-fill-in-progress"'
 CHUNK = 1 << 20
+FILL_HEADER = "Withcache-Fill"
 
 
 async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamResponse | None:
@@ -39,6 +40,8 @@ async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamRespons
     assert fill.headers is not None
     headers = dict(fill.headers)
     headers.setdefault("Content-Type", "application/octet-stream")
+    # No ETag until the fill is whole; this tells the shims it's still a hit.
+    headers[FILL_HEADER] = "in-progress"
     total, generation = fill.total, fill.generation
     if total is None:
         if request.method == "HEAD":

@@ -1,0 +1,197 @@
+"""Read-through benchmark: eight clients at once on one uncached artifact.
+
+    python bench/readthrough.py [--size-mib 256] [--seed-venv DIR]
+
+Needs nginx and curl. For an unlimited loopback origin and one limited to
+20 MB/s (nginx `limit_rate`), it measures one plain origin download, then
+eight simultaneous downloads of the same uncached artifact:
+
+- withcache: eight `curlwithcache` runs against a fresh cache-host;
+- the seed, withcache 0.4.0 (its server and native shim), if --seed-venv
+  points at a venv holding it (`python -m venv D && D/bin/pip install
+  withcache==0.4.0`, used only for this comparison);
+- nginx as a reverse proxy with `proxy_cache_lock on` in front of the origin.
+
+For each: bytes the origin sent (from its access log) over the artifact's
+size, whether all eight files are byte-exact, and wall time over one plain
+download. Prints a table and writes bench/results/readthrough.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import free_port, start_nginx, wait_http, write_results
+
+CLIENTS = 8
+RATE_LIMIT = "20m"  # nginx: 20 MB/s per connection
+
+
+class Origin:
+    """nginx serving the artifact twice: at full speed and rate-limited; it
+    logs the body bytes of every response, so we can count what it sent."""
+
+    def __init__(self, work: Path, files: Path) -> None:
+        self.fast, self.slow, self.proxy = free_port(), free_port(), free_port()
+        self.log = work / "origin-bytes.log"
+        cache = work / "proxy-cache"
+        self.nginx = start_nginx(
+            work / "nginx",
+            files,
+            self.fast,
+            http=f"log_format sent '$body_bytes_sent'; access_log {self.log} sent;"
+            f"proxy_cache_path {cache} keys_zone=bench:10m max_size=4g inactive=1h;",
+            servers=f"""
+  server {{ listen 127.0.0.1:{self.slow}; root {files}; limit_rate {RATE_LIMIT}; }}
+  server {{
+    listen 127.0.0.1:{self.proxy};
+    access_log off;
+    location /fast/ {{ proxy_pass http://127.0.0.1:{self.fast}/; include {work}/cache.conf; }}
+    location /slow/ {{ proxy_pass http://127.0.0.1:{self.slow}/; include {work}/cache.conf; }}
+  }}""",
+        )
+        self.cache_dir = cache
+
+    def sent(self) -> int:
+        if not self.log.exists():
+            return 0
+        return sum(int(line) for line in self.log.read_text().split() if line.isdigit())
+
+    def url(self, limited: bool, name: str) -> str:
+        return f"http://127.0.0.1:{self.slow if limited else self.fast}/{name}"
+
+    def proxy_url(self, limited: bool, name: str) -> str:
+        return f"http://127.0.0.1:{self.proxy}/{'slow' if limited else 'fast'}/{name}"
+
+
+def proxy_cache_conf(work: Path) -> None:
+    (work / "cache.conf").write_text(
+        "proxy_cache bench; proxy_cache_valid 200 1h; proxy_cache_lock on;"
+        "proxy_cache_lock_timeout 10m; proxy_cache_lock_age 10m;\n"
+    )
+
+
+def run_clients(commands: list[list[str]], env: dict[str, str]) -> float:
+    started = time.monotonic()
+    procs = [subprocess.Popen(c, env=env, stderr=subprocess.DEVNULL) for c in commands]
+    codes = [p.wait(3600) for p in procs]
+    wall = time.monotonic() - started
+    if any(codes):
+        raise RuntimeError(f"client exit codes: {codes}")
+    return wall
+
+
+def eight(origin: Origin, url: str, out: Path, shim: Path | None, server: str | None) -> dict:
+    """Eight clients at once; origin bytes, byte-exactness and wall time."""
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    env = {**os.environ, "WITHCACHE_SERVER": server} if server else dict(os.environ)
+    tool = str(shim) if shim else "curl"
+    before = origin.sent()
+    wall = run_clients([[tool, "-fsS", "-o", str(out / f"c{n}"), url] for n in range(CLIENTS)], env)
+    time.sleep(0.5)  # let the origin's access log catch up with late closes
+    return {"wall_s": wall, "origin_bytes": origin.sent() - before, "files": out}
+
+
+def plain(origin: Origin, url: str) -> float:
+    started = time.monotonic()
+    subprocess.run(["curl", "-fsS", "-o", os.devnull, url], check=True)
+    return time.monotonic() - started
+
+
+def start_cache_host(binary: Path, data: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    with open(data.parent / f"{data.name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            [str(binary), "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port),
+             *flags],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/healthz")
+    return proc, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--seed-venv", type=Path, help="a venv with withcache==0.4.0")
+    args = parser.parse_args()
+    bindir = Path(sys.executable).parent
+    size = args.size_mib << 20
+
+    work = Path(tempfile.mkdtemp(prefix="withcache-rt-"))
+    os.chmod(work, 0o755)
+    files = work / "files"
+    files.mkdir()
+    body = os.urandom(size)
+    expected = hashlib.sha256(body).hexdigest()
+    proxy_cache_conf(work)
+    results: dict[str, dict] = {}
+    origin = Origin(work, files)
+    try:
+        for limited in (False, True):
+            case = "20 MB/s origin" if limited else "unlimited origin"
+            row: dict[str, dict] = {}
+            name = f"{'slow' if limited else 'fast'}.bin"
+            (files / name).write_bytes(body)
+            row["plain"] = {"wall_s": plain(origin, origin.url(limited, name))}
+            contenders = [("withcache", bindir / "withcache-server", bindir / "curlwithcache")]
+            if args.seed_venv:
+                seed = args.seed_venv / "bin"
+                contenders.append(("seed 0.4.0", seed / "withcache-server", seed / "curlwithcache"))
+            for label, server_bin, shim in contenders:
+                # Each contender gets a fresh cache-host: the artifact starts uncached.
+                data = work / f"data-{label.split()[0]}-{int(limited)}"
+                flags = ("--allow-private-origins",) if label == "withcache" else ()
+                server, server_url = start_cache_host(server_bin, data, *flags)
+                try:
+                    row[label] = eight(
+                        origin, origin.url(limited, name), work / "out", shim, server_url
+                    )
+                finally:
+                    server.terminate()
+                    server.wait(30)
+                row[label]["exact"] = _exact(row[label].pop("files"), expected)
+            row["nginx proxy_cache_lock"] = eight(
+                origin, origin.proxy_url(limited, name), work / "out", None, None
+            )
+            row["nginx proxy_cache_lock"]["exact"] = _exact(
+                row["nginx proxy_cache_lock"].pop("files"), expected
+            )
+            results[case] = row
+    finally:
+        origin.nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{CLIENTS} clients at once, one uncached {args.size_mib} MiB artifact")
+    for case, row in results.items():
+        one = row["plain"]["wall_s"]
+        print(f"\n{case}: one plain origin download {one:.2f} s")
+        print(f"  {'':<24}{'origin bytes':>14}{'byte-exact':>12}{'wall':>9}{'vs plain':>10}")
+        for label, r in row.items():
+            if label == "plain":
+                continue
+            print(
+                f"  {label:<24}{r['origin_bytes'] / size:>13.2f}x{r['exact']!s:>12}"
+                f"{r['wall_s']:>8.2f}s{r['wall_s'] / one:>9.2f}x"
+            )
+    write_results("readthrough", {"size_bytes": size, "clients": CLIENTS, **results})
+
+
+def _exact(out: Path, expected: str) -> bool:
+    return all(
+        hashlib.sha256((out / f"c{n}").read_bytes()).hexdigest() == expected for n in range(CLIENTS)
+    )
+
+
+if __name__ == "__main__":
+    main()
