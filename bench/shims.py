@@ -7,8 +7,10 @@ Starts a real cache-host (auto mode, pre-warmed: every probe is a hit), a
 second one in --curate mode (every probe is a miss, nothing is ever
 fetched) and a stdlib HTTP origin, all on 127.0.0.1, then has hyperfine
 time each command below with the same venv's python. Every command runs
-through `env` so they all pay the same exec. Prints the medians side by side
-and the issue's budgets; writes hyperfine's JSON to bench/results/.
+through `env` so they all pay the same exec. The commands take turns in
+several rounds, so a burst of load from elsewhere on the machine lands on
+all of them; the medians are over every run of every round. Prints them side
+by side with the issue's budgets; writes hyperfine's JSON to bench/results/.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,7 +81,10 @@ def wait_cached(server: str, url: str) -> None:
 
 
 def commands(origin: str, hit_server: str, miss_server: str) -> list[tuple[str, str]]:
+    from urllib.parse import quote
+
     url = f"{origin}/artifact.bin"
+    cached = f"{hit_server}/blob?url={quote(url, safe='')}"
     python = sys.executable
     shims = {tool: BIN / f"{tool}withcache" for tool in ("curl", "wget")}
     curl_args = f"-s -o /dev/null {url}"
@@ -86,10 +92,12 @@ def commands(origin: str, hit_server: str, miss_server: str) -> list[tuple[str, 
     return [
         ("python -c pass", f"env {python} -c pass"),
         ("curl direct", f"env curl {curl_args}"),
+        ("curl from cache", f"env curl -s -o /dev/null {cached}"),
         ("curl pass-through", f"env -u WITHCACHE_SERVER {shims['curl']} {curl_args}"),
         ("curl hit", f"env WITHCACHE_SERVER={hit_server} {shims['curl']} {curl_args}"),
         ("curl miss", f"env WITHCACHE_SERVER={miss_server} {shims['curl']} {curl_args}"),
         ("wget direct", f"env wget {wget_args}"),
+        ("wget from cache", f"env wget -q -O /dev/null {cached}"),
         ("wget pass-through", f"env -u WITHCACHE_SERVER {shims['wget']} {wget_args}"),
         ("wget hit", f"env WITHCACHE_SERVER={hit_server} {shims['wget']} {wget_args}"),
         ("wget miss", f"env WITHCACHE_SERVER={miss_server} {shims['wget']} {wget_args}"),
@@ -98,11 +106,11 @@ def commands(origin: str, hit_server: str, miss_server: str) -> list[tuple[str, 
 
 def report(medians: dict[str, float]) -> list[str]:
     start = medians["python -c pass"]
-    lines = [f"{'command':<20} {'median':>9} {'vs direct':>10}"]
+    lines = [f"{'command (ms)':<20} {'median':>9} {'vs direct':>10}"]
     for name, median in medians.items():
         tool = name.split()[0]
         direct = medians.get(f"{tool} direct")
-        extra = f"{median - direct:+9.1f}" if direct and not name.endswith("direct") else ""
+        extra = f"{median - direct:+9.1f}" if direct and name != f"{tool} direct" else ""
         lines.append(f"{name:<20} {median:8.1f}  {extra:>9}")
     lines.append("")
     lines.append(f"budgets (interpreter start = {start:.1f} ms):")
@@ -120,7 +128,8 @@ def report(medians: dict[str, float]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=60, help="timed runs per command")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each command takes")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command per round")
     args = parser.parse_args()
     if shutil.which("hyperfine") is None:
         raise SystemExit("needs hyperfine: apt-get install -y hyperfine")
@@ -144,18 +153,21 @@ def main() -> None:
             procs.append(miss_proc)
             wait_cached(hit_server, f"{origin}/artifact.bin")
             named = commands(origin, hit_server, miss_server)
-            export = results / "shims.json"
-            hyperfine = ["hyperfine", "-N", "--warmup", "5", "--runs", str(args.runs)]
-            hyperfine += ["--export-json", str(export)]
-            for name, command in named:
-                hyperfine += ["-n", name, command]
-            subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
+            times: dict[str, list[float]] = {name: [] for name, _ in named}
+            for round_number in range(args.rounds):
+                export = results / f"shims-round{round_number}.json"
+                hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs)]
+                hyperfine += ["--export-json", str(export)]
+                for name, command in named:
+                    hyperfine += ["-n", name, command]
+                subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
+                for result in json.loads(export.read_text())["results"]:
+                    times[result["command"]] += result["times"]
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(10)
-    data = json.loads(export.read_text())
-    medians = {r["command"]: r["median"] * 1000 for r in data["results"]}
+    medians = {name: statistics.median(runs) * 1000 for name, runs in times.items()}
     lines = report(medians)
     (results / "shims.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
