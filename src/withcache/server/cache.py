@@ -17,20 +17,40 @@ from pathlib import Path
 from typing import Any
 
 from withcache import __version__, keys
-from withcache.server import events, log
+from withcache.server import events, log, metrics, tokens
 from withcache.server.fills import Fill, FillManager
 from withcache.server.policy import Policy
 from withcache.server.settings import Settings
-from withcache.server.store import PUBLIC, Artifact, Blobs, FillRecord, FillState, Metadata
+from withcache.server.store import (
+    PUBLIC,
+    Artifact,
+    Blobs,
+    FillRecord,
+    FillState,
+    Metadata,
+    TokenRecord,
+    TokenScope,
+)
+from withcache.server.verify import Verification
 
 HIT_FLUSH_SECONDS = 2.0
 PRUNE_SECONDS = 600.0
 DAY = 86400.0
+TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
+MAX_TOKENS = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ActionError(Exception):
     """An operator action that can't be done as asked; the message says why."""
+
+
+class BadInput(ActionError):
+    """The action was asked with input that can never work (a bad URL, say)."""
+
+
+class NotFound(ActionError):
+    """The action names something that does not exist (any more)."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,8 @@ class Cache:
         self.blobs = blobs
         self.policy = policy
         self.fills = FillManager(settings, metadata, blobs, policy, self.record)
+        self.tally = metrics.Tally()
+        self.verification: Verification | None = None  # the latest `verify` run
         self._hits: dict[int, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -99,11 +121,13 @@ class Cache:
     def blob_path(self, artifact: Artifact) -> Path:
         return self.blobs.path(artifact.sha256)
 
-    def count_hit(self, artifact: Artifact) -> None:
-        """Count a hit in memory; counts reach the store in batches, so the
-        read path never waits for a disk write."""
+    def count_hit(self, artifact: Artifact, sent_bytes: int | None = None) -> None:
+        """Count a hit (and the bytes sent, all of the blob unless said) in
+        memory; counts reach the store in batches, so the read path never
+        waits for a disk write."""
         count, _ = self._hits.get(artifact.id, (0, 0.0))
         self._hits[artifact.id] = (count + 1, time.time())
+        self.tally.hit(artifact.size if sent_bytes is None else sent_bytes)
 
     async def flush_hits(self) -> None:
         if self._hits:
@@ -112,6 +136,7 @@ class Cache:
 
     async def miss(self, url: str, key: str, authorization: str | None) -> MissOutcome:
         """Record a miss and, in auto mode, start or join its fill."""
+        self.tally.misses += 1
         scope = self.policy.scope_of(authorization)
         now = time.time()
         running = self.fills.active(key, scope)
@@ -157,9 +182,9 @@ class Cache:
         try:
             keys.check_origin(url)
         except keys.BadURL as err:
-            raise ActionError(str(err)) from None
+            raise BadInput(str(err)) from None
         if expected_sha256 is not None and not _SHA256_RE.fullmatch(expected_sha256):
-            raise ActionError("expected SHA-256 must be 64 hex digits")
+            raise BadInput("expected SHA-256 must be 64 hex digits")
         refusal = self.policy.refuse_reason(url)
         if refusal:
             raise ActionError(f"not fetched: {refusal}")
@@ -176,7 +201,7 @@ class Cache:
         """Fetch a recorded miss (what an operator does in curate mode)."""
         miss = await self.metadata.get_miss(key)
         if miss is None:
-            raise ActionError("no such miss")
+            raise NotFound("no such miss")
         fill, _ = await self.fills.request(
             miss.url or key, key, PUBLIC, None, "operator", actor=actor
         )
@@ -186,7 +211,7 @@ class Cache:
     async def dismiss(self, key: str, actor: str | None = None) -> None:
         miss = await self.metadata.delete_miss(key)
         if miss is None:
-            raise ActionError("no such miss")
+            raise NotFound("no such miss")
         await self.record(events.MissDismissed(url=self.display(key), actor=actor))
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> None:
@@ -198,7 +223,7 @@ class Cache:
         query string that was not part of the key is not kept)."""
         record = await self.metadata.get_fill(fill_id)
         if record is None:
-            raise ActionError("no such fill")
+            raise NotFound("no such fill")
         if record.state not in (FillState.FAILED, FillState.CANCELLED):
             raise ActionError(f"fill is {record.state}, not failed or cancelled")
         if record.credentialed:
@@ -212,7 +237,7 @@ class Cache:
         async with self.fills.blob_lock:
             artifact = await self.metadata.delete_artifact(artifact_id)
             if artifact is None:
-                raise ActionError("no such artifact")
+                raise NotFound("no such artifact")
             if not await self.metadata.sha_in_use(artifact.sha256):
                 await self.blobs.delete(artifact.sha256)
         await self.record(
@@ -226,6 +251,50 @@ class Cache:
         count = await self.metadata.clear_finished_fills()
         await self.record(events.FillsCleared(actor=actor, count=count))
         return count
+
+    async def verify(self, quarantine: bool, actor: str | None = None) -> Verification:
+        """Start re-hashing every blob in the background (one run at a time)."""
+        if self.verification and not self.verification.finished:
+            raise ActionError("a verification is already running")
+        self.verification = Verification(quarantine=quarantine, actor=actor)
+        self._tasks.append(asyncio.create_task(self.verification.run(self)))
+        return self.verification
+
+    # -- API tokens
+
+    async def create_token(
+        self, name: str, scope: TokenScope, actor: str | None = None
+    ) -> tuple[TokenRecord, str]:
+        """A new API token: its record, and the token itself (shown once, never kept)."""
+        try:
+            tokens.check_name(name)
+        except tokens.BadTokenName as err:
+            raise BadInput(str(err)) from None
+        if len(await self.metadata.list_tokens()) >= MAX_TOKENS:
+            raise ActionError(f"there are {MAX_TOKENS} tokens already; revoke some first")
+        secret, digest = tokens.new()
+        record = await self.metadata.add_token(name, scope, digest, actor, time.time())
+        if record is None:
+            raise ActionError(f"a token named {name!r} exists already")
+        await self.record(events.TokenCreated(actor=actor, name=name, scope=scope.value))
+        return record, secret
+
+    async def revoke_token(self, name: str, actor: str | None = None) -> TokenRecord:
+        record = await self.metadata.delete_token(name)
+        if record is None:
+            raise NotFound("no such token")
+        await self.record(events.TokenRevoked(actor=actor, name=name, scope=record.scope.value))
+        return record
+
+    async def authenticate(self, secret: str) -> TokenRecord | None:
+        """The token record `secret` is the token of, if it is current."""
+        if not tokens.looks_like_token(secret):
+            return None
+        record = await self.metadata.find_token(tokens.digest(secret))
+        now = time.time()
+        if record and (record.last_used or 0) < now - TOKEN_USE_RESOLUTION:
+            await self.metadata.token_used(record.id, now)
+        return record
 
     # -- state and bookkeeping
 
@@ -244,6 +313,7 @@ class Cache:
     async def record(self, event: events.Event) -> None:
         """Append an event to the audit log and write its log line."""
         detail = event.detail()
+        self.tally.observe(event)
         await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
         log.info(event.kind, url=event.url, actor=event.actor, **detail)
         if isinstance(event, events.FillFailed) and event.url:

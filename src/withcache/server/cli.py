@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from withcache import __version__
+from withcache.server.log import FORMATS as LOG_FORMATS
 from withcache.server.settings import Settings, parse_size
 
 PROG = "withcache-server"
@@ -62,6 +63,12 @@ def _non_negative_float(text: str) -> float:
     if value < 0:
         raise ValueError(f"{value} is negative")
     return value
+
+
+def _log_format(text: str) -> str:
+    if text not in LOG_FORMATS:
+        raise ValueError("use kv or json")
+    return text
 
 
 def _typed(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -151,6 +158,14 @@ _OPTIONS = [
         "origin_timeout", _typed(_non_negative_float, "number of seconds"),
         Settings.origin_timeout, "SECONDS",
         "give up on an origin that sends nothing for this many seconds",
+    ),
+    Option(
+        "log_format", _typed(_log_format, "log format"), Settings.log_format, "kv|json",
+        "log lines as key=value pairs or as JSON objects",
+    ),
+    Option(
+        "private_metrics", "flag", False, None,
+        "/metrics answers only requests with an API token (any scope)",
     ),
 ]  # fmt: skip
 

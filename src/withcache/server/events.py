@@ -104,6 +104,41 @@ class LoginFailed(Event):
     kind: ClassVar[str] = "login.failed"
 
 
+@dataclass(frozen=True)
+class TokenCreated(Event):
+    """An API token was made (its value is never recorded)."""
+
+    kind: ClassVar[str] = "token.created"
+    name: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class TokenRevoked(Event):
+    kind: ClassVar[str] = "token.revoked"
+    name: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class ArtifactQuarantined(Event):
+    """`verify --quarantine` found the artifact's blob corrupt or missing and
+    took it out of service."""
+
+    kind: ClassVar[str] = "artifact.quarantined"
+    sha256: str = ""
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class VerifyFinished(Event):
+    kind: ClassVar[str] = "verify.finished"
+    blobs: int = 0
+    corrupt: int = 0
+    quarantined: int = 0
+    seconds: float = 0.0
+
+
 def kinds() -> list[str]:
     """Every event kind, for filters in the UI and the API."""
     return sorted(cls.kind for cls in _all_subclasses(Event))

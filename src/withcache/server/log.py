@@ -1,4 +1,4 @@
-"""Log lines: one per event, `key=value` pairs, never a secret.
+"""Log lines: one per event, `key=value` pairs or a JSON object, never a secret.
 
 Callers pass only display URLs and never Authorization values, passwords or
 cookies; this module only formats.
@@ -6,12 +6,20 @@ cookies; this module only formats.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 logger = logging.getLogger("withcache")
+FORMATS = ("kv", "json")
+# A library's message may quote a raw request line (aiohttp's "Invalid header
+# value char: b'Authorization: ...'"); such values are cut out.
+_SECRET_HEADER_RE = re.compile(
+    r"((?:proxy-)?authorization|cookie|set-cookie|x-csrf-token)(\W{1,4})[^\n'\"]*", re.IGNORECASE
+)
 
 
 def _quote(value: Any) -> str:
@@ -22,25 +30,63 @@ def _quote(value: Any) -> str:
     return text
 
 
+def _stamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+
+
+def _event(record: logging.LogRecord) -> tuple[str, dict[str, Any]]:
+    fields = getattr(record, "fields", None)
+    if fields is None:  # a library's record (aiohttp, asyncio): one line all the same
+        return record.name, {"message": _redact(record.getMessage())}
+    return record.getMessage(), fields
+
+
+def _redact(text: str) -> str:
+    return _SECRET_HEADER_RE.sub(r"\1\2<redacted>", text)
+
+
+def _traceback(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    return _redact(formatter.formatException(record.exc_info))  # type: ignore[arg-type]
+
+
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        fields: dict[str, Any] = getattr(record, "fields", {})
+        event, fields = _event(record)
         pairs = " ".join(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
-        line = f"{stamp}Z level={record.levelname.lower()} event={record.getMessage()}"
+        line = f"{_stamp(record)} level={record.levelname.lower()} event={event}"
         if pairs:
             line += " " + pairs
         if record.exc_info:
-            line += " traceback=" + _quote(self.formatException(record.exc_info))
+            line += " traceback=" + _quote(_traceback(self, record))
         return line
 
 
-def setup(level: int = logging.INFO) -> None:
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; `time`, `level` and `event` come first, then
+    the fields (numbers stay numbers; anything else becomes its text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event, fields = _event(record)
+        line: dict[str, Any] = {
+            "time": _stamp(record), "level": record.levelname.lower(), "event": event,
+        }  # fmt: skip
+        for key, value in fields.items():
+            if value is not None and key not in line:
+                line[key] = value if isinstance(value, int | float | bool) else str(value)
+        if record.exc_info:
+            line["traceback"] = _traceback(self, record)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def setup(level: int = logging.INFO, format: str = "kv") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
+    handler.setFormatter(JSONFormatter() if format == "json" else KeyValueFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+    # Libraries' warnings and errors (aiohttp, asyncio) in the same format.
+    logging.root.handlers[:] = [handler]
+    logging.root.setLevel(logging.WARNING)
 
 
 def info(event: str, **fields: Any) -> None:

@@ -52,7 +52,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 def serve(settings: Settings) -> None:
     """Run the cache-host until SIGTERM or SIGINT."""
-    log.setup()
+    log.setup(format=settings.log_format)
     _check_data_dir(settings)
     tls = _tls_context(settings)
     asyncio.run(_serve(settings, tls))

@@ -56,6 +56,8 @@ class Settings:
     fill_attempts: int = 5
     retry_delay: float = 1.0
     origin_timeout: float = 60.0
+    log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
+    private_metrics: bool = False  # /metrics wants a bearer token
     admin_password: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
 

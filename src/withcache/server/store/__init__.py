@@ -89,6 +89,23 @@ class EventRecord:
     detail: Mapping[str, Any] = field(default_factory=dict)
 
 
+class TokenScope(StrEnum):
+    READ = "read"  # list and look, change nothing
+    ADMIN = "admin"  # everything an operator may do
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as stored: its SHA-256, never the token itself."""
+
+    id: int
+    name: str
+    scope: TokenScope
+    created_at: float
+    last_used: float | None = None
+    created_by: str | None = None
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of a listing and the number of rows across all pages."""
@@ -113,6 +130,10 @@ class Metadata(Protocol):
 
     async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
         """Add batched hit counts: artifact id -> (hits, time of the last)."""
+        ...
+
+    async def find_artifacts(self, key: str) -> list[Artifact]:
+        """Every artifact stored under `key`, in any scope."""
         ...
 
     async def delete_artifact(self, artifact_id: int) -> Artifact | None: ...
@@ -223,6 +244,23 @@ class Metadata(Protocol):
         (finished fills are the downloads history: they follow the events')."""
         ...
 
+    # -- API tokens
+    async def add_token(
+        self, name: str, scope: TokenScope, digest: str, created_by: str | None, now: float
+    ) -> TokenRecord | None:
+        """Store a token by its digest; None if the name is taken."""
+        ...
+
+    async def find_token(self, digest: str) -> TokenRecord | None: ...
+
+    async def list_tokens(self) -> list[TokenRecord]: ...
+
+    async def delete_token(self, name: str) -> TokenRecord | None: ...
+
+    async def token_used(self, token_id: int, now: float) -> None:
+        """Note when a token was last used (callers limit how often)."""
+        ...
+
 
 class BlobWriter(Protocol):
     """A blob being written: hashed as it goes, invisible until committed."""
@@ -255,6 +293,10 @@ class Blobs(Protocol):
         ...
 
     async def delete(self, sha256: str) -> None: ...
+
+    async def quarantine(self, sha256: str) -> None:
+        """Move a corrupt blob out of service, kept for inspection."""
+        ...
 
     def clean_temp(self) -> int:
         """Remove partial blobs a crash left behind; return how many."""

@@ -86,6 +86,7 @@ class LocalBlobs:
         self.root = root
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
+        self.quarantine_dir = root / "quarantine"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
 
@@ -98,6 +99,12 @@ class LocalBlobs:
     async def delete(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
+
+    async def quarantine(self, sha256: str) -> None:
+        # Same filesystem: the rename is atomic, so readers see the blob or nothing.
+        self.quarantine_dir.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path(sha256), self.quarantine_dir / sha256)
 
     def clean_temp(self) -> int:
         leftovers = list(self.tmp_dir.iterdir())

@@ -22,6 +22,8 @@ from withcache.server.store import (
     FillState,
     Miss,
     Page,
+    TokenRecord,
+    TokenScope,
 )
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
@@ -127,10 +129,23 @@ MIGRATIONS = [
     END;
     CREATE INDEX fills_finished_at ON fills (finished_at);
     """,
+    # API tokens: only the SHA-256 of each token is kept.
+    """
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        last_used REAL,
+        created_by TEXT
+    );
+    """,
 ]
 
 _ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
 _ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
+_TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 _FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
     "bytes_done, total, error, created_at, started_at, finished_at"
@@ -151,6 +166,13 @@ def _fill(row: Sequence[Any]) -> FillRecord:
         requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),
         bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
         started_at=row[12], finished_at=row[13],
+    )  # fmt: skip
+
+
+def _token(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
+        created_by=row[5],
     )  # fmt: skip
 
 
@@ -221,6 +243,12 @@ class SQLiteMetadata:
                 "WHERE id = ?",
                 [(n, last, artifact_id) for artifact_id, (n, last) in counts.items()],
             )
+
+    async def find_artifacts(self, key: str) -> list[Artifact]:
+        rows = self._db.execute(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? ORDER BY id", (key,)
+        ).fetchall()
+        return [_artifact(r) for r in rows]
 
     async def delete_artifact(self, artifact_id: int) -> Artifact | None:
         with self._transaction():
@@ -455,6 +483,37 @@ class SQLiteMetadata:
                 "WHERE state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (max_events,),
             )
+
+    # -- API tokens
+
+    async def add_token(
+        self, name: str, scope: TokenScope, digest: str, created_by: str | None, now: float
+    ) -> TokenRecord | None:
+        row = self._db.execute(
+            "INSERT INTO tokens (name, scope, digest, created_at, created_by) "
+            f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING {_TOKEN_COLUMNS}",
+            (name, scope.value, digest, now, created_by),
+        ).fetchone()
+        return _token(row) if row else None
+
+    async def find_token(self, digest: str) -> TokenRecord | None:
+        row = self._db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest = ?", (digest,)
+        ).fetchone()
+        return _token(row) if row else None
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name").fetchall()
+        return [_token(r) for r in rows]
+
+    async def delete_token(self, name: str) -> TokenRecord | None:
+        row = self._db.execute(
+            f"DELETE FROM tokens WHERE name = ? RETURNING {_TOKEN_COLUMNS}", (name,)
+        ).fetchone()
+        return _token(row) if row else None
+
+    async def token_used(self, token_id: int, now: float) -> None:
+        self._db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
 
 
 class _Transaction:

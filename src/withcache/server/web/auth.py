@@ -1,4 +1,5 @@
-"""Who may change the cache: operator sessions, CSRF tokens, login throttling.
+"""Who may change the cache: operator sessions, CSRF tokens, login throttling,
+and the API's bearer tokens.
 
 A session is a signed cookie (`<expires>.<nonce>.<mac>`), so no session table
 is needed and sessions survive a restart. The signing key is derived from the
@@ -9,12 +10,19 @@ request must carry it, so a page on another site can't act for the operator.
 With no WITHCACHE_ADMIN_PASSWORD the UI is open: each browser is handed a
 session without logging in, and CSRF tokens are still required.
 
+The API takes no cookies, so it needs no CSRF token: each request carries
+`Authorization: Bearer <token>`, and a token's scope (read or admin) says what
+it may do. Managing tokens also accepts the admin password (HTTP Basic), so an
+operator can make the first token; failed tries are throttled like logins.
+
 Passwords, cookies and tokens are never logged, stored or shown.
 The read path does not come through here: it stays open and fast.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hashlib
 import hmac
@@ -26,7 +34,9 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from withcache.server import log
+from withcache.server import events, log
+from withcache.server.store import TokenScope
+from withcache.server.web.read import CACHE_KEY
 
 COOKIE = "withcache_session"
 CSRF_FIELD = "csrf"  # form field; htmx and API clients may send the header instead
@@ -253,3 +263,79 @@ def action(handler: Handler) -> Handler:
 def forbidden(request: web.Request, reason: str) -> web.Response:
     log.info("request.refused", status=403, reason=reason, path=request.path, peer=request.remote)
     return web.Response(status=403, text=f"403 forbidden: {reason}\n")
+
+
+# -- the API's gate: bearer tokens (and the admin password for managing tokens)
+
+ACTOR_KEY = "withcache.actor"  # request-scoped: who is calling, for the audit log
+CHALLENGE = 'Bearer realm="withcache"'
+
+
+def api_gate(scope: TokenScope, password: bool = False) -> Callable[[Handler], Handler]:
+    """Let a request through if its token has `scope` (an admin token has
+    every scope); with `password`, the admin password over Basic also does."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def gated(request: web.Request) -> web.StreamResponse:
+            request[ACTOR_KEY] = await _api_caller(request, scope, password)
+            return await handler(request)
+
+        return gated
+
+    return wrap
+
+
+async def _api_caller(request: web.Request, scope: TokenScope, password: bool) -> str:
+    kind, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    kind, credentials = kind.lower(), credentials.strip()
+    if kind == "bearer" and credentials:
+        record = await request.config_dict[CACHE_KEY].authenticate(credentials)
+        if record is None:
+            raise _unauthorized(request, "unknown or revoked API token")
+        if scope is TokenScope.ADMIN and record.scope is not TokenScope.ADMIN:
+            raise _refused(
+                request, web.HTTPForbidden, f"token {record.name!r} is read-only; this needs an "
+                "admin token",
+            )  # fmt: skip
+        return f"api:{record.name}"
+    if kind == "basic" and password:
+        return await _password_caller(request, credentials)
+    raise _unauthorized(request, "send an API token: Authorization: Bearer <token>")
+
+
+async def _password_caller(request: web.Request, credentials: str) -> str:
+    gate = request.config_dict[AUTH_KEY]
+    address = request.remote or "unknown"
+    wait = gate.login_wait(address)
+    if wait > 0:
+        raise _refused(
+            request, web.HTTPTooManyRequests, f"too many wrong passwords: try again in "
+            f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))},
+        )  # fmt: skip
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise _unauthorized(request, "unreadable Basic credentials") from None
+    if not gate.password_ok(decoded.partition(":")[2]):
+        gate.login_failed(address)
+        actor = f"api:{address}"
+        await request.config_dict[CACHE_KEY].record(events.LoginFailed(actor=actor))
+        raise _unauthorized(request, "wrong admin password")
+    gate.login_succeeded(address)
+    return f"api:password@{address}"
+
+
+def _unauthorized(request: web.Request, reason: str) -> web.HTTPException:
+    return _refused(request, web.HTTPUnauthorized, reason, {"WWW-Authenticate": CHALLENGE})
+
+
+def _refused(
+    request: web.Request,
+    status: type[web.HTTPException],
+    reason: str,
+    headers: dict[str, str] | None = None,
+) -> web.HTTPException:
+    log.info("request.refused", status=status.status_code, reason=reason, path=request.path,
+             peer=request.remote)  # fmt: skip
+    return status(text=reason, headers=headers)

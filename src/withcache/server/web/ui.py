@@ -10,7 +10,6 @@ progress table. Input is checked here: bad input gets a 4xx, never a 5xx.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,15 +19,14 @@ from multidict import MultiDictProxy
 
 from withcache.server import events
 from withcache.server.cache import ActionError, Cache
-from withcache.server.store import ACTIVE_STATES, FillRecord, FillState
-from withcache.server.web import auth, render
+from withcache.server.store import ACTIVE_STATES, FillState
+from withcache.server.web import auth, params, render
+from withcache.server.web.progress import fill_rows
 from withcache.server.web.read import CACHE_KEY
 
 PAGE_SIZE = 50
 OVERVIEW_ROWS = 10
-MAX_PAGE = 1_000_000  # keeps offsets inside SQLite's integers
 MAX_SELECTION = 500  # misses acted on by one bulk form
-MAX_TEXT = 8192  # longest filter or URL accepted from a form or query
 
 TEMPLATES_KEY = web.AppKey("templates", jinja2.Environment)
 STATIC_KEY = web.AppKey("static", render.StaticFiles)
@@ -41,88 +39,13 @@ FILL_VIEWS = {
     "failed": (FillState.FAILED,),
     "cancelled": (FillState.CANCELLED,),
 }
-ARTIFACT_SORTS = ("key", "size", "hits", "misses", "sha256", "fetched_at", "last_hit")
-ASCENDING_FIRST = {"key", "sha256"}  # columns whose natural first order is A-Z
-
-
-@dataclass(frozen=True)
-class FillRow:
-    """A fill as the progress table shows it: stored state plus live progress."""
-
-    record: FillRecord
-    url: str
-    bytes_done: int
-    total: int | None
-    rate: float
-    clients: int
-
-    @property
-    def active(self) -> bool:
-        return self.record.state in ACTIVE_STATES
-
-    @property
-    def percent(self) -> int | None:
-        if self.record.state is FillState.DONE:
-            return 100
-        if not self.total:
-            return None
-        return min(100, int(self.bytes_done * 100 / self.total))
-
-    @property
-    def eta(self) -> float | None:
-        if self.record.state is not FillState.RUNNING or not self.total or self.rate <= 0:
-            return None
-        return max(0.0, (self.total - self.bytes_done) / self.rate)
-
-
-def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
-    rows = []
-    for record in records:
-        live = cache.fills.live(record.id) if record.state in ACTIVE_STATES else None
-        rows.append(
-            FillRow(
-                record=record,
-                url=cache.display(record.url),  # an active fill's URL may hold a signed query
-                bytes_done=live.bytes_done if live else record.bytes_done,
-                total=(live.total if live and live.total is not None else record.total),
-                rate=live.rate if live else 0.0,
-                clients=live.clients if live else 0,
-            )
-        )
-    return rows
 
 
 # -- input
 
 
-def _number(text: str, what: str, low: int = 1, high: int = MAX_PAGE) -> int:
-    if not (text.isascii() and text.isdecimal()) or not low <= int(text) <= high:
-        raise web.HTTPBadRequest(text=f"bad {what}: give a whole number from {low} to {high}\n")
-    return int(text)
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise web.HTTPBadRequest(text=f"bad {what}: expected text\n")
-    if len(value) > MAX_TEXT:
-        raise web.HTTPBadRequest(text=f"bad {what}: longer than {MAX_TEXT} characters\n")
-    return value.strip()
-
-
-def _query(request: web.Request, name: str) -> str:
-    return _text(request.query.get(name, ""), name)
-
-
 def _page(request: web.Request) -> int:
-    return _number(request.query.get("page", "1"), "page")
-
-
-def _choice(request: web.Request, name: str, choices: Any, default: str) -> str:
-    value = request.query.get(name, default)
-    if value not in choices:
-        shown = ", ".join(repr(c) for c in choices)
-        raise web.HTTPBadRequest(text=f"bad {name}: choose one of {shown}\n")
-    return value
+    return params.number(request.query.get("page", "1"), "page")
 
 
 async def _form(request: web.Request) -> MultiDictProxy[Any]:
@@ -201,7 +124,7 @@ async def overview(request: web.Request) -> web.Response:
 
 async def misses_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
-    search, page = _query(request, "q"), _page(request)
+    search, page = params.query_text(request, "q"), _page(request)
     found = await cache.metadata.list_misses(search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return await _show(
         request, "misses.html", section="misses", misses=found, q=search,
@@ -210,15 +133,15 @@ async def misses_page(request: web.Request) -> web.Response:
 
 
 async def downloads_page(request: web.Request) -> web.Response:
-    view, page = _choice(request, "state", FILL_VIEWS, ""), _page(request)
+    view, page = params.choice(request, "state", FILL_VIEWS, ""), _page(request)
     table = await _fills_table(request, view, page, PAGE_SIZE)
     return await _show(request, "downloads.html", section="downloads", view=view, **table)
 
 
 async def downloads_table(request: web.Request) -> web.Response:
     """The progress table alone, polled by htmx so bars move without a reload."""
-    view, page = _choice(request, "state", FILL_VIEWS, ""), _page(request)
-    limit = _number(request.query.get("limit", str(PAGE_SIZE)), "limit", 1, PAGE_SIZE)
+    view, page = params.choice(request, "state", FILL_VIEWS, ""), _page(request)
+    limit = params.number(request.query.get("limit", str(PAGE_SIZE)), "limit", 1, PAGE_SIZE)
     table = await _fills_table(request, view, page, limit)
     # The forms in the table return to the page that shows it (overview or Downloads).
     shown = urlsplit(request.headers.get("HX-Current-URL", ""))
@@ -239,16 +162,16 @@ async def _fills_table(request: web.Request, view: str, page: int, limit: int) -
 
 async def cached_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
-    search, page = _query(request, "q"), _page(request)
-    sort = _choice(request, "sort", ARTIFACT_SORTS, "fetched_at")
-    default_order = "asc" if sort in ASCENDING_FIRST else "desc"
-    order = _choice(request, "order", ("asc", "desc"), default_order)
+    search, page = params.query_text(request, "q"), _page(request)
+    sort = params.choice(request, "sort", params.ARTIFACT_SORTS, "fetched_at")
+    default_order = "asc" if sort in params.ASCENDING_FIRST else "desc"
+    order = params.choice(request, "order", ("asc", "desc"), default_order)
     found = await cache.metadata.list_artifacts(
         search, sort, order == "desc", (page - 1) * PAGE_SIZE, PAGE_SIZE
     )
     return await _show(
         request, "cached.html", section="cached", artifacts=found, q=search, sort=sort,
-        order=order, pages=_pages(found.total, page), ascending_first=ASCENDING_FIRST,
+        order=order, pages=_pages(found.total, page), ascending_first=params.ASCENDING_FIRST,
     )  # fmt: skip
 
 
@@ -268,8 +191,8 @@ async def add_page(request: web.Request) -> web.Response:
 async def events_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
     kinds = events.kinds()
-    kind = _choice(request, "kind", ["", *kinds], "")
-    search, page = _query(request, "q"), _page(request)
+    kind = params.choice(request, "kind", ["", *kinds], "")
+    search, page = params.query_text(request, "q"), _page(request)
     found = await cache.metadata.list_events(kind, search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return await _show(
         request, "events.html", section="events", events=found, kinds=kinds, kind=kind,
@@ -288,10 +211,10 @@ async def misses_action(request: web.Request) -> web.StreamResponse:
     back = _next(form, "/misses")
     if "download" in form or "dismiss" in form:
         verb = "download" if "download" in form else "dismiss"
-        chosen = [_text(form[verb], "miss")]
+        chosen = [params.text(form[verb], "miss")]
     elif form.get("bulk") in ("download", "dismiss"):
         verb = form["bulk"]
-        chosen = [_text(k, "miss") for k in form.getall("key", [])]
+        chosen = [params.text(k, "miss") for k in form.getall("key", [])]
     else:
         raise web.HTTPBadRequest(text="say what to do: download or dismiss\n")
     if not chosen:
@@ -346,8 +269,8 @@ async def delete_artifact(request: web.Request) -> web.StreamResponse:
 async def add_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await _form(request)
-    url = _text(form.get("url", ""), "url")
-    sha256 = _text(form.get("sha256", ""), "sha256")
+    url = params.text(form.get("url", ""), "url")
+    sha256 = params.text(form.get("sha256", ""), "sha256")
     try:
         if not url:
             raise ActionError("give the URL to fetch")

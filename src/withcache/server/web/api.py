@@ -1,0 +1,430 @@
+"""The JSON API under /api/v1/ (everything the operator UI can do) and /metrics.
+
+Handlers map requests onto the core (`Cache`) exactly as the UI does, and say
+what they send in openapi.py; `ROUTES` is the one list of operations both the
+router and the OpenAPI document are built from. Every answer is JSON; errors
+are `{"error": "<one line>"}` with a 4xx, never a 5xx for bad input. Callers
+authenticate with a bearer token (web.auth.api_gate); the actor recorded in
+the audit log is `api:<token name>`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from withcache import keys
+from withcache.server import events, log, metrics
+from withcache.server.cache import ActionError, BadInput, Cache, NotFound
+from withcache.server.store import Artifact, EventRecord, Miss, TokenRecord, TokenScope
+from withcache.server.verify import Verification
+from withcache.server.web import auth, openapi, params
+from withcache.server.web.progress import FillRow, fill_rows
+from withcache.server.web.read import CACHE_KEY
+
+PREFIX = "/api/v1"
+# Headers an error keeps when it becomes JSON (the rest described the text body).
+KEPT_ERROR_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- what the API shows (openapi.SCHEMAS describes each shape)
+
+
+def artifact_json(a: Artifact) -> dict[str, Any]:
+    return {
+        "id": a.id, "url": a.key, "sha256": a.sha256, "size": a.size,
+        "fetched_at": a.fetched_at, "hits": a.hits, "misses": a.misses, "last_hit": a.last_hit,
+        "scoped": a.scoped, "serve_path": keys.serve_path(a.key),
+    }  # fmt: skip
+
+
+def miss_json(m: Miss) -> dict[str, Any]:
+    return {
+        "url": m.key, "count": m.count, "first_seen": m.first_seen, "last_seen": m.last_seen,
+        "reason": m.reason,
+    }  # fmt: skip
+
+
+def fill_json(row: FillRow) -> dict[str, Any]:
+    r = row.record
+    return {
+        "id": r.id, "url": row.url, "state": r.state.value, "requested_by": r.requested_by,
+        "expected_sha256": r.expected_sha256, "credentialed": r.credentialed,
+        "bytes_done": row.bytes_done, "total": row.total, "percent": row.percent,
+        "rate": round(row.rate, 1), "eta": row.eta, "clients": row.clients, "error": r.error,
+        "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
+    }  # fmt: skip
+
+
+def event_json(e: EventRecord) -> dict[str, Any]:
+    return {
+        "id": e.id, "at": e.at, "kind": e.kind, "url": e.url, "actor": e.actor,
+        "detail": dict(e.detail),
+    }  # fmt: skip
+
+
+def token_json(t: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": t.id, "name": t.name, "scope": t.scope.value, "created_at": t.created_at,
+        "last_used": t.last_used, "created_by": t.created_by,
+    }  # fmt: skip
+
+
+def verification_json(v: Verification) -> dict[str, Any]:
+    state = "running" if not v.finished else "failed" if v.error else "done"
+    return {
+        "state": state, "quarantine": v.quarantine, "started_at": v.started_at,
+        "finished_at": v.finished_at, "blobs": v.blobs, "checked": v.checked,
+        "bytes_total": v.bytes_total, "bytes_checked": v.bytes_checked, "error": v.error,
+        "corrupt": [
+            {
+                "sha256": c.sha256, "problem": c.problem, "quarantined": c.quarantined,
+                "artifacts": [{"id": a.id, "url": a.key} for a in c.artifacts],
+            }
+            for c in v.corrupt
+        ],
+    }  # fmt: skip
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(data, status=status, headers=headers)
+
+
+def _listing(rows: list[dict[str, Any]], total: int, offset: int, limit: int) -> web.Response:
+    return _json({"items": rows, "total": total, "offset": offset, "limit": limit})
+
+
+# -- input
+
+
+def _cache(request: web.Request) -> Cache:
+    return request.config_dict[CACHE_KEY]
+
+
+def _actor(request: web.Request) -> str:
+    return request[auth.ACTOR_KEY]
+
+
+def _paging(request: web.Request) -> tuple[int, int]:
+    offset = params.number(request.query.get("offset", "0"), "offset", 0, params.MAX_OFFSET)
+    limit = params.number(
+        request.query.get("limit", str(params.DEFAULT_LIMIT)), "limit", 1, params.MAX_LIMIT
+    )
+    return offset, limit
+
+
+def _short_text(request: web.Request, name: str) -> str:
+    value = request.query.get(name, "")
+    if len(value) > params.MAX_SEARCH:
+        raise web.HTTPBadRequest(text=f"bad {name}: longer than {params.MAX_SEARCH} characters")
+    return params.text(value, name)
+
+
+def _search(request: web.Request) -> str:
+    return _short_text(request, "q")
+
+
+def _id(request: web.Request) -> int:
+    return params.number(request.match_info["id"], "id", 1, params.MAX_ID)
+
+
+def _key(cache: Cache, url: str) -> str:
+    try:
+        return cache.key(url)
+    except keys.BadURL as err:
+        raise web.HTTPBadRequest(text=f"bad url: {err}") from None
+
+
+async def _body(request: web.Request, fields: Mapping[str, type], required: set[str]) -> dict:
+    """The request's JSON object, with only known fields of the right types."""
+    if not request.body_exists:
+        data: Any = {}
+    elif request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(
+            text="send a JSON object (Content-Type: application/json)"
+        )
+    else:
+        try:
+            data = json.loads(await request.read())
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    for name in data:
+        if name not in fields:
+            raise web.HTTPBadRequest(text=f"unknown field {name!r}")
+    missing = sorted(required - set(data))
+    if missing:
+        raise web.HTTPBadRequest(text=f"missing field {missing[0]!r}")
+    for name, value in data.items():
+        kind = fields[name]
+        # bool is an int in Python but not in JSON; check the exact type.
+        if type(value) is not kind and not (value is None and name not in required):
+            raise web.HTTPBadRequest(text=f"bad {name}: expected {openapi.JSON_TYPES[kind]}")
+    return data
+
+
+def _acted(err: ActionError) -> web.HTTPException:
+    """An operator mistake the core refused, as the API's status for it."""
+    if isinstance(err, BadInput):
+        return web.HTTPBadRequest(text=str(err))
+    if isinstance(err, NotFound):
+        return web.HTTPNotFound(text=str(err))
+    return web.HTTPConflict(text=str(err))
+
+
+# -- handlers
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return _json(openapi.document(ROUTES))
+
+
+async def get_status(request: web.Request) -> web.Response:
+    return _json(await _cache(request).health())
+
+
+async def list_artifacts(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    offset, limit = _paging(request)
+    search = _search(request)
+    sort = params.choice(request, "sort", params.ARTIFACT_SORTS, "fetched_at")
+    default_order = "asc" if sort in params.ASCENDING_FIRST else "desc"
+    order = params.choice(request, "order", ("asc", "desc"), default_order)
+    if "url" in request.query:
+        # One key has a handful of artifacts at most (one per credential scope).
+        found = await cache.metadata.find_artifacts(_key(cache, _short_text(request, "url")))
+        rows = [artifact_json(a) for a in found[offset : offset + limit]]
+        return _listing(rows, len(found), offset, limit)
+    page = await cache.metadata.list_artifacts(search, sort, order == "desc", offset, limit)
+    return _listing([artifact_json(a) for a in page.rows], page.total, offset, limit)
+
+
+async def get_artifact(request: web.Request) -> web.Response:
+    artifact = await _cache(request).metadata.get_artifact(_id(request))
+    if artifact is None:
+        raise web.HTTPNotFound(text="no such artifact")
+    return _json(artifact_json(artifact))
+
+
+async def delete_artifact(request: web.Request) -> web.Response:
+    try:
+        artifact = await _cache(request).delete(_id(request), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(artifact_json(artifact))
+
+
+async def list_misses(request: web.Request) -> web.Response:
+    offset, limit = _paging(request)
+    page = await _cache(request).metadata.list_misses(_search(request), offset, limit)
+    return _listing([miss_json(m) for m in page.rows], page.total, offset, limit)
+
+
+async def approve_miss(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    body = await _body(request, {"url": str}, {"url"})
+    try:
+        record = await cache.approve(_key(cache, body["url"]), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(fill_json(fill_rows(cache, [record])[0]))
+
+
+async def dismiss_miss(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    body = await _body(request, {"url": str}, {"url"})
+    try:
+        await cache.dismiss(_key(cache, body["url"]), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return web.Response(status=204)
+
+
+async def list_fills(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    offset, limit = _paging(request)
+    state = params.choice(request, "state", params.FILL_STATES, "")
+    page = await cache.metadata.list_fills(params.FILL_STATES.get(state, ()), offset, limit)
+    rows = [fill_json(r) for r in fill_rows(cache, list(page.rows))]
+    return _listing(rows, page.total, offset, limit)
+
+
+async def add_fill(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    body = await _body(request, {"url": str, "sha256": str}, {"url"})
+    try:
+        record = await cache.add(body["url"], body.get("sha256"), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    row = fill_rows(cache, [record])[0]
+    return _json(fill_json(row), 201, {"Location": f"{PREFIX}/fills/{record.id}"})
+
+
+async def get_fill(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    record = await cache.metadata.get_fill(_id(request))
+    if record is None:
+        raise web.HTTPNotFound(text="no such fill")
+    return _json(fill_json(fill_rows(cache, [record])[0]))
+
+
+async def cancel_fill(request: web.Request) -> web.Response:
+    try:
+        await _cache(request).cancel(_id(request), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return web.Response(status=204)
+
+
+async def retry_fill(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    try:
+        record = await cache.retry(_id(request), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(fill_json(fill_rows(cache, [record])[0]))
+
+
+async def clear_finished(request: web.Request) -> web.Response:
+    return _json({"cleared": await _cache(request).clear_finished(_actor(request))})
+
+
+async def list_events(request: web.Request) -> web.Response:
+    offset, limit = _paging(request)
+    kind = params.choice(request, "kind", events.kinds(), "")
+    page = await _cache(request).metadata.list_events(kind, _search(request), offset, limit)
+    return _listing([event_json(e) for e in page.rows], page.total, offset, limit)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    found = await _cache(request).metadata.list_tokens()
+    return _json({"items": [token_json(t) for t in found], "total": len(found)})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    body = await _body(request, {"name": str, "scope": str}, {"name"})
+    scope = body.get("scope") or TokenScope.READ.value
+    if scope not in TokenScope.__members__.values():
+        raise web.HTTPBadRequest(text="bad scope: choose 'read' or 'admin'")
+    try:
+        record, secret = await _cache(request).create_token(
+            body["name"], TokenScope(scope), _actor(request)
+        )
+    except ActionError as err:
+        raise _acted(err) from None
+    # The only time the token is ever shown: it is not stored, only its digest.
+    return _json({**token_json(record), "token": secret}, 201)
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    try:
+        await _cache(request).revoke_token(request.match_info["name"], _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return web.Response(status=204)
+
+
+async def start_verify(request: web.Request) -> web.Response:
+    body = await _body(request, {"quarantine": bool}, set())
+    try:
+        run = await _cache(request).verify(bool(body.get("quarantine")), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(verification_json(run), 202)
+
+
+async def get_verify(request: web.Request) -> web.Response:
+    run = _cache(request).verification
+    if run is None:
+        raise web.HTTPNotFound(text="no verification has run since the cache-host started")
+    return _json(verification_json(run))
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # below PREFIX, in OpenAPI's template syntax
+    handler: Handler
+    scope: TokenScope | None  # None: open to anyone
+    password: bool = False  # the admin password (HTTP Basic) will do too
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__.replace("_", "-")
+
+
+READ, ADMIN = TokenScope.READ, TokenScope.ADMIN
+ROUTES = [
+    Route("GET", "/openapi.json", get_openapi, None),
+    Route("GET", "/status", get_status, READ),
+    Route("GET", "/artifacts", list_artifacts, READ),
+    Route("GET", "/artifacts/{id}", get_artifact, READ),
+    Route("DELETE", "/artifacts/{id}", delete_artifact, ADMIN),
+    Route("GET", "/misses", list_misses, READ),
+    Route("POST", "/misses/approve", approve_miss, ADMIN),
+    Route("POST", "/misses/dismiss", dismiss_miss, ADMIN),
+    Route("GET", "/fills", list_fills, READ),
+    Route("POST", "/fills", add_fill, ADMIN),
+    Route("GET", "/fills/{id}", get_fill, READ),
+    Route("POST", "/fills/{id}/cancel", cancel_fill, ADMIN),
+    Route("POST", "/fills/{id}/retry", retry_fill, ADMIN),
+    Route("POST", "/fills/clear-finished", clear_finished, ADMIN),
+    Route("GET", "/events", list_events, READ),
+    Route("GET", "/tokens", list_tokens, ADMIN, password=True),
+    Route("POST", "/tokens", create_token, ADMIN, password=True),
+    Route("DELETE", "/tokens/{name}", revoke_token, ADMIN, password=True),
+    Route("POST", "/verify", start_verify, ADMIN),
+    Route("GET", "/verify", get_verify, READ),
+]
+
+
+# -- errors as JSON
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        message = (err.text or "").strip()
+        if not message or message == f"{err.status}: {err.reason}":
+            message = err.reason
+        headers = {h: err.headers[h] for h in KEPT_ERROR_HEADERS if h in err.headers}
+        return _json({"error": message}, err.status, headers)
+    except Exception:
+        log.error("api.crashed", exc_info=True, path=request.path)
+        return _json({"error": "internal error; the cache-host's log has the details"}, 500)
+
+
+# -- /metrics
+
+
+def metrics_handler(cache: Cache) -> Handler:
+    async def serve_metrics(request: web.Request) -> web.Response:
+        body = metrics.exposition(cache.tally, await cache.health())
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    if cache.settings.private_metrics:
+        return auth.api_gate(TokenScope.READ)(serve_metrics)
+    return serve_metrics
+
+
+def add_routes(app: web.Application, cache: Cache) -> None:
+    api = web.Application(middlewares=[json_errors])
+    for route in ROUTES:
+        handler = route.handler
+        if route.scope is not None:
+            handler = auth.api_gate(route.scope, route.password)(handler)
+        # Digits only, so that /fills/clear-finished is not also GET /fills/{id}.
+        api.router.add_route(route.method, route.path.replace("{id}", "{id:[0-9]+}"), handler)
+    app.add_subapp(PREFIX, api)
+    app.router.add_get("/metrics", metrics_handler(cache))

@@ -1,0 +1,56 @@
+"""A fill as the UI and the API show it: its stored record plus the live
+progress of the process running it (bytes, rate, readers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from withcache.server.cache import Cache
+from withcache.server.store import ACTIVE_STATES, FillRecord, FillState
+
+
+@dataclass(frozen=True)
+class FillRow:
+    """A fill with its live progress, as the progress table and the API show it."""
+
+    record: FillRecord
+    url: str
+    bytes_done: int
+    total: int | None
+    rate: float
+    clients: int
+
+    @property
+    def active(self) -> bool:
+        return self.record.state in ACTIVE_STATES
+
+    @property
+    def percent(self) -> int | None:
+        if self.record.state is FillState.DONE:
+            return 100
+        if not self.total:
+            return None
+        return min(100, int(self.bytes_done * 100 / self.total))
+
+    @property
+    def eta(self) -> float | None:
+        if self.record.state is not FillState.RUNNING or not self.total or self.rate <= 0:
+            return None
+        return max(0.0, (self.total - self.bytes_done) / self.rate)
+
+
+def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
+    rows = []
+    for record in records:
+        live = cache.fills.live(record.id) if record.state in ACTIVE_STATES else None
+        rows.append(
+            FillRow(
+                record=record,
+                url=cache.display(record.url),  # an active fill's URL may hold a signed query
+                bytes_done=live.bytes_done if live else record.bytes_done,
+                total=(live.total if live and live.total is not None else record.total),
+                rate=live.rate if live else 0.0,
+                clients=live.clients if live else 0,
+            )
+        )
+    return rows
