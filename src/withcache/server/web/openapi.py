@@ -189,6 +189,11 @@ def _body(properties: dict[str, Any], optional: Sequence[str] = ()) -> dict[str,
     }
 
 
+def _links(value: str, *operations: str, parameter: str = "id") -> dict[str, Any]:
+    """OpenAPI links: where the thing in this answer can be used next."""
+    return {op: {"operationId": op, "parameters": {parameter: value}} for op in operations}
+
+
 def _operations() -> dict[str, dict[str, Any]]:
     """Each operation's own part, by operation id: what it takes and what it answers."""
     object_id = _path("id", {"type": "integer", "minimum": 1, "maximum": params.MAX_ID})
@@ -212,6 +217,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 *_paging(),
             ],
             "ok": (200, _ref("ArtifactList")),
+            "links": _links("$response.body#/items/0/id", "get-artifact", "delete-artifact"),
         },
         "get-artifact": {"summary": "One artifact", "parameters": [object_id],
                          "ok": (200, _ref("Artifact")), "errors": [404]},
@@ -227,6 +233,7 @@ def _operations() -> dict[str, dict[str, Any]]:
         "approve-miss": {
             "summary": "Fetch a recorded miss (what an operator does under --curate)",
             "body": _body({"url": URL}), "ok": (200, _ref("Fill")), "errors": [404, 409],
+            "links": _links("$response.body#/id", "get-fill", "cancel-fill"),
         },
         "dismiss-miss": {
             "summary": "Forget a recorded miss", "body": _body({"url": URL}),
@@ -248,6 +255,7 @@ def _operations() -> dict[str, dict[str, Any]]:
             "body": _body({"url": URL, "sha256": _nullable("string", pattern=SHA256_PATTERN)},
                           optional=["sha256"]),
             "ok": (201, _ref("Fill")), "created": True, "errors": [409],
+            "links": _links("$response.body#/id", "get-fill", "cancel-fill", "retry-fill"),
         },
         "get-fill": {"summary": "One fill, with live progress", "parameters": [object_id],
                      "ok": (200, _ref("Fill")), "errors": [404]},
@@ -278,6 +286,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                                    description="read (the default) or admin"),
             }, optional=["scope"]),
             "ok": (201, _ref("NewToken")), "errors": [409],
+            "links": _links("$response.body#/name", "revoke-token", parameter="name"),
         },
         "revoke-token": {
             "summary": "Revoke an API token: it stops working at once",
@@ -327,6 +336,8 @@ def _operation(route: Route, spec: dict[str, Any]) -> dict[str, Any]:
     ok: dict[str, Any] = {"description": "Done"}
     if schema is not None:
         ok["content"] = {"application/json": {"schema": schema}}
+    if spec.get("links"):
+        ok["links"] = spec["links"]
     if spec.get("created"):
         ok["headers"] = {"Location": {"schema": {"type": "string"}, "required": True}}
     errors = set(spec.get("errors", ()))
