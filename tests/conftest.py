@@ -79,9 +79,11 @@ class CacheHost:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
-            match = re.search(r"event=listening .*?port=(\d+)", text)
+            match = re.search(
+                r'event=listening .*?port=(\d+)|"event": "listening".*?"port": (\d+)', text
+            )
             if match:
-                self.port = int(match[1])
+                self.port = int(match[1] or match[2])
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"withcache-server exited {self.proc.returncode}:\n{text}")

@@ -111,7 +111,7 @@ async def send_blob(
                 body = os.pread(small.fileno(), answer.length, answer.start)
         except FileNotFoundError:
             return None
-        cache.count_hit(artifact)
+        cache.count_hit(artifact, answer.length)
         return web.Response(status=answer.status, headers=headers, body=body)
     try:
         blob = open(cache.blob_path(artifact), "rb")  # noqa: SIM115 (closed below)
@@ -129,7 +129,7 @@ async def send_blob(
         response = web.StreamResponse(status=answer.status, headers=headers)
         response.content_length = answer.length
         await response.prepare(request)
-        cache.count_hit(artifact)
+        cache.count_hit(artifact, answer.length)
         await request.loop.sendfile(transport, blob, answer.start, answer.length)
         await response.write_eof()
         return response

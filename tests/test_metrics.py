@@ -1,0 +1,75 @@
+"""/metrics in Prometheus text format, read with prometheus-client's own
+parser, against a real server that served real hits and ran real fills."""
+
+from __future__ import annotations
+
+import os
+
+from api_client import Api
+from conftest import curl
+from prometheus_client.parser import text_string_to_metric_families
+from test_api import LOCKED, PASSWORD
+
+BODY = os.urandom(300_000)
+
+
+def scrape(host, token: str | None = None) -> dict[str, float]:
+    headers = ["-H", f"Authorization: Bearer {token}"] if token else []
+    reply = curl("-f", "-D", "-", *headers, f"{host.url}/metrics", check=True).stdout.decode()
+    head, _, text = reply.partition("\r\n\r\n")
+    assert "content-type: text/plain" in head.lower()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def test_metrics_count_hits_misses_bytes_and_fills(origin, cache_host):
+    url = origin.add("/metrics/a.bin", BODY)
+    broken = origin.add("/metrics/broken.bin", status=404)
+    host = cache_host("--max-bytes", "10M")
+    before = scrape(host)
+    assert before["withcache_hits_total"] == 0 and before["withcache_artifacts"] == 0
+    assert before["withcache_max_bytes"] == 10 * 2**20
+    assert curl("-o", "/dev/null", "-w", "%{http_code}", host.blob_url(url)).stdout == b"404"
+    host.wait_cached(url)
+    assert curl("-f", host.blob_url(url)).stdout == BODY
+    assert curl("-f", "-r", "0-99", host.blob_url(url)).stdout == BODY[:100]
+    curl("-o", "/dev/null", host.blob_url(broken))
+
+    def settled() -> dict[str, float]:
+        for _ in range(200):  # the failed fill ends in well under a second
+            seen = scrape(host)
+            if seen["withcache_fills_total{outcome=failed}"] == 1:
+                return seen
+        raise AssertionError(seen)
+
+    m = settled()
+    assert m["withcache_hits_total"] == 2
+    assert m["withcache_served_bytes_total"] == len(BODY) + 100
+    assert m["withcache_misses_total"] >= 2  # HEAD polls while it filled are misses too
+    assert m["withcache_origin_bytes_total"] == len(BODY)
+    assert m["withcache_fills_total{outcome=done}"] == 1
+    assert m["withcache_fills_total{outcome=cancelled}"] == 0
+    assert m["withcache_fill_duration_seconds_count"] == 1
+    assert 0 < m["withcache_fill_duration_seconds_sum"] < 30
+    assert m["withcache_fill_duration_seconds_bucket{le=+Inf}"] == 1
+    assert m["withcache_artifacts"] == 1 and m["withcache_stored_bytes"] == len(BODY)
+    assert m["withcache_free_bytes"] > 0
+    assert m["withcache_build_info{version=" + host.health()["version"] + "}"] == 1
+
+
+def test_private_metrics_want_a_token(cache_host):
+    host = cache_host("--private-metrics", env=LOCKED)
+    refused = curl("-o", "/dev/null", "-w", "%{http_code}", f"{host.url}/metrics").stdout
+    assert refused == b"401"
+    token = Api(host.url).create_token("prometheus", "read", PASSWORD)
+    assert scrape(host, token)["withcache_hits_total"] == 0
+    assert token not in host.log()
+
+
+def test_metrics_are_open_by_default(cache_host):
+    host = cache_host(env=LOCKED)
+    assert "withcache_hits_total 0.0" in curl("-f", f"{host.url}/metrics").stdout.decode()
