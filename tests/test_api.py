@@ -300,10 +300,9 @@ def test_verify_reports_then_quarantines_bad_blobs(origin, cache_host):
     kept = host.data_dir / "quarantine" / blob["flipped"].name
     assert kept.exists()  # kept aside for a look, never served
     # The rotten bytes are never served: the next request is a miss that fills afresh.
-    assert curl("-o", "/dev/null", "-w", "%{http_code}", host.blob_url(urls["flipped"])).stdout == (
-        b"404"
-    )
+    assert curl("-f", host.blob_url(urls["flipped"])).stdout == flipped
     host.wait_cached(urls["flipped"])
+    assert origin.gets("/api/verify-flipped.bin") == 2
     assert curl("-f", host.blob_url(urls["flipped"])).stdout == flipped
     kinds = [e["kind"] for e in api.get("/events").body["items"]]
     assert kinds.count("artifact.quarantined") == 2 and kinds.count("verify.finished") == 2

@@ -33,7 +33,7 @@ def test_metrics_count_hits_misses_bytes_and_fills(origin, cache_host):
     before = scrape(host)
     assert before["withcache_hits_total"] == 0 and before["withcache_artifacts"] == 0
     assert before["withcache_max_bytes"] == 10 * 2**20
-    assert curl("-o", "/dev/null", "-w", "%{http_code}", host.blob_url(url)).stdout == b"404"
+    curl("-o", "/dev/null", host.blob_url(url))  # a miss (served from its fill, or a 404)
     host.wait_cached(url)
     assert curl("-f", host.blob_url(url)).stdout == BODY
     assert curl("-f", "-r", "0-99", host.blob_url(url)).stdout == BODY[:100]
