@@ -455,35 +455,32 @@ class FillManager:
     async def _receive(
         self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, total: int | None
     ) -> None:
-        buffer = bytearray()
+        blocks = _WriteBehind(fill, writer)
+        chunks: list[bytes] = []
+        pending = 0
         last_flush = last_save = time.monotonic()
         received = writer.size
         try:
             async for chunk in response.content.iter_any():
-                buffer += chunk
+                chunks.append(chunk)
+                pending += len(chunk)
                 received += len(chunk)
                 if total is None:
                     self._check_cap(fill, received, announced=False)
                 now = time.monotonic()
-                if len(buffer) >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await self._flush(fill, writer, buffer)
+                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
+                    await blocks.put(b"".join(chunks))
+                    chunks.clear()
+                    pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
-                        await self._metadata.save_progress(fill.id, writer.size, total)
+                        await self._metadata.save_progress(fill.id, fill.bytes_done, total)
                         last_save = now
         finally:
             # Bytes received before a break-off are good: keep them to resume from.
-            await self._flush(fill, writer, buffer)
-
-    async def _flush(self, fill: Fill, writer: BlobWriter, buffer: bytearray) -> None:
-        if not buffer:
-            return
-        try:
-            await writer.write(bytes(buffer))
-        except OSError as err:
-            raise FillError(f"cannot write the blob: {err.strerror or err}") from None
-        buffer.clear()
-        fill._advance(writer.size)
+            if chunks:
+                await blocks.put(b"".join(chunks))
+            await blocks.drain()
 
     async def _open(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
         """GET the fill's URL, following redirects with the policy checked on each hop."""
@@ -517,6 +514,33 @@ class FillManager:
 
     def _display(self, url: str) -> str:
         return keys.display_url(url, self._settings.keep_query)
+
+
+class _WriteBehind:
+    """Writes received blocks to the blob while the next block arrives: one
+    write in flight at a time, so order is kept and memory bounded."""
+
+    def __init__(self, fill: Fill, writer: BlobWriter) -> None:
+        self._fill = fill
+        self._writer = writer
+        self._pending: asyncio.Future[None] | None = None
+
+    async def put(self, data: bytes) -> None:
+        await self.drain()
+        self._pending = asyncio.ensure_future(self._write(data))
+
+    async def drain(self) -> None:
+        """Wait for the write in flight; raise its FillError if it failed."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self._writer.write(data)
+        except OSError as err:
+            raise FillError(f"cannot write the blob: {err.strerror or err}") from None
+        self._fill._advance(self._writer.size)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

@@ -25,6 +25,7 @@ class LocalBlobWriter:
         self.path = Path(name)
         self.size = 0
         self._hash = hashlib.sha256()
+        self._busy: asyncio.Future[None] | None = None
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -35,7 +36,10 @@ class LocalBlobWriter:
 
     async def write(self, data: bytes) -> None:
         # Hashing and writing off the loop: hashlib and os.write release the GIL.
-        await asyncio.to_thread(self._write, data)
+        # Shielded, and awaited by abort(): a cancelled caller must not leave a
+        # thread writing to a descriptor that abort() closes.
+        self._busy = asyncio.ensure_future(asyncio.to_thread(self._write, data))
+        await asyncio.shield(self._busy)
         self.size += len(data)
 
     async def restart(self) -> None:
@@ -64,6 +68,8 @@ class LocalBlobWriter:
         return await asyncio.to_thread(self._commit)
 
     async def abort(self) -> None:
+        if self._busy is not None:
+            await asyncio.wait([self._busy])
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
