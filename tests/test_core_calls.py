@@ -156,3 +156,14 @@ async def test_single_flight_joins_the_running_fill(cache, origin):
     results = await asyncio.gather(first.result(), second.result())
     assert results[0] == results[1]
     assert origin.gets("/core/join.bin") == 1
+
+
+async def test_a_fresh_fill_replaces_what_lookups_return_at_once(cache, origin):
+    url = origin.add("/core/refill.bin", b"first version")
+    await cache.fills.live((await cache.add(url)).id).result()
+    first = await cache.lookup(cache.key(url), None)
+    assert first.sha256 == hashlib.sha256(b"first version").hexdigest()
+    origin.resources["/core/refill.bin"].body = b"second version"
+    await cache.fills.live((await cache.add(url)).id).result()
+    second = await cache.lookup(cache.key(url), None)  # not the remembered first
+    assert second.sha256 == hashlib.sha256(b"second version").hexdigest()

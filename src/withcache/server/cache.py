@@ -34,6 +34,8 @@ from withcache.server.store import (
 from withcache.server.verify import Verification
 
 HIT_FLUSH_SECONDS = 2.0
+LOOKUP_SECONDS = 1.0
+LOOKUP_ENTRIES = 4096
 PRUNE_SECONDS = 600.0
 DAY = 86400.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
@@ -73,6 +75,8 @@ class Cache:
         self.tally = metrics.Tally()
         self.verification: Verification | None = None  # the latest `verify` run
         self._hits: dict[int, tuple[int, float]] = {}
+        # (key, scope) -> (remembered until, artifact): see lookup().
+        self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -113,10 +117,30 @@ class Cache:
     # -- the read path
 
     async def lookup(self, key: str, authorization: str | None) -> Artifact | None:
-        """The artifact this request may read under `key`, if cached."""
+        """The artifact this request may read under `key`, if cached.
+
+        Hits are remembered for LOOKUP_SECONDS: a hot artifact costs one query a
+        second, not one per request. Whatever changes what a key resolves to
+        passes through record() (fill finished, deleted, quarantined), which
+        forgets the key; the short life bounds what another host's change
+        to a shared store can leave stale.
+        """
         scope = self.policy.scope_of(authorization)
+        now = time.monotonic()
+        remembered = self._recent.get((key, scope))
+        if remembered and remembered[0] > now:
+            return remembered[1]
         scopes = (scope, PUBLIC) if scope != PUBLIC else (PUBLIC,)
-        return await self.metadata.find_artifact(key, scopes)
+        artifact = await self.metadata.find_artifact(key, scopes)
+        if artifact is not None:
+            if len(self._recent) >= LOOKUP_ENTRIES:
+                self._recent.clear()
+            self._recent[(key, scope)] = (now + LOOKUP_SECONDS, artifact)
+        return artifact
+
+    def _forget(self, key: str) -> None:
+        for remembered in [k for k in self._recent if k[0] == key]:
+            del self._recent[remembered]
 
     def blob_path(self, artifact: Artifact) -> Path:
         return self.blobs.path(artifact.sha256)
@@ -316,6 +340,8 @@ class Cache:
         self.tally.observe(event)
         await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
         log.info(event.kind, url=event.url, actor=event.actor, **detail)
+        if isinstance(event, (events.FillFinished, *events.ARTIFACT_REMOVED)) and event.url:
+            self._forget(self.key(event.url))
         if isinstance(event, events.FillFailed) and event.url:
             await self.metadata.set_miss_reason(self.key(event.url), f"fill failed: {event.error}")
 
