@@ -115,14 +115,18 @@ def wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None
 
 
 def wait_cached(blob_url: str, timeout: float = 600.0) -> None:
-    """Ask once (the miss queues the fill), then poll with HEAD until it's a hit."""
+    """Poll with HEAD (the first one queues the fill) until the artifact is
+    stored: a fill in progress answers 200 too, but without an ETag."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(urllib.request.Request(blob_url, method="HEAD")).close()
-            return
+            request = urllib.request.Request(blob_url, method="HEAD")
+            with urllib.request.urlopen(request) as response:
+                if response.headers.get("ETag"):
+                    return
         except urllib.error.HTTPError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise RuntimeError(f"{blob_url} was not cached in {timeout}s")
 
 
