@@ -121,7 +121,8 @@ class Api:
     def delete(self, path: str) -> Answer:
         return self.call("DELETE", path)
 
-    def create_token(self, name: str, scope: str = "admin", password: str = "") -> str:
+    def create_token(self, name: str, scope: str = "admin", password: str | None = None) -> str:
+        """Make a token with the admin password, or else with this client's token."""
         answer = self.call("POST", "/tokens", {"name": name, "scope": scope}, password=password)
         assert answer.status == 201, answer
         return answer.body["token"]

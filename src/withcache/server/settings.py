@@ -32,6 +32,16 @@ def format_size(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+def format_duration(seconds: float) -> str:
+    """A human-readable duration: 7 s, 2 min 05 s, 1 h 03 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from withcache.server.settings import format_size
+from withcache.server.settings import format_duration, format_size
 
 SERVER = Path(__file__).resolve().parent.parent
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
@@ -39,14 +39,7 @@ def when(timestamp: float | None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return "?" if seconds is None else format_duration(seconds)
 
 
 def size(n: int | float | None) -> str:

@@ -1,0 +1,124 @@
+"""`withcache`: the operator's command line, over the cache-host's JSON API.
+
+Stdlib only. The cache-host comes from WITHCACHE_SERVER (or --server), the
+token from WITHCACHE_TOKEN; errors are one line on stderr and an exit status
+that says what went wrong (see cli.api: 1 refused or failed, 2 usage,
+3 unreachable, 4 not allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
+
+from withcache import __version__
+from withcache.cli import commands
+from withcache.cli.api import USAGE, CommandError
+
+PROG = "withcache"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise CommandError(message, USAGE)
+
+
+def _limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r}: give 1 to 1000")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Operate a withcache cache-host over its API.",
+        epilog="Environment: WITHCACHE_SERVER (the cache-host's URL), WITHCACHE_TOKEN (an API "
+        "token), WITHCACHE_ADMIN_PASSWORD (for `token` commands without a token). Exit "
+        "status: 0 done, 1 refused or failed, 2 usage, 3 cache-host unreachable, "
+        "4 not allowed (token missing, wrong, revoked or read-only).",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--server", metavar="URL", help="the cache-host (default: $WITHCACHE_SERVER)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(
+        name: str, run: commands.Command, help: str, **kw: object
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, **kw)  # type: ignore[arg-type]
+        p.set_defaults(run=run)
+        return p
+
+    p = command("ls", commands.ls, "list cached artifacts, newest first")
+    p.add_argument("query", nargs="?", help="only URLs containing this (or this SHA-256)")
+    p.add_argument(
+        "--sort", metavar="COLUMN",
+        help="key, size, hits, misses, sha256, fetched_at (default) or last_hit",
+    )  # fmt: skip
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--asc", action="store_true", help="ascending")
+    order.add_argument("--desc", action="store_true", help="descending")
+    p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+
+    p = command("add", commands.add, "fetch a URL into the cache before anyone asks for it")
+    p.add_argument("url")
+    p.add_argument("--sha256", metavar="HEX", help="the expected SHA-256: other bytes fail")
+    p.add_argument("--wait", action="store_true", help="wait for the fill (progress on a terminal)")
+
+    p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
+    p.add_argument("targets", nargs="+", metavar="ID|URL")
+
+    p = command("misses", commands.misses, "list URLs asked for and not cached")
+    p.add_argument("query", nargs="?", help="only URLs containing this")
+    p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+
+    p = command("approve", commands.approve, "fetch recorded misses (under --curate)")
+    p.add_argument("urls", nargs="+", metavar="URL")
+
+    p = sub.add_parser("token", help="make, revoke and list API tokens")
+    tokens = p.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
+    t = tokens.add_parser("create", help="make a token; it is printed once, on stdout")
+    t.add_argument("name", help="1-64 letters, digits, '.', '_', '-'")
+    t.add_argument("--scope", choices=("read", "admin"), default="read",
+                   help="read: look only (default); admin: change things too")  # fmt: skip
+    t.set_defaults(run=commands.token_create, password_ok=True)
+    t = tokens.add_parser("revoke", help="revoke tokens: they stop working at once")
+    t.add_argument("names", nargs="+", metavar="NAME")
+    t.set_defaults(run=commands.token_revoke, password_ok=True)
+    t = tokens.add_parser("ls", help="list tokens (never their values)")
+    t.add_argument("--json", action="store_true", help="the API's JSON")
+    t.set_defaults(run=commands.token_list, password_ok=True)
+
+    p = command(
+        "verify", commands.verify,
+        "re-hash every blob on the cache-host; exit 1 if any is corrupt or missing",
+    )  # fmt: skip
+    p.add_argument("--quarantine", action="store_true",
+                   help="take bad blobs out of service (their artifacts are deleted)")  # fmt: skip
+    p.add_argument("--status", action="store_const", const=commands.verify_status, dest="run",
+                   help="only show the latest verification")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="the API's JSON")
+    return parser
+
+
+def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        api = commands.connect(args, env, getattr(args, "password_ok", False))
+        return args.run(api, args)
+    except CommandError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    raise SystemExit(run(sys.argv[1:] if argv is None else argv, os.environ))

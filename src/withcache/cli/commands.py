@@ -1,0 +1,261 @@
+"""What each `withcache` subcommand does, over the cache-host's JSON API.
+
+Results go to stdout (tables, or the API's JSON with --json); progress and
+notes go to stderr, so `TOKEN=$(withcache token create ci)` and pipes get
+only the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from withcache import cachehost
+from withcache.cli.api import DENIED, USAGE, Api, CommandError
+from withcache.cli.progress import Bar
+from withcache.server.settings import format_size
+
+POLL_SECONDS = 0.5  # between progress polls, once a job has run a while
+FINISHED = ("done", "failed", "cancelled")
+
+
+def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool = False) -> Api:
+    """The API, authenticated with WITHCACHE_TOKEN (or, where `password_ok`,
+    the admin password: WITHCACHE_ADMIN_PASSWORD or asked on the terminal)."""
+    server = args.server or env.get("WITHCACHE_SERVER", "")
+    if not server:
+        raise CommandError("set WITHCACHE_SERVER (or --server) to the cache-host's URL", USAGE)
+    try:
+        base = cachehost.parse(server).base
+    except cachehost.BadCacheHost as err:
+        raise CommandError(f"bad cache-host URL {server!r}: {err}", USAGE) from None
+    token = env.get("WITHCACHE_TOKEN")
+    if token:
+        return Api.with_token(base, token)
+    if password_ok:
+        password = env.get("WITHCACHE_ADMIN_PASSWORD")
+        if password is None and sys.stdin.isatty():
+            password = getpass.getpass("withcache admin password: ")
+        if password is not None:
+            return Api.with_password(base, password)
+        raise CommandError(
+            "set WITHCACHE_TOKEN (an admin token) or WITHCACHE_ADMIN_PASSWORD", DENIED
+        )
+    raise CommandError(
+        "set WITHCACHE_TOKEN to an API token (an operator makes one with `withcache token "
+        "create NAME`)", DENIED,
+    )  # fmt: skip
+
+
+def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    """Left-aligned columns; the last column (a URL, usually) is never padded."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=False)]
+        print("  ".join([*cells, str(row[-1])]))
+
+
+def _when(timestamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else "-"
+
+
+def _shown(listing: dict[str, Any], what: str) -> None:
+    shown, total = len(listing["items"]), listing["total"]
+    if shown < total:
+        print(f"({shown} of {total} {what} shown; --limit for more)", file=sys.stderr)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+# -- commands
+
+
+def ls(api: Api, args: argparse.Namespace) -> int:
+    order = "asc" if args.asc else "desc" if args.desc else None
+    listing = api.get("/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit)
+    if args.json:
+        _print_json(listing)
+        return 0
+    rows = [
+        (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]), a["url"])
+        for a in listing["items"]
+    ]
+    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "URL"))
+    _shown(listing, "artifacts")
+    return 0
+
+
+def add(api: Api, args: argparse.Namespace) -> int:
+    body = {"url": args.url}
+    if args.sha256:
+        body["sha256"] = args.sha256
+    fill = api.post("/fills", body)
+    print(f"fill {fill['id']} queued: {fill['url']}", file=sys.stderr)
+    if not args.wait:
+        return 0
+    return _wait_fill(api, fill["id"])
+
+
+def _pauses() -> Iterator[float]:
+    """Short waits first (small jobs end quickly), then every POLL_SECONDS."""
+    pause = 0.05
+    while True:
+        yield pause
+        pause = min(POLL_SECONDS, pause * 2)
+
+
+def _wait_fill(api: Api, fill_id: int) -> int:
+    bar = Bar(sys.stderr)
+    try:
+        for pause in _pauses():
+            fill = api.get(f"/fills/{fill_id}")
+            if fill["state"] in FINISHED:
+                break
+            note = "queued" if fill["state"] == "queued" else ""
+            bar.show(fill["bytes_done"], fill["total"], fill["rate"], fill["eta"], note)
+            time.sleep(pause)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"stopped waiting; fill {fill_id} goes on", file=sys.stderr)
+        return 130
+    if fill["state"] == "done":
+        bar.show(fill["bytes_done"], fill["total"] or fill["bytes_done"])
+    bar.close()
+    if fill["state"] != "done":
+        raise CommandError(f"fill {fill_id} {fill['state']}: {fill['error'] or fill['url']}")
+    found = api.get("/artifacts", url=fill["url"])["items"]
+    sha = found[0]["sha256"] if found else "?"
+    print(f"{sha}  {format_size(fill['bytes_done'])}  {fill['url']}")
+    return 0
+
+
+def rm(api: Api, args: argparse.Namespace) -> int:
+    """Delete artifacts named by id or by URL (every credential scope of it)."""
+    missing = []
+    for target in args.targets:
+        if target.isascii() and target.isdigit():
+            found = [{"id": int(target)}]
+        else:
+            found = api.get("/artifacts", url=target)["items"]
+            if not found:
+                missing.append(target)
+        for artifact in found:
+            try:
+                gone = api.delete(f"/artifacts/{artifact['id']}")
+            except CommandError as err:
+                if err.status != 1:
+                    raise
+                missing.append(f"{target} ({err})")
+                continue
+            print(f"deleted {gone['id']}: {gone['url']} ({format_size(gone['size'])})")
+    if missing:
+        raise CommandError("not cached: " + ", ".join(missing))
+    return 0
+
+
+def misses(api: Api, args: argparse.Namespace) -> int:
+    listing = api.get("/misses", q=args.query, limit=args.limit)
+    if args.json:
+        _print_json(listing)
+        return 0
+    rows = [(m["count"], _when(m["last_seen"]), m["reason"], m["url"]) for m in listing["items"]]
+    _table(rows, ("COUNT", "LAST SEEN", "REASON", "URL"))
+    _shown(listing, "misses")
+    return 0
+
+
+def approve(api: Api, args: argparse.Namespace) -> int:
+    failed = []
+    for url in args.urls:
+        try:
+            fill = api.post("/misses/approve", {"url": url})
+        except CommandError as err:
+            if err.status != 1:
+                raise
+            failed.append(f"{url}: {err}")
+            continue
+        print(f"fill {fill['id']} queued: {fill['url']}")
+    if failed:
+        raise CommandError("; ".join(failed))
+    return 0
+
+
+def token_create(api: Api, args: argparse.Namespace) -> int:
+    made = api.post("/tokens", {"name": args.name, "scope": args.scope})
+    print(made["token"])
+    print(
+        f"token {made['name']!r} ({made['scope']}): shown this once; keep it somewhere safe",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def token_revoke(api: Api, args: argparse.Namespace) -> int:
+    for name in args.names:
+        api.delete(f"/tokens/{name}")
+        print(f"revoked {name}")
+    return 0
+
+
+def token_list(api: Api, args: argparse.Namespace) -> int:
+    listing = api.get("/tokens")
+    if args.json:
+        _print_json(listing)
+        return 0
+    rows = [
+        (t["scope"], _when(t["created_at"]), _when(t["last_used"]), t["name"])
+        for t in listing["items"]
+    ]
+    _table(rows, ("SCOPE", "CREATED", "LAST USED", "NAME"))
+    return 0
+
+
+def verify(api: Api, args: argparse.Namespace) -> int:
+    run = api.post("/verify", {"quarantine": args.quarantine})
+    bar = Bar(sys.stderr)
+    try:
+        pauses = _pauses()
+        while run["state"] == "running":
+            note = f"{run['checked']} of {run['blobs']} blobs"
+            bar.show(run["bytes_checked"], run["bytes_total"] or None, note=note)
+            time.sleep(next(pauses))
+            run = api.get("/verify")
+    except KeyboardInterrupt:
+        bar.close()
+        print("stopped waiting; the verification goes on (withcache verify --status)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    bar.close()
+    return _report(run, args.json)
+
+
+def verify_status(api: Api, args: argparse.Namespace) -> int:
+    return _report(api.get("/verify"), args.json)
+
+
+def _report(run: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(run)
+    else:
+        for bad in run["corrupt"]:
+            urls = ", ".join(a["url"] for a in bad["artifacts"])
+            action = "quarantined" if bad["quarantined"] else "corrupt"
+            print(f"{action}  {bad['sha256']}  {bad['problem']}  {urls}")
+        print(
+            f"{run['state']}: {run['checked']} of {run['blobs']} blobs "
+            f"({format_size(run['bytes_checked'])}) checked, {len(run['corrupt'])} bad",
+            file=sys.stderr,
+        )
+    if run["error"]:
+        raise CommandError(f"verification failed: {run['error']}")
+    return 1 if run["corrupt"] or run["state"] == "running" else 0
+
+
+Command = Callable[[Api, argparse.Namespace], int]

@@ -1,0 +1,212 @@
+"""The `withcache` command against a real server: tokens, add --wait with its
+progress bar on a real pseudo-terminal, ls/rm/misses/approve, verify, and
+one-line errors with exit statuses that say what went wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import subprocess
+import time
+
+import pytest
+from api_client import Api
+from conftest import BIN, TEST_FLAGS, CacheHost, curl
+from test_api import LOCKED, PASSWORD
+
+BODY = os.urandom(400_000)
+
+
+def withcache(*args: str, env: dict[str, str] | None = None, tty: bool = False):
+    """Run `withcache`; with `tty`, its stderr is a pseudo-terminal (stdout stays a pipe)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WITHCACHE_")}
+    full_env.update(env or {})
+    command = [str(BIN / "withcache"), *args]
+    if not tty:
+        return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=60)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=full_env
+    )
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    stdout = proc.stdout.read().decode()
+    proc.wait(10)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, screen.decode())
+
+
+def env_for(host, token: str | None = None, **more: str) -> dict[str, str]:
+    env = {"WITHCACHE_SERVER": host.url, **more}
+    if token:
+        env["WITHCACHE_TOKEN"] = token
+    return env
+
+
+def one_error_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("withcache: error: "), lines
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, ca_file):
+    server = CacheHost(
+        tmp_path_factory.mktemp("cli") / "data", TEST_FLAGS,
+        {**os.environ, "SSL_CERT_FILE": str(ca_file), **LOCKED},
+    )  # fmt: skip
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(host) -> str:
+    return Api(host.url).create_token("cli-admin", "admin", PASSWORD)
+
+
+def test_token_create_prints_it_once_then_it_works_until_revoked(host):
+    refused = withcache("token", "create", "nightly", env=env_for(host))
+    assert refused.returncode == 4
+    assert "WITHCACHE_ADMIN_PASSWORD" in one_error_line(refused)
+    wrong = withcache(
+        "token", "create", "nightly", env=env_for(host, WITHCACHE_ADMIN_PASSWORD="no")
+    )
+    assert wrong.returncode == 4 and "wrong admin password" in one_error_line(wrong)
+
+    made = withcache(
+        "token", "create", "nightly", "--scope", "admin",
+        env=env_for(host, WITHCACHE_ADMIN_PASSWORD=PASSWORD),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert made.stdout == token + "\n" and token.startswith("wct_")
+    assert "shown this once" in made.stderr and token not in made.stderr
+    listed = withcache("token", "ls", env=env_for(host, token))
+    assert "nightly" in listed.stdout and token not in listed.stdout
+    assert withcache("ls", env=env_for(host, token)).returncode == 0
+    assert withcache("token", "revoke", "nightly", env=env_for(host, token)).returncode == 0
+    gone = withcache("ls", env=env_for(host, token))
+    assert gone.returncode == 4 and "unknown or revoked" in one_error_line(gone)
+    assert token not in host.log()
+
+
+def test_add_wait_draws_a_bar_on_a_terminal(origin, host, admin):
+    url = origin.add("/cli/slow.bin", BODY, rate=300_000)
+    result = withcache("add", url, "--wait", env=env_for(host, admin), tty=True)
+    assert result.returncode == 0, result.stderr
+    sha = hashlib.sha256(BODY).hexdigest()
+    assert result.stdout.split() == [sha, "390.6", "KiB", url]
+    bar = result.stderr
+    assert bar.count("\r[") >= 2, bar  # redrawn in place as the fill advances
+    assert "%" in bar and "KiB of 390.6 KiB" in bar
+    assert bar.endswith("\r\n")  # the bar's line is ended before the command exits
+
+
+def test_add_wait_in_a_pipe_prints_only_the_result(origin, host, admin):
+    url = origin.add("/cli/piped.bin", BODY)
+    result = withcache("add", url, "--wait", env=env_for(host, admin))
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and result.stderr.startswith("fill ")
+    assert result.stdout.startswith(hashlib.sha256(BODY).hexdigest())
+
+
+def test_add_wait_with_the_wrong_sha256_fails(origin, host, admin):
+    url = origin.add("/cli/wrong.bin", BODY)
+    result = withcache("add", url, "--sha256", "ab" * 32, "--wait", env=env_for(host, admin))
+    assert result.returncode == 1
+    assert "SHA-256 mismatch" in result.stderr.splitlines()[-1]
+
+
+def test_misses_approve_ls_rm_under_curate(origin, cache_host):
+    url = origin.add("/cli/curated.bin", BODY)
+    server = cache_host("--curate", env=LOCKED)
+    token = Api(server.url).create_token("ops", "admin", PASSWORD)
+    env = env_for(server, token)
+    curl("-o", "/dev/null", server.blob_url(url))
+    listed = withcache("misses", env=env)
+    assert listed.returncode == 0 and url in listed.stdout and "awaiting approval" in listed.stdout
+    approved = withcache("approve", url, env=env)
+    assert approved.returncode == 0 and approved.stdout.startswith("fill ")
+    server.wait_cached(url)
+    shown = withcache("ls", "curated", env=env)
+    assert shown.stdout.splitlines()[0].split() == ["ID", "SIZE", "HITS", "FETCHED", "URL"]
+    assert url in shown.stdout
+    assert withcache("ls", "--json", env=env).stdout.count('"sha256"') == 1
+    removed = withcache("rm", url, env=env)
+    assert removed.returncode == 0 and removed.stdout.startswith("deleted ")
+    again = withcache("rm", url, env=env)
+    assert again.returncode == 1 and "not cached" in one_error_line(again)
+    assert withcache("approve", url, env=env).returncode == 1  # the miss is settled
+
+
+def test_verify_reports_quarantines_and_exits_1(origin, cache_host):
+    url = origin.add("/cli/rot.bin", BODY)
+    server = cache_host(env=LOCKED)
+    env = env_for(server, Api(server.url).create_token("ops", "admin", PASSWORD))
+    assert withcache("add", url, "--wait", env=env).returncode == 0
+    sha = hashlib.sha256(BODY).hexdigest()
+    (server.data_dir / "blobs" / sha[:2] / sha).write_bytes(b"rot" + BODY[3:])
+    report = withcache("verify", env=env)
+    assert report.returncode == 1
+    assert report.stdout.startswith(f"corrupt  {sha}  content: ") and url in report.stdout
+    assert "1 bad" in report.stderr
+    fixed = withcache("verify", "--quarantine", env=env)
+    assert fixed.returncode == 1 and fixed.stdout.startswith("quarantined")
+    clean = withcache("verify", env=env)
+    assert clean.returncode == 0 and clean.stdout == "" and "0 of 0 blobs" in clean.stderr
+    assert withcache("verify", "--status", env=env).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "status", "message"),
+    [
+        (["ls"], {"WITHCACHE_SERVER": ""}, 2, "set WITHCACHE_SERVER"),
+        (["ls"], {"WITHCACHE_SERVER": "ftp://cache"}, 2, "bad cache-host URL"),
+        (["ls"], {"WITHCACHE_SERVER": "127.0.0.1:9", "WITHCACHE_TOKEN": "x"}, 3,
+         "cannot reach the cache-host at http://127.0.0.1:9: connection refused"),
+        (["ls"], {"WITHCACHE_TOKEN": "wct_not-a-real-one"}, 4, "unknown or revoked API token"),
+        (["ls"], {}, 4, "set WITHCACHE_TOKEN"),
+        (["add", "http://h/x"], {"read": "1"}, 4, "read-only"),
+        (["add", "gopher://h/x"], {"admin": "1"}, 1, "not an http(s) URL"),
+        (["rm", "12345"], {"admin": "1"}, 1, "not cached: 12345"),
+        (["ls", "--sort", "colour"], {"admin": "1"}, 1, "bad sort"),
+        (["ls", "--limit", "0"], {"admin": "1"}, 2, "invalid limit"),
+        (["frobnicate"], {}, 2, "invalid choice"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line_with_a_telling_exit_status(host, admin, args, env, status, message):
+    env = dict(env)
+    if env.pop("admin", None):
+        env["WITHCACHE_TOKEN"] = admin
+    if env.pop("read", None):
+        env["WITHCACHE_TOKEN"] = (
+            Api(host.url).with_token(admin).create_token(f"reader-{time.monotonic_ns()}", "read")
+        )
+    env.setdefault("WITHCACHE_SERVER", host.url)
+    result = withcache(*args, env=env)
+    assert result.returncode == status, result
+    assert message in one_error_line(result)
+
+
+def test_a_server_that_is_not_withcache(origin, admin):
+    result = withcache("ls", env={"WITHCACHE_SERVER": origin.url(""), "WITHCACHE_TOKEN": admin})
+    assert result.returncode == 3
+    assert "is it a withcache cache-host" in one_error_line(result)
