@@ -53,9 +53,13 @@ def origin(ca: trustme.CA) -> Iterator[Origin]:
 class CacheHost:
     """One `withcache-server` process with its own data dir."""
 
-    def __init__(self, data_dir: Path, flags: tuple[str, ...], env: dict[str, str]) -> None:
+    def __init__(
+        self, data_dir: Path, flags: tuple[str, ...], env: dict[str, str],
+        argv: list[str] | None = None,
+    ) -> None:  # fmt: skip
         self.data_dir = data_dir
         self.flags = flags
+        self.argv = argv  # a command line of its own (deploy files'), instead of the flags
         self.env = env
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -70,11 +74,11 @@ class CacheHost:
     def start(self, timeout: float = 15.0) -> CacheHost:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen(
-            [str(BIN / "withcache-server"), "--data-dir", str(self.data_dir), "--host",
-             "127.0.0.1", "--port", str(self.port), *self.flags],
-            stdout=log, stderr=log, env=self.env,
-        )  # fmt: skip
+        argv = self.argv or [
+            str(BIN / "withcache-server"), "--data-dir", str(self.data_dir), "--host",
+            "127.0.0.1", "--port", str(self.port), *self.flags,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
