@@ -19,7 +19,7 @@ from multidict import MultiDictProxy
 
 from withcache.server import events
 from withcache.server.cache import ActionError, Cache
-from withcache.server.store import ACTIVE_STATES, FillState
+from withcache.server.store import ACTIVE_STATES, FillState, TokenScope
 from withcache.server.web import auth, params, render
 from withcache.server.web.progress import fill_rows
 from withcache.server.web.read import CACHE_KEY
@@ -282,6 +282,43 @@ async def add_action(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
+# -- API tokens
+
+
+async def tokens_page(request: web.Request) -> web.Response:
+    return await _tokens(request)
+
+
+async def _tokens(request: web.Request, status: int = 200, **context: Any) -> web.Response:
+    context = {"made": None, "secret": None, "error": None, "token_name": "", "scope": "read", **context}
+    found = await request.app[CACHE_KEY].metadata.list_tokens()
+    return await _show(request, "tokens.html", status, section="tokens", tokens=found, **context)
+
+
+async def create_token(request: web.Request) -> web.StreamResponse:
+    form = await _form(request)
+    name = params.text(form.get("name", ""), "name")
+    scope = params.text(form.get("scope", "read"), "scope")
+    if scope not in TokenScope.__members__.values():
+        raise web.HTTPBadRequest(text="bad scope: choose read or admin\n")
+    try:
+        made, secret = await request.app[CACHE_KEY].create_token(
+            name, TokenScope(scope), auth.actor(request)
+        )
+    except ActionError as err:
+        return await _tokens(request, 400, error=str(err), token_name=name, scope=scope)
+    # Shown on this answer only (no redirect: the token must not sit in a URL or history).
+    return await _tokens(request, made=made, secret=secret)
+
+
+async def revoke_token(request: web.Request) -> web.StreamResponse:
+    try:
+        await request.app[CACHE_KEY].revoke_token(request.match_info["name"], auth.actor(request))
+    except ActionError as err:
+        return await _failed(request, [str(err)], "/tokens", 404)
+    raise web.HTTPSeeOther("/tokens")
+
+
 # -- login
 
 
@@ -357,6 +394,7 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         (f"/cached/{object_id}/delete", confirm_delete),
         ("/add", add_page),
         ("/events", events_page),
+        ("/tokens", tokens_page),
     ]
     actions = [
         ("/misses", misses_action),
@@ -364,6 +402,8 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         ("/downloads/clear", clear_finished),
         (f"/cached/{object_id}/delete", delete_artifact),
         ("/add", add_action),
+        ("/tokens", create_token),
+        ("/tokens/{name}/revoke", revoke_token),
         ("/logout", logout),
     ]
     for path, handler in pages:
