@@ -290,7 +290,8 @@ async def tokens_page(request: web.Request) -> web.Response:
 
 
 async def _tokens(request: web.Request, status: int = 200, **context: Any) -> web.Response:
-    context = {"made": None, "secret": None, "error": None, "token_name": "", "scope": "read", **context}
+    defaults = {"made": None, "secret": None, "error": None, "token_name": "", "scope": "read"}
+    context = {**defaults, **context}
     found = await request.app[CACHE_KEY].metadata.list_tokens()
     return await _show(request, "tokens.html", status, section="tokens", tokens=found, **context)
 
