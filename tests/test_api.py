@@ -163,6 +163,8 @@ def test_add_list_and_delete(origin, cache_host):
     assert api.delete(f"/artifacts/{artifact['id']}").status == 404
     (event,) = api.get("/events", kind="artifact.deleted").body["items"]
     assert event["actor"] == "api:admin-test" and event["url"] == url
+    queued = api.get("/events", kind="fill.queued").body["items"]
+    assert [e["actor"] for e in queued] == ["api:admin-test"] * 2
 
 
 def test_add_with_the_wrong_sha256_keeps_nothing(origin, cache_host):

@@ -10,7 +10,6 @@ takes seconds and fails the same way twice. The server may fetch nothing
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 from api_client import Api
@@ -28,7 +27,6 @@ def schemathesis(host, *options: str) -> subprocess.CompletedProcess[str]:
          "--request-timeout", "10", "--generation-database", "none",
          "--phases", "examples,coverage,fuzzing,stateful", *options],
         capture_output=True, text=True, timeout=300, cwd=host.data_dir.parent,
-        env={**os.environ, "SCHEMATHESIS_TELEMETRY": "false"},
     )  # fmt: skip
 
 
