@@ -235,6 +235,7 @@ def test_curate_approve_and_dismiss(origin, cache_host):
         ("POST", "/verify", b'{"quarantine": "yes"}', None, 400, "expected boolean"),
         ("POST", "/tokens", b'{"name": "../x"}', None, 400, "a token name is"),
         ("POST", "/tokens", b'{"name": "x", "scope": "root"}', None, 400, "bad scope"),
+        ("POST", "/tokens", b'{"name": "x", "scope": ""}', None, 400, "bad scope"),
         ("GET", "/fills/abc", None, None, 404, "Not Found"),
         ("GET", "/fills/0", None, None, 400, "bad id"),
         ("GET", "/fills/99999999999999999999", None, None, 400, "bad id"),

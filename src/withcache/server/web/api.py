@@ -310,7 +310,9 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     body = await _body(request, {"name": str, "scope": str}, {"name"})
-    scope = body.get("scope") or TokenScope.READ.value
+    scope = body.get("scope")
+    if scope is None:
+        scope = TokenScope.READ.value
     if scope not in TokenScope.__members__.values():
         raise web.HTTPBadRequest(text="bad scope: choose 'read' or 'admin'")
     try:
