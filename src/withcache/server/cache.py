@@ -281,7 +281,9 @@ class Cache:
         if self.verification and not self.verification.finished:
             raise ActionError("a verification is already running")
         self.verification = Verification(quarantine=quarantine, actor=actor)
-        self._tasks.append(asyncio.create_task(self.verification.run(self)))
+        task = asyncio.create_task(self.verification.run(self))
+        self._tasks.append(task)  # so that stop() cancels a run in progress
+        task.add_done_callback(self._tasks.remove)
         return self.verification
 
     # -- API tokens
