@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint format
+.PHONY: run test lint format shim
 
 run: $(VENV)/.run
 	$(BIN)/withcache-server --data-dir ./data
@@ -12,12 +12,20 @@ test: $(VENV)/.test
 	$(BIN)/pytest
 
 lint: $(VENV)/.test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench shim
+	$(BIN)/ruff format --check src tests bench shim
 
 format: $(VENV)/.test
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench shim
+	$(BIN)/ruff check --fix src tests bench shim
+
+# The native shim (Zig from PyPI): static musl binaries in zig-out/bin/.
+shim: $(VENV)/.zig
+	$(BIN)/python shim/build.py
+
+$(VENV)/.zig: | $(BIN)/python
+	$(BIN)/pip install -q ziglang
+	touch $@
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,138 @@
+//! The native shim: one static binary that acts as curl or wget by the name
+//! it is run as (curlwithcache or curl; wgetwithcache or wget), with the
+//! Python shim's behaviour (src/withcache/shim/entry.py and run.py): find
+//! the real tool, and with no cache-host set exec it at once, with no
+//! parsing and no network; otherwise plan the command against the cache,
+//! write WITHCACHE_DEBUG notes, and exec the tool with the planned argv.
+//! Nothing but those notes and the two fatal messages is ever printed.
+
+const std = @import("std");
+const c = std.c;
+const options = @import("options.zig");
+const tables = @import("tables.zig");
+const Tool = @import("tool.zig").Tool;
+const Env = @import("env.zig").Env;
+const plan = @import("plan.zig");
+const probe = @import("probe.zig");
+const realtool = @import("realtool.zig");
+const text = @import("text.zig");
+const cachehost = @import("cachehost.zig");
+
+pub const panic = std.debug.simple_panic;
+pub const std_options: std.Options = .{ .enable_segfault_handler = false };
+
+const gpa = std.heap.c_allocator; // never freed: the process execs the tool
+
+pub fn main(init: std.process.Init.Minimal) u8 {
+    const argv = init.args.vector;
+    const envp = init.environ.block.slice;
+    const env: Env = .{ .block = envp };
+    const called = std.mem.span(argv[0]);
+    const name = called[(if (std.mem.lastIndexOfScalar(u8, called, '/')) |i| i + 1 else 0)..];
+    const tool: *const Tool = if (eqlAny(name, &.{ "curl", "curlwithcache" }))
+        &tables.curl
+    else if (eqlAny(name, &.{ "wget", "wgetwithcache" }))
+        &tables.wget
+    else {
+        say("withcache-shim: run me as curl, wget, curlwithcache or wgetwithcache (a link to this file)\n", .{});
+        return 2;
+    };
+    const pinned = env.text(tool.real_env);
+    const real = realtool.find(tool.name, pinned, env.get("PATH") orelse "/bin:/usr/bin") catch null orelse {
+        if (pinned.len > 0) {
+            say("{s}withcache: no real {s} found (looked in {s}={s})\n", .{ tool.name, tool.name, tool.real_env, pinned });
+        } else {
+            say("{s}withcache: no real {s} found (looked in PATH)\n", .{ tool.name, tool.name });
+        }
+        return 127;
+    };
+    var args = gpa.alloc([]const u8, argv.len - 1) catch return exec(real, tool, argv[1..], &.{}, envp);
+    for (argv[1..], args) |arg, *slot| slot.* = std.mem.span(arg);
+    const debug = !std.mem.eql(u8, env.get("WITHCACHE_DEBUG") orelse "0", "0") and env.text("WITHCACHE_DEBUG").len > 0;
+    if (plan.serverSetting(tool, env).len > 0) {
+        args = rewrite(tool, args, env, real, debug);
+    } else if (debug) {
+        say("withcache: {s}: passed through: no cache-host set\n", .{tool.name});
+    }
+    return exec(real, tool, argv[1..], args, envp);
+}
+
+fn eqlAny(name: []const u8, names: []const []const u8) bool {
+    for (names) |n| {
+        if (std.mem.eql(u8, name, n)) return true;
+    }
+    return false;
+}
+
+/// Write one message to stderr (unbuffered, like os.write in the Python shim).
+fn say(comptime fmt: []const u8, args: anytype) void {
+    const line = std.fmt.allocPrint(gpa, fmt, args) catch return;
+    writeAll(line);
+}
+
+fn writeAll(bytes: []const u8) void {
+    var rest = bytes;
+    while (rest.len > 0) {
+        const n = c.write(2, rest.ptr, rest.len);
+        if (n <= 0) return;
+        rest = rest[@intCast(n)..];
+    }
+}
+
+/// The argv to exec; with WITHCACHE_DEBUG set, one note a line on stderr.
+fn rewrite(tool: *const Tool, args: [][]const u8, env: Env, real: [:0]const u8, debug: bool) [][]const u8 {
+    var asker: Asker = .{ .seconds = probe.budget(env), .tool = tool, .real = real, .env = env };
+    const result = plan.plan(gpa, tool, args, env, .{ .context = &asker, .ask = Asker.ask }) catch |err| blk: {
+        const notes = gpa.alloc([]const u8, 1) catch return args;
+        notes[0] = std.fmt.allocPrint(gpa, "passed through: shim error: {t}", .{err}) catch "passed through: shim error";
+        break :blk plan.Plan{ .argv = args, .notes = notes };
+    };
+    if (debug) {
+        var out: std.Io.Writer.Allocating = .init(gpa);
+        for (result.notes) |note| {
+            out.writer.print("withcache: {s}: ", .{tool.name}) catch break;
+            text.writeReplaced(&out.writer, note) catch break;
+            out.writer.writeByte('\n') catch break;
+        }
+        writeAll(out.written());
+    }
+    return result.argv;
+}
+
+const Asker = struct {
+    seconds: f64,
+    tool: *const Tool,
+    real: [:0]const u8,
+    env: Env,
+
+    fn ask(context: *anyopaque, server: cachehost.CacheHost, requests: []const plan.Request, answers: []plan.Answer) void {
+        const asker: *Asker = @ptrCast(@alignCast(context));
+        const with_tool: ?probe.ToolProbe = if (server.https or options.probe_with_tool)
+            .{ .path = asker.real, .is_curl = std.mem.eql(u8, asker.tool.name, "curl"), .env = asker.env }
+        else
+            null;
+        probe.probe(server, requests, answers, asker.seconds, with_tool);
+    }
+};
+
+/// Run the real tool as `curl`/`wget` with `args`; only returns if that fails.
+fn exec(real: [:0]const u8, tool: *const Tool, original: []const [*:0]const u8, args: []const []const u8, envp: [:null]const ?[*:0]const u8) u8 {
+    const count = if (args.len > 0 or original.len == 0) args.len else original.len;
+    const argv = gpa.allocSentinel(?[*:0]const u8, count + 1, null) catch return 126;
+    argv[0] = if (std.mem.eql(u8, tool.name, "curl")) "curl" else "wget";
+    for (0..count) |i| {
+        argv[i + 1] = if (args.len > 0) (gpa.dupeSentinel(u8, args[i], 0) catch return 126).ptr else original[i];
+    }
+    _ = c.execve(real, argv.ptr, envp.ptr);
+    say("{s}withcache: cannot run {s}: {s}\n", .{ tool.name, real, std.mem.span(strerror(c._errno().*)) });
+    return 126;
+}
+
+extern "c" fn strerror(errnum: c_int) [*:0]const u8;
+
+test {
+    _ = text;
+    _ = cachehost;
+    _ = probe;
+    _ = @import("keys.zig");
+}
