@@ -78,20 +78,22 @@ fn parseFloat(raw: []const u8) ?f64 {
 /// HEAD each request on the cache-host; answers in the same order, within `seconds`.
 pub fn probe(server: CacheHost, requests: []const Request, answers: []Answer, seconds: f64, with_tool: ?ToolProbe) void {
     const deadline = now() + @as(i64, @intFromFloat(seconds * 1e9));
-    var shared: Shared = .{ .server = server, .requests = requests, .deadline = deadline, .with_tool = with_tool };
-    shared.results = gpa.alloc(Slot, requests.len) catch return late(answers, seconds, "out of memory");
+    // On the heap: workers still running at the deadline go on using it until the exec.
+    const shared = gpa.create(Shared) catch return late(answers, "out of memory");
+    shared.* = .{ .server = server, .requests = requests, .deadline = deadline, .with_tool = with_tool };
+    shared.results = gpa.alloc(Slot, requests.len) catch return late(answers, "out of memory");
     for (shared.results) |*slot| slot.* = .{};
     var fds: [2]c.fd_t = undefined;
-    if (c.pipe2(&fds, .{ .CLOEXEC = true }) != 0) return late(answers, seconds, "no pipe");
+    if (c.pipe2(&fds, .{ .CLOEXEC = true }) != 0) return late(answers, "no pipe");
     shared.done_fd = fds[1];
     const workers = @min(max_parallel, requests.len);
     var started: usize = 0;
     for (0..workers) |_| {
-        const thread = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, work, .{&shared}) catch break;
+        const thread = std.Thread.spawn(.{ .stack_size = 256 * 1024 }, work, .{shared}) catch break;
         thread.detach();
         started += 1;
     }
-    if (started == 0) work(&shared); // no thread to be had: ask in this one
+    if (started == 0) work(shared); // no thread to be had: ask in this one
     var finished: usize = 0;
     while (finished < started) {
         const left = deadline - now();
@@ -114,8 +116,7 @@ pub fn probe(server: CacheHost, requests: []const Request, answers: []Answer, se
     }
 }
 
-fn late(answers: []Answer, seconds: f64, why: []const u8) void {
-    _ = seconds;
+fn late(answers: []Answer, why: []const u8) void {
     for (answers) |*answer| answer.* = .{ .state = .@"unreachable", .detail = why };
 }
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -240,10 +241,12 @@ def shim(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60,
+    shims: Path = BIN,
 ) -> subprocess.CompletedProcess[str]:
-    """Run curlwithcache or wgetwithcache as a user would (WITHCACHE_DEBUG on)."""
+    """Run curlwithcache or wgetwithcache as a user would (WITHCACHE_DEBUG on);
+    `shims` is the folder they are in (the native shim's, for its tests)."""
     return subprocess.run(
-        [str(BIN / f"{tool}withcache"), *args], capture_output=True, text=True,
+        [str(shims / f"{tool}withcache"), *args], capture_output=True, text=True,
         env=env if env is not None else shim_env(server), cwd=cwd, timeout=timeout,
     )  # fmt: skip
 
@@ -256,6 +259,27 @@ def curl(*args: str, check: bool = False, **kw: object) -> subprocess.CompletedP
 
 def wget(*args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(["wget", "-q", *args], capture_output=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="session")
+def native_shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The native shim for this machine, built once per session (Zig from PyPI), in a
+    folder of its own as `curlwithcache` and `wgetwithcache` (links to the binary)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        import ziglang  # noqa: F401 (only whether `make shim` installed it)
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "ziglang"], check=True)
+    target = f"{platform.machine()}-linux-musl"
+    subprocess.run(
+        [sys.executable, str(root / "shim" / "build.py"), "--target", target],
+        check=True, stdout=subprocess.DEVNULL, timeout=600,
+    )  # fmt: skip
+    binary = root / "zig-out" / "bin" / f"withcache-shim-{target}"
+    folder = tmp_path_factory.mktemp("native")
+    for tool in ("curl", "wget"):
+        (folder / f"{tool}withcache").symlink_to(binary)
+    return folder
 
 
 # Debian's chromium, driven by Playwright; never a browser that Playwright downloads.
