@@ -1,0 +1,156 @@
+"""Time the native shim against curl/wget run directly and the Python shim (one run, medians).
+
+    apt-get install -y hyperfine     # Debian's package
+    make shim && .venv/bin/python bench/native_shim.py
+
+Same set-up as bench/shims.py: a pre-warmed auto-mode cache-host (every probe
+a hit), a --curate one (every probe a miss), a refused port (a dead cache-host)
+and a stdlib HTTP origin, all on 127.0.0.1; a 64 KiB artifact. Every command
+runs through `env` so they all pay the same exec, and they take turns over
+several rounds so load from elsewhere lands on all of them. Also builds the
+shim with `--probe tool` (it asks the cache-host by running the real tool,
+as the seed's shim did) to time that choice against the socket probe, and
+reports the binaries' sizes. Prints the medians beside the issue's targets
+and the seed's figures; writes hyperfine's JSON to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from shims import start_cache_host, start_origin, wait_cached
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ARTIFACT_BYTES = 64 * 1024
+SEED = {"curl direct": 5.0, "curl pass-through": 4.9, "curl hit": 12.5}  # ms, measured here
+TARGETS = {"pass-through": 1.0, "hit": 2.0, "dead": 2.0}  # ms added to the direct run
+MAX_BYTES = 300 * 1024
+
+
+def build(folder: Path, probe: str) -> Path:
+    """The host's binary, linked as curlwithcache/wgetwithcache in `folder`."""
+    target = f"{platform.machine()}-linux-musl"
+    out = ROOT / "zig-out" / ("bin" if probe == "socket" else f"bench-{probe}")
+    subprocess.run(
+        [sys.executable, str(ROOT / "shim" / "build.py"), "--target", target, "--out", str(out),
+         "--probe", probe],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    folder.mkdir()
+    for tool in ("curl", "wget"):
+        (folder / f"{tool}withcache").symlink_to(out / f"withcache-shim-{target}")
+    return folder
+
+
+def refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Path):
+    python = {tool: BIN / f"{tool}withcache" for tool in ("curl", "wget")}
+    args = {"curl": f"-s -o /dev/null {url}", "wget": f"-q -O /dev/null {url}"}
+    rows = []
+    for tool in ("curl", "wget"):
+        a = args[tool]
+        rows.append((f"{tool} direct", f"env {tool} {a}"))
+        for shim, where in (("python", python[tool]), ("native", native / f"{tool}withcache")):
+            rows += [
+                (f"{tool} {shim} pass-through", f"env -u WITHCACHE_SERVER {where} {a}"),
+                (f"{tool} {shim} hit", f"env WITHCACHE_SERVER={hit} {where} {a}"),
+                (f"{tool} {shim} miss", f"env WITHCACHE_SERVER={miss} {where} {a}"),
+                (f"{tool} {shim} dead", f"env WITHCACHE_SERVER={dead} {where} {a}"),
+            ]
+        rows.append(
+            (f"{tool} native hit, tool probe",
+             f"env WITHCACHE_SERVER={hit} {by_tool / f'{tool}withcache'} {a}")
+        )  # fmt: skip
+    return rows
+
+
+def report(medians: dict[str, float], sizes: dict[str, int]) -> list[str]:
+    lines = [f"{'command (ms)':<30} {'median':>7} {'vs direct':>10} {'seed':>6}"]
+    for name, median in medians.items():
+        direct = medians[f"{name.split()[0]} direct"]
+        extra = f"{median - direct:+9.1f}" if not name.endswith("direct") else ""
+        seed_name = name.replace(" native", "")
+        seed = f"{SEED[seed_name]:6.1f}" if " python" not in name and seed_name in SEED else ""
+        lines.append(f"{name:<30} {median:7.1f}  {extra:>9} {seed:>6}")
+    lines += ["", "native shim targets (added to the direct run):"]
+    for tool in ("curl", "wget"):
+        for case, allowed in TARGETS.items():
+            added = medians[f"{tool} native {case}"] - medians[f"{tool} direct"]
+            verdict = "ok" if added <= allowed else "OVER"
+            lines.append(f"  {tool} {case:<13} adds {added:5.1f} ms (<= {allowed:.0f}): {verdict}")
+    for target, size in sizes.items():
+        verdict = "ok" if size <= MAX_BYTES else "OVER"
+        lines.append(f"  {target} binary {size / 1024:.0f} KiB (<= 300): {verdict}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="turns each command takes")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command per round")
+    args = parser.parse_args()
+    if shutil.which("hyperfine") is None:
+        raise SystemExit("needs hyperfine: apt-get install -y hyperfine")
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "withcache")], check=True
+    )
+    subprocess.run([sys.executable, str(ROOT / "shim" / "build.py")], check=True)  # both targets
+    sizes = {p.name: p.stat().st_size for p in sorted((ROOT / "zig-out" / "bin").iterdir())}
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="withcache-native-bench-") as scratch:
+        folder = Path(scratch)
+        native, by_tool = build(folder / "native", "socket"), build(folder / "by-tool", "tool")
+        (folder / "origin").mkdir()
+        (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
+        try:
+            origin_proc, origin = start_origin(folder / "origin")
+            procs.append(origin_proc)
+            hit_proc, hit = start_cache_host(folder / "auto")
+            procs.append(hit_proc)
+            miss_proc, miss = start_cache_host(folder / "curate", "--curate")
+            procs.append(miss_proc)
+            url = f"{origin}/artifact.bin"
+            wait_cached(hit, url)
+            dead = f"127.0.0.1:{refused_port()}"
+            named = commands(url, hit, miss, dead, native, by_tool)
+            times: dict[str, list[float]] = {name: [] for name, _ in named}
+            for round_number in range(args.rounds):
+                export = results / f"native-shim-round{round_number}.json"
+                hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs)]
+                hyperfine += ["--export-json", str(export)]
+                for name, command in named:
+                    hyperfine += ["-n", name, command]
+                subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
+                for result in json.loads(export.read_text())["results"]:
+                    times[result["command"]] += result["times"]
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+    medians = {name: statistics.median(runs) * 1000 for name, runs in times.items()}
+    lines = report(medians, sizes)
+    (results / "native_shim.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
