@@ -3,6 +3,7 @@
 
 import base64
 import socket
+import time
 
 import pytest
 from conftest import curl
@@ -102,3 +103,24 @@ def test_server_keeps_serving_and_never_logged_a_traceback(host):
     assert "Traceback" not in log
     assert "level=error" not in log
     assert "request.refused" in log
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n",
+        b"GET /b/" + b"A" * 20000 + b"/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cr3t\x01\r\n\r\n",
+    ],
+)
+def test_malformed_requests_are_logged_as_refusals_not_errors(host, request_bytes):
+    before = len(host.log())
+    answer = raw_request(host, request_bytes)
+    assert answer.split(b"\r\n")[0].split()[1] in (b"400", b"414", b"431")
+    deadline = time.monotonic() + 5
+    while "request.refused" not in host.log()[before:]:
+        assert time.monotonic() < deadline, host.log()[before:]
+        time.sleep(0.05)
+    logged = host.log()[before:]
+    assert "level=error" not in logged and "traceback" not in logged
+    assert "s3cr3t" not in logged

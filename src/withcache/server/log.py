@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 logger = logging.getLogger("withcache")
 FORMATS = ("kv", "json")
 # A library's message may quote a raw request line (aiohttp's "Invalid header
@@ -78,9 +80,23 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+def _client_error_as_refusal(record: logging.LogRecord) -> bool:
+    """aiohttp logs a malformed request (bad header bytes, a request line too
+    long) as a server error with a traceback; it is bad input: one info line."""
+    error = record.exc_info[1] if record.exc_info else None
+    if record.name == "aiohttp.server" and isinstance(error, HttpProcessingError):
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.msg, record.args = "request.refused", ()
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.fields = {"status": error.code, "reason": _redact(error.message), "peer": peer}
+    return True
+
+
 def setup(level: int = logging.INFO, format: str = "kv") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if format == "json" else KeyValueFormatter())
+    handler.addFilter(_client_error_as_refusal)
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
