@@ -324,3 +324,13 @@ def test_cached_artifacts_filter_sort_and_page(origin, cache_host):
     assert _urls_in_order(client.get(f"/cached?q={sha}").text, everything) == [urls["medium"]]
     assert _urls_in_order(client.get("/cached?page=2").text, everything) == []
     assert "Nothing cached matches" in client.get("/cached?q=nothing-like-it").text
+
+
+def test_ui_and_api_answer_the_same_status_for_a_missing_thing(cache_host):
+    host = cache_host(env=LOCKED)
+    client = PageClient(host.url)
+    client.login(PASSWORD)
+    token = client.csrf()
+    assert client.post("/downloads/999/retry", {"csrf": token}).status == 404
+    assert client.post("/downloads/999/cancel", {"csrf": token}).status == 404
+    assert client.post("/cached/999/delete", {"csrf": token}).status == 404

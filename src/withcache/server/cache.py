@@ -239,8 +239,12 @@ class Cache:
         await self.record(events.MissDismissed(url=self.display(key), actor=actor))
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> None:
-        if not await self.fills.cancel(fill_id, actor):
-            raise ActionError("no such queued or running fill")
+        if await self.fills.cancel(fill_id, actor):
+            return
+        record = await self.metadata.get_fill(fill_id)
+        if record is None:
+            raise NotFound("no such fill")
+        raise ActionError(f"fill is {record.state}, not queued or running")
 
     async def retry(self, fill_id: int, actor: str | None = None) -> FillRecord:
         """Queue a failed or cancelled fill again (from its display URL: a

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from withcache import keys
 from withcache.server import events, log, metrics
-from withcache.server.cache import ActionError, BadInput, Cache, NotFound
+from withcache.server.cache import ActionError, Cache
 from withcache.server.store import Artifact, EventRecord, Miss, TokenRecord, TokenScope
 from withcache.server.verify import Verification
 from withcache.server.web import auth, openapi, params
@@ -172,11 +172,10 @@ async def _body(request: web.Request, fields: Mapping[str, type], required: set[
 
 def _acted(err: ActionError) -> web.HTTPException:
     """An operator mistake the core refused, as the API's status for it."""
-    if isinstance(err, BadInput):
-        return web.HTTPBadRequest(text=str(err))
-    if isinstance(err, NotFound):
-        return web.HTTPNotFound(text=str(err))
-    return web.HTTPConflict(text=str(err))
+    return _HTTP_ERRORS[params.refusal_status(err)](text=str(err))
+
+
+_HTTP_ERRORS = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}
 
 
 # -- handlers

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from withcache.server.cache import ActionError, BadInput, NotFound
 from withcache.server.store import ACTIVE_STATES, FillState
 
 MAX_PAGE = 1_000_000  # keeps offsets inside SQLite's integers
@@ -54,3 +55,12 @@ def choice(request: web.Request, name: str, choices: Any, default: str) -> str:
         shown = ", ".join(repr(c) for c in choices)
         raise web.HTTPBadRequest(text=f"bad {name}: choose one of {shown}\n")
     return value
+
+
+def refusal_status(err: ActionError) -> int:
+    """The HTTP status of an operator mistake the core refused, for every front end."""
+    if isinstance(err, BadInput):
+        return 400
+    if isinstance(err, NotFound):
+        return 404
+    return 409

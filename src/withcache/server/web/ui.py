@@ -244,7 +244,7 @@ async def fill_action(request: web.Request) -> web.StreamResponse:
         else:
             await cache.retry(fill_id, auth.actor(request))
     except ActionError as err:
-        return await _failed(request, [str(err)], back)
+        return await _failed(request, [str(err)], back, params.refusal_status(err))
     raise web.HTTPSeeOther(back)
 
 
@@ -262,7 +262,7 @@ async def delete_artifact(request: web.Request) -> web.StreamResponse:
     try:
         await cache.delete(int(request.match_info["id"]), auth.actor(request))
     except ActionError as err:
-        return await _failed(request, [str(err)], back, 404)
+        return await _failed(request, [str(err)], back, params.refusal_status(err))
     raise web.HTTPSeeOther(back)
 
 
@@ -316,7 +316,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
     try:
         await request.app[CACHE_KEY].revoke_token(request.match_info["name"], auth.actor(request))
     except ActionError as err:
-        return await _failed(request, [str(err)], "/tokens", 404)
+        return await _failed(request, [str(err)], "/tokens", params.refusal_status(err))
     raise web.HTTPSeeOther("/tokens")
 
 
