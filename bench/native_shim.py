@@ -31,6 +31,8 @@ from pathlib import Path
 
 from shims import start_cache_host, start_origin, wait_cached
 
+from withcache import keys
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ARTIFACT_BYTES = 64 * 1024
@@ -67,6 +69,8 @@ def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Pa
     for tool in ("curl", "wget"):
         a = args[tool]
         rows.append((f"{tool} direct", f"env {tool} {a}"))
+        served = f"{hit}{keys.serve_path(url)}"  # what a hit fetches: the probe's cost is the rest
+        rows.append((f"{tool} from cache", f"env {tool} {a.replace(url, served)}"))
         for shim, where in (("python", python[tool]), ("native", native / f"{tool}withcache")):
             rows += [
                 (f"{tool} {shim} pass-through", f"env -u WITHCACHE_SERVER {where} {a}"),

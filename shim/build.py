@@ -104,18 +104,24 @@ def write_sources(folder: Path, probe: str) -> Path:
     return folder / "main.zig"
 
 
+def zig(*args: str) -> None:
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(ROOT / ".zig-cache")}
+    command = [sys.executable, "-m", "ziglang", *args, "--cache-dir", str(ROOT / ".zig-cache")]
+    subprocess.run(command, check=True, env=env, cwd=ROOT)
+
+
 def build(target: str, out: Path, probe: str, name: str) -> Path:
     root = write_sources(ROOT / "zig-out" / "src" / probe, probe)
     out.mkdir(parents=True, exist_ok=True)
     binary = out / name
-    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(ROOT / ".zig-cache")}
-    command = [
-        sys.executable, "-m", "ziglang", "build-exe", str(root), "-lc", "-target", target,
-        "-O", "ReleaseSmall", "-fstrip",
-        "--cache-dir", str(ROOT / ".zig-cache"), f"-femit-bin={binary}",
-    ]  # fmt: skip
-    subprocess.run(command, check=True, env=env, cwd=ROOT)
+    zig("build-exe", str(root), "-lc", "-target", target, "-O", "ReleaseSmall", "-fstrip",
+        f"-femit-bin={binary}")  # fmt: skip
     return binary
+
+
+def test() -> None:
+    """Run the Zig unit tests (the `test` blocks) for this machine."""
+    zig("test", str(write_sources(ROOT / "zig-out" / "src" / "socket", "socket")), "-lc")
 
 
 def main() -> None:
@@ -124,7 +130,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "zig-out" / "bin")
     parser.add_argument("--probe", choices=PROBES, default="socket")
     parser.add_argument("--name", default="withcache-shim-{target}", help="output file name")
+    parser.add_argument("--test", action="store_true", help="run the Zig unit tests instead")
     args = parser.parse_args()
+    if args.test:
+        return test()
     for target in args.target or TARGETS:
         binary = build(target, args.out, args.probe, args.name.format(target=target))
         print(f"{binary} ({binary.stat().st_size // 1024} KiB)")

@@ -30,8 +30,8 @@ fn pathAndQuery(url: []const u8) struct { []const u8, []const u8 } {
 }
 
 test "serve path" {
-    const gpa = std.testing.allocator;
-    const path = try servePath(gpa, "https://example.com/cuda.run");
-    defer gpa.free(path);
+    var arena = std.heap.ArenaAllocator.init(std.testing.allocator);
+    defer arena.deinit();
+    const path = try servePath(arena.allocator(), "https://example.com/cuda.run");
     try std.testing.expectEqualStrings("/b/aHR0cHM6Ly9leGFtcGxlLmNvbS9jdWRhLnJ1bg/cuda.run", path);
 }

@@ -8,6 +8,7 @@ test_native_differential.py.
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,13 @@ def test_binaries_are_static_and_small(target, machine, native_shim, tmp_path):
     binary = ROOT / "zig-out" / "bin" / f"withcache-shim-{target}-linux-musl"
     assert elf(binary) == (machine, False)
     assert binary.stat().st_size <= 300 * 1024
+
+
+def test_zig_unit_tests(native_shim):
+    """The `test` blocks in shim/*.zig: Python's strip/repr/float rules, parsing."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "shim" / "build.py"), "--test"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"All \d+ tests passed", result.stderr + result.stdout), result.stderr
