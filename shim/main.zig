@@ -46,15 +46,28 @@ pub fn main(init: std.process.Init.Minimal) u8 {
         }
         return 127;
     };
-    var args = gpa.alloc([]const u8, argv.len - 1) catch return exec(real, tool, argv[1..], &.{}, envp);
-    for (argv[1..], args) |arg, *slot| slot.* = std.mem.span(arg);
     const debug = !std.mem.eql(u8, env.get("WITHCACHE_DEBUG") orelse "0", "0") and env.text("WITHCACHE_DEBUG").len > 0;
-    if (plan.serverSetting(tool, env).len > 0) {
-        args = rewrite(tool, args, env, real, debug);
-    } else if (debug) {
-        say("withcache: {s}: passed through: no cache-host set\n", .{tool.name});
+    if (plan.serverSetting(tool, env).len == 0) {
+        if (debug) say("withcache: {s}: passed through: no cache-host set\n", .{tool.name});
+        return execAsWritten(real, tool, argv, envp);
     }
-    return exec(real, tool, argv[1..], args, envp);
+    const args = gpa.alloc([]const u8, argv.len - 1) catch return execAsWritten(real, tool, argv, envp);
+    for (argv[1..], args) |arg, *slot| slot.* = std.mem.span(arg);
+    const planned = rewrite(tool, args, env, real, debug);
+    const exec_argv = gpa.allocSentinel(?[*:0]const u8, planned.len + 1, null) catch return execAsWritten(real, tool, argv, envp);
+    exec_argv[0] = argv0(tool);
+    for (planned, exec_argv[1..]) |arg, *slot| {
+        slot.* = (gpa.dupeSentinel(u8, arg, 0) catch return execAsWritten(real, tool, argv, envp)).ptr;
+    }
+    return exec(real, tool, exec_argv, envp);
+}
+
+/// The command as written, with no allocation: the kernel's argv array (it
+/// ends with a null pointer) with argv[0] swapped in place.
+fn execAsWritten(real: [:0]const u8, tool: *const Tool, argv: []const [*:0]const u8, envp: [:null]const ?[*:0]const u8) u8 {
+    const vector: [*:null]?[*:0]const u8 = @ptrCast(@constCast(argv.ptr));
+    vector[0] = argv0(tool);
+    return exec(real, tool, vector[0..argv.len :null], envp);
 }
 
 fn eqlAny(name: []const u8, names: []const []const u8) bool {
@@ -115,14 +128,13 @@ const Asker = struct {
     }
 };
 
-/// Run the real tool as `curl`/`wget` with `args`; only returns if that fails.
-fn exec(real: [:0]const u8, tool: *const Tool, original: []const [*:0]const u8, args: []const []const u8, envp: [:null]const ?[*:0]const u8) u8 {
-    const count = if (args.len > 0 or original.len == 0) args.len else original.len;
-    const argv = gpa.allocSentinel(?[*:0]const u8, count + 1, null) catch return 126;
-    argv[0] = if (std.mem.eql(u8, tool.name, "curl")) "curl" else "wget";
-    for (0..count) |i| {
-        argv[i + 1] = if (args.len > 0) (gpa.dupeSentinel(u8, args[i], 0) catch return 126).ptr else original[i];
-    }
+/// The real tool runs as `curl` or `wget`, whatever name the shim ran as.
+fn argv0(tool: *const Tool) [*:0]const u8 {
+    return if (std.mem.eql(u8, tool.name, "curl")) "curl" else "wget";
+}
+
+/// Run the real tool; only returns (126) if that fails.
+fn exec(real: [:0]const u8, tool: *const Tool, argv: [:null]const ?[*:0]const u8, envp: [:null]const ?[*:0]const u8) u8 {
     _ = c.execve(real, argv.ptr, envp.ptr);
     say("{s}withcache: cannot run {s}: {s}\n", .{ tool.name, real, std.mem.span(strerror(c._errno().*)) });
     return 126;
