@@ -6,8 +6,8 @@
 //! way out to the network.
 
 const std = @import("std");
-const Tool = @import("tool.zig").Tool;
 const tool_ = @import("tool.zig");
+const Tool = tool_.Tool;
 const text = @import("text.zig");
 const scan_ = @import("scan.zig");
 const keys = @import("keys.zig");
@@ -367,7 +367,7 @@ fn apply(gpa: Allocator, tool: *const Tool, command: *Command, token: Token) !vo
         if (token.value) |value| try command.urls.append(gpa, .{ .index = token.value_index, .url = value, .op = op });
         return;
     }
-    const is_arg = tool.kind(name) == .arg;
+    const is_arg = tool.table.kind(name) == .arg;
     const value = if (is_arg) token.value else null;
     const on = is_arg or enabled(token);
     if (tool_.contains(tool.url_options, name) and value != null) {

@@ -52,13 +52,6 @@ pub fn scan(table: *const tool.Table, argv: []const []const u8, posixly_correct:
     return tokens.items;
 }
 
-fn kindOf(table: *const tool.Table, name: []const u8) ?tool.Kind {
-    for (table.long) |option| {
-        if (tool.eql(option.name, name)) return option.kind;
-    }
-    return null;
-}
-
 fn long(table: *const tool.Table, argv: []const []const u8, i: usize, tokens: *std.ArrayList(Token), why: *Why) Error!usize {
     var word = argv[i][2..];
     var value: ?[]const u8 = null;
@@ -74,11 +67,11 @@ fn long(table: *const tool.Table, argv: []const []const u8, i: usize, tokens: *s
         negated = true;
     }
     var name = try match(table, word, why);
-    const kind = kindOf(table, name).?;
+    const kind = table.kind(name).?;
     if (table.style == .curl and negated and kind != .bool) {
         return why.fail("--no-{s} is not a boolean option", .{word});
     }
-    if (table.style == .getopt and text.startsWith(name, "no-") and kindOf(table, name[3..]) == .optional) {
+    if (table.style == .getopt and text.startsWith(name, "no-") and table.kind(name[3..]) == .optional) {
         name = name[3..]; // getopt lists the generated --no-<bool> forms
         negated = true;
     }
@@ -123,7 +116,7 @@ fn short(table: *const tool.Table, argv: []const []const u8, i: usize, tokens: *
     while (pos < word.len) : (pos += 1) {
         const name = tool.lookup(tool.Short, table.short, word[pos .. pos + 1]) orelse
             return why.fail("-{s} is not a known option", .{text.charAt(word, pos)});
-        if (kindOf(table, name).? != .arg) {
+        if (table.kind(name).? != .arg) {
             try tokens.append(why.gpa, .{ .index = i, .name = name, .value = null, .value_index = null });
             continue;
         }

@@ -55,11 +55,6 @@ pub fn endsWith(s: []const u8, suffix: []const u8) bool {
     return std.mem.endsWith(u8, s, suffix);
 }
 
-/// Case-insensitive equality for ASCII (the only letters the tables use).
-pub fn eqlLower(s: []const u8, lower: []const u8) bool {
-    return std.ascii.eqlIgnoreCase(s, lower);
-}
-
 pub fn lowerAlloc(gpa: std.mem.Allocator, s: []const u8) ![]u8 {
     return std.ascii.allocLowerString(gpa, s);
 }

@@ -16,6 +16,14 @@ pub const Table = struct {
     style: Style,
     long: []const Option, // in the Python table's order
     short: []const Short,
+
+    /// The option's kind, or null if the table doesn't list it.
+    pub fn kind(table: *const Table, name: []const u8) ?Kind {
+        for (table.long) |option| {
+            if (eql(option.name, name)) return option.kind;
+        }
+        return null;
+    }
 };
 
 pub const Text = struct { key: []const u8, value: []const u8 };
@@ -53,14 +61,6 @@ pub const Tool = struct {
     execute_option: ?[]const u8,
     execute_aliases: []const Text,
     execute_ignored: []const []const u8,
-
-    /// The option's kind, or null if the table doesn't list it.
-    pub fn kind(tool: *const Tool, name: []const u8) ?Kind {
-        for (tool.table.long) |option| {
-            if (eql(option.name, name)) return option.kind;
-        }
-        return null;
-    }
 };
 
 pub fn eql(a: []const u8, b: []const u8) bool {
