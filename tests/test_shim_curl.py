@@ -1,6 +1,7 @@
 """curlwithcache with the real curl, the real cache-host and a real origin."""
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,14 @@ def test_no_real_curl_exits_127(tmp_path):
     assert "no real curl found" in result.stderr
     result = shim("curl", "--version", env=shim_env(REAL_CURL=str(BIN / "curlwithcache")))
     assert result.returncode == 127
+
+
+def test_a_real_tool_path_that_is_not_utf8_still_exits_127():
+    env = {**{k.encode(): v.encode() for k, v in shim_env().items()}}
+    env[b"REAL_CURL"] = b"/nonexistent/curl-\xff"
+    result = subprocess.run(
+        [str(BIN / "curlwithcache"), "--version"], env=env, capture_output=True, timeout=30
+    )
+    assert result.returncode == 127
+    assert result.stderr.startswith(b"curlwithcache: no real curl found")
+    assert b"\xff" in result.stderr and b"Traceback" not in result.stderr

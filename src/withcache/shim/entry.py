@@ -27,7 +27,12 @@ def main(tool: str, server_env: str, real_env: str) -> None:
     real = find_real_tool(tool, env.get(real_env, ""), env.get("PATH", os.defpath))
     if real is None:
         where = f"{real_env}={env[real_env]}" if env.get(real_env) else "PATH"
-        os.write(2, f"{tool}withcache: no real {tool} found (looked in {where})\n".encode())
+        os.write(
+            2,
+            f"{tool}withcache: no real {tool} found (looked in {where})\n".encode(
+                errors="surrogateescape"
+            ),
+        )
         raise SystemExit(127)
     args = sys.argv[1:]
     setting = env[server_env] if server_env in env else env.get("WITHCACHE_SERVER", "")
@@ -38,13 +43,28 @@ def main(tool: str, server_env: str, real_env: str) -> None:
             args = run.rewrite(tool, args, env)
         except Exception as err:  # even a broken install must leave curl working
             if env.get("WITHCACHE_DEBUG", "0") not in ("", "0"):
-                os.write(2, f"withcache: {tool}: passed through: shim error: {err!r}\n".encode())
+                os.write(
+                    2,
+                    f"withcache: {tool}: passed through: shim error: {err!r}\n".encode(
+                        errors="surrogateescape"
+                    ),
+                )
     elif env.get("WITHCACHE_DEBUG", "0") not in ("", "0"):
-        os.write(2, f"withcache: {tool}: passed through: no cache-host set\n".encode())
+        os.write(
+            2,
+            f"withcache: {tool}: passed through: no cache-host set\n".encode(
+                errors="surrogateescape"
+            ),
+        )
     try:
         os.execv(real, [tool, *args])
     except OSError as err:
-        os.write(2, f"{tool}withcache: cannot run {real}: {err.strerror}\n".encode())
+        os.write(
+            2,
+            f"{tool}withcache: cannot run {real}: {err.strerror}\n".encode(
+                errors="surrogateescape"
+            ),
+        )
         raise SystemExit(126) from None
 
 
