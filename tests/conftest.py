@@ -1,5 +1,10 @@
 """Shared fixtures: a real origin (HTTP + HTTPS with a trustme CA) and real
-`withcache-server` processes on loopback, driven by real curl and wget."""
+`withcache-server` processes on loopback, driven by real curl and wget.
+
+A module marked `pytestmark = pytest.mark.backends` runs each of its tests
+twice: on the embedded stores and on the scale-out ones (a real PostgreSQL and
+a real SeaweedFS, started once per session; see services.py, backends.py).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from backends import Backend, Embedded, Scale, run_async
 from origin import Origin
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS
 
 BIN = Path(sys.executable).parent
 # Fast retries, and the loopback origin must be reachable.
@@ -51,17 +58,82 @@ def origin(ca: trustme.CA) -> Iterator[Origin]:
     server.stop()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends: run on the embedded and the scale-out stores")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("backend", ["embedded", "scale"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def scale_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Postgres, SeaweedFS]]:
+    """One PostgreSQL and one SeaweedFS for the session (each test gets its own
+    database and bucket prefix)."""
+    root = tmp_path_factory.mktemp("stores")
+    postgres = Postgres()
+    seaweed = SeaweedFS(root / "weed")
+    try:
+        postgres.start()
+        seaweed.start()
+        _wait_for_bucket(seaweed.endpoint)
+        yield postgres, seaweed
+    finally:
+        seaweed.stop()
+        postgres.stop()
+
+
+def _wait_for_bucket(endpoint: str, timeout: float = 20.0) -> None:
+    """weed mini creates its bucket just after S3 starts answering."""
+    from withcache.server.store import sigv4
+    from withcache.server.store.s3client import S3Client
+
+    async def listing() -> None:
+        client = S3Client(endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
+        try:
+            await client.list_objects("")
+        finally:
+            await client.close()
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return run_async(listing)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+_prefixes = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The stores this test's cache-hosts use (embedded unless parametrized)."""
+    if getattr(request, "param", "embedded") == "embedded":
+        return Embedded()
+    postgres, seaweed = request.getfixturevalue("scale_stores")
+    return Scale(postgres.new_database(), seaweed.endpoint, f"t{next(_prefixes)}")
+
+
 class CacheHost:
     """One `withcache-server` process with its own data dir."""
 
     def __init__(
-        self, data_dir: Path, flags: tuple[str, ...], env: dict[str, str],
+        self,
+        data_dir: Path,
+        flags: tuple[str, ...],
+        env: dict[str, str],
         argv: list[str] | None = None,
-    ) -> None:  # fmt: skip
+        backend: Backend | None = None,
+    ) -> None:
         self.data_dir = data_dir
-        self.flags = flags
+        self.backend = backend or Embedded()
+        self.flags = (*flags, *self.backend.flags)
         self.argv = argv  # a command line of its own (deploy files'), instead of the flags
-        self.env = env
+        self.env = {**env, **self.backend.env}
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -116,6 +188,14 @@ class CacheHost:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def rows(self, sql: str) -> list[tuple]:
+        """Rows of a query on this host's metadata store."""
+        return self.backend.rows(self.data_dir, sql)
+
+    def blob_names(self) -> list[str]:
+        """The SHA-256 names of the blobs in this host's blob store."""
+        return self.backend.blob_names(self.data_dir)
+
     def blob_url(self, origin_url: str) -> str:
         from urllib.parse import quote
 
@@ -151,13 +231,14 @@ class CacheHost:
 
 
 @pytest.fixture
-def cache_host(tmp_path: Path, ca_file: Path) -> Iterator[callable]:  # type: ignore[valid-type]
-    """Factory: cache_host("--curate", ...) starts a server; all stop at teardown."""
+def cache_host(tmp_path: Path, ca_file: Path, backend: Backend) -> Iterator[callable]:  # type: ignore[valid-type]
+    """Factory: cache_host("--curate", ...) starts a server; all stop at teardown.
+    The hosts of one test share the test's `backend` (on `scale`, one store)."""
     hosts: list[CacheHost] = []
 
     def start(*flags: str, env: dict[str, str] | None = None, name: str = "data") -> CacheHost:
         full_env = {**os.environ, "SSL_CERT_FILE": str(ca_file), **(env or {})}
-        host = CacheHost(tmp_path / name, (*TEST_FLAGS, *flags), full_env)
+        host = CacheHost(tmp_path / name, (*TEST_FLAGS, *flags), full_env, backend=backend)
         hosts.append(host)
         return host.start()
 

@@ -56,7 +56,11 @@ class Origin:
     # -- set-up
 
     def add(self, path: str, body: bytes = b"", **options: object) -> str:
+        """(Re)define a resource; its counts start afresh (a test run on two
+        backends adds the same paths twice)."""
         self.resources[path] = Resource(body=body, **options)  # type: ignore[arg-type]
+        self.hits = [hit for hit in self.hits if hit.path != path]
+        self.body_bytes.pop(path, None)
         return self.url(path)
 
     def url(self, path: str, tls: bool = False) -> str:

@@ -9,16 +9,16 @@ import pytest
 
 from withcache.server.cache import ActionError, Cache
 from withcache.server.fills import FillCancelled, FillError
-from withcache.server.settings import Settings
 from withcache.server.store import FillState
 
+pytestmark = pytest.mark.backends
 BODY = os.urandom(300_000)
 
 
 @pytest.fixture
-async def cache(tmp_path, ca_file, monkeypatch):
+async def cache(tmp_path, ca_file, monkeypatch, backend):
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    settings = Settings(
+    settings = backend.settings(
         data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05, curate=True
     )
     core = await Cache.open(settings)
@@ -38,13 +38,13 @@ async def test_add_by_url_fills_and_verifies(cache, origin):
     assert queued.actor == "operator"
 
 
-async def test_add_with_wrong_sha256_keeps_nothing(cache, origin):
+async def test_add_with_wrong_sha256_keeps_nothing(cache, origin, backend):
     url = origin.add("/core/wrong.bin", BODY)
     record = await cache.add(url, "0" * 64)
     with pytest.raises(FillError, match="SHA-256 mismatch"):
         await cache.fills.live(record.id).result()
     assert await cache.lookup(cache.key(url), None) is None
-    assert list((cache.settings.data_dir / "blobs").rglob("*.*")) == []
+    assert backend.blob_names(cache.settings.data_dir) == []
     assert (await cache.metadata.get_fill(record.id)).state is FillState.FAILED
 
 
@@ -131,18 +131,18 @@ async def test_retry_a_failed_fill(cache, origin):
     assert await cache.lookup(cache.key(url), None) is not None
 
 
-async def test_delete_removes_row_and_unshared_blob(cache, origin):
+async def test_delete_removes_row_and_unshared_blob(cache, origin, backend):
     a = origin.add("/core/del-a.bin", BODY)
     b = origin.add("/core/del-b.bin", BODY)
     for url in (a, b):
         await cache.fills.live((await cache.add(url)).id).result()
-    blob = cache.blobs.path(hashlib.sha256(BODY).hexdigest())
+    blob = hashlib.sha256(BODY).hexdigest()
     first = await cache.lookup(cache.key(a), None)
     await cache.delete(first.id, actor="operator")
     assert await cache.lookup(cache.key(a), None) is None
-    assert blob.exists()  # still used by b
+    assert backend.blob_names(cache.settings.data_dir) == [blob]  # still used by b
     await cache.delete((await cache.lookup(cache.key(b), None)).id)
-    assert not blob.exists()
+    assert backend.blob_names(cache.settings.data_dir) == []
     with pytest.raises(ActionError, match="no such artifact"):
         await cache.delete(first.id)
 

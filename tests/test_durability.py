@@ -8,6 +8,7 @@ import pytest
 from conftest import curl
 from test_fills import blob_files, miss, rows, temp_files, wait_fill_state
 
+pytestmark = pytest.mark.backends
 BODY = os.urandom(2_000_000)
 
 

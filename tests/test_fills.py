@@ -3,10 +3,11 @@ nothing visible unless it arrived whole."""
 
 import hashlib
 import os
-import sqlite3
 
+import pytest
 from conftest import curl
 
+pytestmark = pytest.mark.backends
 BODY = os.urandom(1_500_000)
 
 
@@ -23,8 +24,7 @@ def fetch(host, url):
 
 
 def rows(host, sql):
-    with sqlite3.connect(host.data_dir / "cache.db") as db:
-        return db.execute(sql).fetchall()
+    return host.rows(sql)
 
 
 def wait_fill_state(host, state, timeout=20.0):
@@ -40,7 +40,7 @@ def wait_fill_state(host, state, timeout=20.0):
 
 
 def blob_files(host):
-    return [p for p in (host.data_dir / "blobs").rglob("*") if p.is_file()]
+    return host.blob_names()
 
 
 def temp_files(host):
@@ -156,7 +156,7 @@ def test_same_bytes_under_two_urls_share_one_blob(origin, cache_host):
     for url in (first, second):
         miss(host, url)
         host.wait_cached(url)
-    assert [p.name for p in blob_files(host)] == [hashlib.sha256(body).hexdigest()]
+    assert blob_files(host) == [hashlib.sha256(body).hexdigest()]
     assert host.health()["bytes_stored"] == len(body)
 
 

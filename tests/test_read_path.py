@@ -3,13 +3,14 @@ conditional requests, and many clients at once."""
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 
+import pytest
 from conftest import curl, wget
 
 from withcache import keys
 
+pytestmark = pytest.mark.backends
 BODY = os.urandom(300_000)
 
 
@@ -105,8 +106,7 @@ def test_head_probes_do_not_count_as_hits_but_gets_do(origin, cache_host):
     for _ in range(2):
         curl("-o", os.devnull, host.blob_url(url))
     host.stop()  # flushes the batched hit counts
-    with sqlite3.connect(host.data_dir / "cache.db") as db:
-        hits, last_hit = db.execute("SELECT hits, last_hit FROM artifacts").fetchone()
+    ((hits, last_hit),) = host.rows("SELECT hits, last_hit FROM artifacts")
     assert hits == 2
     assert last_hit is not None
 
@@ -124,9 +124,7 @@ def test_64_concurrent_gets_are_all_byte_exact(origin, cache_host, tmp_path):
 
 def test_vanished_blob_is_filled_again_read_through(origin, cache_host):
     host, url = cached(origin, cache_host, "/read/vanish.bin")
-    for blob in (host.data_dir / "blobs").rglob("*"):
-        if blob.is_file():
-            blob.unlink()
+    host.backend.delete_blobs(host.data_dir)
     result = curl("-f", host.blob_url(url))  # what a shim's GET after its probe sees
     assert result.stdout == BODY
     assert origin.gets("/read/vanish.bin") == 2
@@ -138,5 +136,6 @@ def test_healthz(origin, cache_host):
     assert health["status"] == "ok"
     assert health["artifacts"] == 1
     assert health["bytes_stored"] == len(BODY)
-    assert health["free_bytes"] > 0
+    # An object store doesn't say how much room it has left.
+    assert health["free_bytes"] is None if host.backend.scale else health["free_bytes"] > 0
     assert health["version"]

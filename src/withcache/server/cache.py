@@ -13,7 +13,6 @@ import functools
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from withcache import __version__, keys
@@ -30,6 +29,7 @@ from withcache.server.store import (
     Metadata,
     TokenRecord,
     TokenScope,
+    open_stores,
 )
 from withcache.server.verify import Verification
 
@@ -81,12 +81,9 @@ class Cache:
 
     @classmethod
     async def open(cls, settings: Settings) -> Cache:
-        """The cache-host's core over the embedded default stores in the data dir."""
-        from withcache.server.store.files import LocalBlobs
-        from withcache.server.store.sqlite import SQLiteMetadata
-
-        metadata = SQLiteMetadata(settings.data_dir / "cache.db")
-        blobs = LocalBlobs(settings.data_dir)
+        """The cache-host's core over the stores the settings name (by default
+        SQLite and files in the data dir)."""
+        metadata, blobs = await open_stores(settings)
         policy = Policy(settings, await metadata.secret("scope"))
         return cls(settings, metadata, blobs, policy)
 
@@ -104,6 +101,10 @@ class Cache:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.fills.stop()
         await self.flush_hits()
+        await self.close()
+
+    async def close(self) -> None:
+        await self.blobs.close()
         await self.metadata.close()
 
     async def _every(self, seconds: float, job: Any) -> None:
@@ -141,9 +142,6 @@ class Cache:
     def _forget(self, key: str) -> None:
         for remembered in [k for k in self._recent if k[0] == key]:
             del self._recent[remembered]
-
-    def blob_path(self, artifact: Artifact) -> Path:
-        return self.blobs.path(artifact.sha256)
 
     def count_hit(self, artifact: Artifact, sent_bytes: int | None = None) -> None:
         """Count a hit (and the bytes sent, all of the blob unless said) in
@@ -262,10 +260,10 @@ class Cache:
         return fill.record
 
     async def delete(self, artifact_id: int, actor: str | None = None) -> Artifact:
-        async with self.fills.blob_lock:
-            artifact = await self.metadata.delete_artifact(artifact_id)
-            if artifact is None:
-                raise NotFound("no such artifact")
+        artifact = await self.metadata.delete_artifact(artifact_id)
+        if artifact is None:
+            raise NotFound("no such artifact")
+        async with self.metadata.blob_lock(artifact.sha256):
             if not await self.metadata.sha_in_use(artifact.sha256):
                 await self.blobs.delete(artifact.sha256)
         await self.record(

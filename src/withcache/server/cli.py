@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -69,6 +70,38 @@ def _log_format(text: str) -> str:
     if text not in LOG_FORMATS:
         raise ValueError("use kv or json")
     return text
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise ValueError(f"{value} is not a positive number")
+    return value
+
+
+def _metadata_url(text: str) -> str:
+    # Not wrapped by _typed: the message must not repeat a URL that may hold a password.
+    if not re.match(r"postgres(ql)?://", text):
+        raise argparse.ArgumentTypeError(
+            "invalid --metadata URL: use postgresql://user@host:port/database"
+        )
+    return text
+
+
+# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
+_BLOBS_URL_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?")
+
+
+def _blobs_url(text: str) -> str:
+    if not _BLOBS_URL_RE.fullmatch(text):
+        raise ValueError("use s3://bucket or s3://bucket/prefix")
+    return text.rstrip("/")
+
+
+def _http_url(text: str) -> str:
+    if not re.match(r"https?://[^/?#]+/?$", text):
+        raise ValueError("use http(s)://host[:port]")
+    return text.rstrip("/")
 
 
 def _typed(convert: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -166,8 +199,43 @@ _OPTIONS = [
     Option(
         "private_metrics", "flag", False, None,
         "/metrics answers only requests with an API token (any scope)",
+        "metadata", _metadata_url, None, "URL",
+        "scale-out: keep metadata in this PostgreSQL database (postgresql://user@host/db), "
+        "shared by several cache-hosts; unset: SQLite in the data dir",
+    ),
+    Option(
+        "blobs", _typed(_blobs_url, "URL"), None, "URL",
+        "scale-out: keep blobs in this S3-compatible bucket (s3://bucket/prefix), shared by "
+        "several cache-hosts; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+        "(and AWS_SESSION_TOKEN); unset: files in the data dir",
+    ),
+    Option(
+        "s3_endpoint", _typed(_http_url, "URL"), None, "URL",
+        "the object store's endpoint, e.g. http://127.0.0.1:8333 (else AWS_ENDPOINT_URL_S3, "
+        "AWS_ENDPOINT_URL, or AWS S3 in the region); path-style addressing",
+    ),
+    Option(
+        "s3_region", str, None, "REGION",
+        "the object store's region (else AWS_REGION, AWS_DEFAULT_REGION, or us-east-1)",
+    ),
+    Option(
+        "redirect_hits", "flag", False, None,
+        "answer hits with a 302 to a short-lived presigned URL of the object store, so the "
+        "bytes don't pass through the cache-host (needs --blobs)",
+    ),
+    Option(
+        "fill_lease", _typed(_positive_float, "number of seconds"), Settings.fill_lease,
+        "SECONDS", "a cache-host renews its claim on its fills within this time, or another "
+        "host sharing the store takes them over",
     ),
 ]  # fmt: skip
+# Flags whose Settings field has another name.
+_FIELDS = {"allow_origin": "allow_origins", "metadata": "metadata_url", "blobs": "blobs_url"}
+# The usual AWS variables, read when neither the flag nor its WITHCACHE_ twin is set.
+_AWS_FALLBACKS = {
+    "s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "s3_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The withcache cache-host: serves cached artifacts by origin URL "
         "and fills misses from the origin.",
         epilog="Also read from the environment: WITHCACHE_ADMIN_PASSWORD (operator "
-        "password; unset leaves the UI open) and WITHCACHE_SESSION_SECRET.",
+        "password; unset leaves the UI open), WITHCACHE_SESSION_SECRET, and with --blobs "
+        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     for opt in _OPTIONS:
@@ -209,6 +278,8 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     for dest, convert, default, _, _ in _OPTIONS:
         value = getattr(args, dest)
         name = env_name(dest)
+        if name not in environ:
+            name = next((n for n in _AWS_FALLBACKS.get(dest, ()) if environ.get(n)), name)
         if value is None and name in environ:
             raw = environ[name]
             if convert == "flag":
@@ -222,12 +293,25 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                     raise UsageError(f"{name}: {err}") from None
         if value is None:
             value = default
-        values["allow_origins" if dest == "allow_origin" else dest] = value
+        values[_FIELDS.get(dest, dest)] = value
     values["allow_origins"] = tuple(values["allow_origins"])
+    values["s3_region"] = values["s3_region"] or Settings.s3_region
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         raise UsageError("--tls-cert and --tls-key go together")
+    if values["redirect_hits"] and not values["blobs_url"]:
+        raise UsageError("--redirect-hits needs --blobs s3://…: local blobs have no URL to send")
+    credentials = {
+        "s3_access_key_id": environ.get("AWS_ACCESS_KEY_ID") or None,
+        "s3_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
+        "s3_session_token": environ.get("AWS_SESSION_TOKEN") or None,
+    }
+    if values["blobs_url"] and not (
+        credentials["s3_access_key_id"] and credentials["s3_secret_access_key"]
+    ):
+        raise UsageError("--blobs needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set")
     return Settings(
         **values,
+        **credentials,
         admin_password=environ.get("WITHCACHE_ADMIN_PASSWORD") or None,
         session_secret=environ.get("WITHCACHE_SESSION_SECRET") or None,
     )

@@ -5,6 +5,13 @@ a restart. `--workers` tasks claim fills one at a time. There is at most one
 fill per (key, scope): a second request for a key being filled joins the
 `Fill` already under way, so an artifact is pulled from its origin once.
 
+Several cache-hosts may share one store. A host claims a fill under a lease
+that a heartbeat renews; a fill whose host stopped renewing is taken over by
+another (started afresh: the partial bytes were the dead host's). A host that
+finds its lease gone (taken over, or cancelled elsewhere) drops its transfer,
+and its commit is refused. A fill queued or running on another host is watched
+through the store, so its waiters here learn when it ends.
+
 A fill follows redirects itself (the policy checks every hop), retries
 transient errors with exponential backoff, resumes with a Range request when
 the origin honours it, checks the length against Content-Length and any
@@ -16,7 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +39,16 @@ from withcache import __version__, keys
 from withcache.server import events, log
 from withcache.server.policy import OriginRefused, Policy
 from withcache.server.settings import Settings, format_size
-from withcache.server.store import Artifact, Blobs, BlobWriter, FillRecord, FillState, Metadata
+from withcache.server.store import (
+    ACTIVE_STATES,
+    Artifact,
+    Blobs,
+    BlobWriter,
+    FillRecord,
+    FillState,
+    Lease,
+    Metadata,
+)
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -45,6 +64,8 @@ PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
 # loop doesn't make the cache-host hammer the origin. Operators can retry.
 FAILURE_MEMORY_SECONDS = 60.0
 FAILURE_MEMORY_ENTRIES = 10_000
+WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
+QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -59,6 +80,10 @@ class FillError(Exception):
 
 class FillCancelled(Exception):
     """The fill was cancelled by an operator."""
+
+
+class FillLost(Exception):
+    """This host's lease on the fill is gone: another host took it over."""
 
 
 @dataclass(eq=False)
@@ -77,7 +102,10 @@ class Fill:
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
     _cancel_requested: bool = False
     _cancelled_by: str | None = None
-    _task: asyncio.Task[None] | None = None
+    _lost: bool = False  # the heartbeat found the lease gone
+    _settled: bool = False  # committing or ending: the heartbeat leaves it alone
+    _task: asyncio.Task[None] | None = None  # the transfer, when it runs on this host
+    _watcher: asyncio.Task[None] | None = None  # looks at the store while it doesn't
     _result: asyncio.Future[Artifact] = field(default_factory=lambda: _new_future())
     _progressed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
     _rate_mark: tuple[float, int] = (0.0, 0)
@@ -100,14 +128,20 @@ class Fill:
         return self._result.done()
 
     @property
+    def elsewhere(self) -> bool:
+        """Running on another cache-host: its bytes can't be read here."""
+        return self._task is None and self.record.state is FillState.RUNNING
+
+    @property
     def error(self) -> BaseException | None:
         """Why the fill ended badly; None while it runs and once it succeeded."""
         return self._result.exception() if self._result.done() else None
 
     async def wait_started(self, timeout: float) -> bool:
-        """Wait until the origin answered (True) or the fill ended or the time ran out."""
+        """Wait until the origin answered (True), or the fill ended, runs on
+        another host, or the time ran out."""
         deadline = time.monotonic() + timeout
-        while self.headers is None and not self.finished:
+        while self.headers is None and not self.finished and not self.elsewhere:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
@@ -164,13 +198,15 @@ class FillManager:
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        # Held while a blob is committed or deleted, so a delete can't remove a
-        # blob that a finishing fill (with the same bytes) is about to reference.
-        self.blob_lock = asyncio.Lock()
+        # This process, as the holder of leases in a store other hosts may share.
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    def _lease(self) -> Lease:
+        return Lease(self.holder, time.time() + self._settings.fill_lease)
 
     async def start(self) -> None:
         interrupted = await self._metadata.requeue_interrupted()
-        cleaned = self._blobs.clean_temp()
+        cleaned = await self._blobs.clean_temp()
         if interrupted or cleaned:
             log.info("fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned)
         timeout = aiohttp.ClientTimeout(
@@ -189,13 +225,13 @@ class FillManager:
             asyncio.create_task(self._work(), name=f"fill-worker-{n}")
             for n in range(self._settings.workers)
         ]
+        self._workers.append(asyncio.create_task(self._keep_leases(), name="fill-leases"))
 
     async def stop(self) -> None:
         """Stop the workers. Running fills stay `running` in the store and are
-        queued again at the next start."""
-        for worker in self._workers:
-            worker.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        queued again at the next start (or taken over when their lease ends)."""
+        watchers = [f._watcher for f in self._by_id.values() if f._watcher]
+        await _cancel_all([*self._workers, *watchers])
         if self._session:
             await self._session.close()
 
@@ -237,11 +273,17 @@ class FillManager:
         existing = self._by_key.get((key, scope))
         if existing:
             return existing, False
+        # Credentials live only in this process: only this host may run the fill.
+        lease = self._lease() if authorization is not None else None
         record, created = await self._metadata.enqueue_fill(
             key, scope, url, requested_by, time.time(),
-            expected_sha256=expected_sha256, credentialed=authorization is not None,
+            expected_sha256=expected_sha256, credentialed=authorization is not None, lease=lease,
         )  # fmt: skip
-        fill = self._by_id.get(record.id) or self._adopt(record)
+        fill = self._by_id.get(record.id)
+        if fill is None:
+            fill = self._adopt(record)
+            # Until a worker here claims it, the fill may run (or end) elsewhere.
+            fill._watcher = asyncio.create_task(self._watch(fill), name=f"fill-watch-{record.id}")
         if created:
             fill.authorization = authorization
             self._wakeup.set()
@@ -257,8 +299,9 @@ class FillManager:
             fill._cancelled_by = actor
             fill._task.cancel()
             return True
+        # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)
-        if record is None or record.state is not FillState.QUEUED:
+        if record is None or record.state not in ACTIVE_STATES:
             return False
         ended = await self._metadata.finish_fill(
             fill_id, FillState.CANCELLED, "cancelled", self._display(record.url), time.time()
@@ -274,28 +317,34 @@ class FillManager:
     # -- workers
 
     def _adopt(self, record: FillRecord) -> Fill:
-        fill = Fill(record)
+        fill = Fill(record, total=record.total)  # known if another host runs it
         self._by_key[(record.key, record.scope)] = fill
         self._by_id[record.id] = fill
         return fill
 
     def _forget(self, fill: Fill) -> None:
-        self._by_key.pop((fill.record.key, fill.record.scope), None)
+        if self._by_key.get((fill.record.key, fill.record.scope)) is fill:
+            del self._by_key[(fill.record.key, fill.record.scope)]
         self._by_id.pop(fill.id, None)
         self._reserved.pop(fill.id, None)
 
     async def _work(self) -> None:
+        poll = min(QUEUE_POLL_SECONDS, self._settings.fill_lease)
         while True:
             self._wakeup.clear()
-            record = await self._metadata.claim_fill(time.time())
+            record = await self._metadata.claim_fill(time.time(), self._lease())
             if record is None:
-                # Woken by a local enqueue; the timeout also picks up fills
-                # that another process queued in a shared store.
+                # Woken by a local enqueue; the timeout also picks up fills that
+                # another host queued, or left behind when its lease ran out.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=5.0)
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
                 continue
             fill = self._by_id.get(record.id) or self._adopt(record)
+            if fill._watcher:
+                fill._watcher.cancel()
+                fill._watcher = None
             fill.record = record
+            fill.total = None
             fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
             try:
                 await asyncio.wait([fill._task])
@@ -323,28 +372,32 @@ class FillManager:
                 raise FillError(
                     f"SHA-256 mismatch: expected {record.expected_sha256}, got {writer.hexdigest()}"
                 )
-            async with self.blob_lock:
-                sha = await writer.commit()
-                writer = None
-                artifact = await self._metadata.commit_artifact(
-                    record, sha, fill.bytes_done, headers, display, time.time()
-                )
+            fill._settled = True
+            artifact = await self._commit(fill, writer, headers, display)
+            writer = None
         except asyncio.CancelledError:
             if writer:
                 await writer.abort()
+            if fill._lost:
+                await self._lose(fill)
+                return
             if not fill._cancel_requested:  # shutting down: the fill resumes at next start
                 fill._end(None, FillError("the cache-host is shutting down", transient=True))
                 raise
             self._forget(fill)
             await self._metadata.finish_fill(
-                record.id, FillState.CANCELLED, "cancelled", display, time.time()
+                record.id, FillState.CANCELLED, "cancelled", display, time.time(), self.holder
             )
             fill._end(None, FillCancelled("cancelled by an operator"))
             await self._emit(
                 events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id)
             )
             return
+        except FillLost:
+            await self._lose(fill)
+            return
         except Exception as err:
+            fill._settled = True
             if writer:
                 await writer.abort()
             self._forget(fill)
@@ -352,7 +405,7 @@ class FillManager:
                 log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
                 err = FillError(f"internal error: {type(err).__name__}: {err}")
             await self._metadata.finish_fill(
-                record.id, FillState.FAILED, str(err), display, time.time()
+                record.id, FillState.FAILED, str(err), display, time.time(), self.holder
             )
             if not err.transient:
                 self._remember_failure(record, str(err))
@@ -372,6 +425,97 @@ class FillManager:
                 seconds=round(time.monotonic() - fill.started, 3),
             )
         )
+
+    async def _commit(
+        self, fill: Fill, writer: BlobWriter, headers: Mapping[str, str], display: str
+    ) -> Artifact:
+        """Store the blob, then its row; FillLost if another host holds the fill now."""
+        sha = writer.hexdigest()
+        async with self._metadata.blob_lock(sha):
+            try:
+                await writer.commit()
+            except OSError as err:
+                raise FillError(f"cannot store the blob: {err.strerror or err}") from None
+            artifact = await self._metadata.commit_artifact(
+                fill.record, sha, writer.size, headers, display, time.time(), self.holder
+            )
+            if artifact is None and not await self._metadata.sha_in_use(sha):
+                await self._blobs.delete(sha)
+        if artifact is None:
+            raise FillLost()
+        return artifact
+
+    async def _lose(self, fill: Fill) -> None:
+        """End a fill this host no longer holds, without touching its row."""
+        self._forget(fill)
+        record = await self._metadata.get_fill(fill.id)
+        if record is not None and record.state is FillState.CANCELLED:
+            fill._end(None, FillCancelled("cancelled by an operator"))
+        else:
+            fill._end(None, FillError("another cache-host took the fill over", transient=True))
+        log.info("fill.lost", url=self._display(fill.record.url), fill_id=fill.id)
+
+    async def _keep_leases(self) -> None:
+        """Renew this host's lease; drop transfers whose lease is gone; fail
+        credentialed fills whose host vanished with their credentials."""
+        every = self._settings.fill_lease / 3
+        while True:
+            await asyncio.sleep(every)
+            try:
+                running = [f for f in self._by_id.values() if f._task and not f._settled]
+                held = await self._metadata.renew_lease(self._lease())
+                for fill in running:
+                    if fill.id not in held and not fill._settled and fill._task:
+                        fill._lost = True
+                        fill._task.cancel()
+                for record in await self._metadata.orphaned_fills(time.time()):
+                    await self._fail_orphan(record)
+            except Exception:
+                log.error("fills.lease_failed", exc_info=True)
+
+    async def _fail_orphan(self, record: FillRecord) -> None:
+        error = "the cache-host holding the request's credentials stopped; ask again"
+        display = self._display(record.url)
+        ended = await self._metadata.finish_fill(
+            record.id, FillState.FAILED, error, display, time.time(), record.holder
+        )
+        if ended is not None:
+            await self._emit(events.FillFailed(url=display, fill_id=record.id, error=error))
+
+    async def _watch(self, fill: Fill) -> None:
+        """Follow a fill that is not running here until it ends or a worker here claims it."""
+        while fill._task is None and not fill.finished:
+            try:
+                record = await self._metadata.get_fill(fill.id)
+            except Exception:
+                log.error("fill.watch_failed", exc_info=True, fill_id=fill.id)
+                record = fill.record
+            if fill._task is not None:
+                return  # claimed here meanwhile
+            if record is None:
+                self._forget(fill)
+                fill._end(None, FillError("the fill vanished from the store"))
+                return
+            if record.state in ACTIVE_STATES:
+                changed = (record.state, record.total) != (fill.record.state, fill.total)
+                fill.record, fill.total = record, record.total
+                if changed:
+                    fill._wake()
+                await asyncio.sleep(WATCH_SECONDS)
+                continue
+            self._forget(fill)
+            fill.record = record
+            if record.state is FillState.DONE:
+                artifact = await self._metadata.find_artifact(record.key, (record.scope,))
+                if artifact is None:
+                    fill._end(None, FillError("the artifact was deleted as soon as it was stored"))
+                else:
+                    fill._end(artifact, None)
+            elif record.state is FillState.CANCELLED:
+                fill._end(None, FillCancelled("cancelled by an operator"))
+            else:
+                fill._end(None, FillError(record.error or "the fill failed"))
+            return
 
     async def _download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
         """Transfer the whole body into `writer`, retrying and resuming as needed."""
@@ -458,7 +602,11 @@ class FillManager:
         blocks = _WriteBehind(fill, writer)
         chunks: list[bytes] = []
         pending = 0
-        last_flush = last_save = time.monotonic()
+        last_flush = time.monotonic()
+        # The first flush saves progress too: other hosts answer probes for this
+        # fill with its length once they see it. (Not before reading: aiohttp
+        # drops what it buffered if the origin hangs up before it is read.)
+        last_save = 0.0
         received = writer.size
         try:
             async for chunk in response.content.iter_any():
@@ -541,6 +689,20 @@ class _WriteBehind:
         except OSError as err:
             raise FillError(f"cannot write the blob: {err.strerror or err}") from None
         self._fill._advance(self._writer.size)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the tasks and wait for them to end. A task that ignored it is
+    cancelled again: Python 3.11's wait_for (used by the connection pool) can
+    swallow a cancellation that races with its result."""
+    for _ in range(20):
+        tasks = [task for task in tasks if not task.done()]
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=0.5)
+    log.error("fills.stop_timeout", tasks=len(tasks))
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

@@ -17,6 +17,7 @@ from aiohttp import web
 from withcache.server import log
 from withcache.server.cache import Cache
 from withcache.server.settings import Settings
+from withcache.server.store import StoreError
 from withcache.server.web import auth, make_app
 
 # Room for a /b/ token of the longest URL we accept (8 KiB, base64-encoded).
@@ -59,7 +60,10 @@ def serve(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
-    cache = await Cache.open(settings)
+    try:
+        cache = await Cache.open(settings)
+    except StoreError as err:
+        raise StartupError(str(err)) from None
     runner = web.AppRunner(
         make_app(cache), access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE
     )
@@ -71,7 +75,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
         await site.start()
     except OSError as err:
         await runner.cleanup()
-        await cache.metadata.close()
+        await cache.close()
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     await cache.start()

@@ -68,6 +68,19 @@ class Settings:
     origin_timeout: float = 60.0
     log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
     private_metrics: bool = False  # /metrics wants a bearer token
+    # Scale-out: several cache-hosts sharing PostgreSQL and an S3-compatible
+    # store (unset: SQLite and files in the data dir). The metadata URL may
+    # carry a password, so it is never shown.
+    metadata_url: str | None = field(default=None, repr=False)
+    blobs_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    s3_session_token: str | None = field(default=None, repr=False)
+    redirect_hits: bool = False
+    # A host must renew its claim on its fills this often, or another takes them over.
+    fill_lease: float = 30.0
     admin_password: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
 

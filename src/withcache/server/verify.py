@@ -1,8 +1,9 @@
 """Re-hash every stored blob and report (or quarantine) the ones that are bad.
 
 A blob is checked against what was recorded when it was committed: its size
-and its SHA-256 (which is also its name). Reading runs in a worker thread, one
-blob at a time, so the event loop keeps serving while a big cache is checked.
+and its SHA-256 (which is also its name). Reading and hashing run in a worker
+thread, one blob at a time, so the event loop keeps serving while a big cache
+is checked.
 Quarantine takes a bad blob out of service: its artifacts are deleted (the
 next request is a miss and fills afresh) and the file is moved aside.
 """
@@ -15,11 +16,10 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from withcache.server import events, log
-from withcache.server.store import Artifact
+from withcache.server.store import Artifact, BlobGone, Blobs
 
 if TYPE_CHECKING:
     from withcache.server.cache import Cache
@@ -80,40 +80,37 @@ class Verification:
         )  # fmt: skip
 
     async def _check(self, cache: Cache, sha256: str, artifacts: list[Artifact]) -> None:
-        path = cache.blobs.path(sha256)
         size = artifacts[0].size
         done_before = self.bytes_checked
 
         def progress(n: int) -> None:
             self.bytes_checked = done_before + n
 
-        problem, identity = await asyncio.to_thread(_inspect, path, sha256, size, progress)
-        self.bytes_checked = done_before + size
-        if problem is None:
-            return
-        corrupt = Corrupt(sha256, problem, artifacts)
-        self.corrupt.append(corrupt)
-        log.warning("verify.corrupt", sha256=sha256, problem=problem, artifacts=len(artifacts))
-        if self.quarantine:
-            await self._quarantine(cache, corrupt, path, identity)
+        # Held while the blob is read: no fill can store these bytes afresh
+        # meanwhile, so the blob found bad is the one quarantined.
+        async with cache.metadata.blob_lock(sha256):
+            problem = await _inspect(cache.blobs, sha256, size, progress)
+            self.bytes_checked = done_before + size
+            if problem is None:
+                return
+            corrupt = Corrupt(sha256, problem, artifacts)
+            self.corrupt.append(corrupt)
+            log.warning("verify.corrupt", sha256=sha256, problem=problem, artifacts=len(artifacts))
+            if self.quarantine:
+                await self._quarantine(cache, corrupt)
 
-    async def _quarantine(
-        self, cache: Cache, corrupt: Corrupt, path: Path, identity: tuple[int, int] | None
-    ) -> None:
-        async with cache.fills.blob_lock:
-            if _identity(path) != identity:
-                return  # a fill stored these bytes afresh meanwhile: that file is new
-            for artifact in corrupt.artifacts:
-                if await cache.metadata.delete_artifact(artifact.id) is None:
-                    continue
-                await cache.record(
-                    events.ArtifactQuarantined(
-                        url=artifact.key, actor=self.actor, sha256=corrupt.sha256,
-                        problem=corrupt.problem,
-                    )
-                )  # fmt: skip
-            await cache.blobs.quarantine(corrupt.sha256)
-            corrupt.quarantined = True
+    async def _quarantine(self, cache: Cache, corrupt: Corrupt) -> None:
+        for artifact in corrupt.artifacts:
+            if await cache.metadata.delete_artifact(artifact.id) is None:
+                continue
+            await cache.record(
+                events.ArtifactQuarantined(
+                    url=artifact.key, actor=self.actor, sha256=corrupt.sha256,
+                    problem=corrupt.problem,
+                )
+            )  # fmt: skip
+        await cache.blobs.quarantine(corrupt.sha256)
+        corrupt.quarantined = True
 
 
 async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:
@@ -132,35 +129,46 @@ async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:
             return found
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
+async def _inspect(
+    blobs: Blobs, sha256: str, size: int, progress: Callable[[int], None]
+) -> str | None:
+    """What is wrong with the blob, or None."""
     try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
-
-
-def _inspect(
-    path: Path, sha256: str, size: int, progress: Callable[[int], None]
-) -> tuple[str | None, tuple[int, int] | None]:
-    """(what is wrong with the blob or None, the file's identity when read)."""
+        reader = await blobs.open(sha256)
+    except BlobGone:
+        return "missing: the blob file is gone"
     try:
-        with open(path, "rb") as blob:
-            stat = os.fstat(blob.fileno())
-            identity = (stat.st_ino, stat.st_mtime_ns)
-            if stat.st_size != size:
-                return f"size: {stat.st_size} bytes, recorded {size}", identity
-            digest = hashlib.sha256()
-            done = 0
-            while chunk := blob.read(READ_BYTES):
-                digest.update(chunk)
-                done += len(chunk)
-                progress(done)
-    except FileNotFoundError:
-        return "missing: the blob file is gone", None
+        if reader.file is not None:
+            return await asyncio.to_thread(_inspect_file, reader.file, sha256, size, progress)
+        digest = hashlib.sha256()
+        done = 0
+        async for chunk in reader.chunks(0, size):
+            await asyncio.to_thread(digest.update, chunk)  # hashlib releases the GIL
+            done += len(chunk)
+            progress(done)
+        return _compare(digest.hexdigest(), sha256)
+    except BlobGone:
+        return "missing: the blob is gone"
     except OSError as err:
-        return f"unreadable: {err.strerror or err}", None
-    actual = digest.hexdigest()
-    if actual != sha256:
-        return f"content: the bytes hash to {actual}", identity
-    return None, identity
+        return f"unreadable: {err.strerror or err}"
+    finally:
+        await reader.close()
+
+
+def _inspect_file(
+    blob: BinaryIO, sha256: str, size: int, progress: Callable[[int], None]
+) -> str | None:
+    stat = os.fstat(blob.fileno())
+    if stat.st_size != size:
+        return f"size: {stat.st_size} bytes, recorded {size}"
+    digest = hashlib.sha256()
+    done = 0
+    while chunk := blob.read(READ_BYTES):
+        digest.update(chunk)
+        done += len(chunk)
+        progress(done)
+    return _compare(digest.hexdigest(), sha256)
+
+
+def _compare(actual: str, sha256: str) -> str | None:
+    return f"content: the bytes hash to {actual}" if actual != sha256 else None

@@ -2,17 +2,24 @@
 
 `Metadata` holds what is known about artifacts, misses, fills and events;
 `Blobs` holds the bytes, named by their SHA-256. The embedded default is
-SQLite (store.sqlite) and local files (store.files). Nothing above this layer
-writes SQL or touches blob files itself, so another pair can plug in.
+SQLite (store.sqlite) and local files (store.files); the scale-out pair is
+PostgreSQL (store.postgres) and an S3-compatible object store (store.s3),
+which several cache-hosts share. Nothing above this layer writes SQL or
+touches blob files itself, and `open_stores` is the only place that picks a
+pair, so the embedded default never imports the scale-out clients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+
+if TYPE_CHECKING:
+    from withcache.server.settings import Settings
 
 PUBLIC = ""  # the scope of an artifact fetched without credentials
 
@@ -67,6 +74,16 @@ class FillRecord:
     created_at: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
+    holder: str | None = None  # the cache-host running it (or keeping its credentials)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A cache-host's hold on fills: it must renew it before `until` (a Unix
+    time) or another host may take its fills over."""
+
+    holder: str
+    until: float
 
 
 @dataclass(frozen=True)
@@ -178,12 +195,27 @@ class Metadata(Protocol):
         now: float,
         expected_sha256: str | None = None,
         credentialed: bool = False,
+        lease: Lease | None = None,
     ) -> tuple[FillRecord, bool]:
-        """Queue a fill unless one is active for (key, scope); (fill, created)."""
+        """Queue a fill unless one is active for (key, scope); (fill, created).
+        A credentialed fill is queued under the lease of the host that has the
+        credentials: no other host can run it."""
         ...
 
-    async def claim_fill(self, now: float) -> FillRecord | None:
-        """Take the oldest queued fill and mark it running."""
+    async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
+        """Mark running, under `lease`, the oldest fill this holder may run: a
+        queued one (not held by another host), or a running one whose holder's
+        lease ran out (taken over; never a credentialed one)."""
+        ...
+
+    async def renew_lease(self, lease: Lease) -> set[int]:
+        """Extend the holder's lease on its active fills; return their ids.
+        A fill missing from the answer was cancelled or taken over elsewhere."""
+        ...
+
+    async def orphaned_fills(self, now: float) -> list[FillRecord]:
+        """Active credentialed fills whose holder stopped renewing its lease:
+        no other host has their credentials, so they can only fail."""
         ...
 
     async def get_fill(self, fill_id: int) -> FillRecord | None: ...
@@ -191,9 +223,16 @@ class Metadata(Protocol):
     async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None: ...
 
     async def finish_fill(
-        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float
+        self,
+        fill_id: int,
+        state: FillState,
+        error: str | None,
+        display_url: str,
+        now: float,
+        holder: str | None = None,
     ) -> FillRecord | None:
-        """End an active fill; the full URL is replaced by `display_url`."""
+        """End an active fill (only if `holder` holds it, when given); the full
+        URL is replaced by `display_url`."""
         ...
 
     async def commit_artifact(
@@ -204,12 +243,21 @@ class Metadata(Protocol):
         headers: Mapping[str, str],
         display_url: str,
         now: float,
-    ) -> Artifact:
-        """Atomically: store the artifact, finish the fill, settle its miss."""
+        holder: str,
+    ) -> Artifact | None:
+        """Atomically: store the artifact, finish the fill, settle its miss.
+        None (and nothing changed) if `holder` no longer holds the fill."""
         ...
 
     async def requeue_interrupted(self) -> int:
-        """At start: put fills left running by a crash back in the queue."""
+        """At start: put fills left running by a crash back in the queue. A
+        shared store does nothing here: its fills move on when leases expire."""
+        ...
+
+    def blob_lock(self, sha256: str) -> AbstractAsyncContextManager[None]:
+        """Held while a blob is stored with its row, or checked unused and
+        deleted, so a delete can't remove a blob that a finishing fill (with the
+        same bytes) is about to reference; on a shared store, across hosts."""
         ...
 
     async def clear_finished_fills(self) -> int: ...
@@ -266,7 +314,7 @@ class BlobWriter(Protocol):
     """A blob being written: hashed as it goes, invisible until committed."""
 
     size: int
-    path: Path  # a local file holding the bytes written so far
+    path: Path  # a local file holding the bytes written so far (read-through reads it)
 
     async def write(self, data: bytes) -> None: ...
 
@@ -283,13 +331,40 @@ class BlobWriter(Protocol):
     async def abort(self) -> None: ...
 
 
+class BlobGone(Exception):
+    """The blob is not in the store (deleted since its row was read)."""
+
+
+class BlobReader(Protocol):
+    """A committed blob, opened. Reads raise BlobGone if the store finds no
+    such blob (before any byte), and OSError if it breaks off later."""
+
+    file: BinaryIO | None  # a local file to sendfile from (zero-copy); else use `chunks`
+
+    async def read(self, start: int, length: int) -> bytes:
+        """Bytes [start, start + length): for small bodies."""
+        ...
+
+    def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        """Bytes [start, start + length) as they come."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Blobs(Protocol):
     """Content-addressed bytes: two URLs with the same bytes share one blob."""
 
     def begin(self) -> BlobWriter: ...
 
-    def path(self, sha256: str) -> Path:
-        """Local file of a committed blob, for zero-copy sendfile."""
+    async def open(self, sha256: str) -> BlobReader:
+        """The committed blob; BlobGone if it is known to be gone already."""
+        ...
+
+    def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+        """A URL that lets anyone GET the blob directly for `seconds`, answering
+        with `headers` (Content-Type, Content-Disposition); None if this store
+        can't hand out such URLs."""
         ...
 
     async def delete(self, sha256: str) -> None: ...
@@ -298,8 +373,45 @@ class Blobs(Protocol):
         """Move a corrupt blob out of service, kept for inspection."""
         ...
 
-    def clean_temp(self) -> int:
-        """Remove partial blobs a crash left behind; return how many."""
+    async def clean_temp(self) -> int:
+        """Remove partial blobs a crash left behind; return how many. On a
+        shared store, only what no live host can still be writing."""
         ...
 
-    def free_bytes(self) -> int: ...
+    def free_bytes(self) -> int | None:
+        """Room left for blobs; None if the store doesn't say (object stores)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class StoreError(Exception):
+    """A store can't be opened or used as configured; the message says why."""
+
+
+async def open_stores(settings: Settings) -> tuple[Metadata, Blobs]:
+    """The stores the settings name; each backend's client is imported only
+    when it is used."""
+    metadata: Metadata
+    blobs: Blobs
+    if settings.metadata_url:
+        from withcache.server.store.postgres import PostgresMetadata
+
+        metadata = await PostgresMetadata.connect(settings.metadata_url)
+    else:
+        from withcache.server.store.sqlite import SQLiteMetadata
+
+        metadata = SQLiteMetadata(settings.data_dir / "cache.db")
+    try:
+        if settings.blobs_url:
+            from withcache.server.store.s3 import S3Blobs
+
+            blobs = await S3Blobs.connect(settings)
+        else:
+            from withcache.server.store.files import LocalBlobs
+
+            blobs = LocalBlobs(settings.data_dir)
+    except BaseException:
+        await metadata.close()
+        raise
+    return metadata, blobs

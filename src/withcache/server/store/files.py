@@ -14,7 +14,13 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
+
+from withcache.server.store import BlobGone
+
+CHUNK = 1 << 20
 
 
 class LocalBlobWriter:
@@ -77,12 +83,48 @@ class LocalBlobWriter:
             self.path.unlink()
 
 
+def empty_dir(folder: Path) -> int:
+    """Remove everything in `folder` (a crash's partial blobs); return how many."""
+    leftovers = list(folder.iterdir())
+    for entry in leftovers:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(leftovers)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class LocalBlobReader:
+    """A committed blob file, open: the read path sendfiles from `file`."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file: BinaryIO | None = file
+
+    async def read(self, start: int, length: int) -> bytes:
+        assert self.file is not None
+        return os.pread(self.file.fileno(), length, start)
+
+    async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        end = start + length
+        while start < end:
+            data = await self.read(start, min(CHUNK, end - start))
+            if not data:
+                raise OSError(f"blob ended at byte {start} of {end}")
+            start += len(data)
+            yield data
+
+    async def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class LocalBlobs:
@@ -102,6 +144,15 @@ class LocalBlobs:
     def path(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
 
+    async def open(self, sha256: str) -> LocalBlobReader:
+        try:
+            return LocalBlobReader(open(self.path(sha256), "rb"))
+        except FileNotFoundError:
+            raise BlobGone(sha256) from None
+
+    def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+        return None
+
     async def delete(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(sha256).unlink()
@@ -112,14 +163,11 @@ class LocalBlobs:
         with contextlib.suppress(FileNotFoundError):
             os.replace(self.path(sha256), self.quarantine_dir / sha256)
 
-    def clean_temp(self) -> int:
-        leftovers = list(self.tmp_dir.iterdir())
-        for entry in leftovers:
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-        return len(leftovers)
+    async def clean_temp(self) -> int:
+        return empty_dir(self.tmp_dir)
 
-    def free_bytes(self) -> int:
+    def free_bytes(self) -> int | None:
         return shutil.disk_usage(self.root).free
+
+    async def close(self) -> None:
+        pass

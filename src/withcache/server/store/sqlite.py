@@ -8,10 +8,12 @@ single transaction, so a crash leaves each change either whole or absent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from withcache.server.store import (
     EventRecord,
     FillRecord,
     FillState,
+    Lease,
     Miss,
     Page,
     TokenRecord,
@@ -141,6 +144,12 @@ MIGRATIONS = [
         created_by TEXT
     );
     """,
+    # Leases: which host runs a fill (or keeps a credentialed fill's
+    # credentials), and until when; the same model as the shared store's.
+    """
+    ALTER TABLE fills ADD COLUMN holder TEXT;
+    ALTER TABLE fills ADD COLUMN lease_until REAL;
+    """,
 ]
 
 _ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
@@ -148,7 +157,13 @@ _ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, mi
 _TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 _FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
-    "bytes_done, total, error, created_at, started_at, finished_at"
+    "bytes_done, total, error, created_at, started_at, finished_at, holder"
+)
+# The fills a holder may claim: queued and not held by another host, or
+# running under a lease that ran out (a credentialed one never moves).
+CLAIMABLE = (
+    "(state = 'queued' AND (holder IS NULL OR holder = :holder)) OR "
+    "(state = 'running' AND lease_until < :now AND NOT credentialed AND holder != :holder)"
 )
 
 
@@ -165,7 +180,7 @@ def _fill(row: Sequence[Any]) -> FillRecord:
         id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
         requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),
         bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
-        started_at=row[12], finished_at=row[13],
+        started_at=row[12], finished_at=row[13], holder=row[14],
     )  # fmt: skip
 
 
@@ -190,6 +205,8 @@ class SQLiteMetadata:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
+        # One process owns the file, so in-process locks cover every writer.
+        self._blob_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -325,6 +342,7 @@ class SQLiteMetadata:
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
         expected_sha256: str | None = None, credentialed: bool = False,
+        lease: Lease | None = None,
     ) -> tuple[FillRecord, bool]:  # fmt: skip
         with self._transaction():
             row = self._db.execute(
@@ -336,21 +354,40 @@ class SQLiteMetadata:
                 return _fill(row), False
             cursor = self._db.execute(
                 "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
-                "credentialed, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-                (key, scope, url, requested_by, expected_sha256, credentialed, now),
-            )
+                "credentialed, created_at, holder, lease_until) "
+                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (key, scope, url, requested_by, expected_sha256, credentialed, now,
+                 lease and lease.holder, lease and lease.until),
+            )  # fmt: skip
             fill = await self.get_fill(cursor.lastrowid or 0)
             assert fill is not None
             return fill, True
 
-    async def claim_fill(self, now: float) -> FillRecord | None:
+    async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
         row = self._db.execute(
-            f"UPDATE fills SET state = 'running', started_at = ?, bytes_done = 0, total = NULL "
-            "WHERE id = (SELECT id FROM fills WHERE state = 'queued' ORDER BY id LIMIT 1) "
+            "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
+            "holder = :holder, lease_until = :until "
+            f"WHERE id = (SELECT id FROM fills WHERE {CLAIMABLE} ORDER BY id LIMIT 1) "
             f"RETURNING {_FILL_COLUMNS}",
-            (now,),
+            {"now": now, "holder": lease.holder, "until": lease.until},
         ).fetchone()
         return _fill(row) if row else None
+
+    async def renew_lease(self, lease: Lease) -> set[int]:
+        rows = self._db.execute(
+            "UPDATE fills SET lease_until = ? WHERE holder = ? AND state IN ('queued', 'running') "
+            "RETURNING id",
+            (lease.until, lease.holder),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    async def orphaned_fills(self, now: float) -> list[FillRecord]:
+        rows = self._db.execute(
+            f"SELECT {_FILL_COLUMNS} FROM fills WHERE state IN ('queued', 'running') "
+            "AND credentialed AND lease_until < ? ORDER BY id",
+            (now,),
+        ).fetchall()
+        return [_fill(r) for r in rows]
 
     async def get_fill(self, fill_id: int) -> FillRecord | None:
         row = self._db.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE id = ?", (fill_id,))
@@ -363,21 +400,29 @@ class SQLiteMetadata:
         )
 
     async def finish_fill(
-        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float
-    ) -> FillRecord | None:
+        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,
+        holder: str | None = None,
+    ) -> FillRecord | None:  # fmt: skip
         row = self._db.execute(
             "UPDATE fills SET state = ?, error = ?, url = ?, finished_at = ? "
-            "WHERE id = ? AND state IN ('queued', 'running') "
+            "WHERE id = ? AND state IN ('queued', 'running') AND (? IS NULL OR holder = ?) "
             f"RETURNING {_FILL_COLUMNS}",
-            (state.value, error, display_url, now, fill_id),
+            (state.value, error, display_url, now, fill_id, holder, holder),
         ).fetchone()
         return _fill(row) if row else None
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float,
-    ) -> Artifact:  # fmt: skip
+        display_url: str, now: float, holder: str,
+    ) -> Artifact | None:  # fmt: skip
         with self._transaction():
+            done = self._db.execute(
+                "UPDATE fills SET state = 'done', error = NULL, url = ?, finished_at = ?, "
+                "bytes_done = ?, total = ? WHERE id = ? AND state = 'running' AND holder = ?",
+                (display_url, now, size, size, fill.id, holder),
+            )
+            if done.rowcount != 1:
+                return None
             miss = await self.delete_miss(fill.key)
             cursor = self._db.execute(
                 "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses) "
@@ -389,20 +434,35 @@ class SQLiteMetadata:
                  miss.count if miss else 0),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
-            self._db.execute(
-                "UPDATE fills SET state = 'done', error = NULL, url = ?, finished_at = ?, "
-                "bytes_done = ?, total = ? WHERE id = ?",
-                (display_url, now, size, size, fill.id),
-            )
             artifact = await self.get_artifact(artifact_id)
             assert artifact is not None
             return artifact
 
     async def requeue_interrupted(self) -> int:
-        cursor = self._db.execute(
-            "UPDATE fills SET state = 'queued', started_at = NULL WHERE state = 'running'"
-        )
-        return cursor.rowcount
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE fills SET state = 'queued', started_at = NULL WHERE state = 'running'"
+            )
+            # This process is the file's only host: whatever a previous one held
+            # is free now (a credentialed fill then fails, its credentials gone).
+            self._db.execute(
+                "UPDATE fills SET holder = NULL, lease_until = NULL WHERE state = 'queued'"
+            )
+            return cursor.rowcount
+
+    @asynccontextmanager
+    async def blob_lock(self, sha256: str) -> AsyncIterator[None]:
+        lock, users = self._blob_locks.get(sha256) or (asyncio.Lock(), 0)
+        self._blob_locks[sha256] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._blob_locks[sha256]
+            if users == 1:
+                del self._blob_locks[sha256]
+            else:
+                self._blob_locks[sha256] = (lock, users - 1)
 
     async def clear_finished_fills(self) -> int:
         cursor = self._db.execute("DELETE FROM fills WHERE state NOT IN ('queued', 'running')")

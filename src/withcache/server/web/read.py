@@ -1,26 +1,22 @@
 """The open read path: `/b/<token>/<basename>`, `/blob?url=`, `/healthz`.
 
 Anyone may read; nothing here changes state except through the core's miss
-and hit accounting, and nothing here waits for a disk write. A hit is sent
-with zero-copy sendfile; bad input gets a 4xx with a one-line reason.
+and hit accounting, and nothing here waits for a disk write. A hit is sent by
+web.hit (sendfile, stream from the store, or redirect); a miss is served from
+its fill (web.readthrough); bad input gets a 4xx with a one-line reason.
 """
 
 from __future__ import annotations
-
-import contextlib
-import os
-import socket
 
 from aiohttp import web
 
 from withcache import keys
 from withcache.server import log
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact
-from withcache.server.web import conditional, readthrough
+from withcache.server.web import readthrough
+from withcache.server.web.hit import send_blob
 
 CACHE_KEY = web.AppKey("cache", Cache)
-SMALL_BODY = 256 * 1024
 _BAD_NAME_PARTS = ("/", "\\", "%2f", "%5c", "%00", "\x00")
 
 
@@ -66,82 +62,10 @@ async def _serve(request: web.Request, url: str, what: str) -> web.StreamRespons
             return response
     outcome = await cache.miss(url, key, authorization)
     if outcome.fill is not None and cache.settings.stream_fills:
-        streamed = await readthrough.serve_from_fill(request, outcome.fill)
+        streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
         if streamed is not None:
             return streamed
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
-
-
-def _headers(artifact: Artifact) -> dict[str, str]:
-    headers = dict(artifact.headers)
-    headers.setdefault("Content-Type", "application/octet-stream")
-    headers["ETag"] = f'"{artifact.sha256}"'
-    headers["Accept-Ranges"] = "bytes"
-    return headers
-
-
-async def send_blob(
-    request: web.Request, cache: Cache, artifact: Artifact
-) -> web.StreamResponse | None:
-    """Answer from a stored blob; None if the blob vanished (deleted meanwhile)."""
-    headers = _headers(artifact)
-    rep = conditional.Representation(
-        etag=headers["ETag"],
-        last_modified=conditional.http_date(headers.get("Last-Modified")),
-        size=artifact.size,
-    )
-    answer = conditional.evaluate(request.method, request.headers, rep)
-    if answer.status in (304, 412):
-        for name in ("Content-Type", "Content-Encoding", "Content-Disposition"):
-            headers.pop(name, None)
-        return web.Response(status=answer.status, headers=headers)
-    if answer.status == 416:
-        headers["Content-Range"] = f"bytes */{artifact.size}"
-        return web.Response(status=416, headers=headers)
-    if answer.status == 206:
-        end = answer.start + answer.length - 1
-        headers["Content-Range"] = f"bytes {answer.start}-{end}/{artifact.size}"
-    if request.method == "HEAD":
-        response = web.StreamResponse(status=answer.status, headers=headers)
-        response.content_length = answer.length
-        return response
-    if answer.length <= SMALL_BODY:
-        try:
-            with open(cache.blob_path(artifact), "rb") as small:
-                body = os.pread(small.fileno(), answer.length, answer.start)
-        except FileNotFoundError:
-            return None
-        cache.count_hit(artifact, answer.length)
-        return web.Response(status=answer.status, headers=headers, body=body)
-    try:
-        blob = open(cache.blob_path(artifact), "rb")  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        return None
-    transport = request.transport
-    if transport is None:
-        blob.close()
-        raise ConnectionResetError("client went away")
-    sock = transport.get_extra_info("socket")
-    try:
-        # Corked, the headers and the file leave in full-sized segments (like
-        # nginx's tcp_nopush): a third of the kernel time per GiB on loopback.
-        _cork(sock, True)
-        response = web.StreamResponse(status=answer.status, headers=headers)
-        response.content_length = answer.length
-        await response.prepare(request)
-        cache.count_hit(artifact, answer.length)
-        await request.loop.sendfile(transport, blob, answer.start, answer.length)
-        await response.write_eof()
-        return response
-    finally:
-        _cork(sock, False)
-        blob.close()
-
-
-def _cork(sock: socket.socket | None, on: bool) -> None:
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
 
 
 async def healthz(request: web.Request) -> web.Response:

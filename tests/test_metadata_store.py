@@ -1,0 +1,144 @@
+"""The metadata stores on their own: migrations, totals, retention, leases.
+Each test runs on SQLite and on PostgreSQL (a fresh database)."""
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from withcache.server.store import FillState, Lease
+from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
+
+HOLDER = Lease("host-a", 1e12)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def meta(request, tmp_path):
+    if request.param == "sqlite":
+        store = SQLiteMetadata(tmp_path / "m.db")
+    else:
+        from withcache.server.store.postgres import PostgresMetadata
+
+        postgres, _ = request.getfixturevalue("scale_stores")
+        store = await PostgresMetadata.connect(postgres.new_database())
+    yield store
+    await store.close()
+
+
+async def add(meta, key, sha, size, now=1.0):
+    fill, _ = await meta.enqueue_fill(key, "", key, "operator", now)
+    claimed = await meta.claim_fill(now, HOLDER)
+    assert claimed.id == fill.id
+    return await meta.commit_artifact(claimed, sha, size, {}, key, now, HOLDER.holder)
+
+
+async def test_totals_count_shared_blobs_once(meta):
+    assert await meta.totals() == (0, 0)
+    a = await add(meta, "https://h/a", "a" * 64, 100)
+    b = await add(meta, "https://h/b", "a" * 64, 100)  # same bytes as a
+    await add(meta, "https://h/c", "c" * 64, 7)
+    assert await meta.totals() == (3, 107)
+    await meta.delete_artifact(a.id)
+    assert await meta.totals() == (2, 107)
+    assert await meta.sha_in_use("a" * 64)
+    await meta.delete_artifact(b.id)
+    assert await meta.totals() == (1, 7)
+    assert not await meta.sha_in_use("a" * 64)
+    # A re-fetch that brings new bytes under the same key replaces the blob.
+    await add(meta, "https://h/c", "d" * 64, 50)
+    assert await meta.totals() == (1, 50)
+    assert not await meta.sha_in_use("c" * 64)
+
+
+async def test_migrating_a_sqlite_version_1_database_keeps_its_data(tmp_path):
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    for key, sha, size in (("https://h/x", "x" * 64, 10), ("https://h/y", "x" * 64, 10),
+                           ("https://h/z", "z" * 64, 5)):  # fmt: skip
+        db.execute(
+            "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at) "
+            "VALUES (?, '', ?, ?, '{}', 0)",
+            (key, sha, size),
+        )
+    db.commit()
+    db.close()
+    meta = SQLiteMetadata(path)
+    assert await meta.totals() == (3, 15)
+    assert (await meta.list_artifacts()).total == 3
+    await meta.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_finished_fills_follow_the_event_limits(meta):
+    for n in range(6):
+        fill, _ = await meta.enqueue_fill(f"https://h/{n}", "", f"https://h/{n}", "miss", n)
+        await meta.finish_fill(fill.id, FillState.FAILED, "x", fill.url, now=100.0 + n)
+    await meta.enqueue_fill("https://h/run", "", "https://h/run", "miss", 0)
+    await meta.prune(now=110.0, miss_max_age=1e9, max_misses=10, event_max_age=8.0, max_events=3)
+    kept = [f.key for f in (await meta.list_fills()).rows]
+    # Age took 0 and 1 (finished before 102); the count kept the newest 3.
+    assert kept == ["https://h/run", "https://h/5", "https://h/4", "https://h/3"]
+
+
+async def test_one_active_fill_per_key_and_scope(meta):
+    first, created = await meta.enqueue_fill("https://h/a", "", "https://h/a", "miss", 1.0)
+    again, created_again = await meta.enqueue_fill("https://h/a", "", "https://h/a", "miss", 2.0)
+    assert created and not created_again and again.id == first.id
+    other, created_other = await meta.enqueue_fill("https://h/a", "s1", "https://h/a", "miss", 2.0)
+    assert created_other and other.id != first.id  # another credential scope
+
+
+async def test_a_lease_that_runs_out_lets_another_host_take_the_fill_over(meta):
+    fill, _ = await meta.enqueue_fill("https://h/a", "", "https://h/a", "miss", 1.0)
+    a, b = Lease("host-a", 10.0), Lease("host-b", 20.0)
+    assert (await meta.claim_fill(5.0, a)).holder == "host-a"
+    assert await meta.claim_fill(9.0, b) is None  # a's lease holds until 10
+    assert await meta.renew_lease(Lease("host-a", 12.0)) == {fill.id}
+    assert await meta.claim_fill(11.0, b) is None
+    taken = await meta.claim_fill(13.0, b)  # a stopped renewing
+    assert (taken.id, taken.holder, taken.state) == (fill.id, "host-b", FillState.RUNNING)
+    assert await meta.renew_lease(Lease("host-a", 20.0)) == set()  # a learns it lost it
+    assert await meta.commit_artifact(taken, "a" * 64, 1, {}, "u", 14.0, "host-a") is None
+    assert await meta.finish_fill(fill.id, FillState.FAILED, "x", "u", 14.0, "host-a") is None
+    assert await meta.commit_artifact(taken, "a" * 64, 1, {}, "u", 14.0, "host-b") is not None
+    assert await meta.totals() == (1, 1)
+
+
+async def test_a_credentialed_fill_runs_only_where_its_credentials_are(meta):
+    a, b = Lease("host-a", 10.0), Lease("host-b", 10.0)
+    fill, _ = await meta.enqueue_fill("https://h/c", "s", "https://h/c", "miss", 1.0,
+                                      credentialed=True, lease=a)  # fmt: skip
+    assert await meta.claim_fill(2.0, b) is None
+    assert (await meta.claim_fill(2.0, a)).id == fill.id
+    assert await meta.orphaned_fills(9.0) == []
+    assert await meta.claim_fill(11.0, b) is None  # never taken over...
+    (orphan,) = await meta.orphaned_fills(11.0)  # ...but known to be orphaned
+    assert orphan.id == fill.id and orphan.holder == "host-a"
+
+
+async def test_hosts_claiming_at_once_each_get_a_different_fill(meta):
+    for n in range(6):
+        await meta.enqueue_fill(f"https://h/{n}", "", f"https://h/{n}", "miss", 1.0)
+    claims = await asyncio.gather(
+        *[meta.claim_fill(2.0, Lease(f"host-{n}", 10.0)) for n in range(8)]
+    )
+    ids = [c.id for c in claims if c]
+    assert len(ids) == 6 and len(set(ids)) == 6
+
+
+async def test_hosts_migrating_a_new_database_at_once(scale_stores):
+    from withcache.server.store.postgres import MIGRATIONS as PG_MIGRATIONS
+    from withcache.server.store.postgres import PostgresMetadata
+
+    postgres, _ = scale_stores
+    url = postgres.new_database()
+    stores = await asyncio.gather(*[PostgresMetadata.connect(url) for _ in range(4)])
+    assert {await s.secret("scope") for s in stores} == {await stores[0].secret("scope")}
+    for store in stores:
+        await store.close()
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        versions = conn.execute("SELECT version FROM withcache_schema ORDER BY 1").fetchall()
+    assert versions == [(n,) for n in range(1, len(PG_MIGRATIONS) + 1)]
