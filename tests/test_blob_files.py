@@ -46,5 +46,5 @@ async def test_abort_after_a_cancelled_write_leaves_nothing(tmp_path):
 async def test_clean_temp_removes_leftovers(tmp_path):
     blobs = LocalBlobs(tmp_path)
     (blobs.tmp_dir / "fill-crashed").write_bytes(b"partial")
-    assert blobs.clean_temp() == 1
+    assert await blobs.clean_temp() == 1
     assert list(blobs.tmp_dir.iterdir()) == []

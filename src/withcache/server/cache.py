@@ -342,10 +342,11 @@ class Cache:
         """Append an event to the audit log and write its log line."""
         detail = event.detail()
         self.tally.observe(event)
-        await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
-        log.info(event.kind, url=event.url, actor=event.actor, **detail)
+        # Before any await: whoever the event wakes must not read a stale memo.
         if isinstance(event, (events.FillFinished, *events.ARTIFACT_REMOVED)) and event.url:
             self._forget(self.key(event.url))
+        await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
+        log.info(event.kind, url=event.url, actor=event.actor, **detail)
         if isinstance(event, events.FillFailed) and event.url:
             await self.metadata.set_miss_reason(self.key(event.url), f"fill failed: {event.error}")
 

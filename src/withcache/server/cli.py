@@ -199,6 +199,8 @@ _OPTIONS = [
     Option(
         "private_metrics", "flag", False, None,
         "/metrics answers only requests with an API token (any scope)",
+    ),
+    Option(
         "metadata", _metadata_url, None, "URL",
         "scale-out: keep metadata in this PostgreSQL database (postgresql://user@host/db), "
         "shared by several cache-hosts; unset: SQLite in the data dir",
