@@ -43,6 +43,8 @@ def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
     rows = []
     for record in records:
         live = cache.fills.live(record.id) if record.state in ACTIVE_STATES else None
+        if live and live.elsewhere:
+            live = None  # another host runs it: its saved progress is the news
         rows.append(
             FillRow(
                 record=record,
