@@ -1,12 +1,14 @@
 """Read-through benchmark: eight clients at once on one uncached artifact.
 
-    python bench/readthrough.py [--size-mib 256] [--seed-venv DIR]
+    python bench/readthrough.py [--size-mib 256] [--rounds 3] [--seed-venv DIR]
 
 Needs nginx and curl. For an unlimited loopback origin and one limited to
 20 MB/s (nginx `limit_rate`), it measures one plain origin download, then
-eight simultaneous downloads of the same uncached artifact:
+eight simultaneous downloads of the same uncached artifact (a new one each
+round; medians over the rounds):
 
-- withcache: eight `curlwithcache` runs against a fresh cache-host;
+- withcache: eight `curlwithcache` runs against a fresh cache-host, with the
+  Python shim and, if built (`make shim`), the native one;
 - the seed, withcache 0.4.0 (its server and native shim), if --seed-venv
   points at a venv holding it (`python -m venv D && D/bin/pip install
   withcache==0.4.0`, used only for this comparison);
@@ -23,6 +25,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +92,9 @@ def run_clients(commands: list[list[str]], env: dict[str, str]) -> float:
     return wall
 
 
-def eight(origin: Origin, url: str, out: Path, shim: Path | None, server: str | None) -> dict:
+def eight(
+    origin: Origin, url: str, out: Path, shim: Path | None, server: str | None, expected: str
+) -> dict:
     """Eight clients at once; origin bytes, byte-exactness and wall time."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -98,10 +103,22 @@ def eight(origin: Origin, url: str, out: Path, shim: Path | None, server: str | 
     before = origin.sent()
     wall = run_clients([[tool, "-fsS", "-o", str(out / f"c{n}"), url] for n in range(CLIENTS)], env)
     time.sleep(0.5)  # let the origin's access log catch up with late closes
-    return {"wall_s": wall, "origin_bytes": origin.sent() - before, "files": out}
+    exact = all(
+        hashlib.sha256((out / f"c{n}").read_bytes()).hexdigest() == expected for n in range(CLIENTS)
+    )
+    return {"wall_s": wall, "origin_bytes": origin.sent() - before, "exact": exact}
 
 
-def plain(origin: Origin, url: str) -> float:
+def _summary(runs: list[dict]) -> dict:
+    """Median wall time; the most origin bytes any round cost; exact in every round."""
+    summary = {"wall_s": statistics.median(r["wall_s"] for r in runs), "rounds": runs}
+    if "exact" in runs[0]:
+        summary["origin_bytes"] = max(r["origin_bytes"] for r in runs)
+        summary["exact"] = all(r["exact"] for r in runs)
+    return summary
+
+
+def plain(url: str) -> float:
     started = time.monotonic()
     subprocess.run(["curl", "-fsS", "-o", os.devnull, url], check=True)
     return time.monotonic() - started
@@ -123,6 +140,7 @@ def start_cache_host(binary: Path, data: Path, *flags: str) -> tuple[subprocess.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each case (median)")
     parser.add_argument("--seed-venv", type=Path, help="a venv with withcache==0.4.0")
     args = parser.parse_args()
     bindir = Path(sys.executable).parent
@@ -135,39 +153,43 @@ def main() -> None:
     body = os.urandom(size)
     expected = hashlib.sha256(body).hexdigest()
     proxy_cache_conf(work)
+    native = _native_shim(work)
+    server_bin = bindir / "withcache-server"
+    contenders = [("withcache, Python shim", server_bin, bindir / "curlwithcache")]
+    if native:
+        contenders.append(("withcache, native shim", server_bin, native))
+    if args.seed_venv:
+        seed = args.seed_venv / "bin"
+        contenders.append(("seed 0.4.0", seed / "withcache-server", seed / "curlwithcache"))
+    (files / "body.bin").write_bytes(body)
     results: dict[str, dict] = {}
     origin = Origin(work, files)
     try:
         for limited in (False, True):
+            runs: dict[str, list[dict]] = {}
+            for r in range(args.rounds):
+                # A new name each round: every contender, nginx too, starts uncached.
+                name = f"{'slow' if limited else 'fast'}-{r}.bin"
+                os.link(files / "body.bin", files / name)
+                url = origin.url(limited, name)
+                runs.setdefault("plain", []).append({"wall_s": plain(url)})
+                for n, (label, binary, shim) in enumerate(contenders):
+                    data = work / f"data-{n}-{int(limited)}-{r}"
+                    flags = ("--allow-private-origins",) if label.startswith("withcache") else ()
+                    server, server_url = start_cache_host(binary, data, *flags)
+                    try:
+                        runs.setdefault(label, []).append(
+                            eight(origin, url, work / "out", shim, server_url, expected)
+                        )
+                    finally:
+                        server.terminate()
+                        server.wait(30)
+                proxied = origin.proxy_url(limited, name)
+                runs.setdefault("nginx proxy_cache_lock", []).append(
+                    eight(origin, proxied, work / "out", None, None, expected)
+                )
             case = "20 MB/s origin" if limited else "unlimited origin"
-            row: dict[str, dict] = {}
-            name = f"{'slow' if limited else 'fast'}.bin"
-            (files / name).write_bytes(body)
-            row["plain"] = {"wall_s": plain(origin, origin.url(limited, name))}
-            contenders = [("withcache", bindir / "withcache-server", bindir / "curlwithcache")]
-            if args.seed_venv:
-                seed = args.seed_venv / "bin"
-                contenders.append(("seed 0.4.0", seed / "withcache-server", seed / "curlwithcache"))
-            for label, server_bin, shim in contenders:
-                # Each contender gets a fresh cache-host: the artifact starts uncached.
-                data = work / f"data-{label.split()[0]}-{int(limited)}"
-                flags = ("--allow-private-origins",) if label == "withcache" else ()
-                server, server_url = start_cache_host(server_bin, data, *flags)
-                try:
-                    row[label] = eight(
-                        origin, origin.url(limited, name), work / "out", shim, server_url
-                    )
-                finally:
-                    server.terminate()
-                    server.wait(30)
-                row[label]["exact"] = _exact(row[label].pop("files"), expected)
-            row["nginx proxy_cache_lock"] = eight(
-                origin, origin.proxy_url(limited, name), work / "out", None, None
-            )
-            row["nginx proxy_cache_lock"]["exact"] = _exact(
-                row["nginx proxy_cache_lock"].pop("files"), expected
-            )
-            results[case] = row
+            results[case] = {label: _summary(got) for label, got in runs.items()}
     finally:
         origin.nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -176,21 +198,27 @@ def main() -> None:
     for case, row in results.items():
         one = row["plain"]["wall_s"]
         print(f"\n{case}: one plain origin download {one:.2f} s")
-        print(f"  {'':<24}{'origin bytes':>14}{'byte-exact':>12}{'wall':>9}{'vs plain':>10}")
+        print(f"  {'':<26}{'origin bytes':>14}{'byte-exact':>12}{'wall':>9}{'vs plain':>10}")
         for label, r in row.items():
             if label == "plain":
                 continue
             print(
-                f"  {label:<24}{r['origin_bytes'] / size:>13.2f}x{r['exact']!s:>12}"
+                f"  {label:<26}{r['origin_bytes'] / size:>13.2f}x{r['exact']!s:>12}"
                 f"{r['wall_s']:>8.2f}s{r['wall_s'] / one:>9.2f}x"
             )
     write_results("readthrough", {"size_bytes": size, "clients": CLIENTS, **results})
 
 
-def _exact(out: Path, expected: str) -> bool:
-    return all(
-        hashlib.sha256((out / f"c{n}").read_bytes()).hexdigest() == expected for n in range(CLIENTS)
-    )
+def _native_shim(work: Path) -> Path | None:
+    """The native shim (`make shim`), linked under the name that makes it curl."""
+    built = Path(__file__).parent.parent / "zig-out/bin/withcache-shim-x86_64-linux-musl"
+    if not built.exists():
+        print("no native shim (make shim): measuring the Python shim only", file=sys.stderr)
+        return None
+    link = work / "native" / "curlwithcache"
+    link.parent.mkdir()
+    link.symlink_to(built.resolve())
+    return link
 
 
 if __name__ == "__main__":
