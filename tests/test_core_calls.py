@@ -8,7 +8,8 @@ import os
 import pytest
 
 from withcache.server.cache import ActionError, Cache
-from withcache.server.fills import FillCancelled, FillError
+from withcache.server.download import FillError
+from withcache.server.fills import FillCancelled
 from withcache.server.store import FillState
 
 pytestmark = pytest.mark.backends

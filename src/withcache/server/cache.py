@@ -191,7 +191,7 @@ class Cache:
         if cap is None:
             return None
         _, stored = await self.metadata.totals()
-        if stored + self.fills.reserved_bytes() >= cap:
+        if stored + self.fills.downloader.reserved_bytes() >= cap:
             return "the cache is full (--max-bytes)"
         return None
 

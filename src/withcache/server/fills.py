@@ -1,4 +1,4 @@
-"""The fill manager: downloads misses from their origins into the blob store.
+"""The fill manager: the queue of fills and the workers that run them.
 
 The queue lives in the metadata store, so queued and interrupted fills survive
 a restart. `--workers` tasks claim fills one at a time. There is at most one
@@ -12,11 +12,9 @@ finds its lease gone (taken over, or cancelled elsewhere) drops its transfer,
 and its commit is refused. A fill queued or running on another host is watched
 through the store, so its waiters here learn when it ends.
 
-A fill follows redirects itself (the policy checks every hop), retries
-transient errors with exponential backoff, resumes with a Range request when
-the origin honours it, checks the length against Content-Length and any
-expected SHA-256, and only then commits the blob and its row. Whatever goes
-wrong, a failed or cancelled fill leaves neither blob nor row behind.
+The transfer itself is download.py's; here a fill's bytes are checked against
+any expected SHA-256 and only then committed, blob first, then its row.
+Whatever goes wrong, a failed or cancelled fill leaves neither blob nor row.
 """
 
 from __future__ import annotations
@@ -24,21 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-
-from withcache import __version__, keys
+from withcache import keys
 from withcache.server import events, log
-from withcache.server.policy import OriginRefused, Policy
-from withcache.server.settings import Settings, format_size
+from withcache.server.download import Downloader, Emit, FillError
+from withcache.server.policy import Policy
+from withcache.server.settings import Settings
 from withcache.server.store import (
     ACTIVE_STATES,
     Artifact,
@@ -50,15 +45,6 @@ from withcache.server.store import (
     Metadata,
 )
 
-MAX_REDIRECTS = 10
-REDIRECT_STATUSES = {301, 302, 303, 307, 308}
-# Statuses worth another try: the origin or something before it is struggling.
-TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-# Response headers kept with the artifact and replayed on every hit.
-REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
-FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
-FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
-PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
 # A fill that failed for good (origin said 4xx, policy or cap said no) is not
 # fetched again by misses for this long, so a script probing a dead URL in a
 # loop doesn't make the cache-host hammer the origin. Operators can retry.
@@ -66,16 +52,6 @@ FAILURE_MEMORY_SECONDS = 60.0
 FAILURE_MEMORY_ENTRIES = 10_000
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
-_CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
-
-
-class FillError(Exception):
-    """A fill went wrong; `transient` says whether another try may succeed."""
-
-    def __init__(self, message: str, transient: bool = False, refused: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.refused = refused  # the policy or the cap said no: nothing was fetched
 
 
 class FillCancelled(Exception):
@@ -178,9 +154,6 @@ def _new_future() -> asyncio.Future:  # type: ignore[type-arg]
     return asyncio.get_running_loop().create_future()
 
 
-Emit = Callable[[events.Event], Awaitable[None]]
-
-
 class FillManager:
     def __init__(
         self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit
@@ -192,12 +165,10 @@ class FillManager:
         self._emit = emit
         self._by_key: dict[tuple[str, str], Fill] = {}
         self._by_id: dict[int, Fill] = {}
-        self._reserved: dict[int, int] = {}  # fill id -> bytes it will add to the store
-        self._stored = 0  # bytes in the store when the last capped fill started
+        self.downloader = Downloader(settings, metadata, policy, emit)
         self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # oldest first
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         # This process, as the holder of leases in a store other hosts may share.
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -209,18 +180,7 @@ class FillManager:
         cleaned = await self._blobs.clean_temp()
         if interrupted or cleaned:
             log.info("fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned)
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=30, sock_read=self._settings.origin_timeout or None
-        )
-        connector = aiohttp.TCPConnector(resolver=self._policy.resolver(), limit=0)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            auto_decompress=False,
-            trust_env=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": f"withcache/{__version__}"},
-        )
+        self.downloader.open()
         self._workers = [
             asyncio.create_task(self._work(), name=f"fill-worker-{n}")
             for n in range(self._settings.workers)
@@ -232,8 +192,7 @@ class FillManager:
         queued again at the next start (or taken over when their lease ends)."""
         watchers = [f._watcher for f in self._by_id.values() if f._watcher]
         await _cancel_all([*self._workers, *watchers])
-        if self._session:
-            await self._session.close()
+        await self.downloader.close()
 
     # -- what the rest of the cache-host calls
 
@@ -255,9 +214,6 @@ class FillManager:
         self._failures[(record.key, record.scope)] = (time.monotonic(), error)
         while len(self._failures) > FAILURE_MEMORY_ENTRIES:
             self._failures.pop(next(iter(self._failures)))
-
-    def reserved_bytes(self) -> int:
-        return sum(self._reserved.values())
 
     async def request(
         self,
@@ -326,7 +282,7 @@ class FillManager:
         if self._by_key.get((fill.record.key, fill.record.scope)) is fill:
             del self._by_key[(fill.record.key, fill.record.scope)]
         self._by_id.pop(fill.id, None)
-        self._reserved.pop(fill.id, None)
+        self.downloader.release(fill.id)
 
     async def _work(self) -> None:
         poll = min(QUEUE_POLL_SECONDS, self._settings.fill_lease)
@@ -367,7 +323,7 @@ class FillManager:
             await self._emit(events.FillStarted(url=display, fill_id=record.id))
             writer = self._blobs.begin()
             fill.path = writer.path
-            headers = await self._download(fill, writer, display)
+            headers = await self.downloader.download(fill, writer, display)
             if record.expected_sha256 and writer.hexdigest() != record.expected_sha256.lower():
                 raise FillError(
                     f"SHA-256 mismatch: expected {record.expected_sha256}, got {writer.hexdigest()}"
@@ -517,178 +473,8 @@ class FillManager:
                 fill._end(None, FillError(record.error or "the fill failed"))
             return
 
-    async def _download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
-        """Transfer the whole body into `writer`, retrying and resuming as needed."""
-        attempt = 1
-        while True:
-            try:
-                return await self._transfer(fill, writer)
-            except FillError as err:
-                if not err.transient or attempt >= self._settings.fill_attempts:
-                    raise
-                await self._emit(
-                    events.FillRetrying(
-                        url=display, fill_id=fill.id, error=str(err), attempt=attempt,
-                        resume_from=writer.size,
-                    )
-                )  # fmt: skip
-                await asyncio.sleep(self._settings.retry_delay * 2 ** (attempt - 1))
-                attempt += 1
-
-    async def _transfer(self, fill: Fill, writer: BlobWriter) -> dict[str, str]:
-        extra = {"Accept-Encoding": "identity"}
-        resuming = writer.size > 0 and fill.validator is not None
-        if resuming:
-            extra["Range"] = f"bytes={writer.size}-"
-            extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._open(fill, extra)
-        async with response:
-            total = await self._accept(fill, writer, response, resuming)
-            try:
-                await self._receive(fill, writer, response, total)
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
-            if total is not None and writer.size != total:
-                raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
-            assert fill.headers is not None
-            return dict(fill.headers)
-
-    async def _accept(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
-    ) -> int | None:
-        """Check a response's status and size; return the artifact's total length."""
-        status = response.status
-        if status == 206 and resuming:
-            match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
-            if match and int(match[1]) == writer.size and match[3] != "*":
-                return int(match[3])
-            raise FillError("origin sent an unexpected range", transient=True)
-        if status != 200:
-            transient = status in TRANSIENT_STATUSES
-            raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
-        if writer.size:
-            # The origin ignored the resume (or the artifact changed): start over.
-            await writer.restart()
-            fill.generation += 1
-            fill._advance(0)
-        fill.validator = _validator(response)
-        fill.total = response.content_length
-        if self._settings.max_bytes is not None:
-            _, self._stored = await self._metadata.totals()
-        self._check_cap(fill, fill.total or 0, announced=fill.total is not None)
-        fill.headers = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
-        fill._wake()
-        return fill.total
-
-    def _check_cap(self, fill: Fill, size: int, announced: bool) -> None:
-        """Refuse a fill whose bytes would take the store past --max-bytes."""
-        cap = self._settings.max_bytes
-        if cap is None:
-            return
-        self._reserved.pop(fill.id, None)
-        committed = self._stored + self.reserved_bytes()
-        if committed + size > cap:
-            what = "is" if announced else "grew past"
-            raise FillError(
-                f"artifact {what} {format_size(size)}; with {format_size(committed)} stored or "
-                f"reserved it would exceed --max-bytes {format_size(cap)}",
-                refused=True,
-            )
-        self._reserved[fill.id] = size
-
-    async def _receive(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, total: int | None
-    ) -> None:
-        blocks = _WriteBehind(fill, writer)
-        chunks: list[bytes] = []
-        pending = 0
-        last_flush = time.monotonic()
-        # The first flush saves progress too: other hosts answer probes for this
-        # fill with its length once they see it. (Not before reading: aiohttp
-        # drops what it buffered if the origin hangs up before it is read.)
-        last_save = 0.0
-        received = writer.size
-        try:
-            async for chunk in response.content.iter_any():
-                chunks.append(chunk)
-                pending += len(chunk)
-                received += len(chunk)
-                if total is None:
-                    self._check_cap(fill, received, announced=False)
-                now = time.monotonic()
-                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await blocks.put(b"".join(chunks))
-                    chunks.clear()
-                    pending = 0
-                    last_flush = now
-                    if now - last_save >= PROGRESS_SECONDS:
-                        await self._metadata.save_progress(fill.id, fill.bytes_done, total)
-                        last_save = now
-        finally:
-            # Bytes received before a break-off are good: keep them to resume from.
-            if chunks:
-                await blocks.put(b"".join(chunks))
-            await blocks.drain()
-
-    async def _open(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
-        """GET the fill's URL, following redirects with the policy checked on each hop."""
-        assert self._session is not None
-        url = fill.record.url
-        origin = _origin(url)
-        for _ in range(MAX_REDIRECTS + 1):
-            reason = self._policy.refuse_reason(url)
-            if reason:
-                raise FillError(reason, refused=True)
-            headers = dict(extra)
-            # Like curl without --location-trusted: credentials stay with their host.
-            if fill.authorization and _origin(url) == origin:
-                headers["Authorization"] = fill.authorization
-            try:
-                response = await self._session.get(url, headers=headers, allow_redirects=False)
-            except OriginRefused as err:
-                raise FillError(str(err), refused=True) from None
-            except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                raise FillError(f"origin unreachable: {_describe(err)}", transient=True) from None
-            location = response.headers.get("Location")
-            if response.status not in REDIRECT_STATUSES or not location:
-                return response
-            response.release()
-            url = urljoin(url, location)
-            try:
-                keys.check_origin(url)
-            except keys.BadURL as err:
-                raise FillError(f"bad redirect: {err}") from None
-        raise FillError(f"more than {MAX_REDIRECTS} redirects")
-
     def _display(self, url: str) -> str:
         return keys.display_url(url, self._settings.keep_query)
-
-
-class _WriteBehind:
-    """Writes received blocks to the blob while the next block arrives: one
-    write in flight at a time, so order is kept and memory bounded."""
-
-    def __init__(self, fill: Fill, writer: BlobWriter) -> None:
-        self._fill = fill
-        self._writer = writer
-        self._pending: asyncio.Future[None] | None = None
-
-    async def put(self, data: bytes) -> None:
-        await self.drain()
-        self._pending = asyncio.ensure_future(self._write(data))
-
-    async def drain(self) -> None:
-        """Wait for the write in flight; raise its FillError if it failed."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await pending
-
-    async def _write(self, data: bytes) -> None:
-        try:
-            await self._writer.write(data)
-        except OSError as err:
-            raise FillError(f"cannot write the blob: {err.strerror or err}") from None
-        self._fill._advance(self._writer.size)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
@@ -703,21 +489,3 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
             task.cancel()
         await asyncio.wait(tasks, timeout=0.5)
     log.error("fills.stop_timeout", tasks=len(tasks))
-
-
-def _origin(url: str) -> tuple[str, str | None, int | None]:
-    parts = urlsplit(url)
-    return parts.scheme.lower(), parts.hostname, parts.port
-
-
-def _validator(response: aiohttp.ClientResponse) -> str | None:
-    """A strong validator to resume against with If-Range, if the origin gave one."""
-    etag = response.headers.get("ETag")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return response.headers.get("Last-Modified")
-
-
-def _describe(err: BaseException) -> str:
-    text = str(err)
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
