@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 run: $(VENV)/.run
 	$(BIN)/withcache-server --data-dir ./data
 
+# Most tests wait on servers and subprocesses, so four workers fit two cores;
+# each test module stays in one worker (its module fixtures, whole-corpus checks).
 test: $(VENV)/.test
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadfile
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check src tests bench shim

@@ -15,11 +15,18 @@ LOCKED = {"WITHCACHE_ADMIN_PASSWORD": PASSWORD}
 SCREENSHOT = os.environ.get("WITHCACHE_UI_SCREENSHOT")
 
 
-def _log_in(page, host, password: str = PASSWORD) -> None:
+def _submit_password(page, host, password: str) -> None:
     page.goto(host.url + "/")
     expect(page).to_have_url(re.compile(r"/login\?next=/$"))
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
+
+
+def _log_in(page, host) -> None:
+    _submit_password(page, host, PASSWORD)
+    # The click does not wait for the answer that sets the cookie: a goto before
+    # it lands would cancel the login.
+    expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
 
 def _row(page, text: str):
@@ -32,7 +39,6 @@ def test_operator_downloads_a_miss_watches_it_fill_then_deletes_it(origin, cache
     host = cache_host("--curate", env=LOCKED)
     _log_in(page, host)
     expect(page).to_have_url(host.url + "/")
-    expect(page.get_by_role("button", name="Log out")).to_be_visible()
 
     assert curl("-o", "/dev/null", "-w", "%{http_code}", host.blob_url(url)).stdout == b"404"
     page.get_by_role("link", name="Misses", exact=True).first.click()
@@ -68,7 +74,7 @@ def test_operator_downloads_a_miss_watches_it_fill_then_deletes_it(origin, cache
 
 def test_a_wrong_password_is_refused(cache_host, page):
     host = cache_host(env=LOCKED)
-    _log_in(page, host, "not the password")
+    _submit_password(page, host, "not the password")
     expect(page.get_by_role("alert")).to_have_text("Wrong password.")
     expect(page).to_have_url(re.compile(r"/login"))
     page.goto(host.url + "/cached")
