@@ -16,7 +16,9 @@ round; medians over the rounds):
 
 For each: bytes the origin sent (from its access log) over the artifact's
 size, whether all eight files are byte-exact, and wall time over one plain
-download. Prints a table and writes bench/results/readthrough.json.
+download. Eight plain downloads at once (no cache) are the floor this machine
+sets for eight clients each writing the whole artifact. Prints a table and
+writes bench/results/readthrough.json.
 """
 
 from __future__ import annotations
@@ -173,6 +175,9 @@ def main() -> None:
                 os.link(files / "body.bin", files / name)
                 url = origin.url(limited, name)
                 runs.setdefault("plain", []).append({"wall_s": plain(url)})
+                runs.setdefault("eight plain, no cache", []).append(
+                    eight(origin, url, work / "out", None, None, expected)
+                )
                 for n, (label, binary, shim) in enumerate(contenders):
                     data = work / f"data-{n}-{int(limited)}-{r}"
                     flags = ("--allow-private-origins",) if label.startswith("withcache") else ()

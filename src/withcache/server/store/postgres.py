@@ -36,6 +36,16 @@ from withcache.server.store import (
     TokenRecord,
     TokenScope,
 )
+from withcache.server.store.rows import (
+    ARTIFACT_COLUMNS,
+    ARTIFACT_SORTS,
+    FILL_COLUMNS,
+    TOKEN_COLUMNS,
+    as_artifact,
+    as_fill,
+    as_token,
+    like_pattern,
+)
 
 # Advisory lock keys: one bigint for migrations; (class, blob) int pairs for
 # blobs (the two forms never collide).
@@ -163,44 +173,8 @@ MIGRATIONS = [
     """,
 ]
 
-_ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
-_ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
-_FILL_COLUMNS = (
-    "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
-    "bytes_done, total, error, created_at, started_at, finished_at, holder"
-)
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
-_TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 ACTIVE = "state IN ('queued', 'running')"
-
-
-def _artifact(row: Sequence[Any]) -> Artifact:
-    return Artifact(
-        id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
-        headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
-        last_hit=row[9],
-    )  # fmt: skip
-
-
-def _fill(row: Sequence[Any]) -> FillRecord:
-    return FillRecord(
-        id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
-        requested_by=row[5], expected_sha256=row[6], credentialed=row[7],
-        bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
-        started_at=row[12], finished_at=row[13], holder=row[14],
-    )  # fmt: skip
-
-
-def _token(row: Sequence[Any]) -> TokenRecord:
-    return TokenRecord(
-        id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
-        created_by=row[5],
-    )  # fmt: skip
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def describe(url: str) -> str:
@@ -282,17 +256,17 @@ class PostgresMetadata:
 
     async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
         row = await self._one(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
             "ORDER BY scope DESC LIMIT 1",
             (key, list(scopes)),
         )
-        return _artifact(row) if row else None
+        return as_artifact(row) if row else None
 
     async def get_artifact(self, artifact_id: int) -> Artifact | None:
         row = await self._one(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = %s", (artifact_id,)
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = %s", (artifact_id,)
         )
-        return _artifact(row) if row else None
+        return as_artifact(row) if row else None
 
     async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
         async with self._pool.connection() as conn, conn.cursor() as cursor:
@@ -304,15 +278,15 @@ class PostgresMetadata:
 
     async def find_artifacts(self, key: str) -> list[Artifact]:
         rows = await self._all(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s ORDER BY id", (key,)
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s ORDER BY id", (key,)
         )
-        return [_artifact(r) for r in rows]
+        return [as_artifact(r) for r in rows]
 
     async def delete_artifact(self, artifact_id: int) -> Artifact | None:
         row = await self._one(
-            f"DELETE FROM artifacts WHERE id = %s RETURNING {_ARTIFACT_COLUMNS}", (artifact_id,)
+            f"DELETE FROM artifacts WHERE id = %s RETURNING {ARTIFACT_COLUMNS}", (artifact_id,)
         )
-        return _artifact(row) if row else None
+        return as_artifact(row) if row else None
 
     async def sha_in_use(self, sha256: str) -> bool:
         return await self._one("SELECT 1 FROM blob_refs WHERE sha256 = %s", (sha256,)) is not None
@@ -325,22 +299,21 @@ class PostgresMetadata:
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
         offset: int = 0, limit: int = 50,
     ) -> Page:  # fmt: skip
-        if sort not in _ARTIFACT_SORTS:
+        if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
         where, args = (
-            ("WHERE key LIKE %s ESCAPE '\\' OR sha256 = %s", [_like(search), search])
+            ("WHERE key LIKE %s ESCAPE '\\' OR sha256 = %s", [like_pattern(search), search])
             if search
             else ("", [])
         )
         nulls = "NULLS LAST" if descending else "NULLS FIRST"  # where SQLite puts them
         order = f"{sort} {'DESC' if descending else 'ASC'} {nulls}, id DESC"
         rows = await self._all(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts {where} "
-            f"ORDER BY {order} LIMIT %s OFFSET %s",
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT %s OFFSET %s",
             (*args, limit, offset),
         )
         total = (await self._one(f"SELECT count(*) FROM artifacts {where}", args))[0]
-        return Page([_artifact(r) for r in rows], total)
+        return Page([as_artifact(r) for r in rows], total)
 
     # -- misses
 
@@ -366,7 +339,9 @@ class PostgresMetadata:
         return Miss(*row) if row else None
 
     async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
-        where, args = ("WHERE key LIKE %s ESCAPE '\\'", [_like(search)]) if search else ("", [])
+        where, args = ("", [])
+        if search:
+            where, args = "WHERE key LIKE %s ESCAPE '\\'", [like_pattern(search)]
         rows = await self._all(
             f"SELECT {_MISS_COLUMNS} FROM misses {where} "
             "ORDER BY last_seen DESC LIMIT %s OFFSET %s",
@@ -389,18 +364,18 @@ class PostgresMetadata:
                 "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
                 "credentialed, created_at, holder, lease_until) "
                 "VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {_FILL_COLUMNS}",
+                f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}",
                 (key, scope, url, requested_by, expected_sha256, credentialed, now,
                  lease and lease.holder, lease and lease.until),
             )  # fmt: skip
             if row:
-                return _fill(row), True
+                return as_fill(row), True
             row = await self._one(
-                f"SELECT {_FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s AND {ACTIVE}",
+                f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s AND {ACTIVE}",
                 (key, scope),
             )
             if row:
-                return _fill(row), False
+                return as_fill(row), False
         raise StoreError("could not queue the fill: it kept ending as it was queued")
 
     async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
@@ -412,10 +387,10 @@ class PostgresMetadata:
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
             "AND holder <> %(holder)s) "
             "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            f"RETURNING {_FILL_COLUMNS}",
+            f"RETURNING {FILL_COLUMNS}",
             {"now": now, "holder": lease.holder, "until": lease.until},
         )
-        return _fill(row) if row else None
+        return as_fill(row) if row else None
 
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = await self._all(
@@ -426,15 +401,15 @@ class PostgresMetadata:
 
     async def orphaned_fills(self, now: float) -> list[FillRecord]:
         rows = await self._all(
-            f"SELECT {_FILL_COLUMNS} FROM fills WHERE {ACTIVE} AND credentialed "
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE {ACTIVE} AND credentialed "
             "AND lease_until < %s ORDER BY id",
             (now,),
         )
-        return [_fill(r) for r in rows]
+        return [as_fill(r) for r in rows]
 
     async def get_fill(self, fill_id: int) -> FillRecord | None:
-        row = await self._one(f"SELECT {_FILL_COLUMNS} FROM fills WHERE id = %s", (fill_id,))
-        return _fill(row) if row else None
+        row = await self._one(f"SELECT {FILL_COLUMNS} FROM fills WHERE id = %s", (fill_id,))
+        return as_fill(row) if row else None
 
     async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
         await self._run(
@@ -450,11 +425,11 @@ class PostgresMetadata:
             "UPDATE fills SET state = %(state)s, error = %(error)s, url = %(url)s, "
             f"finished_at = %(now)s WHERE id = %(id)s AND {ACTIVE} "
             "AND (%(holder)s::text IS NULL OR holder = %(holder)s) "
-            f"RETURNING {_FILL_COLUMNS}",
+            f"RETURNING {FILL_COLUMNS}",
             {"state": state.value, "error": error, "url": display_url, "now": now,
              "id": fill_id, "holder": holder},
         )  # fmt: skip
-        return _fill(row) if row else None
+        return as_fill(row) if row else None
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
@@ -481,11 +456,11 @@ class PostgresMetadata:
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key, scope) DO UPDATE SET "
                     "sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
                     "fetched_at = excluded.fetched_at, "
-                    f"misses = artifacts.misses + excluded.misses RETURNING {_ARTIFACT_COLUMNS}",
+                    f"misses = artifacts.misses + excluded.misses RETURNING {ARTIFACT_COLUMNS}",
                     values,
                 )
             ).fetchone()
-            return _artifact(row)
+            return as_artifact(row)
 
     async def requeue_interrupted(self) -> int:
         return 0  # other hosts' fills are running: leases decide what moves on
@@ -509,12 +484,12 @@ class PostgresMetadata:
         wanted = [s.value for s in (states or list(FillState))]
         order = "CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, id DESC"
         rows = await self._all(
-            f"SELECT {_FILL_COLUMNS} FROM fills WHERE state = ANY(%s) "
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE state = ANY(%s) "
             f"ORDER BY {order} LIMIT %s OFFSET %s",
             (wanted, limit, offset),
         )
         total = (await self._one("SELECT count(*) FROM fills WHERE state = ANY(%s)", (wanted,)))[0]
-        return Page([_fill(r) for r in rows], total)
+        return Page([as_fill(r) for r in rows], total)
 
     # -- events
 
@@ -537,7 +512,7 @@ class PostgresMetadata:
             args.append(kind)
         if search:
             clauses.append("(url LIKE %s ESCAPE '\\' OR detail LIKE %s ESCAPE '\\')")
-            args += [_like(search), _like(search)]
+            args += [like_pattern(search), like_pattern(search)]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = await self._all(
             f"SELECT id, at, kind, url, actor, detail FROM events {where} "
@@ -582,25 +557,24 @@ class PostgresMetadata:
         row = await self._one(
             "INSERT INTO tokens (name, scope, digest, created_at, created_by) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING "
-            f"RETURNING {_TOKEN_COLUMNS}",
+            f"RETURNING {TOKEN_COLUMNS}",
             (name, scope.value, digest, now, created_by),
         )
-        return _token(row) if row else None
+        return as_token(row) if row else None
 
     async def find_token(self, digest: str) -> TokenRecord | None:
-        row = await self._one(f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest = %s", (digest,))
-        return _token(row) if row else None
+        row = await self._one(f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = %s", (digest,))
+        return as_token(row) if row else None
 
     async def list_tokens(self) -> list[TokenRecord]:
-        return [
-            _token(r) for r in await self._all(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name")
-        ]
+        rows = await self._all(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name")
+        return [as_token(r) for r in rows]
 
     async def delete_token(self, name: str) -> TokenRecord | None:
         row = await self._one(
-            f"DELETE FROM tokens WHERE name = %s RETURNING {_TOKEN_COLUMNS}", (name,)
+            f"DELETE FROM tokens WHERE name = %s RETURNING {TOKEN_COLUMNS}", (name,)
         )
-        return _token(row) if row else None
+        return as_token(row) if row else None
 
     async def token_used(self, token_id: int, now: float) -> None:
         await self._run("UPDATE tokens SET last_used = %s WHERE id = %s", (now, token_id))

@@ -28,6 +28,16 @@ from withcache.server.store import (
     TokenRecord,
     TokenScope,
 )
+from withcache.server.store.rows import (
+    ARTIFACT_COLUMNS,
+    ARTIFACT_SORTS,
+    FILL_COLUMNS,
+    TOKEN_COLUMNS,
+    as_artifact,
+    as_fill,
+    as_token,
+    like_pattern,
+)
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
 MIGRATIONS = [
@@ -152,48 +162,12 @@ MIGRATIONS = [
     """,
 ]
 
-_ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
-_ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
-_TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
-_FILL_COLUMNS = (
-    "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
-    "bytes_done, total, error, created_at, started_at, finished_at, holder"
-)
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
     "(state = 'queued' AND (holder IS NULL OR holder = :holder)) OR "
     "(state = 'running' AND lease_until < :now AND NOT credentialed AND holder != :holder)"
 )
-
-
-def _artifact(row: Sequence[Any]) -> Artifact:
-    return Artifact(
-        id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
-        headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
-        last_hit=row[9],
-    )  # fmt: skip
-
-
-def _fill(row: Sequence[Any]) -> FillRecord:
-    return FillRecord(
-        id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
-        requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),
-        bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
-        started_at=row[12], finished_at=row[13], holder=row[14],
-    )  # fmt: skip
-
-
-def _token(row: Sequence[Any]) -> TokenRecord:
-    return TokenRecord(
-        id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
-        created_by=row[5],
-    )  # fmt: skip
-
-
-def _like(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 class SQLiteMetadata:
@@ -241,17 +215,17 @@ class SQLiteMetadata:
     async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
         marks = ",".join("?" * len(scopes))
         row = self._db.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? AND scope IN ({marks}) "
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? AND scope IN ({marks}) "
             "ORDER BY scope DESC LIMIT 1",
             (key, *scopes),
         ).fetchone()
-        return _artifact(row) if row else None
+        return as_artifact(row) if row else None
 
     async def get_artifact(self, artifact_id: int) -> Artifact | None:
         row = self._db.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)
         ).fetchone()
-        return _artifact(row) if row else None
+        return as_artifact(row) if row else None
 
     async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:
         with self._transaction():
@@ -263,9 +237,9 @@ class SQLiteMetadata:
 
     async def find_artifacts(self, key: str) -> list[Artifact]:
         rows = self._db.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? ORDER BY id", (key,)
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? ORDER BY id", (key,)
         ).fetchall()
-        return [_artifact(r) for r in rows]
+        return [as_artifact(r) for r in rows]
 
     async def delete_artifact(self, artifact_id: int) -> Artifact | None:
         with self._transaction():
@@ -285,20 +259,20 @@ class SQLiteMetadata:
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
         offset: int = 0, limit: int = 50,
     ) -> Page:  # fmt: skip
-        if sort not in _ARTIFACT_SORTS:
+        if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
         where, args = (
-            ("WHERE key LIKE ? ESCAPE '\\' OR sha256 = ?", [_like(search), search])
+            ("WHERE key LIKE ? ESCAPE '\\' OR sha256 = ?", [like_pattern(search), search])
             if (search)
             else ("", [])
         )
         order = f"{sort} {'DESC' if descending else 'ASC'}, id DESC"
         rows = self._db.execute(
-            f"SELECT {_ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT ? OFFSET ?",
             (*args, limit, offset),
         ).fetchall()
         total = self._db.execute(f"SELECT count(*) FROM artifacts {where}", args).fetchone()[0]
-        return Page([_artifact(r) for r in rows], total)
+        return Page([as_artifact(r) for r in rows], total)
 
     # -- misses
 
@@ -328,7 +302,9 @@ class SQLiteMetadata:
             return found
 
     async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
-        where, args = ("WHERE key LIKE ? ESCAPE '\\'", [_like(search)]) if search else ("", [])
+        where, args = ("", [])
+        if search:
+            where, args = "WHERE key LIKE ? ESCAPE '\\'", [like_pattern(search)]
         rows = self._db.execute(
             f"SELECT key, url, count, first_seen, last_seen, reason FROM misses {where} "
             "ORDER BY last_seen DESC LIMIT ? OFFSET ?",
@@ -346,12 +322,12 @@ class SQLiteMetadata:
     ) -> tuple[FillRecord, bool]:  # fmt: skip
         with self._transaction():
             row = self._db.execute(
-                f"SELECT {_FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
+                f"SELECT {FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
                 "AND state IN ('queued', 'running')",
                 (key, scope),
             ).fetchone()
             if row:
-                return _fill(row), False
+                return as_fill(row), False
             cursor = self._db.execute(
                 "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
                 "credentialed, created_at, holder, lease_until) "
@@ -368,10 +344,10 @@ class SQLiteMetadata:
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
             "holder = :holder, lease_until = :until "
             f"WHERE id = (SELECT id FROM fills WHERE {CLAIMABLE} ORDER BY id LIMIT 1) "
-            f"RETURNING {_FILL_COLUMNS}",
+            f"RETURNING {FILL_COLUMNS}",
             {"now": now, "holder": lease.holder, "until": lease.until},
         ).fetchone()
-        return _fill(row) if row else None
+        return as_fill(row) if row else None
 
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = self._db.execute(
@@ -383,16 +359,16 @@ class SQLiteMetadata:
 
     async def orphaned_fills(self, now: float) -> list[FillRecord]:
         rows = self._db.execute(
-            f"SELECT {_FILL_COLUMNS} FROM fills WHERE state IN ('queued', 'running') "
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE state IN ('queued', 'running') "
             "AND credentialed AND lease_until < ? ORDER BY id",
             (now,),
         ).fetchall()
-        return [_fill(r) for r in rows]
+        return [as_fill(r) for r in rows]
 
     async def get_fill(self, fill_id: int) -> FillRecord | None:
-        row = self._db.execute(f"SELECT {_FILL_COLUMNS} FROM fills WHERE id = ?", (fill_id,))
+        row = self._db.execute(f"SELECT {FILL_COLUMNS} FROM fills WHERE id = ?", (fill_id,))
         found = row.fetchone()
-        return _fill(found) if found else None
+        return as_fill(found) if found else None
 
     async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
         self._db.execute(
@@ -406,10 +382,10 @@ class SQLiteMetadata:
         row = self._db.execute(
             "UPDATE fills SET state = ?, error = ?, url = ?, finished_at = ? "
             "WHERE id = ? AND state IN ('queued', 'running') AND (? IS NULL OR holder = ?) "
-            f"RETURNING {_FILL_COLUMNS}",
+            f"RETURNING {FILL_COLUMNS}",
             (state.value, error, display_url, now, fill_id, holder, holder),
         ).fetchone()
-        return _fill(row) if row else None
+        return as_fill(row) if row else None
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
@@ -480,12 +456,12 @@ class SQLiteMetadata:
         # sort of small keys, not of whole rows (4x faster with 10,000).
         order = "CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, id DESC"
         rows = self._db.execute(
-            f"SELECT {_FILL_COLUMNS} FROM fills WHERE id IN "
+            f"SELECT {FILL_COLUMNS} FROM fills WHERE id IN "
             f"(SELECT id FROM fills {where} ORDER BY {order} LIMIT ? OFFSET ?) ORDER BY {order}",
             (*args, limit, offset),
         ).fetchall()
         total = self._db.execute(f"SELECT count(*) FROM fills {where}", args).fetchone()[0]
-        return Page([_fill(r) for r in rows], total)
+        return Page([as_fill(r) for r in rows], total)
 
     # -- events
 
@@ -507,7 +483,7 @@ class SQLiteMetadata:
             args.append(kind)
         if search:
             clauses.append("(url LIKE ? ESCAPE '\\' OR detail LIKE ? ESCAPE '\\')")
-            args += [_like(search), _like(search)]
+            args += [like_pattern(search), like_pattern(search)]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.execute(
             f"SELECT id, at, kind, url, actor, detail FROM events {where} "
@@ -551,26 +527,26 @@ class SQLiteMetadata:
     ) -> TokenRecord | None:
         row = self._db.execute(
             "INSERT INTO tokens (name, scope, digest, created_at, created_by) "
-            f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING {_TOKEN_COLUMNS}",
+            f"VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING RETURNING {TOKEN_COLUMNS}",
             (name, scope.value, digest, now, created_by),
         ).fetchone()
-        return _token(row) if row else None
+        return as_token(row) if row else None
 
     async def find_token(self, digest: str) -> TokenRecord | None:
         row = self._db.execute(
-            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE digest = ?", (digest,)
+            f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = ?", (digest,)
         ).fetchone()
-        return _token(row) if row else None
+        return as_token(row) if row else None
 
     async def list_tokens(self) -> list[TokenRecord]:
-        rows = self._db.execute(f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY name").fetchall()
-        return [_token(r) for r in rows]
+        rows = self._db.execute(f"SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name").fetchall()
+        return [as_token(r) for r in rows]
 
     async def delete_token(self, name: str) -> TokenRecord | None:
         row = self._db.execute(
-            f"DELETE FROM tokens WHERE name = ? RETURNING {_TOKEN_COLUMNS}", (name,)
+            f"DELETE FROM tokens WHERE name = ? RETURNING {TOKEN_COLUMNS}", (name,)
         ).fetchone()
-        return _token(row) if row else None
+        return as_token(row) if row else None
 
     async def token_used(self, token_id: int, now: float) -> None:
         self._db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))

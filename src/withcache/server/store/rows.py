@@ -1,0 +1,48 @@
+"""Rows of the SQL stores as records: SQLite and PostgreSQL keep the same
+tables with the same column order, so one mapping serves both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from withcache.server.store import Artifact, FillRecord, FillState, TokenRecord, TokenScope
+
+ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
+ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"
+TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
+FILL_COLUMNS = (
+    "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
+    "bytes_done, total, error, created_at, started_at, finished_at, holder"
+)
+
+
+def as_artifact(row: Sequence[Any]) -> Artifact:
+    return Artifact(
+        id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
+        headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
+        last_hit=row[9],
+    )  # fmt: skip
+
+
+def as_fill(row: Sequence[Any]) -> FillRecord:
+    return FillRecord(
+        id=row[0], key=row[1], scope=row[2], url=row[3], state=FillState(row[4]),
+        requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),  # SQLite: 0/1
+        bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
+        started_at=row[12], finished_at=row[13], holder=row[14],
+    )  # fmt: skip
+
+
+def as_token(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
+        created_by=row[5],
+    )  # fmt: skip
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') that finds `text` anywhere, literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
