@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 RESULTS = Path(__file__).parent / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -26,20 +27,32 @@ def free_port() -> int:
 
 
 class Server:
-    """withcache-server from this venv, on a free loopback port."""
+    """A cache-host (this venv's withcache-server unless `binary` names another,
+    such as the seed's) on a free loopback port, logging beside its data dir."""
 
-    def __init__(self, data_dir: Path, *flags: str) -> None:
+    def __init__(
+        self, data_dir: Path, *flags: str, binary: Path | None = None, env: dict | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        binary = Path(sys.executable).parent / "withcache-server"
-        self.log = open(data_dir.parent / "server.log", "ab")  # noqa: SIM115
+        binary = binary or Path(sys.executable).parent / "withcache-server"
+        self.log = open(data_dir.with_name(f"{data_dir.name}.log"), "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [str(binary), "--data-dir", str(data_dir), "--host", "127.0.0.1",
              "--port", str(self.port), *flags],
-            stdout=self.log, stderr=self.log,
+            stdout=self.log, stderr=self.log, env={**os.environ, **(env or {})},
         )  # fmt: skip
         self.pid = self.proc.pid
         wait_http(f"{self.url}/healthz")
+
+    def blob_url(self, url: str) -> str:
+        return f"{self.url}/blob?url={quote(url, safe='')}"
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -126,7 +139,7 @@ def wait_cached(blob_url: str, timeout: float = 600.0) -> None:
                     return
         except urllib.error.HTTPError:
             pass
-        time.sleep(0.1)
+        time.sleep(0.02)
     raise RuntimeError(f"{blob_url} was not cached in {timeout}s")
 
 

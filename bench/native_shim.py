@@ -16,26 +16,20 @@ and the seed's figures; writes hyperfine's JSON to bench/results/.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from shims import start_cache_host, start_origin, wait_cached
+from common import RESULTS, free_port
+from shims import hosts, take_turns, timing_args
 
 from withcache import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ARTIFACT_BYTES = 64 * 1024
 SEED = {"curl direct": 5.0, "curl pass-through": 4.9, "curl hit": 12.5}  # ms, measured here
 TARGETS = {"pass-through": 1.0, "hit": 2.0, "dead": 2.0}  # ms added to the direct run
 MAX_BYTES = 300 * 1024
@@ -54,12 +48,6 @@ def build(folder: Path, probe: str) -> Path:
     for tool in ("curl", "wget"):
         (folder / f"{tool}withcache").symlink_to(out / f"withcache-shim-{target}")
     return folder
-
-
-def refused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Path):
@@ -106,53 +94,19 @@ def report(medians: dict[str, float], sizes: dict[str, int]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="turns each command takes")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per command per round")
-    args = parser.parse_args()
-    if shutil.which("hyperfine") is None:
-        raise SystemExit("needs hyperfine: apt-get install -y hyperfine")
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "withcache")], check=True
-    )
+    args = timing_args(__doc__)
     subprocess.run([sys.executable, str(ROOT / "shim" / "build.py")], check=True)  # both targets
     sizes = {p.name: p.stat().st_size for p in sorted((ROOT / "zig-out" / "bin").iterdir())}
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="withcache-native-bench-") as scratch:
         folder = Path(scratch)
         native, by_tool = build(folder / "native", "socket"), build(folder / "by-tool", "tool")
-        (folder / "origin").mkdir()
-        (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
-        try:
-            origin_proc, origin = start_origin(folder / "origin")
-            procs.append(origin_proc)
-            hit_proc, hit = start_cache_host(folder / "auto")
-            procs.append(hit_proc)
-            miss_proc, miss = start_cache_host(folder / "curate", "--curate")
-            procs.append(miss_proc)
-            url = f"{origin}/artifact.bin"
-            wait_cached(hit, url)
-            dead = f"127.0.0.1:{refused_port()}"
-            named = commands(url, hit, miss, dead, native, by_tool)
-            times: dict[str, list[float]] = {name: [] for name, _ in named}
-            for round_number in range(args.rounds):
-                export = results / f"native-shim-round{round_number}.json"
-                hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs)]
-                hyperfine += ["--export-json", str(export)]
-                for name, command in named:
-                    hyperfine += ["-n", name, command]
-                subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
-                for result in json.loads(export.read_text())["results"]:
-                    times[result["command"]] += result["times"]
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
+        with hosts(folder) as (url, hit, miss):
+            dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+            named = commands(url, hit.url, miss.url, dead, native, by_tool)
+            times = take_turns(named, args.rounds, args.runs, "native-shim")
     medians = {name: statistics.median(runs) * 1000 for name, runs in times.items()}
     lines = report(medians, sizes)
-    (results / "native_shim.txt").write_text("\n".join(lines) + "\n")
+    (RESULTS / "native_shim.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

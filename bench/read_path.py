@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import quote
 
 from common import (
     Server,
@@ -88,7 +87,7 @@ def main() -> None:
         blob_urls = {}
         for name in ("big.bin", "small.bin"):
             url = f"http://127.0.0.1:{origin.port}/{name}"
-            blob_urls[name] = f"{server.url}/blob?url={quote(url, safe='')}"
+            blob_urls[name] = server.blob_url(url)
             wait_cached(blob_urls[name])
         # nginx serves the same blob files, from the same disk.
         blobs = work / "data" / "blobs"

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import free_port, start_nginx, wait_http, write_results
+from common import Server, free_port, start_nginx, write_results
 
 CLIENTS = 8
 RATE_LIMIT = "20m"  # nginx: 20 MB/s per connection
@@ -126,19 +126,6 @@ def plain(url: str) -> float:
     return time.monotonic() - started
 
 
-def start_cache_host(binary: Path, data: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with open(data.parent / f"{data.name}.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(binary), "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port),
-             *flags],
-            stdout=log, stderr=log,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/healthz")
-    return proc, url
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=256)
@@ -181,14 +168,10 @@ def main() -> None:
                 for n, (label, binary, shim) in enumerate(contenders):
                     data = work / f"data-{n}-{int(limited)}-{r}"
                     flags = ("--allow-private-origins",) if label.startswith("withcache") else ()
-                    server, server_url = start_cache_host(binary, data, *flags)
-                    try:
+                    with Server(data, *flags, binary=binary) as server:
                         runs.setdefault(label, []).append(
-                            eight(origin, url, work / "out", shim, server_url, expected)
+                            eight(origin, url, work / "out", shim, server.url, expected)
                         )
-                    finally:
-                        server.terminate()
-                        server.wait(30)
                 proxied = origin.proxy_url(limited, name)
                 runs.setdefault("nginx proxy_cache_lock", []).append(
                     eight(origin, proxied, work / "out", None, None, expected)

@@ -20,71 +20,69 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from common import RESULTS, Server, wait_cached
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ARTIFACT_BYTES = 64 * 1024
 
 
-def start_cache_host(data: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
-    log = data.with_suffix(".log")
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "withcache-server"), "--data-dir", str(data), "--host", "127.0.0.1",
-             "--port", "0", "--allow-private-origins", *flags],
-            stdout=out, stderr=out,
-        )  # fmt: skip
-    for _ in range(300):
-        match = re.search(r"event=listening .*?port=(\d+)", log.read_text(errors="replace"))
-        if match:
-            return proc, f"http://127.0.0.1:{match[1]}"
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"withcache-server did not start:\n{log.read_text(errors='replace')}")
-
-
-def start_origin(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen(
+@contextmanager
+def hosts(folder: Path) -> Iterator[tuple[str, Server, Server]]:
+    """A stdlib origin holding a 64 KiB artifact (its URL is yielded), an
+    auto-mode cache-host that already holds it (every probe a hit) and a
+    --curate one (every probe a miss, nothing ever fetched)."""
+    (folder / "origin").mkdir()
+    (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
+    origin = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory",
-         str(folder)],
+         str(folder / "origin")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    match = re.search(r"port (\d+)", line)
-    if not match:
-        raise SystemExit(f"origin did not start: {line!r}")
-    return proc, f"http://127.0.0.1:{match[1]}"
+    try:
+        assert origin.stdout is not None
+        line = origin.stdout.readline().decode()
+        match = re.search(r"port (\d+)", line)
+        if not match:
+            raise SystemExit(f"origin did not start: {line!r}")
+        url = f"http://127.0.0.1:{match[1]}/artifact.bin"
+        with (
+            Server(folder / "auto", "--allow-private-origins") as hit,
+            Server(folder / "curate", "--allow-private-origins", "--curate") as miss,
+        ):
+            wait_cached(hit.blob_url(url))
+            yield url, hit, miss
+    finally:
+        origin.terminate()
+        origin.wait(10)
 
 
-def wait_cached(server: str, url: str) -> None:
-    from urllib.parse import quote
+def timing_args(doc: str) -> argparse.Namespace:
+    """The command line of a hyperfine benchmark; checks that hyperfine is here."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="turns each command takes")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per command per round")
+    args = parser.parse_args()
+    if shutil.which("hyperfine") is None:
+        raise SystemExit("needs hyperfine: apt-get install -y hyperfine")
+    # An installed wheel ships compiled bytecode; an editable checkout may not have it yet.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "withcache")], check=True
+    )
+    return args
 
-    for _ in range(400):
-        request = urllib.request.Request(f"{server}/blob?url={quote(url, safe='')}", method="HEAD")
-        try:
-            urllib.request.urlopen(request, timeout=5).close()
-            return
-        except urllib.error.HTTPError:
-            time.sleep(0.05)
-    raise SystemExit(f"{url} never became a hit")
 
-
-def commands(origin: str, hit_server: str, miss_server: str) -> list[tuple[str, str]]:
-    from urllib.parse import quote
-
-    url = f"{origin}/artifact.bin"
-    cached = f"{hit_server}/blob?url={quote(url, safe='')}"
+def commands(url: str, hit: Server, miss: Server) -> list[tuple[str, str]]:
+    cached = hit.blob_url(url)
+    hit_server, miss_server = hit.url, miss.url
     python = sys.executable
     shims = {tool: BIN / f"{tool}withcache" for tool in ("curl", "wget")}
     curl_args = f"-s -o /dev/null {url}"
@@ -126,50 +124,33 @@ def report(medians: dict[str, float]) -> list[str]:
     return lines
 
 
+def take_turns(named: list[tuple[str, str]], rounds: int, runs: int, label: str) -> dict:
+    """Each command's run times (s) under hyperfine; the commands take turns
+    over the rounds so load from elsewhere lands on all of them."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    times: dict[str, list[float]] = {name: [] for name, _ in named}
+    for round_number in range(rounds):
+        export = RESULTS / f"{label}-round{round_number}.json"
+        hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", str(runs)]
+        hyperfine += ["--export-json", str(export)]
+        for name, command in named:
+            hyperfine += ["-n", name, command]
+        subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
+        for result in json.loads(export.read_text())["results"]:
+            times[result["command"]] += result["times"]
+    return times
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="turns each command takes")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per command per round")
-    args = parser.parse_args()
-    if shutil.which("hyperfine") is None:
-        raise SystemExit("needs hyperfine: apt-get install -y hyperfine")
-    # An installed wheel ships compiled bytecode; an editable checkout may not have it yet.
-    subprocess.run(
-        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "withcache")], check=True
-    )
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="withcache-bench-") as scratch:
-        folder = Path(scratch)
-        (folder / "origin").mkdir()
-        (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
-        try:
-            origin_proc, origin = start_origin(folder / "origin")
-            procs.append(origin_proc)
-            hit_proc, hit_server = start_cache_host(folder / "auto")
-            procs.append(hit_proc)
-            miss_proc, miss_server = start_cache_host(folder / "curate", "--curate")
-            procs.append(miss_proc)
-            wait_cached(hit_server, f"{origin}/artifact.bin")
-            named = commands(origin, hit_server, miss_server)
-            times: dict[str, list[float]] = {name: [] for name, _ in named}
-            for round_number in range(args.rounds):
-                export = results / f"shims-round{round_number}.json"
-                hyperfine = ["hyperfine", "-N", "--warmup", "3", "--runs", str(args.runs)]
-                hyperfine += ["--export-json", str(export)]
-                for name, command in named:
-                    hyperfine += ["-n", name, command]
-                subprocess.run(hyperfine, check=True, stdout=subprocess.DEVNULL)
-                for result in json.loads(export.read_text())["results"]:
-                    times[result["command"]] += result["times"]
-        finally:
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(10)
+    args = timing_args(__doc__)
+    with (
+        tempfile.TemporaryDirectory(prefix="withcache-bench-") as scratch,
+        hosts(Path(scratch)) as (url, hit, miss),
+    ):
+        times = take_turns(commands(url, hit, miss), args.rounds, args.runs, "shims")
     medians = {name: statistics.median(runs) * 1000 for name, runs in times.items()}
     lines = report(medians)
-    (results / "shims.txt").write_text("\n".join(lines) + "\n")
+    (RESULTS / "shims.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

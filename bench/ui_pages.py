@@ -16,18 +16,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import os
 import random
 import re
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
+from common import Server
+
+from withcache.server.store import Artifact, Lease
 from withcache.server.store.sqlite import SQLiteMetadata
 
 TARGET_MS = 200.0
@@ -51,19 +50,30 @@ PAGES = [
 ]
 
 
+async def store_artifact(
+    metadata: SQLiteMetadata, url: str, sha256: str, size: int, now: float
+) -> tuple[Artifact, int]:
+    """An artifact as a fill would leave it (queued, claimed, committed); its fill's id."""
+    lease = Lease("bench", now + 60)
+    fill, _ = await metadata.enqueue_fill(url, "", url, "miss", now)
+    claimed = await metadata.claim_fill(now, lease)
+    assert claimed is not None and claimed.id == fill.id
+    artifact = await metadata.commit_artifact(claimed, sha256, size, {}, url, now, lease.holder)
+    assert artifact is not None
+    return artifact, fill.id
+
+
 async def seed(data_dir: Path, rows: int) -> None:
     rng = random.Random(8)
     metadata = SQLiteMetadata(data_dir / "cache.db")
     now = time.time()
     for n in range(rows):
         url = f"https://{VENDORS[n % len(VENDORS)]}/{n // 100}/artifact-{n}.tar.gz"
-        fill, _ = await metadata.enqueue_fill(url, "", url, "miss", now - n)
-        artifact = await metadata.commit_artifact(
-            fill, f"{n:064x}", rng.randrange(1 << 20, 1 << 34), {}, url, now - n
-        )
+        size = rng.randrange(1 << 20, 1 << 34)
+        artifact, fill_id = await store_artifact(metadata, url, f"{n:064x}", size, now - n)
         await metadata.add_hits({artifact.id: (rng.randrange(500), now - rng.randrange(86400))})
         for kind in ("fill.queued", "fill.started", "fill.finished"):
-            await metadata.add_event(kind, url, None, {"fill_id": fill.id}, now - n)
+            await metadata.add_event(kind, url, None, {"fill_id": fill_id}, now - n)
     for n in range(rows):
         url = f"https://{VENDORS[n % len(VENDORS)]}/missed/{n}/driver-{n}.run"
         await metadata.record_miss(url, url, "awaiting approval", now - n)
@@ -87,27 +97,6 @@ class Client:
             self.cookie = cookie.split(";", 1)[0]
         timing = re.search(r"dur=([\d.]+)", response.headers.get("Server-Timing", ""))
         return response.status, float(timing[1]) if timing else float("nan"), path
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    log = data_dir.parent / "server.log"
-    env = {**os.environ, "WITHCACHE_ADMIN_PASSWORD": PASSWORD}
-    server = Path(sys.executable).parent / "withcache-server"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(server), "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", "0",
-             "--max-bytes", "100T"],
-            stdout=out, stderr=out, env=env,
-        )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        match = re.search(r"event=listening .*?port=(\d+)", log.read_text())
-        if match:
-            return proc, int(match[1]), log
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise SystemExit(f"withcache-server did not start:\n{log.read_text()}")
 
 
 def measure(port: int, runs: int) -> list[tuple[str, list[float], list[float]]]:
@@ -140,12 +129,9 @@ def main() -> None:
         asyncio.run(seed(data_dir, args.rows))
         print(f"seeded {args.rows} artifacts, {args.rows} fills, {args.rows} misses and "
               f"{3 * args.rows} events in {time.perf_counter() - started:.1f} s")  # fmt: skip
-        proc, port, _ = start_server(data_dir)
-        try:
-            results = measure(port, args.runs)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(15)
+        env = {"WITHCACHE_ADMIN_PASSWORD": PASSWORD}
+        with Server(data_dir, "--max-bytes", "100T", env=env) as server:
+            results = measure(server.port, args.runs)
     print(f"\n{'page':24} {'server median':>14} {'max':>8} {'client median':>14} {'max':>8}")
     slow = []
     for name, server_ms, client_ms in results:
