@@ -1,0 +1,63 @@
+"""The benchmarks in bench/ still run against today's code: each once, at its
+smallest size (the figures themselves are for a quiet machine, not for CI).
+
+Not here: native_shim.py (it rebuilds zig-out/bin/, which other tests run),
+scale_out.py (26 s) and s3_clients.py (needs clients that are not dependencies).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(tmp_path: Path, script: str, *args: str) -> str:
+    env = {**os.environ, "WITHCACHE_BENCH_RESULTS": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_ui_pages(tmp_path):
+    out = run_bench(tmp_path, "ui_pages.py", "--rows", "50", "--runs", "2")
+    assert "cached, last page" in out
+    assert "medians all under the 200 ms target" in out
+
+
+def test_api(tmp_path):
+    out = run_bench(tmp_path, "api.py", "--rows", "50", "--runs", "2", "--verify-mib", "8")
+    assert "GET /api/v1/status" in out
+    assert "verify: 8 MiB in 8 blobs" in out
+
+
+def test_shims(tmp_path):
+    out = run_bench(tmp_path, "shims.py", "--rounds", "1", "--runs", "2")
+    assert "curl hit" in out and "wget miss" in out
+    assert (tmp_path / "shims-round0.json").exists()
+
+
+def test_read_path(tmp_path):
+    out = run_bench(tmp_path, "read_path.py", "--quick")
+    errors = next(line for line in out.splitlines() if line.startswith("errors at c=200"))
+    assert errors.split()[3:5] == ["0.00", "0.00"]  # withcache, nginx
+    assert (tmp_path / "read_path.json").exists()
+
+
+@pytest.mark.timeout(180)
+def test_readthrough(tmp_path):
+    out = run_bench(tmp_path, "readthrough.py", "--size-mib", "8", "--rounds", "1")
+    rows = [line for line in out.splitlines() if line.startswith("  withcache")]
+    native = (BENCH.parent / "zig-out/bin/withcache-shim-x86_64-linux-musl").exists()
+    assert len(rows) == 2 * (1 + native)  # two cases (unlimited, 20 MB/s) by shim
+    for row in rows:
+        ratio, exact = row.split()[-4:-2]
+        assert (ratio, exact) == ("1.00x", "True"), row  # one origin download, byte-exact
