@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import platform
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from backends import Backend, Embedded, Scale, run_async
 from origin import Origin
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS, terminate
 
 BIN = Path(sys.executable).parent
 # Fast retries, and the loopback origin must be reachable.
@@ -168,13 +167,8 @@ class CacheHost:
         raise RuntimeError("withcache-server did not start:\n" + self.log())
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc)
 
     def kill(self) -> None:
         assert self.proc is not None

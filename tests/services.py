@@ -34,6 +34,17 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it is still there after 10 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _pg_bin() -> Path:
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
     if not versions:
@@ -137,10 +148,5 @@ class SeaweedFS:
         raise RuntimeError("weed mini did not start:\n" + (self.root / "out.log").read_text())
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc)

@@ -23,10 +23,12 @@ from withcache.server.store import BlobGone
 CHUNK = 1 << 20
 
 
-class LocalBlobWriter:
-    def __init__(self, blobs: LocalBlobs) -> None:
-        self._blobs = blobs
-        fd, name = tempfile.mkstemp(dir=blobs.tmp_dir, prefix="fill-")
+class Spool:
+    """A fill's bytes in a temp file, hashed as they arrive; clients of the fill
+    read the file as it grows (read-through). The base of every BlobWriter."""
+
+    def __init__(self, folder: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=folder, prefix="fill-")
         self._fd = fd
         self.path = Path(name)
         self.size = 0
@@ -42,8 +44,8 @@ class LocalBlobWriter:
 
     async def write(self, data: bytes) -> None:
         # Hashing and writing off the loop: hashlib and os.write release the GIL.
-        # Shielded, and awaited by abort(): a cancelled caller must not leave a
-        # thread writing to a descriptor that abort() closes.
+        # Shielded, and awaited by _discard(): a cancelled caller must not leave
+        # a thread writing to a descriptor that _discard() closes.
         self._busy = asyncio.ensure_future(asyncio.to_thread(self._write, data))
         await asyncio.shield(self._busy)
         self.size += len(data)
@@ -56,6 +58,22 @@ class LocalBlobWriter:
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
+
+    async def _discard(self) -> None:
+        """Close and remove the file, once no write is still running."""
+        if self._busy is not None:
+            await asyncio.wait([self._busy])
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class LocalBlobWriter(Spool):
+    def __init__(self, blobs: LocalBlobs) -> None:
+        super().__init__(blobs.tmp_dir)
+        self._blobs = blobs
 
     def _commit(self) -> str:
         sha = self._hash.hexdigest()
@@ -74,13 +92,7 @@ class LocalBlobWriter:
         return await asyncio.to_thread(self._commit)
 
     async def abort(self) -> None:
-        if self._busy is not None:
-            await asyncio.wait([self._busy])
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self._discard()
 
 
 def empty_dir(folder: Path) -> int:

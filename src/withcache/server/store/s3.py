@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from withcache.server.store import BlobGone, StoreError, sigv4
-from withcache.server.store.files import empty_dir
+from withcache.server.store.files import Spool, empty_dir
 from withcache.server.store.s3client import S3Client, S3Error
 
 if TYPE_CHECKING:
@@ -51,14 +49,10 @@ PRESIGNED_HEADERS = {
 }
 
 
-class S3BlobWriter:
+class S3BlobWriter(Spool):
     def __init__(self, blobs: S3Blobs) -> None:
+        super().__init__(blobs.spool_dir)
         self._blobs = blobs
-        fd, name = tempfile.mkstemp(dir=blobs.spool_dir, prefix="fill-")
-        self._fd = fd
-        self.path = Path(name)
-        self.size = 0
-        self._hash = hashlib.sha256()
         self._pending = bytearray()  # bytes not yet sent as a part
         self._start_over()
 
@@ -67,15 +61,8 @@ class S3BlobWriter:
         self._upload: str | None = None
         self._parts: list[asyncio.Task[tuple[int, str]]] = []
 
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        self._hash.update(data)
-
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._write, data)
-        self.size += len(data)
+        await super().write(data)
         self._pending += data
         part = PART_SIZE * (1 + len(self._parts) // PARTS_PER_STEP)
         while len(self._pending) >= part:
@@ -109,14 +96,8 @@ class S3BlobWriter:
     async def restart(self) -> None:
         await self._drop_upload()
         self._start_over()
-        os.ftruncate(self._fd, 0)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        self.size = 0
-        self._hash = hashlib.sha256()
+        await super().restart()
         self._pending.clear()
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
     async def commit(self) -> str:
         sha = self.hexdigest()
@@ -136,19 +117,12 @@ class S3BlobWriter:
                     await client.copy(self._key, final, self.size)
             finally:
                 await client.delete(self._key)
-        await self._close_spool()
+        await self._discard()
         return sha
 
     async def abort(self) -> None:
         await self._drop_upload()
-        await self._close_spool()
-
-    async def _close_spool(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self._discard()
 
 
 class S3BlobReader:

@@ -38,6 +38,10 @@ def canonical_query(query: Mapping[str, str]) -> str:
     return "&".join(f"{k}={v}" for k, v in pairs)
 
 
+def _scope(creds: Credentials, stamp: str) -> str:
+    return f"{stamp[:8]}/{creds.region}/{creds.service}/aws4_request"
+
+
 def _signing_key(creds: Credentials, day: str) -> bytes:
     key = ("AWS4" + creds.secret_access_key).encode()
     for part in (day, creds.region, creds.service, "aws4_request"):
@@ -67,10 +71,11 @@ def _signature(
             payload_sha256,
         ]
     )
-    day = stamp[:8]
-    scope = f"{day}/{creds.region}/{creds.service}/aws4_request"
-    to_sign = "\n".join([ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    signature = hmac.new(_signing_key(creds, day), to_sign.encode(), hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    to_sign = "\n".join([ALGORITHM, stamp, _scope(creds, stamp), digest])
+    signature = hmac.new(
+        _signing_key(creds, stamp[:8]), to_sign.encode(), hashlib.sha256
+    ).hexdigest()
     return signed, signature
 
 
@@ -98,9 +103,8 @@ def sign_headers(
     if creds.session_token:
         out["X-Amz-Security-Token"] = creds.session_token
     signed, signature = _signature(creds, stamp, method, path, query, out, payload_sha256)
-    scope = f"{stamp[:8]}/{creds.region}/{creds.service}/aws4_request"
     out["Authorization"] = (
-        f"{ALGORITHM} Credential={creds.access_key_id}/{scope}, "
+        f"{ALGORITHM} Credential={creds.access_key_id}/{_scope(creds, stamp)}, "
         f"SignedHeaders={signed}, Signature={signature}"
     )
     return out
@@ -121,8 +125,7 @@ def presign_query(
     params.update(
         {
             "X-Amz-Algorithm": ALGORITHM,
-            "X-Amz-Credential": f"{creds.access_key_id}/{stamp[:8]}/{creds.region}/"
-            f"{creds.service}/aws4_request",
+            "X-Amz-Credential": f"{creds.access_key_id}/{_scope(creds, stamp)}",
             "X-Amz-Date": stamp,
             "X-Amz-Expires": str(seconds),
             "X-Amz-SignedHeaders": "host",
