@@ -9,8 +9,8 @@ Several cache-hosts may share one store. A host claims a fill under a lease
 that a heartbeat renews; a fill whose host stopped renewing is taken over by
 another (started afresh: the partial bytes were the dead host's). A host that
 finds its lease gone (taken over, or cancelled elsewhere) drops its transfer,
-and its commit is refused. A fill queued or running on another host is watched
-through the store, so its waiters here learn when it ends.
+and its commit is refused. In a shared store, a fill not running here is
+watched through the store, so its waiters here learn when it ends.
 
 The transfer itself is download.py's; here a fill's bytes are checked against
 any expected SHA-256 and only then committed, blob first, then its row.
@@ -238,8 +238,11 @@ class FillManager:
         fill = self._by_id.get(record.id)
         if fill is None:
             fill = self._adopt(record)
-            # Until a worker here claims it, the fill may run (or end) elsewhere.
-            fill._watcher = asyncio.create_task(self._watch(fill), name=f"fill-watch-{record.id}")
+            if self._metadata.shared:
+                # Until a worker here claims it, the fill may run (or end) elsewhere.
+                fill._watcher = asyncio.create_task(
+                    self._watch(fill), name=f"fill-watch-{record.id}"
+                )
         if created:
             fill.authorization = authorization
             self._wakeup.set()

@@ -134,6 +134,9 @@ class Page:
 class Metadata(Protocol):
     """Everything the cache-host knows, except the bytes. All calls are atomic."""
 
+    # Other cache-hosts may claim, run and end fills in this store.
+    shared: bool
+
     async def close(self) -> None: ...
 
     async def secret(self, name: str) -> bytes:

@@ -208,6 +208,8 @@ async def _migrate(conn: psycopg.AsyncConnection[Any]) -> None:
 class PostgresMetadata:
     """The Metadata interface over a PostgreSQL database."""
 
+    shared = True
+
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
 

@@ -173,6 +173,8 @@ CLAIMABLE = (
 class SQLiteMetadata:
     """The Metadata interface over a single SQLite file."""
 
+    shared = False
+
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
