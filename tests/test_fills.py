@@ -3,6 +3,7 @@ nothing visible unless it arrived whole."""
 
 import hashlib
 import os
+import time
 
 import pytest
 from conftest import curl
@@ -27,16 +28,19 @@ def rows(host, sql):
     return host.rows(sql)
 
 
-def wait_fill_state(host, state, timeout=20.0):
-    import time
-
+def wait_rows(host, sql, timeout=20.0):
+    """The rows `sql` finds once it finds any."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = rows(host, f"SELECT error FROM fills WHERE state = '{state}'")
+        found = rows(host, sql)
         if found:
             return found
         time.sleep(0.05)
-    raise AssertionError(f"no fill reached {state}:\n{host.log()[-2000:]}")
+    raise AssertionError(f"nothing for {sql!r}:\n{host.log()[-2000:]}")
+
+
+def wait_fill_state(host, state):
+    return wait_rows(host, f"SELECT error FROM fills WHERE state = '{state}'")
 
 
 def blob_files(host):
@@ -119,7 +123,9 @@ def test_origin_error_fails_the_fill_without_retrying(origin, cache_host):
     (error,) = wait_fill_state(host, "failed")[0]
     assert error.startswith("origin answered 403")
     assert origin.gets("/fills/forbidden.bin") == 1
-    assert rows(host, "SELECT reason FROM misses") == [(f"fill failed: {error}",)]
+    # The miss learns why just after the fill ends.
+    failed = "SELECT reason FROM misses WHERE reason LIKE 'fill failed:%'"
+    assert wait_rows(host, failed) == [(f"fill failed: {error}",)]
     # Probing again soon doesn't make the cache-host ask the origin again.
     again = curl(host.blob_url(url)).stdout.decode()
     assert "the last fill failed: origin answered 403" in again
@@ -130,8 +136,6 @@ def test_transient_origin_error_is_retried(origin, cache_host):
     url = origin.add("/fills/busy.bin", BODY, status=503)
     host = cache_host("--retry-delay", "0.5")
     miss(host, url)
-    import time
-
     time.sleep(0.2)
     origin.resources["/fills/busy.bin"].status = 200
     host.wait_cached(url)

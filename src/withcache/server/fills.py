@@ -52,6 +52,7 @@ FAILURE_MEMORY_SECONDS = 60.0
 FAILURE_MEMORY_ENTRIES = 10_000
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
+CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
 
 
 class FillCancelled(Exception):
@@ -257,6 +258,9 @@ class FillManager:
             fill._cancel_requested = True
             fill._cancelled_by = actor
             fill._task.cancel()
+            # Return once the fill has ended and its event is written, so the
+            # page the operator sees next already shows it cancelled.
+            await asyncio.wait([fill._task], timeout=CANCEL_WAIT_SECONDS)
             return True
         # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)
