@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from withcache.server import fills
 from withcache.server.cache import ActionError, Cache
 from withcache.server.download import FillError
 from withcache.server.fills import FillCancelled
@@ -120,6 +121,23 @@ async def test_cancel_a_queued_fill(cache, origin):
     await cache.cancel(fifth.id)
     assert (await cache.metadata.get_fill(fifth.id)).state is FillState.CANCELLED
     assert origin.gets("/core/fifth.bin") == 0
+
+
+async def test_a_fill_a_client_waits_for_starts_beside_busy_workers(cache, origin, monkeypatch):
+    monkeypatch.setattr(fills, "CLIENT_FILLS", 1)
+    for n in range(cache.settings.workers):
+        await cache.add(origin.add(f"/core/busy{n}.bin", BODY, rate=300_000))
+    first, second = [
+        (await cache.fills.request(url, cache.key(url), "", None, "miss"))[0]
+        for url in (origin.add(f"/core/client{n}.bin", BODY) for n in range(2))
+    ]
+    await cache.fills.start_for_client(first)
+    await cache.fills.start_for_client(first)  # already running: nothing more
+    await cache.fills.start_for_client(second)  # over CLIENT_FILLS: waits for a worker
+    assert (await first.result()).size == len(BODY)
+    assert (await cache.metadata.get_fill(second.id)).state is FillState.QUEUED
+    assert origin.gets("/core/client0.bin") == 1
+    assert origin.gets("/core/client1.bin") == 0
 
 
 async def test_retry_a_failed_fill(cache, origin):

@@ -51,9 +51,11 @@ def test_artifacts_misses_and_queue_survive_a_restart(origin, cache_host):
 
 def test_queued_fills_survive_kill_9(origin, cache_host):
     urls = [origin.add(f"/dur/q{n}.bin", BODY, rate=400_000) for n in range(3)]
-    host = cache_host("--workers", "1")
+    # Without streaming no client's fill starts at once: they queue for the worker.
+    host = cache_host("--workers", "1", "--no-stream-fills")
     for url in urls:
         miss(host, url)
+    wait_fill_state(host, "running")
     assert rows(host, "SELECT count(*) FROM fills WHERE state = 'queued'") == [(2,)]
     host.kill()
     for n in range(3):

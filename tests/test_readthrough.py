@@ -148,6 +148,23 @@ def test_downloads_page_shows_how_many_clients_a_fill_serves(origin, cache_host,
         proc.wait()
 
 
+def test_misses_are_served_at_once_while_every_worker_is_busy(origin, cache_host, tmp_path):
+    urls = [origin.add(f"/rt/busy{n}.bin", BODY, rate=1_500_000) for n in range(3)]
+    host = cache_host("--workers", "1")
+    for url in urls:  # the first keeps the only worker busy for 2 s
+        head = curl("-I", "-o", os.devnull, "-w", "%{http_code}", host.blob_url(url))
+        assert head.stdout == b"200"
+    assert rows(host, "SELECT state FROM fills") == [("running",)] * 3
+    procs = start_curls(
+        *[["-f", "-o", str(tmp_path / f"c{n}"), host.blob_url(u)] for n, u in enumerate(urls)]
+    )
+    for code, _, err in finish(procs):
+        assert code == 0, err
+    for n in range(len(urls)):
+        assert (tmp_path / f"c{n}").read_bytes() == BODY
+        assert origin.gets(f"/rt/busy{n}.bin") == 1
+
+
 def test_no_stream_fills_gives_the_seed_behaviour(origin, cache_host):
     url = origin.add("/rt/seed.bin", BODY)
     host = cache_host("--no-stream-fills")

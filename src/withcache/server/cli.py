@@ -139,7 +139,7 @@ _OPTIONS = [
     ),
     Option(
         "workers", _typed(_positive_int, "count"), Settings.workers, "N",
-        "concurrent origin downloads",
+        "background origin downloads at a time (a fill a client waits for starts at once)",
     ),
     Option("curate", "flag", False, None, "fetch nothing until an operator approves the miss"),
     Option(

@@ -53,6 +53,10 @@ FAILURE_MEMORY_ENTRIES = 10_000
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
+# Fills a waiting client may start at once beside the --workers: each would
+# otherwise be that client's own download from the origin. The bound keeps a
+# flood of probes from opening origin connections without end.
+CLIENT_FILLS = 32
 
 
 class FillCancelled(Exception):
@@ -170,6 +174,7 @@ class FillManager:
         self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # oldest first
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
+        self._client_fills: set[asyncio.Task[None]] = set()
         # This process, as the holder of leases in a store other hosts may share.
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -192,7 +197,7 @@ class FillManager:
         """Stop the workers. Running fills stay `running` in the store and are
         queued again at the next start (or taken over when their lease ends)."""
         watchers = [f._watcher for f in self._by_id.values() if f._watcher]
-        await _cancel_all([*self._workers, *watchers])
+        await _cancel_all([*self._workers, *self._client_fills, *watchers])
         await self.downloader.close()
 
     # -- what the rest of the cache-host calls
@@ -252,6 +257,19 @@ class FillManager:
             )
         return fill, created
 
+    async def start_for_client(self, fill: Fill) -> None:
+        """Start a queued fill now, without waiting for a worker, because a
+        client is waiting for its bytes: if the fill waited, that client would
+        fetch the artifact from the origin itself, a second download."""
+        if fill._task is not None or fill.finished or len(self._client_fills) >= CLIENT_FILLS:
+            return
+        record = await self._metadata.claim_fill(time.time(), self._lease(), fill.id)
+        if record is None:
+            return  # running already (here or on another host), or ended
+        task = self._launch(record)
+        self._client_fills.add(task)
+        task.add_done_callback(self._client_fills.discard)
+
     async def cancel(self, fill_id: int, actor: str | None = None) -> bool:
         fill = self._by_id.get(fill_id)
         if fill and fill._task:
@@ -302,20 +320,25 @@ class FillManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
                 continue
-            fill = self._by_id.get(record.id) or self._adopt(record)
-            if fill._watcher:
-                fill._watcher.cancel()
-                fill._watcher = None
-            fill.record = record
-            fill.total = None
-            fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
+            task = self._launch(record)
             try:
-                await asyncio.wait([fill._task])
+                await asyncio.wait([task])
             except asyncio.CancelledError:
-                fill._task.cancel()
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await fill._task
+                    await task
                 raise
+
+    def _launch(self, record: FillRecord) -> asyncio.Task[None]:
+        """Run a fill this host has just claimed."""
+        fill = self._by_id.get(record.id) or self._adopt(record)
+        if fill._watcher:
+            fill._watcher.cancel()
+            fill._watcher = None
+        fill.record = record
+        fill.total = None
+        fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
+        return fill._task
 
     async def _run(self, fill: Fill) -> None:
         record = fill.record

@@ -380,17 +380,20 @@ class PostgresMetadata:
                 return as_fill(row), False
         raise StoreError("could not queue the fill: it kept ending as it was queued")
 
-    async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
+    async def claim_fill(
+        self, now: float, lease: Lease, fill_id: int | None = None
+    ) -> FillRecord | None:
         row = await self._one(
             "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
             "total = NULL, holder = %(holder)s, lease_until = %(until)s "
             "WHERE id = (SELECT id FROM fills WHERE "
-            "(state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
+            "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
-            "AND holder <> %(holder)s) "
+            "AND holder <> %(holder)s)) "
+            "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
             "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {FILL_COLUMNS}",
-            {"now": now, "holder": lease.holder, "until": lease.until},
+            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         )
         return as_fill(row) if row else None
 

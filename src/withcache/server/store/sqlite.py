@@ -341,13 +341,16 @@ class SQLiteMetadata:
             assert fill is not None
             return fill, True
 
-    async def claim_fill(self, now: float, lease: Lease) -> FillRecord | None:
+    async def claim_fill(
+        self, now: float, lease: Lease, fill_id: int | None = None
+    ) -> FillRecord | None:
         row = self._db.execute(
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
             "holder = :holder, lease_until = :until "
-            f"WHERE id = (SELECT id FROM fills WHERE {CLAIMABLE} ORDER BY id LIMIT 1) "
+            f"WHERE id = (SELECT id FROM fills WHERE ({CLAIMABLE}) "
+            "AND (:id IS NULL OR id = :id) ORDER BY id LIMIT 1) "
             f"RETURNING {FILL_COLUMNS}",
-            {"now": now, "holder": lease.holder, "until": lease.until},
+            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         ).fetchone()
         return as_fill(row) if row else None
 

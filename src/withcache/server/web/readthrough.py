@@ -33,7 +33,9 @@ from withcache.server.web.hit import send_blob
 
 # A probe (HEAD) waits this long for the fill to reach the origin: well inside
 # the shims' probe budget. A GET waits longer, since its client asked the
-# cache for the bytes; if no worker is free by then, it gets the miss's 404.
+# cache for the bytes. A client's fill starts at once, beside the --workers,
+# unless CLIENT_FILLS are running already; then it waits for a worker, and if
+# none is free by then the client gets the miss's 404.
 PROBE_WAIT = 1.0
 GET_WAIT = 30.0
 # No SHA-256 yet, so no strong validator: this tag never matches a client's.
@@ -46,6 +48,7 @@ async def serve_from_fill(
     request: web.Request, cache: Cache, fill: Fill
 ) -> web.StreamResponse | None:
     """Answer from a running fill; None if it can't (caller answers the miss)."""
+    await cache.fills.start_for_client(fill)
     wait = PROBE_WAIT if request.method == "HEAD" else GET_WAIT
     if not await fill.wait_started(wait) and not fill.elsewhere:
         return None
