@@ -29,6 +29,8 @@ from backends import Backend, Embedded, Scale, run_async
 from origin import Origin
 from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS, terminate
 
+from withcache.server.cache import Cache
+
 BIN = Path(sys.executable).parent
 # Fast retries, and the loopback origin must be reachable.
 TEST_FLAGS = ("--allow-private-origins", "--retry-delay", "0.05")
@@ -115,6 +117,19 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return Embedded()
     postgres, seaweed = request.getfixturevalue("scale_stores")
     return Scale(postgres.new_database(), seaweed.endpoint, f"t{next(_prefixes)}")
+
+
+@pytest.fixture
+async def core(tmp_path: Path, ca_file: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend):
+    """The cache-host's core in this process (curate mode: nothing fills unasked)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    settings = backend.settings(
+        data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05, curate=True
+    )
+    cache = await Cache.open(settings)
+    await cache.start()
+    yield cache
+    await cache.stop()
 
 
 class CacheHost:

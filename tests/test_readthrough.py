@@ -6,8 +6,11 @@ import subprocess
 import time
 
 import pytest
+from aiohttp import web
 from conftest import curl
 from test_fills import rows, wait_fill_state
+
+from withcache.server.web import readthrough
 
 pytestmark = pytest.mark.backends
 BODY = os.urandom(3_000_000)
@@ -163,6 +166,24 @@ def test_misses_are_served_at_once_while_every_worker_is_busy(origin, cache_host
     for n in range(len(urls)):
         assert (tmp_path / f"c{n}").read_bytes() == BODY
         assert origin.gets(f"/rt/busy{n}.bin") == 1
+
+
+async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(core, origin, aiohttp_client):
+    """Once stored, a fill's partial file is gone (moved into the store): a GET
+    that joined the fill just before is answered from the store, not a 404."""
+    url = origin.add("/rt/just-stored.bin", BODY)
+    fill, _ = await core.fills.request(url, core.key(url), "", None, "miss")
+    await fill.result()
+    assert not fill.path.exists()
+
+    async def joined_late(request):
+        return await readthrough.serve_from_fill(request, core, fill)
+
+    app = web.Application()
+    app.router.add_get("/", joined_late)
+    response = await (await aiohttp_client(app)).get("/")
+    assert response.status == 200
+    assert await response.read() == BODY
 
 
 def test_no_stream_fills_gives_the_seed_behaviour(origin, cache_host):

@@ -9,6 +9,7 @@ conditional answers (304, 412, 416) never touch the store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 
@@ -120,7 +121,9 @@ async def _send(
         _cork(sock, True)
         await response.prepare(request)
         cache.count_hit(artifact, answer.length)
-        await request.loop.sendfile(transport, reader.file, answer.start, answer.length)
+        await asyncio.get_running_loop().sendfile(
+            transport, reader.file, answer.start, answer.length
+        )
         await response.write_eof()
         return response
     finally:

@@ -21,6 +21,7 @@ client fails rather than save an error page as the artifact.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import BinaryIO
 
@@ -86,8 +87,10 @@ async def serve_from_fill(
     assert fill.path is not None
     try:
         partial = open(fill.path, "rb")  # noqa: SIM115 (closed below)
-    except FileNotFoundError:  # the fill ended badly just now
-        return None
+    except FileNotFoundError:
+        # The fill ended just now: stored (the partial file was moved into the
+        # store), or failed. Never a 404 body that a curl without -f would save.
+        return await _when_stored(request, cache, fill)
     fill.clients += 1
     try:
         await response.prepare(request)
@@ -101,7 +104,8 @@ async def serve_from_fill(
 
 
 async def _when_stored(request: web.Request, cache: Cache, fill: Fill) -> web.StreamResponse:
-    """Wait for a fill running elsewhere to be stored, then answer like a hit."""
+    """Wait for a fill whose bytes can't be read here to be stored, then
+    answer like a hit; if it fails, close the connection without an answer."""
     fill.clients += 1
     try:
         artifact = await fill.result()
@@ -144,7 +148,9 @@ async def _copy(
                 await response.write(data)
                 pos += len(data)
             else:
-                pos += await request.loop.sendfile(transport, partial, pos, available - pos)
+                pos += await asyncio.get_running_loop().sendfile(
+                    transport, partial, pos, available - pos
+                )
             continue
         if fill.finished:
             if end is not None:  # can't happen: a finished fill has written every byte
