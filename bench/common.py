@@ -130,13 +130,14 @@ def wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None
 
 def wait_cached(blob_url: str, timeout: float = 600.0) -> None:
     """Poll with HEAD (the first one queues the fill) until the artifact is
-    stored: a fill in progress answers 200 too, but without an ETag."""
+    stored: a fill in progress answers 200 too, but with `Withcache-Fill`
+    (the seed, which has no read-through, sends no ETag on a hit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             request = urllib.request.Request(blob_url, method="HEAD")
             with urllib.request.urlopen(request) as response:
-                if response.headers.get("ETag"):
+                if "Withcache-Fill" not in response.headers:
                     return
         except urllib.error.HTTPError:
             pass

@@ -5,7 +5,9 @@
 Needs nginx and curl. For an unlimited loopback origin and one limited to
 20 MB/s (nginx `limit_rate`), it measures one plain origin download, then
 eight simultaneous downloads of the same uncached artifact (a new one each
-round; medians over the rounds):
+round; medians over the rounds). A third case has the eight clients fetch
+eight different artifacts of an eighth of the size from the limited origin:
+more fills at once than the cache-host has workers.
 
 - withcache: eight `curlwithcache` runs against a fresh cache-host, with the
   Python shim and, if built (`make shim`), the native one;
@@ -14,7 +16,7 @@ round; medians over the rounds):
   withcache==0.4.0`, used only for this comparison);
 - nginx as a reverse proxy with `proxy_cache_lock on` in front of the origin.
 
-For each: bytes the origin sent (from its access log) over the artifact's
+For each: bytes the origin sent (from its access log) over the artifacts'
 size, whether all eight files are byte-exact, and wall time over one plain
 download. Eight plain downloads at once (no cache) are the floor this machine
 sets for eight clients each writing the whole artifact. Prints a table and
@@ -34,10 +36,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Server, free_port, start_nginx, write_results
+from common import Server, free_port, start_nginx, wait_cached, write_results
 
 CLIENTS = 8
 RATE_LIMIT = "20m"  # nginx: 20 MB/s per connection
+# (name, rate-limited origin, eight different artifacts). The last keeps more
+# fills running than the cache-host has --workers (4).
+CASES = [
+    ("unlimited origin", False, False),
+    ("20 MB/s origin", True, False),
+    ("20 MB/s origin, eight different artifacts", True, True),
+]
 
 
 class Origin:
@@ -94,19 +103,31 @@ def run_clients(commands: list[list[str]], env: dict[str, str]) -> float:
     return wall
 
 
-def eight(
-    origin: Origin, url: str, out: Path, shim: Path | None, server: str | None, expected: str
+def clients(
+    origin: Origin,
+    wanted: list[tuple[str, str]],
+    out: Path,
+    shim: Path | None = None,
+    server: Server | None = None,
 ) -> dict:
-    """Eight clients at once; origin bytes, byte-exactness and wall time."""
+    """One client per (URL, SHA-256), all at once; origin bytes (counted once
+    the cache-host has stored everything, so background fills count too),
+    byte-exactness and wall time."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    env = {**os.environ, "WITHCACHE_SERVER": server} if server else dict(os.environ)
+    env = {**os.environ, "WITHCACHE_SERVER": server.url} if server else dict(os.environ)
     tool = str(shim) if shim else "curl"
     before = origin.sent()
-    wall = run_clients([[tool, "-fsS", "-o", str(out / f"c{n}"), url] for n in range(CLIENTS)], env)
+    wall = run_clients(
+        [[tool, "-fsS", "-o", str(out / f"c{n}"), url] for n, (url, _) in enumerate(wanted)], env
+    )
+    if server:  # count the cache-host's background fills too
+        for url in dict(wanted):
+            wait_cached(server.blob_url(url))
     time.sleep(0.5)  # let the origin's access log catch up with late closes
     exact = all(
-        hashlib.sha256((out / f"c{n}").read_bytes()).hexdigest() == expected for n in range(CLIENTS)
+        hashlib.sha256((out / f"c{n}").read_bytes()).hexdigest() == sha
+        for n, (_, sha) in enumerate(wanted)
     )
     return {"wall_s": wall, "origin_bytes": origin.sent() - before, "exact": exact}
 
@@ -154,35 +175,36 @@ def main() -> None:
     results: dict[str, dict] = {}
     origin = Origin(work, files)
     try:
-        for limited in (False, True):
+        for c, (case, limited, distinct) in enumerate(CASES):
             runs: dict[str, list[dict]] = {}
             for r in range(args.rounds):
-                # A new name each round: every contender, nginx too, starts uncached.
-                name = f"{'slow' if limited else 'fast'}-{r}.bin"
-                os.link(files / "body.bin", files / name)
-                url = origin.url(limited, name)
-                runs.setdefault("plain", []).append({"wall_s": plain(url)})
+                # New names each round: every contender, nginx too, starts uncached.
+                names = _artifacts(files, f"{c}-{r}", distinct, body, expected)
+                wanted = [(origin.url(limited, name), sha) for name, sha in names]
+                runs.setdefault("plain", []).append({"wall_s": plain(wanted[0][0])})
                 runs.setdefault("eight plain, no cache", []).append(
-                    eight(origin, url, work / "out", None, None, expected)
+                    clients(origin, wanted, work / "out")
                 )
                 for n, (label, binary, shim) in enumerate(contenders):
-                    data = work / f"data-{n}-{int(limited)}-{r}"
+                    data = work / f"data-{n}-{c}-{r}"
                     flags = ("--allow-private-origins",) if label.startswith("withcache") else ()
                     with Server(data, *flags, binary=binary) as server:
                         runs.setdefault(label, []).append(
-                            eight(origin, url, work / "out", shim, server.url, expected)
+                            clients(origin, wanted, work / "out", shim, server)
                         )
-                proxied = origin.proxy_url(limited, name)
+                proxied = [(origin.proxy_url(limited, name), sha) for name, sha in names]
                 runs.setdefault("nginx proxy_cache_lock", []).append(
-                    eight(origin, proxied, work / "out", None, None, expected)
+                    clients(origin, proxied, work / "out")
                 )
-            case = "20 MB/s origin" if limited else "unlimited origin"
             results[case] = {label: _summary(got) for label, got in runs.items()}
     finally:
         origin.nginx.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{CLIENTS} clients at once, one uncached {args.size_mib} MiB artifact")
+    print(
+        f"{CLIENTS} clients at once, one uncached {args.size_mib} MiB artifact"
+        f" (or eight of {args.size_mib / CLIENTS:g} MiB)"
+    )
     for case, row in results.items():
         one = row["plain"]["wall_s"]
         print(f"\n{case}: one plain origin download {one:.2f} s")
@@ -195,6 +217,22 @@ def main() -> None:
                 f"{r['wall_s']:>8.2f}s{r['wall_s'] / one:>9.2f}x"
             )
     write_results("readthrough", {"size_bytes": size, "clients": CLIENTS, **results})
+
+
+def _artifacts(
+    files: Path, prefix: str, distinct: bool, body: bytes, sha: str
+) -> list[tuple[str, str]]:
+    """(name, SHA-256) for each of the eight clients: the one artifact for all,
+    or eight different ones of an eighth of its size."""
+    if not distinct:
+        os.link(files / "body.bin", files / f"{prefix}.bin")
+        return [(f"{prefix}.bin", sha)] * CLIENTS
+    names = []
+    for n in range(CLIENTS):
+        part = os.urandom(len(body) // CLIENTS)
+        (files / f"{prefix}-{n}.bin").write_bytes(part)
+        names.append((f"{prefix}-{n}.bin", hashlib.sha256(part).hexdigest()))
+    return names
 
 
 def _native_shim(work: Path) -> Path | None:

@@ -57,7 +57,7 @@ def test_readthrough(tmp_path):
     out = run_bench(tmp_path, "readthrough.py", "--size-mib", "8", "--rounds", "1")
     rows = [line for line in out.splitlines() if line.startswith("  withcache")]
     native = (BENCH.parent / "zig-out/bin/withcache-shim-x86_64-linux-musl").exists()
-    assert len(rows) == 2 * (1 + native)  # two cases (unlimited, 20 MB/s) by shim
+    assert len(rows) == 3 * (1 + native)  # three cases (see bench.readthrough.CASES) by shim
     for row in rows:
         ratio, exact = row.split()[-4:-2]
         assert (ratio, exact) == ("1.00x", "True"), row  # one origin download, byte-exact
