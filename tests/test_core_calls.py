@@ -113,8 +113,8 @@ async def test_cancel_a_queued_fill(core, origin):
 
 async def test_a_fill_a_client_waits_for_starts_beside_busy_workers(core, origin, monkeypatch):
     monkeypatch.setattr(fills, "CLIENT_FILLS", 1)
-    for n in range(core.settings.workers):
-        await core.add(origin.add(f"/core/busy{n}.bin", BODY, rate=300_000))
+    for n in range(core.settings.workers):  # every worker busy for 3 s
+        await core.add(origin.add(f"/core/busy{n}.bin", BODY, rate=100_000))
     first, second = [
         (await core.fills.request(url, core.key(url), "", None, "miss"))[0]
         for url in (origin.add(f"/core/client{n}.bin", BODY) for n in range(2))

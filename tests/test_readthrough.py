@@ -154,7 +154,7 @@ def test_downloads_page_shows_how_many_clients_a_fill_serves(origin, cache_host,
 def test_misses_are_served_at_once_while_every_worker_is_busy(origin, cache_host, tmp_path):
     urls = [origin.add(f"/rt/busy{n}.bin", BODY, rate=1_500_000) for n in range(3)]
     host = cache_host("--workers", "1")
-    for url in urls:  # the first keeps the only worker busy for 2 s
+    for url in urls:  # each takes 2 s: none could wait for the one worker
         head = curl("-I", "-o", os.devnull, "-w", "%{http_code}", host.blob_url(url))
         assert head.stdout == b"200"
     assert rows(host, "SELECT state FROM fills") == [("running",)] * 3
