@@ -122,7 +122,7 @@ def clients(
         [[tool, "-fsS", "-o", str(out / f"c{n}"), url] for n, (url, _) in enumerate(wanted)], env
     )
     if server:  # count the cache-host's background fills too
-        for url in dict(wanted):
+        for url in {url for url, _ in wanted}:
             wait_cached(server.blob_url(url))
     time.sleep(0.5)  # let the origin's access log catch up with late closes
     exact = all(

@@ -261,11 +261,11 @@ class FillManager:
         """Start a queued fill now, without waiting for a worker, because a
         client is waiting for its bytes: if the fill waited, that client would
         fetch the artifact from the origin itself, a second download."""
-        if fill._task is not None or fill.finished or len(self._client_fills) >= CLIENT_FILLS:
-            return
+        if fill._task or fill.elsewhere or fill.finished or len(self._client_fills) >= CLIENT_FILLS:
+            return  # running here or on another host, ended, or too many already
         record = await self._metadata.claim_fill(time.time(), self._lease(), fill.id)
         if record is None:
-            return  # running already (here or on another host), or ended
+            return  # claimed meanwhile (here or on another host), or ended
         task = self._launch(record)
         self._client_fills.add(task)
         task.add_done_callback(self._client_fills.discard)
