@@ -40,6 +40,7 @@ class Hit:
     method: str
     path: str
     headers: dict[str, str]
+    query: str = ""  # the query string as sent
 
 
 class Origin:
@@ -98,7 +99,7 @@ class Origin:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
-        self.hits.append(Hit(request.method, path, dict(request.headers)))
+        self.hits.append(Hit(request.method, path, dict(request.headers), request.query_string))
         res = self.resources.get(path)
         if res is None:
             return web.Response(status=404, text="no such file at the origin\n")

@@ -58,6 +58,32 @@ BAD_PATHS = [
     ("/blob?url=https%3A%2F%2Fh%2Fa%00b", 400, "control character"),
     ("/blob?url=%ff%fe", 400, None),
     ("/blob?url=http://h:0/x", 400, "port 0"),
+    # The mirror spellings: a prefix form that isn't an http(s) URL, a host that
+    # isn't one, a digest that isn't 64 hex digits.
+    ("/ftp://h/x", 400, "not an http(s) URL"),
+    ("/file:///etc/passwd", 400, "not an http(s) URL"),
+    ("/javascript:alert(1)", 400, "not an http(s) URL"),
+    ("/https:", 400, "followed by //"),
+    ("/https:///x", 400, "no host"),
+    ("/https://u:p@h/x", 400, "credentials in the URL"),
+    ("/https://h:0/x", 400, "port 0"),
+    ("/https://h:99999/x", 400, "malformed URL"),
+    ("/https:h/x", 400, "followed by //"),
+    ("/https://h/" + "a" * 8200, 414, "longer than"),
+    ("/ftp%3A%2F%2Fh%2Fx", 400, "not an http(s) URL"),
+    ("/https/", 400, "no host"),
+    ("/https/u:p@h/x", 400, "is not a host"),
+    ("/https/h%2Fevil/x", 400, "is not a host"),
+    ("/https/h%40evil/x", 400, "is not a host"),
+    ("/http/h:0/x", 400, "port 0"),
+    ("/https/h/" + "a" * 8200, 414, "longer than"),
+    ("/sha256/abc", 400, "64 hex digits"),
+    ("/sha256/" + "g" * 64, 400, "64 hex digits"),
+    ("/sha256/" + "a" * 65, 400, "64 hex digits"),
+    ("/sha256/" + "a" * 64 + "/a%2Fb", 400, "bad file name"),
+    ("/sha256/" + "a" * 64 + "/..", 400, None),
+    ("/_source-cache/archive/zz/" + "a" * 64 + ".tar.gz", 400, "first two hex digits"),
+    ("/_source-cache/archive/aa/" + "a" * 63 + ".tar.gz", 400, "64 hex digits"),
 ]
 
 

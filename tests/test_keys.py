@@ -86,3 +86,48 @@ def test_bad_tokens_are_refused(token):
 def test_serve_path_keeps_basename_and_query():
     assert keys.serve_path("https://h/d/cuda.run?x=1").endswith("/cuda.run?x=1")
     assert keys.serve_path("https://h/d/").endswith("/")
+
+
+hosts_with_ports = st.tuples(hosts, st.one_of(st.none(), st.integers(1, 65535))).map(
+    lambda pair: pair[0] if pair[1] is None else f"{pair[0]}:{pair[1]}"
+)
+mirrored = st.builds(
+    lambda scheme, host, path, query: f"{scheme}://{host}{path}" + (f"?{query}" if query else ""),
+    st.sampled_from(["http", "https"]),
+    hosts_with_ports,
+    paths,
+    queries,
+)
+
+
+@given(mirrored)
+def test_every_mirror_spelling_gives_back_the_url(url):
+    scheme, rest = url.split("://", 1)
+    host, _, tail = rest.partition("/")
+    assert keys.prefix_origin("/" + url) == url
+    assert keys.prefix_origin(f"/{scheme}:/{rest}") == url  # slashes merged by a proxy
+    assert keys.host_path_origin(scheme, rest) == url
+    encoded_host = host.replace(":", "%3A")  # as bitbake's PREMIRRORS writes it
+    assert keys.host_path_origin(scheme, f"{encoded_host}//{tail}") == url
+    assert keys.cache_key(keys.prefix_origin("/" + url)) == keys.cache_key(url)
+
+
+@pytest.mark.parametrize(
+    "target", ["/ftp://h/x", "/https", "/https:", "/https:h/x", "/javascript:x", "/h:80/x", "/"]
+)
+def test_bad_prefix_forms_are_refused(target):
+    with pytest.raises(keys.BadURL):
+        keys.check_origin(keys.prefix_origin(target))
+
+
+@pytest.mark.parametrize("rest", ["", "/x", "u@h/x", "h%2Fx/y", "h%40x/y", "h x/y", "h\\x/y"])
+def test_bad_hosts_in_the_host_path_form_are_refused(rest):
+    with pytest.raises(keys.BadURL):
+        keys.check_origin(keys.host_path_origin("https", rest))
+
+
+def test_digests_are_64_hex_digits_lowercased():
+    assert keys.parse_digest("AB" * 32) == "ab" * 32
+    for bad in ("", "ab" * 31, "ab" * 33, "g" * 64, " " + "a" * 63):
+        with pytest.raises(keys.BadURL):
+            keys.parse_digest(bad)

@@ -1,4 +1,4 @@
-"""The one definition of an origin URL's cache key and of its /b/ token.
+"""The one definition of an origin URL's cache key, its /b/ token and its mirror spellings.
 
 Stdlib only and import-light: the server, the shims and the client library all
 use this module, so they can never disagree on which URL names which artifact.
@@ -27,6 +27,8 @@ MAX_URL_BYTES = 8192
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 # Control characters and spaces are never part of a URL a tool would send.
 _FORBIDDEN_CHARS = frozenset([*map(chr, range(0x21)), "\x7f"])
+_HEX = frozenset("0123456789abcdef")
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._:[]")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -113,6 +115,62 @@ def remove_dot_segments(path: str) -> str:
         else:
             out.append(seg)
     return "/".join(out) if out != [""] else "/"
+
+
+def prefix_origin(target: str) -> str:
+    """The origin URL inside a prefix-form request target, `/<origin URL>`.
+
+    `target` is the request target as received (raw path and query). A proxy
+    that merges slashes turns `https://` into `https:/`, so one slash after
+    the scheme stands for two. A target whose colon is percent-encoded
+    (`/https%3A%2F%2Fhost%2Fx`) is one encoded URL and is decoded once.
+
+        >>> prefix_origin("/HTTPS:/example.com/a%20b.run?sig=1")
+        'https://example.com/a%20b.run?sig=1'
+    """
+    rest = target[1:] if target.startswith("/") else target
+    head = rest.split("/", 1)[0]
+    if ":" not in head and "%3a" in head.lower():
+        from urllib.parse import unquote
+
+        rest = unquote(rest)
+    scheme, colon, after = rest.partition(":")
+    lowered = scheme.lower()
+    if not colon or lowered not in SCHEMES:
+        raise BadURL(f"not an http(s) URL (scheme {lowered or 'missing'!r})")
+    if not after.startswith("/"):
+        raise BadURL(f"{lowered}: must be followed by // and the host")
+    return f"{lowered}://{after[2:] if after.startswith('//') else after[1:]}"
+
+
+def host_path_origin(scheme: str, rest: str) -> str:
+    """The origin URL of a scheme/host/path request, `/<scheme>/<host>/<path>`.
+
+    `rest` is the raw target after `/<scheme>/`. The host segment may come
+    percent-encoded (bitbake's PREMIRRORS writes `host%3A8443`); the path and
+    query are kept as sent. Extra slashes after the host (a mirror template
+    like `/https/HOST/PATH` where PATH starts with one) count as one.
+
+        >>> host_path_origin("https", "repo.example.com%3A8443//amdgpu/x.deb?a=1")
+        'https://repo.example.com:8443/amdgpu/x.deb?a=1'
+    """
+    from urllib.parse import unquote
+
+    host, slash, path = rest.partition("/")
+    if not slash:
+        host, question, query = host.partition("?")
+        path = question + query
+    host = unquote(host)
+    if not host or not _HOST_CHARS.issuperset(host.lower()):
+        raise BadURL(f"{host!r} is not a host[:port]" if host else "URL has no host")
+    return f"{scheme}://{host}/{path.lstrip('/')}"
+
+
+def parse_digest(text: str) -> str:
+    """A SHA-256 as 64 lowercase hex digits; BadURL if `text` is not one."""
+    if len(text) != 64 or not _HEX.issuperset(text.lower()):
+        raise BadURL("not a SHA-256 digest: give 64 hex digits")
+    return text.lower()
 
 
 def encode_token(url: str) -> str:

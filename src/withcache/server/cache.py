@@ -43,6 +43,11 @@ MAX_TOKENS = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
+def _readable(scope: str) -> tuple[str, ...]:
+    """The scopes a request in `scope` may read: its own, then the public one."""
+    return (scope, PUBLIC) if scope != PUBLIC else (PUBLIC,)
+
+
 class ActionError(Exception):
     """An operator action that can't be done as asked; the message says why."""
 
@@ -131,13 +136,21 @@ class Cache:
         remembered = self._recent.get((key, scope))
         if remembered and remembered[0] > now:
             return remembered[1]
-        scopes = (scope, PUBLIC) if scope != PUBLIC else (PUBLIC,)
-        artifact = await self.metadata.find_artifact(key, scopes)
+        artifact = await self.metadata.find_artifact(key, _readable(scope))
         if artifact is not None:
             if len(self._recent) >= LOOKUP_ENTRIES:
                 self._recent.clear()
             self._recent[(key, scope)] = (now + LOOKUP_SECONDS, artifact)
         return artifact
+
+    async def lookup_digest(self, sha256: str, authorization: str | None) -> Artifact | None:
+        """An artifact with this SHA-256 that this request may read, if cached.
+
+        A digest names no origin, so there is nothing to record or fill when
+        none is: the caller answers 404. Credential scope holds as for a key.
+        """
+        scope = self.policy.scope_of(authorization)
+        return await self.metadata.find_artifact_by_sha256(sha256, _readable(scope))
 
     def _forget(self, key: str) -> None:
         for remembered in [k for k in self._recent if k[0] == key]:

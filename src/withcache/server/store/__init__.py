@@ -146,6 +146,11 @@ class Metadata(Protocol):
     # -- artifacts
     async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None: ...
 
+    async def find_artifact_by_sha256(self, sha256: str, scopes: Sequence[str]) -> Artifact | None:
+        """An artifact with this content in one of `scopes` (the first scope
+        preferred, then the newest)."""
+        ...
+
     async def get_artifact(self, artifact_id: int) -> Artifact | None: ...
 
     async def add_hits(self, counts: Mapping[int, tuple[int, float]]) -> None:

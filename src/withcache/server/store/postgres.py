@@ -264,6 +264,14 @@ class PostgresMetadata:
         )
         return as_artifact(row) if row else None
 
+    async def find_artifact_by_sha256(self, sha256: str, scopes: Sequence[str]) -> Artifact | None:
+        row = await self._one(
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE sha256 = %s AND scope = ANY(%s) "
+            "ORDER BY scope DESC, id DESC LIMIT 1",
+            (sha256, list(scopes)),
+        )
+        return as_artifact(row) if row else None
+
     async def get_artifact(self, artifact_id: int) -> Artifact | None:
         row = await self._one(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = %s", (artifact_id,)

@@ -223,6 +223,15 @@ class SQLiteMetadata:
         ).fetchone()
         return as_artifact(row) if row else None
 
+    async def find_artifact_by_sha256(self, sha256: str, scopes: Sequence[str]) -> Artifact | None:
+        marks = ",".join("?" * len(scopes))
+        row = self._db.execute(
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE sha256 = ? AND scope IN ({marks}) "
+            "ORDER BY scope DESC, id DESC LIMIT 1",
+            (sha256, *scopes),
+        ).fetchone()
+        return as_artifact(row) if row else None
+
     async def get_artifact(self, artifact_id: int) -> Artifact | None:
         row = self._db.execute(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE id = ?", (artifact_id,)
