@@ -3,7 +3,8 @@
     .venv/bin/python shim/build.py                      # both targets, zig-out/bin/
     .venv/bin/python shim/build.py --target x86_64-linux-musl --out DIR
 
-The Python tables (`withcache.shim.curl.TOOL`, `wget.TOOL`, `entry.SHIM_NAMES`)
+The Python tables (`withcache.shim.curl.TOOL`, `wget.TOOL`, `entry.SHIM_NAMES`,
+and shims.conf's keys, path and size limit from `entry` and `conf`)
 are the one source of truth: this script renders them as `tables.zig` in the
 output tree on every build, never in shim/, so no hand-kept copy can drift.
 Zig comes from PyPI (`pip install ziglang`, run as `python -m ziglang`); the
@@ -22,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from withcache.shim import curl, entry, wget  # noqa: E402 (after the path is set)
+from withcache.shim import conf, curl, entry, wget  # noqa: E402 (after the path is set)
 from withcache.shim.scan import Table  # noqa: E402
 
 TARGETS = ("x86_64-linux-musl", "aarch64-linux-musl")
@@ -79,6 +80,12 @@ def render_tables() -> str:
     lines.append(
         f"pub const shim_names: []const []const u8 = {zig_value(sorted(entry.SHIM_NAMES))};"
     )
+    lines += [
+        f"pub const system_conf = {zig_string(entry.SYSTEM_CONF)};",
+        f"pub const conf_max_bytes = {conf.MAX_BYTES};",
+        'pub const conf_variables: []const @import("tool.zig").Text = '
+        f"{zig_value(conf.VARIABLES)};",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 //! The native shim: one static binary that acts as curl or wget by the name
 //! it is run as (curlwithcache or curl; wgetwithcache or wget), with the
 //! Python shim's behaviour (src/withcache/shim/entry.py and run.py): find
-//! the real tool, and with no cache-host set exec it at once, with no
-//! parsing and no network; otherwise plan the command against the cache,
+//! the real tool, and with no cache-host set (no variable, no shims.conf)
+//! exec it at once, with no parsing and no network; otherwise plan the
+//! command against the cache,
 //! write WITHCACHE_DEBUG notes, and exec the tool with the planned argv.
 //! Nothing but those notes and the two fatal messages is ever printed.
 
@@ -17,6 +18,7 @@ const probe = @import("probe.zig");
 const realtool = @import("realtool.zig");
 const text = @import("text.zig");
 const cachehost = @import("cachehost.zig");
+const conf = @import("conf.zig");
 
 pub const panic = std.debug.simple_panic;
 pub const std_options: std.Options = .{ .enable_segfault_handler = false };
@@ -26,7 +28,7 @@ const gpa = std.heap.c_allocator; // never freed: the process execs the tool
 pub fn main(init: std.process.Init.Minimal) u8 {
     const argv = init.args.vector;
     const envp = init.environ.block.slice;
-    const env: Env = .{ .block = envp };
+    var env: Env = .{ .block = envp };
     const called = std.mem.span(argv[0]);
     const name = called[(if (std.mem.lastIndexOfScalar(u8, called, '/')) |i| i + 1 else 0)..];
     const tool: *const Tool = if (eqlAny(name, &.{ "curl", "curlwithcache" }))
@@ -47,6 +49,9 @@ pub fn main(init: std.process.Init.Minimal) u8 {
         return 127;
     };
     const debug = !std.mem.eql(u8, env.get("WITHCACHE_DEBUG") orelse "0", "0") and env.text("WITHCACHE_DEBUG").len > 0;
+    if (!env.has(tool.server_env) and !env.has("WITHCACHE_SERVER")) {
+        if (conf.find(gpa, env)) |found| env = conf.apply(gpa, tool.name, env, found, debug) catch env;
+    }
     if (plan.serverSetting(tool, env).len == 0) {
         if (debug) say("withcache: {s}: passed through: no cache-host set\n", .{tool.name});
         return execAsWritten(real, tool, argv, envp);

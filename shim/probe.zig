@@ -30,8 +30,13 @@ const gpa = std.heap.c_allocator;
 
 /// The budget in seconds: WITHCACHE_PROBE_TIMEOUT if it is a sane number.
 pub fn budget(env: Env) f64 {
-    const value = parseFloat(env.text("WITHCACHE_PROBE_TIMEOUT")) orelse return default_budget;
-    return if (value > 0 and value <= 600) value else default_budget;
+    return budgetOf(env.text("WITHCACHE_PROBE_TIMEOUT")) orelse default_budget;
+}
+
+/// A probe budget from text (probe.seconds in Python): seconds, more than 0 and at most 600.
+pub fn budgetOf(raw: []const u8) ?f64 {
+    const value = parseFloat(raw) orelse return null;
+    return if (value > 0 and value <= 600) value else null;
 }
 
 /// Python's float() syntax: [sign] digits with single '_' between them,

@@ -2,16 +2,23 @@
 
 This module is on every curl/wget call, so it imports nothing beyond `os`
 and `sys` (already loaded by the interpreter). With no cache-host set it
-execs the real tool at once: no parsing, no network. Otherwise
-`withcache.shim.run` rewrites the arguments first.
+execs the real tool at once: no parsing, no network. Where no variable
+names one, a shims.conf may (`find_conf`, then `withcache.shim.conf`).
+Otherwise `withcache.shim.run` rewrites the arguments first.
 """
 
 import os
 import sys
 
+TYPE_CHECKING = False  # typing costs milliseconds at start-up
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 # Names a shim may be installed under (the native shim included); the real
 # tool is never one of them, so a PATH that lists a shim as `curl` can't loop.
 SHIM_NAMES = frozenset({"curlwithcache", "wgetwithcache", "withcache-shim"})
+SYSTEM_CONF = "/etc/withcache/shims.conf"
+CONF_LIMIT = 64 * 1024  # conf.MAX_BYTES: read one byte more, to know a file is longer
 
 
 def curl() -> None:
@@ -35,6 +42,15 @@ def main(tool: str, server_env: str, real_env: str) -> None:
         )
         raise SystemExit(127)
     args = sys.argv[1:]
+    if server_env not in env and "WITHCACHE_SERVER" not in env:
+        found = find_conf(env)
+        if found is not None:
+            try:
+                from withcache.shim import conf
+
+                env = conf.apply(tool, env, *found)
+            except Exception:  # a broken install must leave curl working
+                pass
     setting = env[server_env] if server_env in env else env.get("WITHCACHE_SERVER", "")
     if setting.strip():
         try:
@@ -66,6 +82,33 @@ def main(tool: str, server_env: str, real_env: str) -> None:
             ),
         )
         raise SystemExit(126) from None
+
+
+def find_conf(env: "Mapping[str, str]") -> tuple[str, bytes] | None:
+    """The shims.conf in effect, (path, contents), or None if there is none.
+
+    Looked for only when no cache-host variable is set: the first readable of
+    $XDG_CONFIG_HOME (else ~/.config) /withcache/shims.conf and
+    /etc/withcache/shims.conf. A miss costs an open() each, nothing more.
+    """
+    base = env.get("XDG_CONFIG_HOME", "")
+    if not base.startswith("/"):
+        home = env.get("HOME", "")
+        base = home + "/.config" if home.startswith("/") else ""
+    for path in (base + "/withcache/shims.conf" if base else "", SYSTEM_CONF):
+        if not path:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            return path, os.read(fd, CONF_LIMIT + 1)  # a regular file reads whole
+        except OSError:
+            continue  # a folder, say
+        finally:
+            os.close(fd)
+    return None
 
 
 def find_real_tool(tool: str, pinned: str, path: str) -> str | None:

@@ -62,11 +62,16 @@ _FAMILIES = {0: _socket.AF_UNSPEC, 4: _socket.AF_INET, 6: _socket.AF_INET6}
 
 def budget(env: Mapping[str, str]) -> float:
     """The probe budget in seconds: WITHCACHE_PROBE_TIMEOUT if it is a sane number."""
+    return seconds(env.get("WITHCACHE_PROBE_TIMEOUT", "")) or BUDGET
+
+
+def seconds(text: str) -> float | None:
+    """A probe budget from text: a number of seconds, more than 0 and at most 600."""
     try:
-        value = float(env.get("WITHCACHE_PROBE_TIMEOUT", ""))
+        value = float(text)
     except ValueError:
-        return BUDGET
-    return value if 0 < value <= 600 else BUDGET
+        return None
+    return value if 0 < value <= 600 else None
 
 
 def probe(server: CacheHost, requests: list[Request], seconds: float = BUDGET) -> list[Answer]:
