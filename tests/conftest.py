@@ -309,7 +309,8 @@ _SHIM_ENV_NAMES = {"CURL_CA_BUNDLE"}
 
 
 def shim_env(server: str | None = None, **extra: str) -> dict[str, str]:
-    """A clean environment for running a shim: no proxies, no withcache settings."""
+    """A clean environment for running a shim: no proxies, no withcache settings
+    (nor a shims.conf in the user's ~/.config)."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -318,6 +319,8 @@ def shim_env(server: str | None = None, **extra: str) -> dict[str, str]:
         and not k.lower().endswith("_proxy")
     }
     env["WITHCACHE_DEBUG"] = "1"
+    # No shims.conf of the user's: tests that want one set XDG_CONFIG_HOME or HOME.
+    env["XDG_CONFIG_HOME"] = "/nonexistent/withcache-tests"
     if server is not None:
         env["WITHCACHE_SERVER"] = server
     env.update(extra)

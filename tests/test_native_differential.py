@@ -38,10 +38,24 @@ class Case:
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()  # on top of WITHCACHE_SERVER={HTTP}
     files: tuple[tuple[str, bytes], ...] = ()  # put in the working folder first
+    # A shims.conf (placeholders filled in) in $XDG_CONFIG_HOME, or in ~/.config
+    # with conf_in="home"; WITHCACHE_SERVER is then unset unless `env` sets it.
+    conf: bytes | None = None
+    conf_in: str = "xdg"
 
 
-def case(tool: str, *args: str, env: dict[str, str] | None = None, **files: bytes) -> Case:
-    return Case(tool, args, tuple((env or {}).items()), tuple(files.items()))
+def case(
+    tool: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    conf: bytes | None = None,
+    conf_in: str = "xdg",
+    **files: bytes,
+) -> Case:
+    return Case(tool, args, tuple((env or {}).items()), tuple(files.items()), conf, conf_in)
+
+
+SERVER_CONF = b"server = {HTTP}\n"
 
 
 # Placeholders, filled in from the `world` fixture: {H1} {H2} cached, {Q1} cached
@@ -185,6 +199,34 @@ HAND_WRITTEN = [
     case(C, "-sS", "-o", "o", "{H1}", env={"WITHCACHE_DEBUG": "0"}),
     case(C, "-sS", "-o", "o", "{H1}", env={"REAL_CURL": "/nonexistent/curl"}),
     case(C, "-sS", "-o", "o", "{H1}", env={"PATH": "/nonexistent", "REAL_CURL": ""}),
+    # shims.conf, read only when no cache-host variable is set.
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF),
+    case(W, "-q", "{H1}", "{M1}", conf=SERVER_CONF),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, conf_in="home"),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, env={"XDG_CONFIG_HOME": "rel"}),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, env={"WITHCACHE_SERVER": ""}),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, env={"CURLWITHCACHE_SERVER": ""}),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, env={"WGETWITHCACHE_SERVER": ""}),
+    case(C, "-sS", "-o", "o", "{H1}", conf=SERVER_CONF, env={"WITHCACHE_DEBUG": "0"}),
+    case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\ncurl_server = {DEADHOST}\n"),
+    case(W, "-q", "{H1}", conf=b"server = {HTTP}\ncurl_server = {DEADHOST}\n"),
+    case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\ncurl_server =\n"),
+    case(W, "-q", "{H1}", conf=b"server={DEADHOST}\r\n  server   =   {HTTP}  \r\n"),
+    case(
+        C, "-sS", "-o", "o", "{H1}",
+        conf=b"# the lab's cache\n\n  server = {HTTP}  # trailing words\nServer = x\n"
+        b"bogus = 1\nno equals sign\n= value\n\xff\xfe = \xe9\nserver = ftp://cache\n"
+        b"wget_server = http://u@h\nprobe_timeout = 0\nprobe_timeout = soon\n"
+        b"probe_timeout = 601\ncurl_server = [::1\n",
+    ),  # fmt: skip
+    case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {SILENT}\nprobe_timeout = 1_5e-1\n"),
+    case(
+        C, "-sS", "-o", "o", "{H1}", conf=b"server = {SILENT}\nprobe_timeout = 30\n",
+        env={"WITHCACHE_PROBE_TIMEOUT": "0.2"},
+    ),  # fmt: skip
+    case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\n" + b"#" * 70_000),
+    case(C, "-sS", "-o", "o", "{H1}", conf="server = \u00a0{HTTP}\u3000\n".encode()),
+    case(C, "-sS", "-o", "o", "{H1}", conf=b""),
     # An https cache-host: the probe trusts what curl trusts.
     case(C, "-sS", "--cacert", "{CA}", "-o", "o", "{H1}", env={"WITHCACHE_SERVER": "{HTTPS}"}),
     case(C, "-sS", "-o", "o", "{H1}", env={"WITHCACHE_SERVER": "{HTTPS}"}),
@@ -523,6 +565,15 @@ def run(shims: Path, line: Case, world: World, folder: Path) -> Outcome:
         )
     record = folder.with_suffix(".argv")
     env = shim_env(world.values["HTTP"])
+    if line.conf is not None:
+        del env["WITHCACHE_SERVER"]
+        home = folder.parent / "home"  # the same for both shims: the notes name it
+        env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"))
+        if line.conf_in == "home":
+            del env["XDG_CONFIG_HOME"]
+        conf = home / ("xdg" if line.conf_in == "xdg" else ".config") / "withcache" / "shims.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_bytes(fill(line.conf.decode("latin-1"), world.values).encode("latin-1"))
     env.update(REAL_CURL=str(world.recorders / "curl"), REAL_WGET=str(world.recorders / "wget"))
     env["WITHCACHE_TEST_RECORD"] = str(record)
     env.update({name: fill(value, world.values) for name, value in line.env})
@@ -568,3 +619,6 @@ def test_the_corpus_exercises_every_outcome(world):
     assert world.tally["miss"] >= 20, world.tally
     assert world.tally["passed"] >= 60, world.tally
     assert world.tally["unreachable"] >= 8, world.tally
+    assert world.tally["settings"] >= 12, world.tally  # a shims.conf was read
+    warnings = sum(n for word, n in world.tally.items() if word.endswith("shims.conf:"))
+    assert warnings >= 12, world.tally  # lines of a shims.conf skipped, with a warning

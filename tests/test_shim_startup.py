@@ -48,3 +48,17 @@ def test_probing_path_imports_nothing_heavy(free_port):
     assert "unreachable" in result.stderr  # it did probe
     assert "withcache.shim.probe" in loaded
     assert not HEAVY & set(loaded), sorted(HEAVY & set(loaded))
+
+
+def test_a_shims_conf_costs_no_heavy_import(tmp_path, free_port):
+    conf = tmp_path / "withcache" / "shims.conf"
+    conf.parent.mkdir()
+    conf.write_text(f"server = http://127.0.0.1:{free_port}\nbogus = 1\n")
+    env = shim_env(XDG_CONFIG_HOME=str(tmp_path))
+    loaded, result = imported(
+        str(BIN / "curlwithcache"), "-s", "-o", "/dev/null", f"http://127.0.0.1:{free_port}/x",
+        env=env,
+    )  # fmt: skip
+    assert "unreachable" in result.stderr and "unknown key 'bogus'" in result.stderr
+    assert "withcache.shim.conf" in loaded
+    assert not HEAVY & set(loaded), sorted(HEAVY & set(loaded))
