@@ -7,7 +7,10 @@ Same set-up as bench/shims.py: a pre-warmed auto-mode cache-host (every probe
 a hit), a --curate one (every probe a miss), a refused port (a dead cache-host)
 and a stdlib HTTP origin, all on 127.0.0.1; a 64 KiB artifact. Every command
 runs through `env` so they all pay the same exec, and they take turns over
-several rounds so load from elsewhere lands on all of them. Also builds the
+several rounds so load from elsewhere lands on all of them. The pass-through
+rows look for a shims.conf first (there is none); the `off` rows
+(WITHCACHE_SERVER set empty) don't, so the difference is what looking costs,
+and `conf hit` finds the cache-host in one. Also builds the
 shim with `--probe tool` (it asks the cache-host by running the real tool,
 as the seed's shim did) to time that choice against the socket probe, and
 reports the binaries' sizes. Prints the medians beside the issue's targets
@@ -30,6 +33,8 @@ from withcache import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The pass-through rows look for a shims.conf: none for the user, none in /etc here.
+NO_CONF = "XDG_CONFIG_HOME=/nonexistent"
 SEED = {"curl direct": 5.0, "curl pass-through": 4.9, "curl hit": 12.5}  # ms, measured here
 TARGETS = {"pass-through": 1.0, "hit": 2.0, "dead": 2.0}  # ms added to the direct run
 MAX_BYTES = 300 * 1024
@@ -50,7 +55,8 @@ def build(folder: Path, probe: str) -> Path:
     return folder
 
 
-def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Path):
+def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Path, conf: Path):
+    """`conf` is an XDG_CONFIG_HOME whose shims.conf names the `hit` cache-host."""
     python = {tool: BIN / f"{tool}withcache" for tool in ("curl", "wget")}
     args = {"curl": f"-s -o /dev/null {url}", "wget": f"-q -O /dev/null {url}"}
     rows = []
@@ -61,7 +67,13 @@ def commands(url: str, hit: str, miss: str, dead: str, native: Path, by_tool: Pa
         rows.append((f"{tool} from cache", f"env {tool} {a.replace(url, served)}"))
         for shim, where in (("python", python[tool]), ("native", native / f"{tool}withcache")):
             rows += [
-                (f"{tool} {shim} pass-through", f"env -u WITHCACHE_SERVER {where} {a}"),
+                # No variable: the shim looks for a shims.conf (there is none) first.
+                (f"{tool} {shim} pass-through", f"env -u WITHCACHE_SERVER {NO_CONF} {where} {a}"),
+                (f"{tool} {shim} off", f"env WITHCACHE_SERVER= {where} {a}"),  # no looking
+                (
+                    f"{tool} {shim} conf hit",
+                    f"env -u WITHCACHE_SERVER XDG_CONFIG_HOME={conf} {where} {a}",
+                ),
                 (f"{tool} {shim} hit", f"env WITHCACHE_SERVER={hit} {where} {a}"),
                 (f"{tool} {shim} miss", f"env WITHCACHE_SERVER={miss} {where} {a}"),
                 (f"{tool} {shim} dead", f"env WITHCACHE_SERVER={dead} {where} {a}"),
@@ -81,6 +93,11 @@ def report(medians: dict[str, float], sizes: dict[str, int]) -> list[str]:
         seed_name = name.replace(" native", "")
         seed = f"{SEED[seed_name]:6.1f}" if " python" not in name and seed_name in SEED else ""
         lines.append(f"{name:<30} {median:7.1f}  {extra:>9} {seed:>6}")
+    lines += ["", "looking for a shims.conf that isn't there (pass-through - off):"]
+    for tool in ("curl", "wget"):
+        for shim in ("python", "native"):
+            cost = medians[f"{tool} {shim} pass-through"] - medians[f"{tool} {shim} off"]
+            lines.append(f"  {tool} {shim:<7} {cost:+5.2f} ms")
     lines += ["", "native shim targets (added to the direct run):"]
     for tool in ("curl", "wget"):
         for case, allowed in TARGETS.items():
@@ -102,7 +119,10 @@ def main() -> None:
         native, by_tool = build(folder / "native", "socket"), build(folder / "by-tool", "tool")
         with hosts(folder) as (url, hit, miss):
             dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-            named = commands(url, hit.url, miss.url, dead, native, by_tool)
+            conf = folder / "config"
+            (conf / "withcache").mkdir(parents=True)
+            (conf / "withcache" / "shims.conf").write_text(f"server = {hit.url}\n")
+            named = commands(url, hit.url, miss.url, dead, native, by_tool, conf)
             times = take_turns(named, args.rounds, args.runs, "native-shim")
     medians = {name: statistics.median(runs) * 1000 for name, runs in times.items()}
     lines = report(medians, sizes)

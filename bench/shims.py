@@ -33,6 +33,9 @@ from common import RESULTS, Server, wait_cached
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 ARTIFACT_BYTES = 64 * 1024
+# With no variable a shim looks for a shims.conf first: none for the user here
+# (and none in /etc on a bench machine). `off` (set empty) doesn't look.
+NO_CONF = "XDG_CONFIG_HOME=/nonexistent"
 
 
 @contextmanager
@@ -91,12 +94,14 @@ def commands(url: str, hit: Server, miss: Server) -> list[tuple[str, str]]:
         ("python -c pass", f"env {python} -c pass"),
         ("curl direct", f"env curl {curl_args}"),
         ("curl from cache", f"env curl -s -o /dev/null {cached}"),
-        ("curl pass-through", f"env -u WITHCACHE_SERVER {shims['curl']} {curl_args}"),
+        ("curl pass-through", f"env -u WITHCACHE_SERVER {NO_CONF} {shims['curl']} {curl_args}"),
+        ("curl off", f"env WITHCACHE_SERVER= {shims['curl']} {curl_args}"),
         ("curl hit", f"env WITHCACHE_SERVER={hit_server} {shims['curl']} {curl_args}"),
         ("curl miss", f"env WITHCACHE_SERVER={miss_server} {shims['curl']} {curl_args}"),
         ("wget direct", f"env wget {wget_args}"),
         ("wget from cache", f"env wget -q -O /dev/null {cached}"),
-        ("wget pass-through", f"env -u WITHCACHE_SERVER {shims['wget']} {wget_args}"),
+        ("wget pass-through", f"env -u WITHCACHE_SERVER {NO_CONF} {shims['wget']} {wget_args}"),
+        ("wget off", f"env WITHCACHE_SERVER= {shims['wget']} {wget_args}"),
         ("wget hit", f"env WITHCACHE_SERVER={hit_server} {shims['wget']} {wget_args}"),
         ("wget miss", f"env WITHCACHE_SERVER={miss_server} {shims['wget']} {wget_args}"),
     ]

@@ -152,4 +152,6 @@ test {
     _ = cachehost;
     _ = probe;
     _ = @import("keys.zig");
+    _ = plan;
+    _ = conf;
 }

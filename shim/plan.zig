@@ -95,6 +95,7 @@ pub fn plan(gpa: Allocator, tool: *const Tool, argv: []const []const u8, env: En
     for (urls, 0..) |entry, position| {
         var reason = urlReason(tool, entry.url, entry.index, entry.op);
         if (reason.len == 0) reason = blockers;
+        if (reason.len == 0) reason = try entry.op.protocolReason(gpa, tool, server, entry.url);
         if (reason.len == 0) reason = entry.op.proxyReason(tool, server, env);
         if (reason.len > 0) {
             notes[position] = try std.fmt.allocPrint(gpa, "passed through {s} ({s})", .{ entry.url, reason });
@@ -197,6 +198,7 @@ const Operation = struct {
     proxy: ?[]const u8 = null,
     env_proxies: bool = true,
     no_proxy: ?[]const u8 = null,
+    protocols: std.ArrayList(Limit) = .empty, // scheme limits in first-seen order
 
     /// The Authorization the tool sends on its first request, if certain; else null.
     fn authorization(op: *const Operation, gpa: Allocator, tool: *const Tool) !?[]const u8 {
@@ -236,6 +238,25 @@ const Operation = struct {
         return .{ .verify = op.verify };
     }
 
+    /// Why a scheme limit (curl --proto, wget --https-only) keeps this URL
+    /// from the cache ("" if none does).
+    fn protocolReason(op: *const Operation, gpa: Allocator, tool: *const Tool, server: cachehost.CacheHost, url: []const u8) ![]const u8 {
+        const server_scheme: []const u8 = if (server.https) "https" else "http";
+        const url_scheme: []const u8 = if (startsWithLower(url, "https:")) "https" else "http";
+        for (op.protocols.items) |limit| {
+            const value = limit.value orelse continue;
+            const allowed = allowedSchemes(value) orelse
+                return try std.fmt.allocPrint(gpa, "--{s} {f} is not a protocol list", .{ limit.name, text.Repr{ .s = value } });
+            if (!allowed.has(server.https)) {
+                return try std.fmt.allocPrint(gpa, "--{s} does not allow {s}, the cache-host's scheme", .{ limit.name, server_scheme });
+            }
+            if (tool_.contains(tool.url_protocol_options, limit.name) and !allowed.has(std.mem.eql(u8, url_scheme, "https"))) {
+                return try std.fmt.allocPrint(gpa, "--{s} does not allow {s}, the URL's scheme", .{ limit.name, url_scheme });
+            }
+        }
+        return "";
+    }
+
     /// Why the tool would reach the cache-host through a proxy ("" if it won't).
     fn proxyReason(op: *const Operation, tool: *const Tool, server: cachehost.CacheHost, env: Env) []const u8 {
         if (nonEmpty(op.proxy) != null) return "a proxy is set on the command line";
@@ -252,6 +273,58 @@ const Operation = struct {
         return "a proxy applies to the cache-host; add it to no_proxy";
     }
 };
+
+const Limit = struct { name: []const u8, value: ?[]const u8 };
+
+const Schemes = struct {
+    http: bool = true,
+    https: bool = true,
+
+    fn has(s: Schemes, https: bool) bool {
+        return if (https) s.https else s.http;
+    }
+};
+
+/// Which of http and https a curl --proto list leaves allowed (plan.allowed_schemes):
+/// comma-separated names after modifiers + (allow), - (deny) or = (only this);
+/// `all` is every protocol; an unknown name is ignored unless after `=`.
+/// Null when curl refuses the list outright.
+fn allowedSchemes(list: []const u8) ?Schemes {
+    var allowed: Schemes = .{};
+    var tokens = std.mem.splitScalar(u8, list, ',');
+    while (tokens.next()) |raw| {
+        if (raw.len == 0) continue;
+        var token = raw;
+        var action: u8 = '+';
+        while (token.len > 0 and !std.ascii.isAlphanumeric(token[0])) {
+            if (std.mem.indexOfScalar(u8, "+-=", token[0]) == null) return null;
+            action = token[0];
+            token = token[1..];
+        }
+        if (token.len == 0) return null;
+        const all = std.ascii.eqlIgnoreCase(token, "all");
+        const named: Schemes = .{
+            .http = all or std.ascii.eqlIgnoreCase(token, "http"),
+            .https = all or std.ascii.eqlIgnoreCase(token, "https"),
+        };
+        switch (action) {
+            '-' => allowed = .{ .http = allowed.http and !named.http, .https = allowed.https and !named.https },
+            '=' => allowed = named,
+            else => allowed = .{ .http = allowed.http or named.http, .https = allowed.https or named.https },
+        }
+    }
+    return allowed;
+}
+
+test "curl --proto lists" {
+    try std.testing.expectEqual(Schemes{ .http = false, .https = true }, allowedSchemes("=https").?);
+    try std.testing.expectEqual(Schemes{ .http = true, .https = false }, allowedSchemes(",,-https").?);
+    try std.testing.expectEqual(Schemes{ .http = true, .https = true }, allowedSchemes("x=https").?);
+    try std.testing.expectEqual(Schemes{ .http = false, .https = false }, allowedSchemes("=ftp").?);
+    try std.testing.expectEqual(Schemes{ .http = false, .https = true }, allowedSchemes("=all,-HTTP").?);
+    try std.testing.expect(allowedSchemes("=") == null);
+    try std.testing.expect(allowedSchemes("*https") == null);
+}
 
 fn nonEmpty(value: ?[]const u8) ?[]const u8 {
     const v = value orelse return null;
@@ -414,6 +487,14 @@ fn apply(gpa: Allocator, tool: *const Tool, command: *Command, token: Token) !vo
         op.env_proxies = on;
     } else if (tool_.optEql(tool.no_proxy_option, name)) {
         op.no_proxy = value;
+    } else if (tool_.lookup(tool_.Text, tool.protocol_options, name)) |fixed| {
+        const limit: ?[]const u8 = if (!on) null else if (is_arg) value else fixed;
+        for (op.protocols.items) |*seen| {
+            if (std.mem.eql(u8, seen.name, name)) {
+                seen.value = limit;
+                return;
+            }
+        } else try op.protocols.append(gpa, .{ .name = name, .value = limit });
     }
 }
 

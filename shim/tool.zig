@@ -39,6 +39,8 @@ pub const Tool = struct {
     url_options: []const []const u8,
     pass_through: []const Text,
     https_pass_through: []const Text,
+    protocol_options: []const Text,
+    url_protocol_options: []const []const u8,
     method_options: []const []const u8,
     next_option: ?[]const u8,
     globoff_option: ?[]const u8,

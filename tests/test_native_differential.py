@@ -56,6 +56,7 @@ def case(
 
 
 SERVER_CONF = b"server = {HTTP}\n"
+TLS_CACHE = {"WITHCACHE_SERVER": "{HTTPS}"}
 
 
 # Placeholders, filled in from the `world` fixture: {H1} {H2} cached, {Q1} cached
@@ -213,7 +214,11 @@ HAND_WRITTEN = [
     case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\ncurl_server =\n"),
     case(W, "-q", "{H1}", conf=b"server={DEADHOST}\r\n  server   =   {HTTP}  \r\n"),
     case(
-        C, "-sS", "-o", "o", "{H1}",
+        C,
+        "-sS",
+        "-o",
+        "o",
+        "{H1}",
         conf=b"# the lab's cache\n\n  server = {HTTP}  # trailing words\nServer = x\n"
         b"bogus = 1\nno equals sign\n= value\n\xff\xfe = \xe9\nserver = ftp://cache\n"
         b"wget_server = http://u@h\nprobe_timeout = 0\nprobe_timeout = soon\n"
@@ -221,7 +226,12 @@ HAND_WRITTEN = [
     ),  # fmt: skip
     case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {SILENT}\nprobe_timeout = 1_5e-1\n"),
     case(
-        C, "-sS", "-o", "o", "{H1}", conf=b"server = {SILENT}\nprobe_timeout = 30\n",
+        C,
+        "-sS",
+        "-o",
+        "o",
+        "{H1}",
+        conf=b"server = {SILENT}\nprobe_timeout = 30\n",
         env={"WITHCACHE_PROBE_TIMEOUT": "0.2"},
     ),  # fmt: skip
     case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\n" + b"#" * 70_000),
@@ -258,6 +268,44 @@ HAND_WRITTEN = [
         "{AUTH}",
         env={"WITHCACHE_SERVER": "{HTTPS}"},
     ),
+    # Scheme limits: served when the cache-host's scheme (and for --proto the
+    # URL's) is allowed; curl's --proto grammar; wget --https-only.
+    case(C, "-sS", "--proto", "=https", "--cacert", "{CA}", "-o", "o", "{TLS}", env=TLS_CACHE),
+    case(C, "-sS", "--proto", "=https", "--cacert", "{CA}", "-o", "o", "{TLS}"),
+    case(C, "-sS", "--proto", "=https", "--cacert", "{CA}", "-o", "o", "{H1}", env=TLS_CACHE),
+    case(
+        C,
+        "-sS",
+        "--proto",
+        "-all,https,+http",
+        "--cacert",
+        "{CA}",
+        "-o",
+        "o",
+        "{H1}",
+        env=TLS_CACHE,
+    ),
+    case(C, "-sS", "--proto", "=http,https", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "-https", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "-https", "--cacert", "{CA}", "-o", "o", "{H1}", env=TLS_CACHE),
+    case(C, "-sS", "--proto", ",,=HTTPS,", "--cacert", "{CA}", "-o", "o", "{TLS}", env=TLS_CACHE),
+    case(C, "-sS", "--proto", "=", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "*https", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "x=https", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "=bogus,+http", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "=ftp", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto", "=all,-http", "--cacert", "{CA}", "-o", "o", "{H1}", env=TLS_CACHE),
+    case(C, "-sS", "--proto-redir", "=https", "-o", "o", "{H1}"),
+    case(C, "-sS", "--proto-redir", "=https", "--cacert", "{CA}", "-o", "o", "{H1}", env=TLS_CACHE),
+    case(C, "-sS", "--proto", "=https", "-o", "a", "{H1}", "--next", "-sS", "-o", "b", "{H2}"),
+    case(C, "-sS", "--proto", "=https", "--proto", "all", "-o", "o", "{H1}"),
+    case(W, "-q", "--https-only", "{H1}"),
+    case(W, "-q", "--https-only", "--ca-certificate={CA}", "{H1}", env=TLS_CACHE),
+    case(W, "-q", "--https-only", "--ca-certificate={CA}", "{TLS}", env=TLS_CACHE),
+    case(W, "-q", "--https-only", "--no-https-only", "{H1}"),
+    case(W, "-q", "--https-only=off", "{H1}"),
+    case(W, "-q", "-e", "https_only = on", "{H1}"),
+    case(W, "-q", "-e", "httpsonly=on", "--ca-certificate={CA}", "{H1}", env=TLS_CACHE),
     # Python's string rules: Unicode spaces, repr() in notes, undecodable bytes.
     case(C, "-sS", "-o", "o", "{H1}", env={"WITHCACHE_SERVER": "\u00a0{HTTP}\u3000\t"}),
     case(C, "-sS", "-o", "o", "{H1}", env={"WITHCACHE_SERVER": "http://ca'che\u00e9:1"}),

@@ -119,7 +119,6 @@ TOOL = Tool(
         "xattr": "records the URL in file attributes",
         "libcurl": "writes a program that contains the URL",
         "pinnedpubkey": "pins the origin's TLS key",
-        "proto": "restricts protocols",
         "aws-sigv4": "signs the request for the origin host",
         "config": "reads more options and URLs from a file (-K)",
         "help": _NO_TRANSFER,
@@ -130,6 +129,10 @@ TOOL = Tool(
         ["tls-max", "ciphers", "tls13-ciphers", "curves", "cert-status", "sslv2", "sslv3"],
         _TLS_LIMIT,
     ),
+    # --proto limits every transfer; --proto-redir the redirects a hit may take
+    # (--redirect-hits sends one to the object store, taken to be the same scheme).
+    protocol_options={"proto": "", "proto-redir": ""},
+    url_protocol_options=frozenset({"proto"}),
     method_options=frozenset({"request"}),
     next_option="next",
     globoff_option="globoff",

@@ -68,7 +68,12 @@ def plan(tool_name: str, argv: Sequence[str], env: Mapping[str, str], probe: Pro
     notes: list[str] = []
     wanted: dict[int, Request] = {}
     for position, (index, url, op) in enumerate(command.urls):
-        reason = _url_reason(tool, url, index, op) or blockers or op.proxy_reason(tool, server, env)
+        reason = (
+            _url_reason(tool, url, index, op)
+            or blockers
+            or op.protocol_reason(tool, server.scheme, url)
+            or op.proxy_reason(tool, server, env)
+        )
         if reason:
             notes.append(f"passed through {url} ({reason})")
             continue
@@ -149,6 +154,7 @@ class _Operation:
         self.proxy: str | None = None
         self.env_proxies = True
         self.no_proxy: str | None = None
+        self.protocols: dict[str, str | None] = {}  # limit option -> its list (None: off)
 
     def authorization(self, tool: Tool) -> str | None:
         """The Authorization the tool sends on its first request, if certain; else None."""
@@ -179,6 +185,22 @@ class _Operation:
                 return Trust(self.verify, ca_file, ca_dir)
         return Trust(self.verify)
 
+    def protocol_reason(self, tool: Tool, server_scheme: str, url: str) -> str:
+        """Why a scheme limit (curl --proto, wget --https-only) keeps this URL
+        from the cache ('' if none does)."""
+        url_scheme = "https" if url[:6].lower() == "https:" else "http"
+        for name, value in self.protocols.items():
+            if value is None:
+                continue
+            allowed = allowed_schemes(value)
+            if allowed is None:
+                return f"--{name} {value!r} is not a protocol list"
+            if server_scheme not in allowed:
+                return f"--{name} does not allow {server_scheme}, the cache-host's scheme"
+            if name in tool.url_protocol_options and url_scheme not in allowed:
+                return f"--{name} does not allow {url_scheme}, the URL's scheme"
+        return ""
+
     def proxy_reason(self, tool: Tool, server: cachehost.CacheHost, env: Mapping[str, str]) -> str:
         """Why the tool would reach the cache-host through a proxy ('' if it won't)."""
         if self.proxy:
@@ -194,6 +216,35 @@ class _Operation:
         if _bypasses(no_proxy, server.host):
             return ""
         return "a proxy applies to the cache-host; add it to no_proxy"
+
+
+def allowed_schemes(protocols: str) -> set[str] | None:
+    """Which of http and https a curl --proto list leaves allowed, as curl 7.85+
+    reads it (tool_paramhlp.c, proto2num): comma-separated names, each after
+    modifiers `+` (allow, the default), `-` (deny) or `=` (only this); `all`
+    stands for every protocol; an unknown name is ignored, except that `=`
+    before one allows nothing. None when curl refuses the list outright.
+    """
+    allowed = {"http", "https"}
+    for token in protocols.split(","):
+        if not token:
+            continue
+        action = "+"
+        while token and not (token[0].isascii() and token[0].isalnum()):
+            if token[0] not in "+-=":
+                return None
+            action, token = token[0], token[1:]
+        if not token:
+            return None
+        name = token.lower() if token.isascii() else token
+        named = {"http", "https"} if name == "all" else {name} & {"http", "https"}
+        if action == "-":
+            allowed -= named
+        elif action == "=":
+            allowed = named
+        else:
+            allowed |= named
+    return allowed
 
 
 def _bypasses(no_proxy: str, host: str) -> bool:
@@ -306,6 +357,8 @@ def _apply(tool: Tool, command: _Command, token: Token) -> None:
         op.env_proxies = on
     elif name == tool.no_proxy_option:
         op.no_proxy = value
+    elif name in tool.protocol_options:
+        op.protocols[name] = (value if is_arg else tool.protocol_options[name]) if on else None
 
 
 def _header(op: _Operation, header: str) -> None:

@@ -23,6 +23,13 @@ class Tool(Record):
     # command then runs as written. Option -> the reason shown in debug output.
     pass_through: dict[str, str]
     https_pass_through: dict[str, str]  # the same, only when the cache-host is https
+    # Options limiting the schemes the tool may use, in curl's --proto grammar:
+    # option -> the list a boolean option stands for, or "" when its argument is
+    # the list. A URL is served only if each limit in effect allows the
+    # cache-host's scheme; `url_protocol_options` also limit the URL as written
+    # (the tool refuses it), so its own scheme must be allowed too.
+    protocol_options: dict[str, str]
+    url_protocol_options: frozenset[str]
     # Options naming the HTTP method: only GET and HEAD can be served by a cache.
     method_options: frozenset[str]
     next_option: str | None  # starts a new operation with fresh options (curl --next)

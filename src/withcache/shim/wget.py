@@ -113,6 +113,10 @@ TOOL = Tool(
     https_pass_through=dict.fromkeys(
         ["secure-protocol", "ciphers"], "limits TLS, which an https cache-host may not meet"
     ),
+    # --https-only limits the links a recursive wget follows (a URL as written
+    # may be http), but it says TLS only: the cache-host must be https.
+    protocol_options={"https-only": "=https"},
+    url_protocol_options=frozenset(),
     method_options=frozenset({"method"}),
     next_option=None,
     globoff_option=None,
