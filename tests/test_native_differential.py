@@ -223,7 +223,7 @@ HAND_WRITTEN = [
         b"bogus = 1\nno equals sign\n= value\n\xff\xfe = \xe9\nserver = ftp://cache\n"
         b"wget_server = http://u@h\nprobe_timeout = 0\nprobe_timeout = soon\n"
         b"probe_timeout = 601\ncurl_server = [::1\n",
-    ),  # fmt: skip
+    ),
     case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {SILENT}\nprobe_timeout = 1_5e-1\n"),
     case(
         C,
@@ -233,7 +233,7 @@ HAND_WRITTEN = [
         "{H1}",
         conf=b"server = {SILENT}\nprobe_timeout = 30\n",
         env={"WITHCACHE_PROBE_TIMEOUT": "0.2"},
-    ),  # fmt: skip
+    ),
     case(C, "-sS", "-o", "o", "{H1}", conf=b"server = {HTTP}\n" + b"#" * 70_000),
     case(C, "-sS", "-o", "o", "{H1}", conf="server = \u00a0{HTTP}\u3000\n".encode()),
     case(C, "-sS", "-o", "o", "{H1}", conf=b""),
