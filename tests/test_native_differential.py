@@ -268,6 +268,8 @@ HAND_WRITTEN = [
         "{AUTH}",
         env={"WITHCACHE_SERVER": "{HTTPS}"},
     ),
+    # makepkg's DLAGENTS line for https, as docs/mirrors.md sets it.
+    case(C, "-qgb", "", "-fLC", "-", "--retry", "3", "--retry-delay", "3", "-o", "o", "{H1}"),
     # Scheme limits: served when the cache-host's scheme (and for --proto the
     # URL's) is allowed; curl's --proto grammar; wget --https-only.
     case(C, "-sS", "--proto", "=https", "--cacert", "{CA}", "-o", "o", "{TLS}", env=TLS_CACHE),
