@@ -79,7 +79,7 @@ pub fn apply(gpa: std.mem.Allocator, tool: []const u8, env: Env, found: Found, d
             }
         }
     }
-    if (debug) writeAll(notes.written());
+    if (debug) text.writeStderr(notes.written());
     var extra: std.ArrayList(?[*:0]const u8) = .empty;
     for (tables.conf_variables, values) |variable, value| {
         const v = value orelse continue;
@@ -115,13 +115,4 @@ fn check(gpa: std.mem.Allocator, problem: *std.Io.Writer, key: []const u8, value
         }
     }
     return slot;
-}
-
-fn writeAll(bytes: []const u8) void {
-    var rest = bytes;
-    while (rest.len > 0) {
-        const n = c.write(2, rest.ptr, rest.len);
-        if (n <= 0) return;
-        rest = rest[@intCast(n)..];
-    }
 }

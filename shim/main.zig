@@ -85,17 +85,9 @@ fn eqlAny(name: []const u8, names: []const []const u8) bool {
 /// Write one message to stderr (unbuffered, like os.write in the Python shim).
 fn say(comptime fmt: []const u8, args: anytype) void {
     const line = std.fmt.allocPrint(gpa, fmt, args) catch return;
-    writeAll(line);
+    text.writeStderr(line);
 }
 
-fn writeAll(bytes: []const u8) void {
-    var rest = bytes;
-    while (rest.len > 0) {
-        const n = c.write(2, rest.ptr, rest.len);
-        if (n <= 0) return;
-        rest = rest[@intCast(n)..];
-    }
-}
 
 /// The argv to exec; with WITHCACHE_DEBUG set, one note a line on stderr.
 fn rewrite(tool: *const Tool, args: [][]const u8, env: Env, real: [:0]const u8, debug: bool) [][]const u8 {
@@ -112,7 +104,7 @@ fn rewrite(tool: *const Tool, args: [][]const u8, env: Env, real: [:0]const u8, 
             text.writeReplaced(&out.writer, note) catch break;
             out.writer.writeByte('\n') catch break;
         }
-        writeAll(out.written());
+        text.writeStderr(out.written());
     }
     return result.argv;
 }

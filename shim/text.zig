@@ -150,6 +150,16 @@ pub fn writeReplaced(w: *std.Io.Writer, s: []const u8) std.Io.Writer.Error!void 
     }
 }
 
+/// Write all of `bytes` to stderr, unbuffered (os.write in the Python shim).
+pub fn writeStderr(bytes: []const u8) void {
+    var rest = bytes;
+    while (rest.len > 0) {
+        const n = std.c.write(2, rest.ptr, rest.len);
+        if (n <= 0) return;
+        rest = rest[@intCast(n)..];
+    }
+}
+
 /// The UTF-8 character at s[i] (one byte if it isn't valid UTF-8).
 pub fn charAt(s: []const u8, i: usize) []const u8 {
     const n = if (s[i] < 0x80) 1 else validAt(s, i);

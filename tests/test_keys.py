@@ -11,13 +11,21 @@ paths = st.lists(st.from_regex(r"[A-Za-z0-9._~%-]{1,12}", fullmatch=True), max_s
     lambda parts: "/" + "/".join(parts)
 )
 queries = st.from_regex(r"([a-z]{1,5}=[A-Za-z0-9%._-]{0,10}&?){0,3}", fullmatch=True)
-urls = st.builds(
-    lambda scheme, host, path, query: f"{scheme}://{host}{path}" + (f"?{query}" if query else ""),
-    st.sampled_from(["http", "https"]),
-    hosts,
-    paths,
-    queries,
-)
+
+
+def urls_on(host_names: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.builds(
+        lambda scheme, host, path, query: (
+            f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+        ),
+        st.sampled_from(["http", "https"]),
+        host_names,
+        paths,
+        queries,
+    )
+
+
+urls = urls_on(hosts)
 
 
 @given(urls)
@@ -91,13 +99,7 @@ def test_serve_path_keeps_basename_and_query():
 hosts_with_ports = st.tuples(hosts, st.one_of(st.none(), st.integers(1, 65535))).map(
     lambda pair: pair[0] if pair[1] is None else f"{pair[0]}:{pair[1]}"
 )
-mirrored = st.builds(
-    lambda scheme, host, path, query: f"{scheme}://{host}{path}" + (f"?{query}" if query else ""),
-    st.sampled_from(["http", "https"]),
-    hosts_with_ports,
-    paths,
-    queries,
-)
+mirrored = urls_on(hosts_with_ports)
 
 
 @given(mirrored)

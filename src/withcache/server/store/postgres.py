@@ -257,18 +257,19 @@ class PostgresMetadata:
     # -- artifacts
 
     async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
-        row = await self._one(
-            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
-            "ORDER BY scope DESC LIMIT 1",
-            (key, list(scopes)),
-        )
-        return as_artifact(row) if row else None
+        return await self._find_artifact("key", key, scopes)
 
     async def find_artifact_by_sha256(self, sha256: str, scopes: Sequence[str]) -> Artifact | None:
+        return await self._find_artifact("sha256", sha256, scopes)
+
+    async def _find_artifact(
+        self, column: str, value: str, scopes: Sequence[str]
+    ) -> Artifact | None:
+        """The artifact whose `column` is `value` in the first of `scopes` that has one."""
         row = await self._one(
-            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE sha256 = %s AND scope = ANY(%s) "
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE {column} = %s AND scope = ANY(%s) "
             "ORDER BY scope DESC, id DESC LIMIT 1",
-            (sha256, list(scopes)),
+            (value, list(scopes)),
         )
         return as_artifact(row) if row else None
 

@@ -215,20 +215,18 @@ class SQLiteMetadata:
     # -- artifacts
 
     async def find_artifact(self, key: str, scopes: Sequence[str]) -> Artifact | None:
-        marks = ",".join("?" * len(scopes))
-        row = self._db.execute(
-            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = ? AND scope IN ({marks}) "
-            "ORDER BY scope DESC LIMIT 1",
-            (key, *scopes),
-        ).fetchone()
-        return as_artifact(row) if row else None
+        return self._find_artifact("key", key, scopes)
 
     async def find_artifact_by_sha256(self, sha256: str, scopes: Sequence[str]) -> Artifact | None:
+        return self._find_artifact("sha256", sha256, scopes)
+
+    def _find_artifact(self, column: str, value: str, scopes: Sequence[str]) -> Artifact | None:
+        """The artifact whose `column` is `value` in the first of `scopes` that has one."""
         marks = ",".join("?" * len(scopes))
         row = self._db.execute(
-            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE sha256 = ? AND scope IN ({marks}) "
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE {column} = ? AND scope IN ({marks}) "
             "ORDER BY scope DESC, id DESC LIMIT 1",
-            (sha256, *scopes),
+            (value, *scopes),
         ).fetchone()
         return as_artifact(row) if row else None
 
