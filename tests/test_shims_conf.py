@@ -26,14 +26,15 @@ SYSTEM_DIR = Path("/etc/withcache")
 
 
 @pytest.fixture(params=["python", "native"])
-def installed(request, native_shim):
+def installed(request):
     """A world-readable folder with `curl` and `wget` linked to one kind of shim."""
     folder = Path(tempfile.mkdtemp(prefix="withcache-conf-"))
     folder.chmod(0o755)
     bin_dir = folder / "bin"
     bin_dir.mkdir(mode=0o755)
     if request.param == "native":  # a copy: the build tree may be private to its owner
-        shutil.copy(native_shim / "curlwithcache", folder / "withcache-shim")
+        native = request.getfixturevalue("native_shim")
+        shutil.copy(native / "curlwithcache", folder / "withcache-shim")
     for tool in ("curl", "wget"):
         python = BIN / f"{tool}withcache"
         (bin_dir / tool).symlink_to(
