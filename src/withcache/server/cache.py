@@ -56,6 +56,15 @@ class NotFound(ActionError):
 
 
 @dataclass(frozen=True)
+class Added:
+    """What Cache.add did: found the artifact cached, joined a fill, or made one."""
+
+    artifact: Artifact | None = None
+    fill: FillRecord | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True)
 class MissOutcome:
     """What happened to a miss, for the 404 body and the caller."""
 
@@ -198,9 +207,15 @@ class Cache:
     # -- operator actions
 
     async def add(
-        self, url: str, expected_sha256: str | None = None, actor: str | None = None
-    ) -> FillRecord:
-        """Pre-seed an artifact by URL, optionally pinned to a SHA-256."""
+        self, url: str, expected_sha256: str | None = None, actor: str | None = None,
+        refresh: bool = False,
+    ) -> Added:
+        """Pre-seed an artifact by URL, optionally pinned to a SHA-256.
+
+        Idempotent: a URL cached already is not fetched again unless `refresh`
+        (a nightly seeding script must not re-download everything), and a fill
+        under way for it is joined.
+        """  # fmt: skip
         try:
             keys.check_origin(url)
         except keys.BadURL as err:
@@ -212,12 +227,23 @@ class Cache:
             raise ActionError(f"not fetched: {refusal}")
         key = self.key(url)
         expected = expected_sha256.lower() if expected_sha256 else None
+        if not refresh:
+            cached = await self.metadata.find_artifact(key, (PUBLIC,))
+            if cached is not None and expected not in (None, cached.sha256):
+                raise ActionError(
+                    f"cached already with other bytes (SHA-256 {cached.sha256}); "
+                    "fetch it again with refresh"
+                )
+            if cached is not None:
+                return Added(artifact=cached)
         fill, created = await self.fills.request(
             url, key, PUBLIC, None, "operator", expected, actor
         )
-        if not created:
-            raise ActionError("a fill for this URL is already queued or running")
-        return fill.record
+        if not created and expected not in (None, fill.record.expected_sha256):
+            raise ActionError(
+                "a fill for this URL is already queued or running, without this expected SHA-256"
+            )
+        return Added(fill=fill.record, created=created)
 
     async def approve(self, key: str, actor: str | None = None) -> FillRecord:
         """Fetch a recorded miss (what an operator does in curate mode)."""

@@ -257,13 +257,21 @@ async def list_fills(request: web.Request) -> web.Response:
 
 async def add_fill(request: web.Request) -> web.Response:
     cache = _cache(request)
-    body = await _body(request, {"url": str, "sha256": str}, {"url"})
+    body = await _body(request, {"url": str, "sha256": str, "refresh": bool}, {"url"})
     try:
-        record = await cache.add(body["url"], body.get("sha256"), _actor(request))
+        added = await cache.add(
+            body["url"], body.get("sha256"), _actor(request), bool(body.get("refresh"))
+        )
     except ActionError as err:
         raise _acted(err) from None
-    row = fill_rows(cache, [record])[0]
-    return _json(fill_json(row), 201, {"Location": f"{PREFIX}/fills/{record.id}"})
+    if added.artifact is not None:  # cached already: nothing fetched
+        artifact = added.artifact
+        return _json(artifact_json(artifact), 200, {"Location": f"{PREFIX}/artifacts/{artifact.id}"})
+    assert added.fill is not None
+    row = fill_rows(cache, [added.fill])[0]
+    # 201: a new fill; 202: the one already under way for this URL.
+    status = 201 if added.created else 202
+    return _json(fill_json(row), status, {"Location": f"{PREFIX}/fills/{added.fill.id}"})
 
 
 async def get_fill(request: web.Request) -> web.Response:

@@ -185,7 +185,9 @@ async def confirm_delete(request: web.Request) -> web.Response:
 
 
 async def add_page(request: web.Request) -> web.Response:
-    return await _show(request, "add.html", section="add", url="", sha256="", error=None)
+    return await _show(
+        request, "add.html", section="add", url="", sha256="", error=None, cached=None
+    )
 
 
 async def events_page(request: web.Request) -> web.Response:
@@ -274,11 +276,17 @@ async def add_action(request: web.Request) -> web.StreamResponse:
     try:
         if not url:
             raise ActionError("give the URL to fetch")
-        await cache.add(url, sha256 or None, auth.actor(request))
+        added = await cache.add(url, sha256 or None, auth.actor(request), "refresh" in form)
     except ActionError as err:
         return await _show(
-            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err)
-        )
+            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err),
+            cached=None,
+        )  # fmt: skip
+    if added.artifact is not None:
+        return await _show(
+            request, "add.html", section="add", url=url, sha256=sha256, error=None,
+            cached=added.artifact,
+        )  # fmt: skip
     raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
