@@ -160,7 +160,7 @@ def test_make_test_stops_at_the_missing_packages_before_any_test_runs(machine):
 def test_every_package_says_why_it_is_needed():
     for line in LIST.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            package, targets, why = re.fullmatch(r"(\S+)\s+(\S+)\s+#\s*(.+)", line).groups()
+            _package, targets, why = re.fullmatch(r"(\S+)\s+(\S+)\s+#\s*(.+)", line).groups()
             assert targets in ("run", "test"), line
             assert len(why) > 10, line
 

@@ -38,7 +38,9 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}: give more than 0, at most 3600")
+        raise argparse.ArgumentTypeError(
+            f"invalid number of seconds {text!r}: give more than 0, at most 3600"
+        )
     return value
 
 

@@ -38,7 +38,9 @@ def _timeout(given: float | None, env: Mapping[str, str], name: str, default: fl
     except ValueError:
         value = -1.0
     if not 0 < value <= 3600:
-        raise CommandError(f"{name}={text!r} is not a number of seconds (more than 0, at most 3600)", USAGE)
+        raise CommandError(
+            f"{name}={text!r} is not a number of seconds (more than 0, at most 3600)", USAGE
+        )
     return value
 
 

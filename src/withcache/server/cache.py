@@ -207,7 +207,10 @@ class Cache:
     # -- operator actions
 
     async def add(
-        self, url: str, expected_sha256: str | None = None, actor: str | None = None,
+        self,
+        url: str,
+        expected_sha256: str | None = None,
+        actor: str | None = None,
         refresh: bool = False,
     ) -> Added:
         """Pre-seed an artifact by URL, optionally pinned to a SHA-256.

@@ -265,8 +265,8 @@ async def add_fill(request: web.Request) -> web.Response:
     except ActionError as err:
         raise _acted(err) from None
     if added.artifact is not None:  # cached already: nothing fetched
-        artifact = added.artifact
-        return _json(artifact_json(artifact), 200, {"Location": f"{PREFIX}/artifacts/{artifact.id}"})
+        location = f"{PREFIX}/artifacts/{added.artifact.id}"
+        return _json(artifact_json(added.artifact), 200, {"Location": location})
     assert added.fill is not None
     row = fill_rows(cache, [added.fill])[0]
     # 201: a new fill; 202: the one already under way for this URL.
