@@ -175,6 +175,8 @@ def test_a_venv_under_opt_serves_every_user(dist, opt, home, tmp_path):
     sh(f"{venv}/bin/withcache-shims install --dir {public}", env)
     assert os.readlink(public / "curl") == str(venv / "bin/curlwithcache")
     if os.geteuid() == 0:
-        other = subprocess.run([*NOBODY, str(public / "curl"), "--version"],
-                               capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+        other = subprocess.run(
+            [*NOBODY, str(public / "curl"), "--version"], capture_output=True, text=True,
+            timeout=60, env={"PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
         assert other.returncode == 0 and other.stdout.startswith("curl "), other.stderr
