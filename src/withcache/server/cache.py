@@ -41,6 +41,7 @@ DAY = 86400.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
 
 
 class ActionError(Exception):
@@ -83,6 +84,7 @@ class Cache:
         self.fills = FillManager(settings, metadata, blobs, policy, self.record)
         self.tally = metrics.Tally()
         self.verification: Verification | None = None  # the latest `verify` run
+        self._verified: Verification | None = None  # the finished one before it
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
@@ -102,6 +104,7 @@ class Cache:
         self._tasks = [
             asyncio.create_task(self._every(HIT_FLUSH_SECONDS, self.flush_hits)),
             asyncio.create_task(self._every(PRUNE_SECONDS, self._prune)),
+            asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
         ]
 
     async def stop(self) -> None:
@@ -166,8 +169,8 @@ class Cache:
             await self.metadata.add_hits(batch)
 
     async def miss(self, url: str, key: str, authorization: str | None) -> MissOutcome:
-        """Record a miss and, in auto mode, start or join its fill."""
-        self.tally.misses += 1
+        """Record a miss and, in auto mode, start or join its fill (the read
+        path counts it in the tally: it knows whether the client comes back)."""
         scope = self.policy.scope_of(authorization)
         now = time.time()
         running = self.fills.active(key, scope)
@@ -181,7 +184,7 @@ class Cache:
             return MissOutcome(f"not fetched: {refusal}")
         if self.settings.curate:
             # Keep the full URL: the fill an operator may approve needs it.
-            await self.metadata.record_miss(key, url, "awaiting approval", now)
+            await self.metadata.record_miss(key, url, AWAITING_APPROVAL, now)
             return MissOutcome("recorded for an operator to approve")
         failed = self.fills.recent_failure(key, scope)
         if failed:
@@ -311,6 +314,7 @@ class Cache:
         """Start re-hashing every blob in the background (one run at a time)."""
         if self.verification and not self.verification.finished:
             raise ActionError("a verification is already running")
+        self._verified = self.verification
         self.verification = Verification(quarantine=quarantine, actor=actor)
         task = asyncio.create_task(self.verification.run(self))
         self._tasks.append(task)  # so that stop() cancels a run in progress
@@ -367,6 +371,27 @@ class Cache:
             "free_bytes": self.blobs.free_bytes(),
         }
 
+    @property
+    def last_verification(self) -> Verification | None:
+        """The latest finished verification (one still running has no findings yet)."""
+        latest = self.verification
+        return latest if latest and latest.finished else self._verified
+
+    async def work(self) -> dict[str, Any]:
+        """What waits on the cache-host (to alert on a stuck queue) and what
+        the latest verification found (to alert on bit rot)."""
+        md = self.metadata
+        verified = self.last_verification
+        return {
+            "queued_fills": (await md.list_fills((FillState.QUEUED,), limit=0)).total,
+            "running_fills": (await md.list_fills((FillState.RUNNING,), limit=0)).total,
+            "awaiting_approval": await md.count_misses(AWAITING_APPROVAL),
+            "verify_running": bool(self.verification and not self.verification.finished),
+            "verified_at": verified.finished_at if verified else None,
+            "verified_blobs": verified.checked if verified else None,
+            "bad_blobs": len(verified.corrupt) if verified else None,
+        }
+
     async def record(self, event: events.Event) -> None:
         """Append an event to the audit log and write its log line."""
         detail = event.detail()
@@ -386,6 +411,9 @@ class Cache:
 
     def display(self, url: str) -> str:
         return keys.display_url(url, self.settings.keep_query)
+
+    async def _mark_tally(self) -> None:
+        self.tally.mark()
 
     async def _prune(self) -> None:
         s = self.settings
