@@ -130,11 +130,13 @@ def test_make_dist_builds_the_wheel_the_sdist_and_the_native_shim(dist):
     assert os.access(native, os.X_OK) and native.stat().st_size < 300 * 1024
 
 
-def test_pip_install_of_the_wheel_in_a_venv(dist, home, tmp_path):
+def test_pip_install_of_the_wheel_with_the_scale_out_stores(dist, home, tmp_path):
     venv = home / "venv"
     env = clean_env(home, venv / "bin")
-    sh(f"{sys.executable} -m venv {venv} && {venv}/bin/pip install -q {dist}/withcache-*.whl", env)
+    sh(f"{sys.executable} -m venv {venv}", env)
+    sh(f'{venv}/bin/pip install -q "$(echo dist/withcache-*.whl)[scale]"', env, cwd=dist.parent)
     check_commands(venv / "bin", env, tmp_path)
+    sh(f"{venv}/bin/python -c 'import psycopg'", env)
 
 
 def test_a_per_user_install_says_how_to_set_up_every_user(opt, home):
@@ -167,7 +169,9 @@ def test_a_per_user_install_says_how_to_set_up_every_user(opt, home):
 def test_a_venv_under_opt_serves_every_user(dist, opt, home, tmp_path):
     venv = opt / "withcache"
     env = clean_env(home, venv / "bin")
-    sh(f"{SYSTEM_PYTHON} -m venv {venv} && {venv}/bin/pip install -q {dist}/withcache-*.whl", env)
+    sh(f"{SYSTEM_PYTHON} -m venv {venv} && {venv}/bin/pip install -q dist/withcache-*.whl", env,
+       cwd=dist.parent)  # fmt: skip
+    check_commands(venv / "bin", env, tmp_path)
     setup = sh(f"{venv}/bin/withcache-shims setup system --server http://c:3000", env)
     assert f"ln -sf {venv}/bin/curlwithcache /usr/local/bin/curl" in setup.stdout
     public = opt / "bin"
