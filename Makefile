@@ -9,8 +9,10 @@ SHIM_SOURCES := $(wildcard shim/*.zig) shim/build.py \
 
 .PHONY: run test deps lint format shim dist
 
+# A cache-host to try things on: this machine only, the UI open (no password).
+RUN_FLAGS ?= --data-dir ./data --host 127.0.0.1 --port 3000
 run: $(VENV)/.run
-	$(BIN)/withcache-server --data-dir ./data
+	$(BIN)/withcache-server $(RUN_FLAGS)
 
 # Prerequisites are made in this order: Debian packages, .venv, native shim.
 # Most tests wait on servers and subprocesses, so four workers fit two cores;
