@@ -23,7 +23,7 @@ PROG = "withcache"
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CommandError(message, USAGE)
+        raise CommandError(f"{message} (see {self.prog} --help)", USAGE)
 
 
 def _limit(text: str) -> int:
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
     p.add_argument("targets", nargs="+", metavar="ID|URL")
+    p.set_defaults(check=commands.check_targets)
 
     p = command("misses", commands.misses, "list URLs asked for and not cached")
     p.add_argument("query", nargs="?", help="only URLs containing this")
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("approve", commands.approve, "fetch recorded misses (under --curate)")
     p.add_argument("urls", nargs="+", metavar="URL")
+    p.set_defaults(check=commands.check_urls)
 
     p = sub.add_parser("token", help="make, revoke and list API tokens")
     tokens = p.add_subparsers(dest="token_command", required=True, parser_class=_Parser)

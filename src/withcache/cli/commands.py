@@ -78,14 +78,30 @@ def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool 
     )  # fmt: skip
 
 
+def _check_url(url: str) -> None:
+    try:
+        keys.check_origin(url)
+    except keys.BadURL as err:
+        raise CommandError(f"bad URL {url!r}: {err}", USAGE) from None
+
+
 def check_add(args: argparse.Namespace) -> None:
     """Refuse, before any call, what the cache-host would refuse anyway (exit 2)."""
-    try:
-        keys.check_origin(args.url)
-    except keys.BadURL as err:
-        raise CommandError(f"bad URL {args.url!r}: {err}", USAGE) from None
+    _check_url(args.url)
     if args.sha256 is not None and not _SHA256_RE.fullmatch(args.sha256):
         raise CommandError(f"bad --sha256 {args.sha256!r}: give 64 hex digits", USAGE)
+
+
+def check_urls(args: argparse.Namespace) -> None:
+    for url in args.urls:
+        _check_url(url)
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """`rm` takes artifact ids and URLs, nothing else."""
+    for target in args.targets:
+        if not (target.isascii() and target.isdigit()):
+            _check_url(target)
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
