@@ -29,7 +29,9 @@ async def test_add_by_url_fills_and_verifies(core, origin):
 
 
 async def test_add_with_wrong_sha256_keeps_nothing(core, origin, backend):
-    url = origin.add("/core/wrong.bin", BODY)
+    # Slow enough that the fill is still live when the test asks for it (on a
+    # loaded machine a fast one failed inside add()'s own store round trips).
+    url = origin.add("/core/wrong.bin", BODY, rate=len(BODY) * 2)
     record = (await core.add(url, "0" * 64)).fill
     with pytest.raises(FillError, match="SHA-256 mismatch"):
         await core.fills.live(record.id).result()

@@ -52,7 +52,7 @@ def check_origin(url: str) -> SplitResult:
         raise BadURL(f"malformed URL: {err}") from None
     scheme = parts.scheme.lower()
     if not scheme:
-        raise BadURL("not a URL: it must start with http:// or https://")
+        raise BadURL("not an http(s) URL: it must start with http:// or https://")
     if scheme not in SCHEMES:
         raise BadURL(f"not an http(s) URL (scheme {scheme!r})")
     if not parts.hostname:
