@@ -22,10 +22,10 @@ import shutil
 import stat
 import sys
 import time
-import typing
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 import withcache
 from withcache import cachehost
@@ -47,12 +47,8 @@ class UsageError(Exception):
     """A bad argument or an unusable setting; the message is shown as is."""
 
 
-class NotForAllUsers(Exception):
-    """This installation can't be run by other users; the message says why."""
-
-
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
+    def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see {PROG} --help)")
 
 
@@ -141,10 +137,9 @@ def snippet(setup: str, server: str) -> str:
             ]
         )
     heading = "# 5. The whole machine: every user, every shell, build tools too (run as root)."
-    try:
-        check_for_all_users()
-    except NotForAllUsers as err:
-        return "\n".join([heading, *(f"# {line}" for line in for_all_users(str(err), server))])
+    blocked = why_not_for_all_users()
+    if blocked:
+        return "\n".join([heading, *(f"# {line}" for line in for_all_users(blocked, server))])
     return "\n".join(
         [
             heading,
@@ -178,9 +173,10 @@ def _interpreter(script: Path) -> str | None:
     return first[2:].split()[0].decode() if first.startswith(b"#!") and first[2:].split() else None
 
 
-def check_for_all_users() -> None:
-    """NotForAllUsers unless every user can run this installation's shims:
-    the scripts, the Python they name, and the withcache package."""
+def why_not_for_all_users() -> str | None:
+    """Why other users can't run this installation's shims (None if they can):
+    the scripts, the Python they name and the withcache package must all be
+    open to them."""
     package = Path(withcache.__file__).parent
     needed = [(package, stat.S_IROTH | stat.S_IXOTH)]
     for tool in TOOLS:
@@ -192,10 +188,11 @@ def check_for_all_users() -> None:
     for path, need in needed:
         why = closed_to_others(str(path), need)
         if why:
-            raise NotForAllUsers(
+            return (
                 f"{path} can't be run by other users ({why}): they would get the real tool, "
                 "or exit 126"
             )
+    return None
 
 
 def for_all_users(why: str, server: str) -> list[str]:
@@ -226,13 +223,11 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if server == PLACEHOLDER:
         print(f"# No --server (nor WITHCACHE_SERVER): put your cache-host's URL for {server}.")
     print("\n\n".join(snippet(name, server) for name in ([args.setup] if args.setup else SETUPS)))
-    if args.setup == "system":
-        try:
-            check_for_all_users()
-        except NotForAllUsers as err:
-            print(f"{PROG}: {err}; the lines above say how to install for every user",
-                  file=sys.stderr)  # fmt: skip
-            return 1
+    blocked = why_not_for_all_users() if args.setup == "system" else None
+    if blocked:
+        print(f"{PROG}: {blocked}; the lines above say how to install for every user",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -247,15 +242,14 @@ def _folder(args: argparse.Namespace) -> Path:
 def cmd_install(args: argparse.Namespace) -> int:
     folder = _folder(args)
     folder.mkdir(parents=True, exist_ok=True)
-    if not args.user and closed_to_others(str(folder), stat.S_IXOTH) is None:
-        # A folder every user searches (/usr/local/bin): links there must work for them too.
-        try:
-            check_for_all_users()
-        except NotForAllUsers as err:
-            raise UsageError(
-                f"not linking into {folder}: {err}; `{PROG} setup system` says how to "
-                "install for every user"
-            ) from None
+    # A folder every user searches (/usr/local/bin): links there must work for them too.
+    public = not args.user and closed_to_others(str(folder), stat.S_IXOTH) is None
+    blocked = why_not_for_all_users() if public else None
+    if blocked:
+        raise UsageError(
+            f"not linking into {folder}: {blocked}; `{PROG} setup system` says how to install "
+            "for every user"
+        )
     for tool in TOOLS:
         link, target = folder / tool.name, shim_path(tool.name)
         if link.exists() and not link.is_symlink():
