@@ -143,9 +143,14 @@ def test_add_list_and_delete(origin, cache_host):
     assert "sig=secret" not in repr(added.body)  # a signed query is never shown
     done = wait_fill(api, added.body["id"])
     assert done["state"] == "done" and done["percent"] == 100 and done["bytes_done"] == len(BODY)
-    again = api.post("/fills", {"url": url})  # a finished fill is no conflict
+    cached = api.post("/fills", {"url": url})  # cached already: nothing is fetched
+    assert cached.status == 200 and cached.body["sha256"] == sha
+    assert cached.headers["Location"] == f"/api/v1/artifacts/{cached.body['id']}"
+    assert origin.gets("/api/add.bin") == 1
+    again = api.post("/fills", {"url": url, "refresh": True})  # unless asked to
     assert again.status == 201
     assert wait_fill(api, again.body["id"])["state"] == "done"
+    assert origin.gets("/api/add.bin") == 2
 
     (artifact,) = api.get("/artifacts", url=url + "?other=query").body["items"]
     assert artifact["sha256"] == sha and artifact["size"] == len(BODY)
@@ -177,12 +182,14 @@ def test_add_with_the_wrong_sha256_keeps_nothing(origin, cache_host):
     assert api.get("/fills", state="done").body["total"] == 0
 
 
-def test_a_second_add_while_one_runs_is_a_conflict(origin, cache_host):
+def test_a_second_add_while_one_runs_joins_it(origin, cache_host):
     url = origin.add("/api/slow.bin", BODY, rate=200_000)
     _, api = start(cache_host)
     first = api.post("/fills", {"url": url}).body
     again = api.post("/fills", {"url": url})
-    assert again.status == 409 and "already queued or running" in again.error
+    assert again.status == 202 and again.body["id"] == first["id"]
+    pinned = api.post("/fills", {"url": url, "sha256": "ab" * 32})
+    assert pinned.status == 409 and "already queued or running" in pinned.error
     assert api.post(f"/fills/{first['id']}/cancel").status == 204
     assert wait_fill(api, first["id"])["state"] == "cancelled"
     assert api.post(f"/fills/{first['id']}/cancel").status == 409

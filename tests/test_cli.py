@@ -53,10 +53,39 @@ def test_bad_values_exit_2_with_one_line(args, env, message):
     assert message in lines[0]
 
 
-def test_unwritable_data_dir(tmp_path):
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data-dir", "{file}"], "data dir {file} is a file, not a folder"),
+        (["--data-dir", "{file}/data"], "data dir {file}/data can't be made: {file} is a file"),
+        (["--host", "nosuch.invalid"],
+         "cannot listen on nosuch.invalid:0: no such address or host name 'nosuch.invalid'"),
+        (["--tls-cert", "{tmp}/none.pem", "--tls-key", "{tmp}/none.key"],
+         "cannot load --tls-cert {tmp}/none.pem: no such file"),
+        (["--tls-cert", "{file}", "--tls-key", "{file}"],
+         "cannot load --tls-cert/--tls-key: [SSL] PEM lib"),
+    ],
+)  # fmt: skip
+def test_start_up_problems_say_what_to_fix(tmp_path, args, message):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = run("--data-dir", str(blocker / "data"), "--port", "0")
+    names = {"file": blocker, "tmp": tmp_path}
+    args = [a.format(**names) for a in args]
+    if "--data-dir" not in args:
+        args += ["--data-dir", str(tmp_path / "data")]
+    result = run(*args, "--port", "0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("withcache-server: error: " + message.format(**names))
+
+
+def test_unwritable_data_dir(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    result = run("--data-dir", str(folder / "data"), "--port", "0")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "is not writable" in result.stderr

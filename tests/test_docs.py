@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Environment variables as the code spells them (string literals in src/ and scripts/).
 ENV_RE = re.compile(r"\b(?:[A-Z]+)?WITHCACHE_[A-Z][A-Z0-9_]*\b|\bREAL_(?:CURL|WGET)\b")
 # Read by the tests or benchmarks only, not by anything a user runs.
-NOT_USER_FACING = {"WITHCACHE_UI_SCREENSHOT"}
+NOT_USER_FACING = {"WITHCACHE_UI_SCREENSHOTS"}
 
 
 def docs(root: Path = ROOT) -> str:

@@ -7,6 +7,9 @@ import subprocess
 import pytest
 from conftest import BIN, shim_env
 
+from withcache import __version__
+from withcache.shim import cli as cli_module
+
 BODY = b"set-up" * 1000
 
 
@@ -61,11 +64,48 @@ def test_user_snippet_persists_for_new_shells(origin, shared_cache_host, home):
     url = origin.add("/cli/user.bin", BODY)
     shared_cache_host.wait_cached(url)
     env = shim_env(HOME=str(home))
+    (home / ".bashrc").write_text("alias ll='ls -l'\n")
+    first = cli("setup", "user", "--server", "http://old.lab:3000", env=env).stdout
+    assert bash(first, env, home).returncode == 0
     snippet = cli("setup", "user", "--server", shared_cache_host.url, env=env).stdout
     assert bash(snippet, env, home).returncode == 0
-    later = bash(f". ~/.bashrc\ncurl -fsS -o out {url}", env, home)
+    assert bash(snippet, env, home).returncode == 0  # run again: still one block
+    rc = (home / ".bashrc").read_text()
+    assert rc.startswith("alias ll='ls -l'\n")  # what was there stays
+    assert rc.count(cli_module.RC_BEGIN) == 1 and "old.lab" not in rc
+    assert not (home / ".zshrc").exists()  # no zsh here: no .zshrc made
+    later = bash(f". ~/.bashrc\n. ~/.bashrc\necho $PATH\ncurl -fsS -o out {url}", env, home)
     assert later.returncode == 0, later.stderr
     assert "withcache: curl: hit" in later.stderr
+    assert later.stdout.count(f"{home}/.withcache/bin") == 1  # sourced twice, on PATH once
+
+
+def test_user_snippet_covers_zsh(home):
+    env = shim_env(HOME=str(home), SHELL="/usr/bin/zsh")
+    snippet = cli("setup", "user", "--server", "http://cache.lab:3000", env=env).stdout
+    for _ in range(2):
+        assert bash(snippet, env, home).returncode == 0
+    for rc in (".bashrc", ".zshrc"):
+        text = (home / rc).read_text()
+        assert text.count(cli_module.RC_BEGIN) == 1, rc
+        assert "export WITHCACHE_SERVER=http://cache.lab:3000" in text
+
+
+def test_setup_without_a_server_prints_the_lines_with_a_placeholder(home):
+    for name in ("by-name", "user"):
+        result = cli("setup", name, env=shim_env(HOME=str(home)))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("# No --server (nor WITHCACHE_SERVER): put your")
+        assert f"export WITHCACHE_SERVER={cli_module.PLACEHOLDER}" in result.stdout
+
+
+def test_version_and_usage_errors_are_one_line(home):
+    env = shim_env(HOME=str(home))
+    version = cli("--version", env=env)
+    assert version.returncode == 0 and version.stdout == f"withcache-shims {__version__}\n"
+    wrong = cli("frobnicate", env=env)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1
+    assert wrong.stderr.startswith("withcache-shims: argument command: invalid choice")
 
 
 def test_install_and_uninstall_user_links(home):

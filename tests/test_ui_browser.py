@@ -11,8 +11,8 @@ from playwright.sync_api import expect
 
 PASSWORD = "browser pass"
 LOCKED = {"WITHCACHE_ADMIN_PASSWORD": PASSWORD}
-# Set to a path to save the Downloads page as the README's screenshot (docs/ui.png).
-SCREENSHOT = os.environ.get("WITHCACHE_UI_SCREENSHOT")
+# A folder (docs) to save the README's screenshots in: ui.png (Downloads), ui-overview.png.
+SCREENSHOTS = os.environ.get("WITHCACHE_UI_SCREENSHOTS")
 
 
 def _submit_password(page, host, password: str) -> None:
@@ -53,8 +53,12 @@ def test_operator_downloads_a_miss_watches_it_fill_then_deletes_it(origin, cache
     expect(fill.locator(".state")).to_have_text("running", timeout=10_000)
     seen = int(fill.locator("progress").get_attribute("value") or 0)
     assert seen < 100
-    expect(fill.locator(".percent")).to_have_text("100 %", timeout=20_000)
-    expect(fill.locator(".state")).to_have_text("done")
+    expect(fill.locator(".state")).to_have_text("done", timeout=20_000)
+    # Finished: no bar, but how long it took and how fast it went.
+    expect(fill.locator("progress")).to_have_count(0)
+    expect(fill.locator(".size")).to_have_text("600.0 KiB")
+    expect(fill.locator(".duration")).to_have_text(re.compile(r"^\d+(\.\d)? s$"))
+    expect(fill.locator(".rate")).to_have_text(re.compile(r"^\d+\.\d KiB/s$"))
     assert page.evaluate("window.sameDocument") is True
     assert origin.gets("/vendor/driver-550.54.run") == 1
 
@@ -70,6 +74,13 @@ def test_operator_downloads_a_miss_watches_it_fill_then_deletes_it(origin, cache
     assert gone.stdout == b"404"
     page.get_by_role("link", name="Events", exact=True).click()
     expect(_row(page, "artifact.deleted")).to_contain_text(url)
+    # Sizes and durations in units; the exact figure stays as the title.
+    size = _row(page, "artifact.deleted").locator("code", has_text="KiB")
+    expect(size).to_have_text("600.0 KiB")
+    expect(size).to_have_attribute("title", str(len(body)))
+    expect(_row(page, "fill.finished").locator("code", has_text=re.compile(r" s$"))).to_have_count(
+        1
+    )
 
 
 def test_a_wrong_password_is_refused(cache_host, page):
@@ -128,8 +139,10 @@ def test_progress_bars_move_without_a_reload_and_a_fill_can_be_cancelled(origin,
     expect(running.locator("progress")).not_to_have_attribute("value", str(first))
     expect(running).to_contain_text("ETA")
     assert page.evaluate("window.sameDocument") is True
-    if SCREENSHOT:
-        page.screenshot(path=SCREENSHOT, clip={"x": 0, "y": 0, "width": 1280, "height": 460})
+    if SCREENSHOTS:
+        page.screenshot(
+            path=f"{SCREENSHOTS}/ui.png", clip={"x": 0, "y": 0, "width": 1280, "height": 460}
+        )
     running.get_by_role("button", name="Cancel").click()
     expect(_row(page, slow).locator(".state")).to_have_text("cancelled")
     expect(_row(page, waiting).locator(".state")).to_have_text("done")
@@ -137,3 +150,33 @@ def test_progress_bars_move_without_a_reload_and_a_fill_can_be_cancelled(origin,
     expect(_row(page, slow).locator(".state").first).to_have_text(re.compile("queued|running"))
     page.get_by_role("button", name="Clear finished").click()
     expect(page.locator("#fills tbody tr")).to_have_count(1)
+
+
+def test_the_overview_leads_with_hit_ratio_and_bytes_and_greets_an_empty_host(
+    origin, cache_host, page
+):
+    body = b"o" * 200_000
+    url = origin.add("/overview/firmware-2.1.bin", body)
+    host = cache_host(env=LOCKED)
+    _log_in(page, host)
+    get_started = page.locator("#get-started")
+    expect(get_started).to_contain_text(f"export WITHCACHE_SERVER={host.url}")
+    expect(get_started).to_contain_text(f"withcache-shims setup user --server {host.url}")
+    expect(page.locator("#figures-day .hit-ratio")).to_have_text("\N{EN DASH}")  # no request yet
+
+    assert curl("-f", host.blob_url(url)).stdout == body  # a miss, streamed from its fill
+    host.wait_cached(url)
+    assert curl("-f", host.blob_url(url)).stdout == body  # a hit
+    page.reload()
+    expect(page.locator("#get-started")).to_have_count(0)
+    expect(page.locator("#point-clients")).to_contain_text(f"WITHCACHE_SERVER={host.url}")
+    for window in ("#figures-day", "#figures-start"):
+        figures = page.locator(window)
+        expect(figures.locator(".hit-ratio")).to_have_text("50 %")
+        expect(figures).to_contain_text("1 of 2 requests")
+        expect(figures.locator(".served")).to_have_text("390.6 KiB")  # streamed + hit
+        expect(figures.locator(".fetched")).to_have_text("195.3 KiB")
+        expect(figures.locator(".saved")).to_have_text("195.3 KiB")
+    expect(page.locator("#work")).to_contain_text("0 downloading, 0 queued")
+    if SCREENSHOTS:
+        page.screenshot(path=f"{SCREENSHOTS}/ui-overview.png")

@@ -5,9 +5,12 @@ one-line errors with exit statuses that say what went wrong."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import select
+import socket
+import stat
 import subprocess
 import time
 
@@ -15,6 +18,8 @@ import pytest
 from api_client import Api
 from conftest import BIN, TEST_FLAGS, CacheHost, curl
 from test_api import LOCKED, PASSWORD
+
+from withcache.cli import build_parser
 
 BODY = os.urandom(400_000)
 
@@ -113,7 +118,7 @@ def test_add_wait_draws_a_bar_on_a_terminal(origin, host, admin):
     result = withcache("add", url, "--wait", env=env_for(host, admin), tty=True)
     assert result.returncode == 0, result.stderr
     sha = hashlib.sha256(BODY).hexdigest()
-    assert result.stdout.split() == [sha, "390.6", "KiB", url]
+    assert result.stdout == f"{sha}  {len(BODY)}  {url}\n"  # scriptable: size in bytes
     bar = result.stderr
     assert bar.count("\r[") >= 2, bar  # redrawn in place as the fill advances
     assert "%" in bar and "KiB of 390.6 KiB" in bar
@@ -185,7 +190,18 @@ def test_verify_reports_quarantines_and_exits_1(origin, cache_host):
         (["ls"], {"WITHCACHE_TOKEN": "wct_not-a-real-one"}, 4, "unknown or revoked API token"),
         (["ls"], {}, 4, "set WITHCACHE_TOKEN"),
         (["add", "http://h/x"], {"read": "1"}, 4, "read-only"),
-        (["add", "gopher://h/x"], {"admin": "1"}, 1, "not an http(s) URL"),
+        (["add", "gopher://h/x"], {"admin": "1"}, 2, "not an http(s) URL"),
+        (["add", "notaurl"], {}, 2,
+         "bad URL 'notaurl': not an http(s) URL: it must start with http:// or https://"),
+        (["add", "http://h/x", "--sha256", "abc"], {}, 2, "bad --sha256 'abc': give 64 hex"),
+        (["approve", "http://h/x", "notaurl"], {}, 2, "bad URL 'notaurl': not an http(s) URL"),
+        (["rm", "12", "garbage"], {}, 2, "bad URL 'garbage': not an http(s) URL"),
+        ([], {}, 2, "arguments are required: command (see withcache --help)"),
+        (["--timeout", "soon", "ls"], {}, 2, "invalid number of seconds 'soon'"),
+        (["ls"], {"WITHCACHE_CONNECT_TIMEOUT": "-1", "admin": "1"}, 2,
+         "WITHCACHE_CONNECT_TIMEOUT='-1' is not a number of seconds"),
+        (["token", "create", "x", "-o", "/no/such/folder/t"], {"admin": "1"}, 2,
+         "can't write the token to /no/such/folder/t"),
         (["rm", "12345"], {"admin": "1"}, 1, "not cached: 12345"),
         (["ls", "--sort", "colour"], {"admin": "1"}, 1, "bad sort"),
         (["ls", "--limit", "0"], {"admin": "1"}, 2, "invalid limit"),
@@ -210,3 +226,112 @@ def test_a_server_that_is_not_withcache(origin, admin):
     result = withcache("ls", env={"WITHCACHE_SERVER": origin.url(""), "WITHCACHE_TOKEN": admin})
     assert result.returncode == 3
     assert "is it a withcache cache-host" in one_error_line(result)
+
+
+def test_add_of_a_cached_url_says_so_and_leaves_the_origin_alone(origin, host, admin):
+    url = origin.add("/cli/seeded.bin", BODY)
+    env = env_for(host, admin)
+    first = withcache("add", url, "--wait", env=env)
+    assert first.returncode == 0, first.stderr
+    again = withcache("add", url, "--wait", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == first.stdout  # the same result line, from the cache
+    assert again.stderr == f"already cached: {url} (--refresh fetches it again)\n"
+    assert origin.gets("/cli/seeded.bin") == 1
+    refreshed = withcache("add", url, "--refresh", "--wait", env=env)
+    assert refreshed.returncode == 0 and refreshed.stdout == first.stdout
+    assert origin.gets("/cli/seeded.bin") == 2
+    pinned = withcache("add", url, "--sha256", "ab" * 32, env=env)
+    assert pinned.returncode == 1 and "cached already with other bytes" in one_error_line(pinned)
+
+
+def test_every_subcommand_answers_json(origin, cache_host):
+    url = origin.add("/cli/json.bin", BODY)
+    server = cache_host("--curate", env=LOCKED)
+    env = env_for(server, Api(server.url).create_token("ops", "admin", PASSWORD))
+    curl("-o", "/dev/null", server.blob_url(url))
+
+    def answer(*args: str):
+        result = withcache(*args, "--json", env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert answer("misses")["items"][0]["url"] == url
+    (fill,) = answer("approve", url)
+    assert fill["url"] == url and fill["state"] in ("queued", "running", "done")
+    server.wait_cached(url)
+    artifact = answer("add", url)  # cached already: the artifact
+    assert artifact["sha256"] == hashlib.sha256(BODY).hexdigest()
+    assert artifact["size"] == len(BODY)
+    assert answer("ls")["items"] == [artifact]
+    assert answer("verify")["state"] == "done"
+    assert answer("verify", "--status")["corrupt"] == []
+    made = answer("token", "create", "reader")
+    assert made["name"] == "reader" and made["token"].startswith("wct_")
+    assert {t["name"] for t in answer("token", "ls")["items"]} == {"ops", "reader"}
+    assert answer("token", "revoke", "reader") == {"revoked": ["reader"]}
+    (gone,) = answer("rm", str(artifact["id"]))
+    assert gone["id"] == artifact["id"]
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    (tokens,) = [a for a in commands.choices["token"]._actions if a.dest == "token_command"]
+    every = [p for n, p in commands.choices.items() if n != "token"]
+    for sub in [*every, *tokens.choices.values()]:
+        assert "--json" in sub.format_help(), sub.prog
+
+
+def test_token_create_writes_a_file_only_its_owner_can_read(host, tmp_path):
+    target = tmp_path / "token"
+    target.write_text("old")
+    target.chmod(0o644)
+    made = withcache(
+        "token", "create", "filed", "-o", str(target),
+        env=env_for(host, WITHCACHE_ADMIN_PASSWORD=PASSWORD),
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == ""  # the token is in the file and nowhere else
+    token = target.read_text().strip()
+    assert token.startswith("wct_") and token not in made.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert f"written to {target} (mode 600)" in made.stderr
+    assert withcache("ls", env=env_for(host, token)).returncode == 0
+
+
+def test_a_cache_host_that_never_answers_costs_the_timeout_and_exit_3(silent_port, admin):
+    server = f"http://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    result = withcache("--timeout", "1", "ls", env={"WITHCACHE_SERVER": server,
+                                                    "WITHCACHE_TOKEN": admin})  # fmt: skip
+    took = time.monotonic() - started
+    assert result.returncode == 3
+    assert one_error_line(result) == (
+        f"withcache: error: cannot reach the cache-host at {server}: connected, but no answer "
+        "within 1 s (--timeout, WITHCACHE_TIMEOUT)"
+    )
+    assert took < 5
+    by_env = withcache("ls", env={"WITHCACHE_SERVER": server, "WITHCACHE_TOKEN": admin,
+                                  "WITHCACHE_TIMEOUT": "0.5"})  # fmt: skip
+    assert by_env.returncode == 3 and "within 0.5 s" in by_env.stderr
+
+
+def test_a_cache_host_that_takes_no_connection_costs_the_connect_timeout(admin):
+    # A listener whose backlog is full: the kernel drops further SYNs, so connect() hangs.
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        for sock in queued:
+            sock.setblocking(False)
+            sock.connect_ex(("127.0.0.1", port))
+        try:
+            time.sleep(0.1)
+            env = {"WITHCACHE_SERVER": f"127.0.0.1:{port}", "WITHCACHE_TOKEN": admin}
+            result = withcache("--connect-timeout", "0.5", "ls", env=env)
+        finally:
+            for sock in queued:
+                sock.close()
+    assert result.returncode == 3
+    assert one_error_line(result).endswith(
+        ": no connection within 0.5 s (--connect-timeout, WITHCACHE_CONNECT_TIMEOUT)"
+    )

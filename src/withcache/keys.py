@@ -53,8 +53,10 @@ def check_origin(url: str) -> SplitResult:
     except ValueError as err:
         raise BadURL(f"malformed URL: {err}") from None
     scheme = parts.scheme.lower()
+    if not scheme:
+        raise BadURL("not an http(s) URL: it must start with http:// or https://")
     if scheme not in SCHEMES:
-        raise BadURL(f"not an http(s) URL (scheme {scheme or 'missing'!r})")
+        raise BadURL(f"not an http(s) URL (scheme {scheme!r})")
     if not parts.hostname:
         raise BadURL("URL has no host")
     if parts.username is not None or parts.password is not None:

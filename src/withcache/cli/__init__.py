@@ -12,18 +12,18 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from withcache import __version__
 from withcache.cli import commands
-from withcache.cli.api import USAGE, CommandError
+from withcache.cli.api import CONNECT_TIMEOUT, READ_TIMEOUT, USAGE, CommandError
 
 PROG = "withcache"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CommandError(message, USAGE)
+        raise CommandError(f"{message} (see {self.prog} --help)", USAGE)
 
 
 def _limit(text: str) -> int:
@@ -32,26 +32,50 @@ def _limit(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(
+            f"invalid number of seconds {text!r}: give more than 0, at most 3600"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Operate a withcache cache-host over its API.",
         epilog="Environment: WITHCACHE_SERVER (the cache-host's URL), WITHCACHE_TOKEN (an API "
-        "token), WITHCACHE_ADMIN_PASSWORD (for `token` commands without a token). Exit "
-        "status: 0 done, 1 refused or failed, 2 usage, 3 cache-host unreachable, "
-        "4 not allowed (token missing, wrong, revoked or read-only).",
+        "token), WITHCACHE_ADMIN_PASSWORD (for `token` commands without a token), "
+        "WITHCACHE_CONNECT_TIMEOUT, WITHCACHE_TIMEOUT. Exit status: 0 done, 1 refused or "
+        "failed, 2 usage, 3 cache-host unreachable or silent, 4 not allowed (token missing, "
+        "wrong, revoked or read-only).",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     parser.add_argument(
         "--server", metavar="URL", help="the cache-host (default: $WITHCACHE_SERVER)"
     )
+    parser.add_argument(
+        "--connect-timeout", metavar="SECONDS", type=_seconds,
+        help=f"give up on connecting after this long (default: $WITHCACHE_CONNECT_TIMEOUT, "
+        f"else {CONNECT_TIMEOUT:g})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", metavar="SECONDS", type=_seconds,
+        help=f"give up on an answer after this long (default: $WITHCACHE_TIMEOUT, else "
+        f"{READ_TIMEOUT:g})",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(
-        name: str, run: commands.Command, help: str, **kw: object
+        name: str, run: commands.Command, help: str, parent: Any = sub, **kw: object
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, **kw)  # type: ignore[arg-type]
+        p = parent.add_parser(name, help=help, description=help, **kw)
         p.set_defaults(run=run)
+        p.add_argument("--json", action="store_true", help="print the API's JSON answer")
         return p
 
     p = command("ls", commands.ls, "list cached artifacts, newest first")
@@ -64,37 +88,49 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--asc", action="store_true", help="ascending")
     order.add_argument("--desc", action="store_true", help="descending")
     p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
-    p.add_argument("--json", action="store_true", help="the API's JSON")
 
-    p = command("add", commands.add, "fetch a URL into the cache before anyone asks for it")
+    p = command(
+        "add", commands.add,
+        "fetch a URL into the cache before anyone asks for it (a cached URL is not fetched "
+        "again: 'already cached', exit 0)",
+    )  # fmt: skip
     p.add_argument("url")
     p.add_argument("--sha256", metavar="HEX", help="the expected SHA-256: other bytes fail")
     p.add_argument("--wait", action="store_true", help="wait for the fill (progress on a terminal)")
+    p.add_argument("--refresh", action="store_true", help="fetch it again even if it is cached")
+    p.set_defaults(check=commands.check_add)
 
     p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
     p.add_argument("targets", nargs="+", metavar="ID|URL")
+    p.set_defaults(check=commands.check_targets)
 
     p = command("misses", commands.misses, "list URLs asked for and not cached")
     p.add_argument("query", nargs="?", help="only URLs containing this")
     p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
-    p.add_argument("--json", action="store_true", help="the API's JSON")
 
     p = command("approve", commands.approve, "fetch recorded misses (under --curate)")
     p.add_argument("urls", nargs="+", metavar="URL")
+    p.set_defaults(check=commands.check_urls)
 
     p = sub.add_parser("token", help="make, revoke and list API tokens")
     tokens = p.add_subparsers(dest="token_command", required=True, parser_class=_Parser)
-    t = tokens.add_parser("create", help="make a token; it is printed once, on stdout")
+    t = command(
+        "create", commands.token_create,
+        "make a token; it is shown once: on stdout, or written to -o FILE (mode 600)",
+        parent=tokens,
+    )  # fmt: skip
     t.add_argument("name", help="1-64 letters, digits, '.', '_', '-'")
     t.add_argument("--scope", choices=("read", "admin"), default="read",
                    help="read: look only (default); admin: change things too")  # fmt: skip
-    t.set_defaults(run=commands.token_create, password_ok=True)
-    t = tokens.add_parser("revoke", help="revoke tokens: they stop working at once")
+    t.add_argument("-o", "--output", metavar="FILE",
+                   help="write the token to FILE, readable by you only (mode 600)")  # fmt: skip
+    t.set_defaults(password_ok=True)
+    t = command("revoke", commands.token_revoke, "revoke tokens: they stop working at once",
+                parent=tokens)  # fmt: skip
     t.add_argument("names", nargs="+", metavar="NAME")
-    t.set_defaults(run=commands.token_revoke, password_ok=True)
-    t = tokens.add_parser("ls", help="list tokens (never their values)")
-    t.add_argument("--json", action="store_true", help="the API's JSON")
-    t.set_defaults(run=commands.token_list, password_ok=True)
+    t.set_defaults(password_ok=True)
+    t = command("ls", commands.token_list, "list tokens (never their values)", parent=tokens)
+    t.set_defaults(password_ok=True)
 
     p = command(
         "verify", commands.verify,
@@ -104,13 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take bad blobs out of service (their artifacts are deleted)")  # fmt: skip
     p.add_argument("--status", action="store_const", const=commands.verify_status, dest="run",
                    help="only show the latest verification")  # fmt: skip
-    p.add_argument("--json", action="store_true", help="the API's JSON")
     return parser
 
 
 def run(argv: Sequence[str], env: Mapping[str, str]) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "check", None):
+            args.check(args)
         api = commands.connect(args, env, getattr(args, "password_ok", False))
         return args.run(api, args)
     except CommandError as err:

@@ -7,6 +7,7 @@ and the exit status that says what kind of trouble it was.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 import ssl
@@ -16,13 +17,50 @@ from typing import Any
 from urllib.parse import urlencode
 
 PREFIX = "/api/v1"
-TIMEOUT = 30.0
+# A cache-host answers the API in milliseconds; these bound one that doesn't
+# (a dead address, or a process that accepts and never answers).
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 15.0
 
 # Exit statuses (the README lists them).
 FAILED = 1  # the cache-host refused, or the job it ran failed
 USAGE = 2  # bad command line or settings
 UNREACHABLE = 3  # no cache-host answered (or not one with this API)
 DENIED = 4  # no token, a wrong or revoked one, or one without the scope
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection (or TLS handshake) within the connect timeout."""
+
+
+class _TimedConnection:
+    """Connect within `connect_timeout`, then wait at most `read_timeout` for
+    each read (urllib has one timeout for both)."""
+
+    connect_timeout = CONNECT_TIMEOUT
+    read_timeout = READ_TIMEOUT
+
+    def connect(self) -> None:
+        self.timeout = self.connect_timeout  # type: ignore[attr-defined]
+        try:
+            super().connect()  # type: ignore[misc]
+        except TimeoutError:
+            raise ConnectTimeout() from None
+        self.sock.settimeout(self.read_timeout)  # type: ignore[attr-defined]
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    connection: type = http.client.HTTPConnection
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    connection: type = http.client.HTTPSConnection
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.connection, req, context=self._context)  # type: ignore[attr-defined]
 
 
 class CommandError(Exception):
@@ -32,17 +70,28 @@ class CommandError(Exception):
 
 
 class Api:
-    def __init__(self, base: str, authorization: str | None) -> None:
+    def __init__(
+        self, base: str, authorization: str | None, connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:  # fmt: skip
         self.base = base
         self._authorization = authorization  # sent, never shown
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        timeouts = {"connect_timeout": connect_timeout, "read_timeout": read_timeout}
+        plain, tls = _HTTPHandler(), _HTTPSHandler()
+        plain.connection = type("HTTP", (_TimedConnection, http.client.HTTPConnection), timeouts)
+        tls.connection = type("HTTPS", (_TimedConnection, http.client.HTTPSConnection), timeouts)
+        self._opener = urllib.request.build_opener(plain, tls)
+        self.status = 0  # of the latest answer
 
     @classmethod
-    def with_token(cls, base: str, token: str) -> Api:
-        return cls(base, f"Bearer {token}")
+    def with_token(cls, base: str, token: str, **timeouts: float) -> Api:
+        return cls(base, f"Bearer {token}", **timeouts)
 
     @classmethod
-    def with_password(cls, base: str, password: str) -> Api:
-        return cls(base, "Basic " + base64.b64encode(f"operator:{password}".encode()).decode())
+    def with_password(cls, base: str, password: str, **timeouts: float) -> Api:
+        basic = base64.b64encode(f"operator:{password}".encode()).decode()
+        return cls(base, f"Basic {basic}", **timeouts)
 
     def get(self, path: str, **query: Any) -> Any:
         given = {k: v for k, v in query.items() if v is not None}
@@ -66,15 +115,30 @@ class Api:
         url = self.base + PREFIX + path
         request = urllib.request.Request(url, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with self._opener.open(request) as response:
+                self.status = response.status
                 raw = response.read()
                 return json.loads(raw) if raw else None
         except urllib.error.HTTPError as err:
             raise self._refusal(err) from None
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise CommandError(
-                f"cannot reach the cache-host at {self.base}: {_reason(err)}", UNREACHABLE
+                f"cannot reach the cache-host at {self.base}: {self._reason(err)}", UNREACHABLE
             ) from None
+
+    def _reason(self, err: BaseException) -> str:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ConnectTimeout):
+            return (
+                f"no connection within {self.connect_timeout:g} s "
+                "(--connect-timeout, WITHCACHE_CONNECT_TIMEOUT)"
+            )
+        if isinstance(reason, TimeoutError):
+            return (
+                f"connected, but no answer within {self.read_timeout:g} s "
+                "(--timeout, WITHCACHE_TIMEOUT)"
+            )
+        return _reason(err)
 
     def _refusal(self, err: urllib.error.HTTPError) -> CommandError:
         try:
@@ -93,8 +157,6 @@ def _reason(err: BaseException) -> str:
     reason = getattr(err, "reason", err)
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
-    if isinstance(reason, TimeoutError | socket.timeout):
-        return f"no answer within {TIMEOUT:.0f} s"
     if isinstance(reason, socket.gaierror):
         return f"unknown host ({reason.strerror})"
     if isinstance(reason, ssl.SSLError):

@@ -10,18 +10,38 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from withcache import cachehost
-from withcache.cli.api import DENIED, USAGE, Api, CommandError
+from withcache import cachehost, keys
+from withcache.cli.api import CONNECT_TIMEOUT, DENIED, READ_TIMEOUT, USAGE, Api, CommandError
 from withcache.cli.progress import Bar
 from withcache.server.settings import format_size
 
 POLL_SECONDS = 0.5  # between progress polls, once a job has run a while
 FINISHED = ("done", "failed", "cancelled")
+_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _timeout(given: float | None, env: Mapping[str, str], name: str, default: float) -> float:
+    if given is not None:
+        return given
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise CommandError(
+            f"{name}={text!r} is not a number of seconds (more than 0, at most 3600)", USAGE
+        )
+    return value
 
 
 def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool = False) -> Api:
@@ -34,15 +54,21 @@ def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool 
         base = cachehost.parse(server).base
     except cachehost.BadCacheHost as err:
         raise CommandError(f"bad cache-host URL {server!r}: {err}", USAGE) from None
+    timeouts = {
+        "connect_timeout": _timeout(
+            args.connect_timeout, env, "WITHCACHE_CONNECT_TIMEOUT", CONNECT_TIMEOUT
+        ),
+        "read_timeout": _timeout(args.timeout, env, "WITHCACHE_TIMEOUT", READ_TIMEOUT),
+    }
     token = env.get("WITHCACHE_TOKEN")
     if token:
-        return Api.with_token(base, token)
+        return Api.with_token(base, token, **timeouts)
     if password_ok:
         password = env.get("WITHCACHE_ADMIN_PASSWORD")
         if password is None and sys.stdin.isatty():
             password = getpass.getpass("withcache admin password: ")
         if password is not None:
-            return Api.with_password(base, password)
+            return Api.with_password(base, password, **timeouts)
         raise CommandError(
             "set WITHCACHE_TOKEN (an admin token) or WITHCACHE_ADMIN_PASSWORD", DENIED
         )
@@ -50,6 +76,32 @@ def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool 
         "set WITHCACHE_TOKEN to an API token (an operator makes one with `withcache token "
         "create NAME`)", DENIED,
     )  # fmt: skip
+
+
+def _check_url(url: str) -> None:
+    try:
+        keys.check_origin(url)
+    except keys.BadURL as err:
+        raise CommandError(f"bad URL {url!r}: {err}", USAGE) from None
+
+
+def check_add(args: argparse.Namespace) -> None:
+    """Refuse, before any call, what the cache-host would refuse anyway (exit 2)."""
+    _check_url(args.url)
+    if args.sha256 is not None and not _SHA256_RE.fullmatch(args.sha256):
+        raise CommandError(f"bad --sha256 {args.sha256!r}: give 64 hex digits", USAGE)
+
+
+def check_urls(args: argparse.Namespace) -> None:
+    for url in args.urls:
+        _check_url(url)
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """`rm` takes artifact ids and URLs, nothing else."""
+    for target in args.targets:
+        if not (target.isascii() and target.isdigit()):
+            _check_url(target)
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -92,15 +144,29 @@ def ls(api: Api, args: argparse.Namespace) -> int:
     return 0
 
 
+def _result(artifact: dict[str, Any]) -> None:
+    """The line scripts read: SHA-256, size in bytes, URL (like sha256sum, plus the size)."""
+    print(f"{artifact['sha256']}  {artifact['size']}  {artifact['url']}")
+
+
 def add(api: Api, args: argparse.Namespace) -> int:
-    body = {"url": args.url}
+    body: dict[str, Any] = {"url": args.url}
     if args.sha256:
         body["sha256"] = args.sha256
-    fill = api.post("/fills", body)
-    print(f"fill {fill['id']} queued: {fill['url']}", file=sys.stderr)
-    if not args.wait:
+    if args.refresh:
+        body["refresh"] = True
+    answer = api.post("/fills", body)
+    if api.status == 200:  # cached already: nothing fetched
+        print(f"already cached: {answer['url']} (--refresh fetches it again)", file=sys.stderr)
+        _print_json(answer) if args.json else _result(answer)
         return 0
-    return _wait_fill(api, fill["id"])
+    joined = " (it was being fetched already)" if api.status == 202 else ""
+    print(f"fill {answer['id']} queued: {answer['url']}{joined}", file=sys.stderr)
+    if not args.wait:
+        if args.json:
+            _print_json(answer)
+        return 0
+    return _wait_fill(api, answer["id"], args.json)
 
 
 def _pauses() -> Iterator[float]:
@@ -111,7 +177,7 @@ def _pauses() -> Iterator[float]:
         pause = min(POLL_SECONDS, pause * 2)
 
 
-def _wait_fill(api: Api, fill_id: int) -> int:
+def _wait_fill(api: Api, fill_id: int, as_json: bool) -> int:
     bar = Bar(sys.stderr)
     try:
         for pause in _pauses():
@@ -130,15 +196,16 @@ def _wait_fill(api: Api, fill_id: int) -> int:
     bar.close()
     if fill["state"] != "done":
         raise CommandError(f"fill {fill_id} {fill['state']}: {fill['error'] or fill['url']}")
-    found = api.get("/artifacts", url=fill["url"])["items"]
-    sha = found[0]["sha256"] if found else "?"
-    print(f"{sha}  {format_size(fill['bytes_done'])}  {fill['url']}")
+    found = [a for a in api.get("/artifacts", url=fill["url"])["items"] if not a["scoped"]]
+    if not found:
+        raise CommandError(f"fill {fill_id} is done, but {fill['url']} is not cached (deleted?)")
+    _print_json(found[0]) if as_json else _result(found[0])
     return 0
 
 
 def rm(api: Api, args: argparse.Namespace) -> int:
     """Delete artifacts named by id or by URL (every credential scope of it)."""
-    missing = []
+    missing, deleted = [], []
     for target in args.targets:
         if target.isascii() and target.isdigit():
             found = [{"id": int(target)}]
@@ -154,7 +221,11 @@ def rm(api: Api, args: argparse.Namespace) -> int:
                     raise
                 missing.append(f"{target} ({err})")
                 continue
-            print(f"deleted {gone['id']}: {gone['url']} ({format_size(gone['size'])})")
+            deleted.append(gone)
+            if not args.json:
+                print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
+    if args.json:
+        _print_json(deleted)
     if missing:
         raise CommandError("not cached: " + ", ".join(missing))
     return 0
@@ -172,7 +243,7 @@ def misses(api: Api, args: argparse.Namespace) -> int:
 
 
 def approve(api: Api, args: argparse.Namespace) -> int:
-    failed = []
+    failed, fills = [], []
     for url in args.urls:
         try:
             fill = api.post("/misses/approve", {"url": url})
@@ -181,26 +252,60 @@ def approve(api: Api, args: argparse.Namespace) -> int:
                 raise
             failed.append(f"{url}: {err}")
             continue
-        print(f"fill {fill['id']} queued: {fill['url']}")
+        fills.append(fill)
+        if not args.json:
+            print(f"fill {fill['id']} queued: {fill['url']}")
+    if args.json:
+        _print_json(fills)
     if failed:
         raise CommandError("; ".join(failed))
     return 0
 
 
 def token_create(api: Api, args: argparse.Namespace) -> int:
+    if args.output:
+        _check_writable(args.output)
     made = api.post("/tokens", {"name": args.name, "scope": args.scope})
-    print(made["token"])
-    print(
-        f"token {made['name']!r} ({made['scope']}): shown this once; keep it somewhere safe",
-        file=sys.stderr,
-    )
+    where = "shown this once"
+    if args.output:
+        _write_private(args.output, made["token"] + "\n")
+        where = f"written to {args.output} (mode 600), and shown nowhere else"
+    elif not args.json:
+        print(made["token"])
+    if args.json:
+        _print_json({k: v for k, v in made.items() if k != "token" or not args.output})
+    print(f"token {made['name']!r} ({made['scope']}): {where}; keep it somewhere safe",
+          file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """Fail before a token is made that could not be saved (exit 2)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise CommandError(f"can't write the token to {path}: no such folder, or not writable",
+                           USAGE)  # fmt: skip
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write `text` to `path`, readable and writable by its owner only: a token
+    file must never be world-readable, not even for a moment."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as file:
+            os.fchmod(file.fileno(), 0o600)  # an existing file keeps its old mode otherwise
+            file.write(text)
+    except OSError as err:
+        raise CommandError(f"can't write the token to {path}: {err.strerror}") from None
 
 
 def token_revoke(api: Api, args: argparse.Namespace) -> int:
     for name in args.names:
         api.delete(f"/tokens/{name}")
-        print(f"revoked {name}")
+        if not args.json:
+            print(f"revoked {name}")
+    if args.json:
+        _print_json({"revoked": args.names})
     return 0
 
 

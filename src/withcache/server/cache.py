@@ -41,6 +41,7 @@ DAY = 86400.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
+AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
 
 
 def _readable(scope: str) -> tuple[str, ...]:
@@ -58,6 +59,15 @@ class BadInput(ActionError):
 
 class NotFound(ActionError):
     """The action names something that does not exist (any more)."""
+
+
+@dataclass(frozen=True)
+class Added:
+    """What Cache.add did: found the artifact cached, joined a fill, or made one."""
+
+    artifact: Artifact | None = None
+    fill: FillRecord | None = None
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Cache:
         self.fills = FillManager(settings, metadata, blobs, policy, self.record)
         self.tally = metrics.Tally()
         self.verification: Verification | None = None  # the latest `verify` run
+        self._verified: Verification | None = None  # the finished one before it
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
@@ -98,6 +109,7 @@ class Cache:
         self._tasks = [
             asyncio.create_task(self._every(HIT_FLUSH_SECONDS, self.flush_hits)),
             asyncio.create_task(self._every(PRUNE_SECONDS, self._prune)),
+            asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
         ]
 
     async def stop(self) -> None:
@@ -170,8 +182,8 @@ class Cache:
             await self.metadata.add_hits(batch)
 
     async def miss(self, url: str, key: str, authorization: str | None) -> MissOutcome:
-        """Record a miss and, in auto mode, start or join its fill."""
-        self.tally.misses += 1
+        """Record a miss and, in auto mode, start or join its fill (the read
+        path counts it in the tally: it knows whether the client comes back)."""
         scope = self.policy.scope_of(authorization)
         now = time.time()
         running = self.fills.active(key, scope)
@@ -185,7 +197,7 @@ class Cache:
             return MissOutcome(f"not fetched: {refusal}")
         if self.settings.curate:
             # Keep the full URL: the fill an operator may approve needs it.
-            await self.metadata.record_miss(key, url, "awaiting approval", now)
+            await self.metadata.record_miss(key, url, AWAITING_APPROVAL, now)
             return MissOutcome("recorded for an operator to approve")
         failed = self.fills.recent_failure(key, scope)
         if failed:
@@ -211,9 +223,18 @@ class Cache:
     # -- operator actions
 
     async def add(
-        self, url: str, expected_sha256: str | None = None, actor: str | None = None
-    ) -> FillRecord:
-        """Pre-seed an artifact by URL, optionally pinned to a SHA-256."""
+        self,
+        url: str,
+        expected_sha256: str | None = None,
+        actor: str | None = None,
+        refresh: bool = False,
+    ) -> Added:
+        """Pre-seed an artifact by URL, optionally pinned to a SHA-256.
+
+        Idempotent: a URL cached already is not fetched again unless `refresh`
+        (a nightly seeding script must not re-download everything), and a fill
+        under way for it is joined.
+        """  # fmt: skip
         try:
             keys.check_origin(url)
         except keys.BadURL as err:
@@ -225,12 +246,23 @@ class Cache:
             raise ActionError(f"not fetched: {refusal}")
         key = self.key(url)
         expected = expected_sha256.lower() if expected_sha256 else None
+        if not refresh:
+            cached = await self.metadata.find_artifact(key, (PUBLIC,))
+            if cached is not None and expected not in (None, cached.sha256):
+                raise ActionError(
+                    f"cached already with other bytes (SHA-256 {cached.sha256}); "
+                    "fetch it again with refresh"
+                )
+            if cached is not None:
+                return Added(artifact=cached)
         fill, created = await self.fills.request(
             url, key, PUBLIC, None, "operator", expected, actor
         )
-        if not created:
-            raise ActionError("a fill for this URL is already queued or running")
-        return fill.record
+        if not created and expected not in (None, fill.record.expected_sha256):
+            raise ActionError(
+                "a fill for this URL is already queued or running, without this expected SHA-256"
+            )
+        return Added(fill=fill.record, created=created)
 
     async def approve(self, key: str, actor: str | None = None) -> FillRecord:
         """Fetch a recorded miss (what an operator does in curate mode)."""
@@ -295,6 +327,7 @@ class Cache:
         """Start re-hashing every blob in the background (one run at a time)."""
         if self.verification and not self.verification.finished:
             raise ActionError("a verification is already running")
+        self._verified = self.verification
         self.verification = Verification(quarantine=quarantine, actor=actor)
         task = asyncio.create_task(self.verification.run(self))
         self._tasks.append(task)  # so that stop() cancels a run in progress
@@ -351,6 +384,27 @@ class Cache:
             "free_bytes": self.blobs.free_bytes(),
         }
 
+    @property
+    def last_verification(self) -> Verification | None:
+        """The latest finished verification (one still running has no findings yet)."""
+        latest = self.verification
+        return latest if latest and latest.finished else self._verified
+
+    async def work(self) -> dict[str, Any]:
+        """What waits on the cache-host (to alert on a stuck queue) and what
+        the latest verification found (to alert on bit rot)."""
+        md = self.metadata
+        verified = self.last_verification
+        return {
+            "queued_fills": (await md.list_fills((FillState.QUEUED,), limit=0)).total,
+            "running_fills": (await md.list_fills((FillState.RUNNING,), limit=0)).total,
+            "awaiting_approval": await md.count_misses(AWAITING_APPROVAL),
+            "verify_running": bool(self.verification and not self.verification.finished),
+            "verified_at": verified.finished_at if verified else None,
+            "verified_blobs": verified.checked if verified else None,
+            "bad_blobs": len(verified.corrupt) if verified else None,
+        }
+
     async def record(self, event: events.Event) -> None:
         """Append an event to the audit log and write its log line."""
         detail = event.detail()
@@ -370,6 +424,9 @@ class Cache:
 
     def display(self, url: str) -> str:
         return keys.display_url(url, self.settings.keep_query)
+
+    async def _mark_tally(self) -> None:
+        self.tally.mark()
 
     async def _prune(self) -> None:
         s = self.settings

@@ -34,13 +34,15 @@ def main() -> None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     scheme = "https" if settings.tls_cert else "http"
+    url = f"{scheme}://{netloc}/healthz"
     try:
-        with urllib.request.urlopen(
-            f"{scheme}://{netloc}/healthz", timeout=TIMEOUT, context=context
-        ) as response:
+        with urllib.request.urlopen(url, timeout=TIMEOUT, context=context) as response:
             status = json.load(response).get("status")
     except (OSError, ValueError) as err:
-        raise SystemExit(f"unhealthy: {err}") from None
+        reason = getattr(err, "reason", None) or err
+        if isinstance(reason, OSError) and reason.strerror:
+            reason = reason.strerror
+        raise SystemExit(f"unhealthy: {url}: {reason}") from None
     if status != "ok":
         raise SystemExit(f"unhealthy: /healthz says {status!r}")
 

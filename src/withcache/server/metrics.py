@@ -3,10 +3,16 @@
 The read path only adds to plain integers here (no locks, no label lookups);
 everything else is read when /metrics is scraped. Fill outcomes and durations
 come from the audit events the core records, so no other module counts.
+The figures an operator looks at first (hit ratio, bytes served against bytes
+fetched) are kept since start and over the last day, from a snapshot of the
+counts taken every minute: the read path pays nothing for the window.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -22,16 +28,64 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # From a small firmware file on a LAN to a multi-GB toolkit on a slow link.
 FILL_SECONDS_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200)
 FILL_OUTCOMES = ("done", "failed", "cancelled")
+MARK_SECONDS = 60.0  # how often the counts are snapshotted for the windowed figures
+DAY = 86400.0
+WINDOWS = {"1d": DAY, "start": None}  # the windows /metrics and the overview show
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """What the cache did over a window: requests, and bytes each way."""
+
+    since: float  # Unix time the window starts
+    hits: int = 0
+    misses: int = 0
+    served_bytes: int = 0  # to clients, from stored blobs
+    streamed_bytes: int = 0  # to clients, from fills as they arrived (read-through)
+    origin_bytes: int = 0  # from origins, of fills that completed
+
+    @property
+    def requests(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits per request (None before any request)."""
+        return self.hits / self.requests if self.requests else None
+
+    @property
+    def client_bytes(self) -> int:
+        return self.served_bytes + self.streamed_bytes
+
+    @property
+    def saved_bytes(self) -> int:
+        """Origin traffic the cache spared: what clients got, less what was fetched
+        for them (negative while pre-seeded artifacts wait for their first client)."""
+        return self.client_bytes - self.origin_bytes
+
+    def minus(self, earlier: Figures) -> Figures:
+        return Figures(
+            since=earlier.since, hits=self.hits - earlier.hits,
+            misses=self.misses - earlier.misses,
+            served_bytes=self.served_bytes - earlier.served_bytes,
+            streamed_bytes=self.streamed_bytes - earlier.streamed_bytes,
+            origin_bytes=self.origin_bytes - earlier.origin_bytes,
+        )  # fmt: skip
 
 
 class Tally:
     """Counts kept by the core as things happen."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: float | None = None) -> None:
+        self.started = time.time() if now is None else now
         self.hits = 0
         self.served_bytes = 0
+        self.streamed_bytes = 0
         self.misses = 0
         self.origin_bytes = 0
+        # Snapshots, oldest first: the last day's figures are now minus the
+        # oldest one no older than a day.
+        self._marks: deque[Figures] = deque([Figures(self.started)])
         self.fills = dict.fromkeys(FILL_OUTCOMES, 0)
         self.fill_seconds = Histogram(
             "withcache_fill_duration_seconds",
@@ -43,6 +97,29 @@ class Tally:
     def hit(self, sent_bytes: int) -> None:
         self.hits += 1
         self.served_bytes += sent_bytes
+
+    def now(self) -> Figures:
+        """The counts since start, as Figures."""
+        return Figures(
+            self.started, self.hits, self.misses, self.served_bytes, self.streamed_bytes,
+            self.origin_bytes,
+        )  # fmt: skip
+
+    def mark(self, now: float | None = None) -> None:
+        """Snapshot the counts (every MARK_SECONDS); forget what the day no longer needs."""
+        now = time.time() if now is None else now
+        self._marks.append(dataclasses.replace(self.now(), since=now))
+        while len(self._marks) > 1 and self._marks[1].since <= now - DAY:
+            self._marks.popleft()
+
+    def window(self, seconds: float | None, now: float | None = None) -> Figures:
+        """The figures over the last `seconds` (to within MARK_SECONDS; None:
+        since start). A window longer than the uptime starts at the start."""
+        if seconds is None:
+            return self.now()
+        now = time.time() if now is None else now
+        base = next((m for m in self._marks if m.since >= now - seconds), None)
+        return self.now().minus(base or self._marks[-1])
 
     def observe(self, event: events.Event) -> None:
         """Count what an audit event says about fills."""
@@ -57,12 +134,13 @@ class Tally:
 
 
 class _Snapshot(Collector):
-    def __init__(self, tally: Tally, health: Mapping[str, Any]) -> None:
+    def __init__(self, tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any]) -> None:
         self._tally = tally
         self._health = health
+        self._work = work
 
     def collect(self) -> Iterator[Any]:
-        t, h = self._tally, self._health
+        t, h, w = self._tally, self._health, self._work
         yield InfoMetricFamily(
             "withcache_build", "Version of this cache-host", {"version": __version__}
         )
@@ -74,9 +152,14 @@ class _Snapshot(Collector):
             "withcache_served_bytes", "Bytes sent to clients from cached blobs", t.served_bytes
         )
         yield CounterMetricFamily(
+            "withcache_streamed_bytes", "Bytes sent to clients from fills as they arrived",
+            t.streamed_bytes,
+        )  # fmt: skip
+        yield CounterMetricFamily(
             "withcache_origin_bytes", "Bytes of artifacts fetched whole from origins",
             t.origin_bytes,
         )  # fmt: skip
+        yield from _windowed(t)
         fills = CounterMetricFamily(
             "withcache_fills", "Fills ended, by outcome", labels=["outcome"]
         )
@@ -93,10 +176,58 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "withcache_free_bytes", "Free bytes on the data dir's filesystem", h["free_bytes"]
         )
+        yield from _work(w)
 
 
-def exposition(tally: Tally, health: Mapping[str, Any]) -> bytes:
-    """The Prometheus text format of the counts and a health snapshot (Cache.health)."""
+def _windowed(tally: Tally) -> Iterator[Any]:
+    """Hit ratio and bytes saved over the last day and since start."""
+    ratio = GaugeMetricFamily(
+        "withcache_hit_ratio", "Requests answered from stored blobs, per request",
+        labels=["window"],
+    )  # fmt: skip
+    saved = GaugeMetricFamily(
+        "withcache_saved_bytes",
+        "Bytes sent to clients less bytes fetched from origins for them",
+        labels=["window"],
+    )
+    for name, seconds in WINDOWS.items():
+        figures = tally.window(seconds)
+        if figures.hit_ratio is not None:  # no requests yet: no ratio
+            ratio.add_metric([name], figures.hit_ratio)
+        saved.add_metric([name], figures.saved_bytes)
+    yield ratio
+    yield saved
+
+
+def _work(w: Mapping[str, Any]) -> Iterator[Any]:
+    """The queue, the misses waiting for an operator, the latest verification."""
+    yield GaugeMetricFamily("withcache_queued_fills", "Fills waiting for a worker",
+                            w["queued_fills"])  # fmt: skip
+    yield GaugeMetricFamily("withcache_running_fills", "Fills downloading now", w["running_fills"])
+    yield GaugeMetricFamily(
+        "withcache_misses_awaiting_approval", "Misses an operator has yet to approve (--curate)",
+        w["awaiting_approval"],
+    )  # fmt: skip
+    yield GaugeMetricFamily("withcache_verify_running", "1 while blobs are being verified",
+                            int(w["verify_running"]))  # fmt: skip
+    if w["verified_at"] is not None:  # absent until a verification has finished
+        yield GaugeMetricFamily(
+            "withcache_verify_last_run_timestamp_seconds",
+            "When the latest verification of the blobs finished", w["verified_at"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "withcache_verify_checked_blobs", "Blobs the latest verification checked",
+            w["verified_blobs"],
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "withcache_verify_bad_blobs",
+            "Blobs the latest verification found corrupt or missing", w["bad_blobs"],
+        )  # fmt: skip
+
+
+def exposition(tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any]) -> bytes:
+    """The Prometheus text format of the counts, a health snapshot (Cache.health)
+    and what waits on the cache-host (Cache.work)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(tally, health))
+    registry.register(_Snapshot(tally, health, work))
     return generate_latest(registry)

@@ -7,8 +7,10 @@ become a StartupError with a one-line message; the CLI prints it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 import ssl
 import tempfile
 
@@ -30,25 +32,48 @@ class StartupError(Exception):
 
 
 def _check_data_dir(settings: Settings) -> None:
+    path = settings.data_dir
+    # The first part of the path that exists must be a folder, or mkdir says only "File exists".
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        what = "is a file" if existing == path else f"can't be made: {existing} is a file"
+        raise StartupError(f"data dir {path} {what}, not a folder (--data-dir, WITHCACHE_DATA_DIR)")
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=settings.data_dir):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        raise StartupError(
-            f"data dir {settings.data_dir} is not writable: {err.strerror or err}"
-        ) from None
+        raise StartupError(f"data dir {path} is not writable: {err.strerror or err}") from None
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    for flag, path in (("--tls-cert", settings.tls_cert), ("--tls-key", settings.tls_key)):
+        if not os.access(path, os.R_OK):
+            reason = "no such file" if not path.exists() else "not readable"
+            raise StartupError(f"cannot load {flag} {path}: {reason}")
     try:
         context.load_cert_chain(settings.tls_cert, settings.tls_key)
     except (OSError, ssl.SSLError) as err:
-        raise StartupError(f"cannot load --tls-cert/--tls-key: {err}") from None
+        raise StartupError(
+            f"cannot load --tls-cert/--tls-key: {err} (a PEM certificate chain and its "
+            "private key?)"
+        ) from None
     return context
+
+
+def _listen_problem(host: str, port: int, err: OSError) -> str:
+    """Why the cache-host can't listen, in words an operator can act on."""
+    if isinstance(err, socket.gaierror):
+        return f"no such address or host name {host!r} (--host takes an address of this machine)"
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"{reason} ({host} is not an address of this machine)"
+    if err.errno == errno.EACCES and port < 1024:
+        return f"{reason} (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    return reason
 
 
 def serve(settings: Settings) -> None:
@@ -76,7 +101,7 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
     except OSError as err:
         await runner.cleanup()
         await cache.close()
-        reason = os.strerror(err.errno) if err.errno else str(err)
+        reason = _listen_problem(settings.host, settings.port, err)
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     await cache.start()
     stop = asyncio.Event()

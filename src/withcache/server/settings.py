@@ -33,7 +33,9 @@ def format_size(n: int | float) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """A human-readable duration: 7 s, 2 min 05 s, 1 h 03 min."""
+    """A human-readable duration: 0.4 s, 7 s, 2 min 05 s, 1 h 03 min."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
     seconds = round(seconds)
     if seconds < 60:
         return f"{seconds} s"

@@ -1,14 +1,15 @@
 """`withcache-shims`: set the shims up, and say what is in effect.
 
     eval "$(withcache-shims env http://cache:3000)"   # this shell only
-    withcache-shims setup user                        # the snippet for one set-up
+    withcache-shims setup user --server URL | sh      # the lines for one set-up
     withcache-shims install --user                    # ~/.withcache/bin/{curl,wget}
     withcache-shims status                            # which curl/wget, does the cache answer
     withcache-shims tables                            # the option tables as JSON
 
 The five set-ups are the seed's: call the shims by name; shadow curl/wget in
 this shell; for your user; for one project (direnv); for the whole machine.
-Errors are one line on stderr and exit status 2.
+Errors are one line on stderr and exit status 2; `setup system` from an
+installation other users can't run exits 1 and says how to install for all.
 """
 
 from __future__ import annotations
@@ -18,22 +19,37 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
+import withcache
 from withcache import cachehost
 from withcache.shim import curl, entry, wget
 
+PROG = "withcache-shims"
 TOOLS = (curl.TOOL, wget.TOOL)
 USER_BIN = "~/.withcache/bin"
 SETUPS = ("by-name", "shell", "user", "direnv", "system")
+# Printed where no cache-host was given, so the lines still show their shape.
+PLACEHOLDER = "http://CACHE-HOST:3000"
+# The lines `setup user` writes into each shell's start-up file; a second run
+# replaces them rather than adding a second copy.
+RC_BEGIN = "# >>> withcache >>>"
+RC_END = "# <<< withcache <<<"
 
 
 class UsageError(Exception):
     """A bad argument or an unusable setting; the message is shown as is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {PROG} --help)")
 
 
 def shim_path(tool: str) -> Path:
@@ -48,8 +64,10 @@ def shim_path(tool: str) -> Path:
     return Path(found)
 
 
-def _server(given: str | None) -> str:
+def _server(given: str | None, placeholder: bool = False) -> str:
     server = given or os.environ.get("WITHCACHE_SERVER", "").strip()
+    if not server and placeholder:
+        return PLACEHOLDER
     if not server:
         raise UsageError("give the cache-host URL (or set WITHCACHE_SERVER)")
     try:
@@ -91,13 +109,22 @@ def snippet(setup: str, server: str) -> str:
     if setup == "user":
         return "\n".join(
             [
-                "# 3. Your user: every new shell of yours (undo: delete the block).",
+                "# 3. Your user: every new bash and zsh of yours. Run again to change the",
+                f"#    cache-host (the block is replaced); undo: delete the {RC_BEGIN} block.",
                 *_links(home_bin),
-                "cat >> ~/.bashrc <<'EOF'",
-                "# withcache: transparent curl/wget caching",
+                'for rc in "$HOME/.bashrc" "$HOME/.zshrc"; do',
+                "  case $rc in",
+                '    *zshrc) [ -e "$rc" ] || [ "${SHELL##*/}" = zsh ] || continue ;;',
+                "  esac",
+                '  touch "$rc"',
+                f"  sed -i '/^{RC_BEGIN}/,/^{RC_END}/d' \"$rc\"",
+                "  cat >> \"$rc\" <<'EOF'",
+                f"{RC_BEGIN} (from withcache-shims setup user)",
                 export,
-                f'export PATH="{home_bin}:$PATH"',
+                f'case ":$PATH:" in *":{home_bin}:"*) ;; *) export PATH="{home_bin}:$PATH" ;; esac',
+                RC_END,
                 "EOF",
+                "done",
             ]
         )
     if setup == "direnv":
@@ -109,9 +136,13 @@ def snippet(setup: str, server: str) -> str:
                 "PATH_add ~/.withcache/bin",
             ]
         )
+    heading = "# 5. The whole machine: every user, every shell, build tools too (run as root)."
+    blocked = why_not_for_all_users()
+    if blocked:
+        return "\n".join([heading, *(f"# {line}" for line in for_all_users(blocked, server))])
     return "\n".join(
         [
-            "# 5. The whole machine: every user, every shell, build tools too (run as root).",
+            heading,
             *(
                 f"ln -sf {shlex.quote(str(shim_path(t.name)))} /usr/local/bin/{t.name}"
                 for t in TOOLS
@@ -121,14 +152,82 @@ def snippet(setup: str, server: str) -> str:
     )
 
 
+def closed_to_others(path: str, need: int) -> str | None:
+    """Why a user other than the owner can't use `path` (None if anyone can):
+    every folder above it must let others through, and the file itself must
+    grant them `need` (stat.S_IROTH, S_IXOTH)."""
+    real = Path(os.path.realpath(path))
+    for folder in reversed(real.parents):
+        mode = folder.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            return f"{folder} is {stat.filemode(mode)}"
+    mode = real.stat().st_mode
+    if mode & need != need:
+        return f"{real} is {stat.filemode(mode)}"
+    return None
+
+
+def _interpreter(script: Path) -> str | None:
+    with open(script, "rb") as file:
+        first = file.readline()
+    return first[2:].split()[0].decode() if first.startswith(b"#!") and first[2:].split() else None
+
+
+def why_not_for_all_users() -> str | None:
+    """Why other users can't run this installation's shims (None if they can):
+    the scripts, the Python they name and the withcache package must all be
+    open to them."""
+    package = Path(withcache.__file__).parent
+    needed = [(package, stat.S_IROTH | stat.S_IXOTH)]
+    for tool in TOOLS:
+        script = shim_path(tool.name)
+        needed.append((script, stat.S_IROTH | stat.S_IXOTH))
+        python = _interpreter(script)
+        if python:
+            needed.append((Path(python), stat.S_IXOTH))
+    for path, need in needed:
+        why = closed_to_others(str(path), need)
+        if why:
+            return (
+                f"{path} can't be run by other users ({why}): they would get the real tool, "
+                "or exit 126"
+            )
+    return None
+
+
+def for_all_users(why: str, server: str) -> list[str]:
+    """How to install the shims for every user, when this installation can't be."""
+    arch = os.uname().machine
+    export = shlex.quote(f"export WITHCACHE_SERVER={shlex.quote(server)}")
+    return [
+        f"Not from this installation: {why}.",
+        "Install withcache where every user can run it, with a Python they can run too,",
+        "then run this again from there:",
+        "  /usr/bin/python3 -m venv /opt/withcache",
+        "  /opt/withcache/bin/pip install withcache-*.whl   # from `make dist`, or a checkout",
+        f"  /opt/withcache/bin/withcache-shims setup system --server {shlex.quote(server)}",
+        "Or use the native shim (no Python; `make dist` or `make shim` builds it):",
+        f"  install -m 755 withcache-shim-{arch}-linux-musl /usr/local/bin/withcache-shim",
+        "  ln -sf withcache-shim /usr/local/bin/curl && ln -sf withcache-shim /usr/local/bin/wget",
+        f"  echo {export} > /etc/profile.d/withcache.sh",
+    ]
+
+
 def cmd_env(args: argparse.Namespace) -> int:
     print(snippet("shell", _server(args.server)))
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    server = _server(args.server)
+    server = _server(args.server, placeholder=True)
+    if server == PLACEHOLDER:
+        print(f"# No --server (nor WITHCACHE_SERVER): put your cache-host's URL for {server}.")
     print("\n\n".join(snippet(name, server) for name in ([args.setup] if args.setup else SETUPS)))
+    blocked = why_not_for_all_users() if args.setup == "system" else None
+    if blocked:
+        print(f"{PROG}: {blocked}; the lines above say how to install for every user",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
@@ -143,6 +242,14 @@ def _folder(args: argparse.Namespace) -> Path:
 def cmd_install(args: argparse.Namespace) -> int:
     folder = _folder(args)
     folder.mkdir(parents=True, exist_ok=True)
+    # A folder every user searches (/usr/local/bin): links there must work for them too.
+    public = not args.user and closed_to_others(str(folder), stat.S_IXOTH) is None
+    blocked = why_not_for_all_users() if public else None
+    if blocked:
+        raise UsageError(
+            f"not linking into {folder}: {blocked}; `{PROG} setup system` says how to install "
+            "for every user"
+        )
     for tool in TOOLS:
         link, target = folder / tool.name, shim_path(tool.name)
         if link.exists() and not link.is_symlink():
@@ -247,10 +354,9 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="withcache-shims", description="Set up the withcache curl/wget shims."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog=PROG, description="Set up the withcache curl/wget shims.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {withcache.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     env = sub.add_parser("env", help='shell lines for this shell: eval "$(withcache-shims env)"')
     env.add_argument("server", nargs="?", help="cache-host URL (default: $WITHCACHE_SERVER)")
     env.set_defaults(run=cmd_env)
@@ -275,10 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         code = args.run(args)
-    except (UsageError, OSError) as err:
-        print(f"withcache-shims: {err}", file=sys.stderr)
+    except UsageError as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        code = 2
+    except OSError as err:
+        print(f"{PROG}: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         code = 2
     raise SystemExit(code)

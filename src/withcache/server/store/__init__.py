@@ -193,6 +193,10 @@ class Metadata(Protocol):
 
     async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page: ...
 
+    async def count_misses(self, reason: str) -> int:
+        """Recorded misses whose reason is exactly `reason` (e.g. awaiting approval)."""
+        ...
+
     # -- fills
     async def enqueue_fill(
         self,

@@ -361,6 +361,9 @@ class PostgresMetadata:
         total = (await self._one(f"SELECT count(*) FROM misses {where}", args))[0]
         return Page([Miss(*r) for r in rows], total)
 
+    async def count_misses(self, reason: str) -> int:
+        return (await self._one("SELECT count(*) FROM misses WHERE reason = %s", (reason,)))[0]
+
     # -- fills
 
     async def enqueue_fill(

@@ -322,6 +322,11 @@ class SQLiteMetadata:
         total = self._db.execute(f"SELECT count(*) FROM misses {where}", args).fetchone()[0]
         return Page([Miss(*r) for r in rows], total)
 
+    async def count_misses(self, reason: str) -> int:
+        return self._db.execute(
+            "SELECT count(*) FROM misses WHERE reason = ?", (reason,)
+        ).fetchone()[0]
+
     # -- fills
 
     async def enqueue_fill(

@@ -257,13 +257,21 @@ async def list_fills(request: web.Request) -> web.Response:
 
 async def add_fill(request: web.Request) -> web.Response:
     cache = _cache(request)
-    body = await _body(request, {"url": str, "sha256": str}, {"url"})
+    body = await _body(request, {"url": str, "sha256": str, "refresh": bool}, {"url"})
     try:
-        record = await cache.add(body["url"], body.get("sha256"), _actor(request))
+        added = await cache.add(
+            body["url"], body.get("sha256"), _actor(request), bool(body.get("refresh"))
+        )
     except ActionError as err:
         raise _acted(err) from None
-    row = fill_rows(cache, [record])[0]
-    return _json(fill_json(row), 201, {"Location": f"{PREFIX}/fills/{record.id}"})
+    if added.artifact is not None:  # cached already: nothing fetched
+        location = f"{PREFIX}/artifacts/{added.artifact.id}"
+        return _json(artifact_json(added.artifact), 200, {"Location": location})
+    assert added.fill is not None
+    row = fill_rows(cache, [added.fill])[0]
+    # 201: a new fill; 202: the one already under way for this URL.
+    status = 201 if added.created else 202
+    return _json(fill_json(row), status, {"Location": f"{PREFIX}/fills/{added.fill.id}"})
 
 
 async def get_fill(request: web.Request) -> web.Response:
@@ -411,7 +419,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def metrics_handler(cache: Cache) -> Handler:
     async def serve_metrics(request: web.Request) -> web.Response:
-        body = metrics.exposition(cache.tally, await cache.health())
+        body = metrics.exposition(cache.tally, await cache.health(), await cache.work())
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     if cache.settings.private_metrics:

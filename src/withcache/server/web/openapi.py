@@ -251,10 +251,16 @@ def _operations() -> dict[str, dict[str, Any]]:
         "add-fill": {
             "summary": "Fetch a URL into the cache before anyone asks for it",
             "description": "With `sha256`, a download with other bytes fails and nothing "
-            "is kept.",
-            "body": _body({"url": URL, "sha256": _nullable("string", pattern=SHA256_PATTERN)},
-                          optional=["sha256"]),
+            "is kept. Idempotent: a URL cached already is not fetched again (200, the "
+            "artifact) unless `refresh`; a fill under way for it is joined (202).",
+            "body": _body({"url": URL, "sha256": _nullable("string", pattern=SHA256_PATTERN),
+                           "refresh": _nullable("boolean", description="fetch it again even "
+                                                "if it is cached")},
+                          optional=["sha256", "refresh"]),
             "ok": (201, _ref("Fill")), "created": True, "errors": [409],
+            "also": {200: ("Cached already: nothing was fetched", _ref("Artifact")),
+                     202: ("A fill for this URL was under way already: this one",
+                           _ref("Fill"))},
             "links": _links("$response.body#/id", "get-fill", "cancel-fill", "retry-fill"),
         },
         "get-fill": {"summary": "One fill, with live progress", "parameters": [object_id],
@@ -353,10 +359,17 @@ def _operation(route: Route, spec: dict[str, Any]) -> dict[str, Any]:
         errors.add(403)
     if route.password:
         errors.add(429)
+    responses = {str(status): ok}
+    for other, (description, body) in spec.get("also", {}).items():
+        responses[str(other)] = {
+            "description": description,
+            "content": {"application/json": {"schema": body}},
+            "headers": {"Location": {"schema": {"type": "string"}, "required": True}},
+        }
     operation: dict[str, Any] = {
         "operationId": route.operation_id,
         "summary": spec["summary"],
-        "responses": {str(status): ok, **{str(e): _error(e) for e in sorted(errors)}},
+        "responses": {**responses, **{str(e): _error(e) for e in sorted(errors)}},
     }
     if "description" in spec:
         operation["description"] = spec["description"]

@@ -33,6 +33,20 @@ class FillRow:
         return min(100, int(self.bytes_done * 100 / self.total))
 
     @property
+    def seconds(self) -> float | None:
+        """How long a finished fill took, start to end (None if it never started)."""
+        r = self.record
+        if r.state in ACTIVE_STATES or r.started_at is None or r.finished_at is None:
+            return None
+        return max(0.0, r.finished_at - r.started_at)
+
+    @property
+    def average_rate(self) -> float | None:
+        """Bytes per second over a finished fill's whole run."""
+        seconds = self.seconds
+        return self.bytes_done / seconds if seconds and self.bytes_done else None
+
+    @property
     def eta(self) -> float | None:
         if self.record.state is not FillState.RUNNING or not self.total or self.rate <= 0:
             return None

@@ -147,7 +147,10 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     if outcome.fill is not None and cache.settings.stream_fills:
         streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
         if streamed is not None:
+            # A probe answered from the fill is counted once, by the GET that follows it.
+            cache.tally.misses += request.method == "GET"
             return streamed
+    cache.tally.misses += 1  # the client goes to the origin (or fails)
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
 
 

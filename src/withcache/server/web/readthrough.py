@@ -94,7 +94,7 @@ async def serve_from_fill(
     fill.clients += 1
     try:
         await response.prepare(request)
-        await _copy(request, response, fill, partial, answer.start, end, generation)
+        await _copy(request, cache, response, fill, partial, answer.start, end, generation)
     except ConnectionError:
         pass  # the client left; the fill goes on
     finally:
@@ -123,6 +123,7 @@ async def _when_stored(request: web.Request, cache: Cache, fill: Fill) -> web.St
 
 async def _copy(
     request: web.Request,
+    cache: Cache,
     response: web.StreamResponse,
     fill: Fill,
     partial: BinaryIO,
@@ -146,11 +147,13 @@ async def _copy(
                 # Unknown length goes out chunked, which sendfile would bypass.
                 data = os.pread(partial.fileno(), min(available - pos, CHUNK), pos)
                 await response.write(data)
-                pos += len(data)
+                sent = len(data)
             else:
-                pos += await asyncio.get_running_loop().sendfile(
+                sent = await asyncio.get_running_loop().sendfile(
                     transport, partial, pos, available - pos
                 )
+            pos += sent
+            cache.tally.streamed_bytes += sent
             continue
         if fill.finished:
             if end is not None:  # can't happen: a finished fill has written every byte

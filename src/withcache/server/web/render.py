@@ -46,6 +46,29 @@ def size(n: int | float | None) -> str:
     return "?" if n is None else format_size(n)
 
 
+# Event detail fields that hold a byte count or a number of seconds (events.py).
+SIZE_FIELDS = frozenset({"size", "resume_from"})
+SECONDS_FIELDS = frozenset({"seconds"})
+
+
+def detail(value: Any, name: str) -> str:
+    """An event detail's value as a person reads it: sizes and durations in
+    units (the exact number stays in the page as the title)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if name in SIZE_FIELDS:
+            return format_size(value)
+        if name in SECONDS_FIELDS:
+            return format_duration(value)
+    return str(value)
+
+
+def percent(ratio: float | None) -> str:
+    """A ratio as a whole percentage (one decimal under 10 %); a dash for none."""
+    if ratio is None:
+        return "\N{EN DASH}"
+    return f"{ratio * 100:.1f} %" if 0 < ratio < 0.1 else f"{ratio * 100:.0f} %"
+
+
 def templates() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(SERVER / "templates"),
@@ -54,7 +77,7 @@ def templates() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=when, duration=duration, size=size)
+    env.filters.update(when=when, duration=duration, size=size, detail=detail, percent=percent)
     return env
 
 

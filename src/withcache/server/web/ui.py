@@ -17,7 +17,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from withcache.server import events
+from withcache.server import events, metrics
 from withcache.server.cache import ActionError, Cache
 from withcache.server.store import ACTIVE_STATES, FillState, TokenScope
 from withcache.server.web import auth, params, render
@@ -109,16 +109,24 @@ async def _failed(request: web.Request, errors: list[str], back: str, status: in
 
 
 async def overview(request: web.Request) -> web.Response:
+    """What an operator looks for first: the hit ratio and the bytes served
+    against the bytes fetched, what waits, then the lists; on an empty
+    cache-host, how to point clients at it."""
     cache = request.app[CACHE_KEY]
     md = cache.metadata
     misses = await md.list_misses(limit=OVERVIEW_ROWS)
     fills = await md.list_fills(ACTIVE_STATES, limit=OVERVIEW_ROWS)
     recent = await md.list_artifacts(limit=OVERVIEW_ROWS)
+    tally = cache.tally
+    figures = [("Last 24 hours", tally.window(metrics.DAY)), ("Since start", tally.window(None))]
     return await _show(
         request, "overview.html", section="overview", misses=misses,
         fills=fill_rows(cache, list(fills.rows)), fills_total=fills.total,
         poll=f"/downloads/table?state=active&limit={OVERVIEW_ROWS}",
-        artifacts=recent, curate=cache.settings.curate, q="",
+        artifacts=recent, curate=cache.settings.curate, q="", figures=figures,
+        started=tally.started, uptime=time.time() - tally.started, work=await cache.work(),
+        empty=not (recent.total or misses.total or fills.total),
+        client_url=str(request.url.origin()),
     )  # fmt: skip
 
 
@@ -185,7 +193,9 @@ async def confirm_delete(request: web.Request) -> web.Response:
 
 
 async def add_page(request: web.Request) -> web.Response:
-    return await _show(request, "add.html", section="add", url="", sha256="", error=None)
+    return await _show(
+        request, "add.html", section="add", url="", sha256="", error=None, cached=None
+    )
 
 
 async def events_page(request: web.Request) -> web.Response:
@@ -274,11 +284,17 @@ async def add_action(request: web.Request) -> web.StreamResponse:
     try:
         if not url:
             raise ActionError("give the URL to fetch")
-        await cache.add(url, sha256 or None, auth.actor(request))
+        added = await cache.add(url, sha256 or None, auth.actor(request), "refresh" in form)
     except ActionError as err:
         return await _show(
-            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err)
-        )
+            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err),
+            cached=None,
+        )  # fmt: skip
+    if added.artifact is not None:
+        return await _show(
+            request, "add.html", section="add", url=url, sha256=sha256, error=None,
+            cached=added.artifact,
+        )  # fmt: skip
     raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
