@@ -23,6 +23,17 @@ S3_SECRET_KEY = "withcache-test-secret"
 BUCKET = "withcache"
 
 
+def s3_store(endpoint: str, prefix: str | None = None):  # -> obstore.store.S3Store
+    """The test bucket, as the tests reach it to set up or inspect a store."""
+    from obstore.store import S3Store
+
+    return S3Store(
+        BUCKET, prefix=prefix, endpoint=endpoint, access_key_id=S3_ACCESS_KEY,
+        secret_access_key=S3_SECRET_KEY, region="us-east-1",
+        virtual_hosted_style_request=False, client_options={"allow_http": True},
+    )  # fmt: skip
+
+
 def free_ports(count: int) -> list[int]:
     socks = [socket.socket() for _ in range(count)]
     try:

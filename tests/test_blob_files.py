@@ -1,17 +1,16 @@
-"""Blob writers on their own, local files and S3 (a real SeaweedFS): content
-addressing, restart, abort."""
+"""Blob writers on their own, local files and a bucket (a real SeaweedFS):
+content addressing, restart, abort, cleaning up."""
 
 import asyncio
 import hashlib
 import os
 
 import pytest
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
+from services import s3_store
 
-from withcache.server.store import sigv4
+from withcache.server.store.bucket import BucketBlobs
+from withcache.server.store.bucket_access import Bucket, BucketURL
 from withcache.server.store.files import LocalBlobs
-from withcache.server.store.s3 import S3Blobs
-from withcache.server.store.s3client import S3Client
 
 _prefixes = iter(range(1, 1_000_000))
 
@@ -22,8 +21,9 @@ async def blobs(request, tmp_path):
         yield LocalBlobs(tmp_path)
         return
     _, seaweed = request.getfixturevalue("scale_stores")
-    client = S3Client(seaweed.endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
-    store = S3Blobs(client, f"blobfiles{next(_prefixes)}/", tmp_path / "tmp")
+    prefix = f"blobfiles{next(_prefixes)}"
+    bucket = Bucket(BucketURL("s3", "withcache", f"{prefix}/"), s3_store(seaweed.endpoint, prefix))
+    store = BucketBlobs(bucket, tmp_path / "tmp")
     yield store
     await store.close()
 
