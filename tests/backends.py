@@ -86,4 +86,30 @@ class Scale:
         obstore.delete(s3_store(self.endpoint), self.objects("blobs/"))
 
 
+class AzureScale(Scale):
+    """The scale-out pair with Azure Blob (Azurite) holding the blobs."""
+
+    name = "azure"
+
+    def __init__(self, metadata_url: str, azurite_env: dict[str, str], url: str) -> None:
+        self.metadata_url = metadata_url
+        self.endpoint = azurite_env["AZURE_STORAGE_ENDPOINT"]
+        self.blobs_url = url
+        self.prefix = url.split("/", 3)[3]
+        self.flags = ("--metadata", metadata_url, "--blobs", url, "--fill-lease", TEST_LEASE)
+        self.env = dict(azurite_env)
+
+    def objects(self, under: str) -> list[str]:
+        import obstore
+        from obstore.store import AzureStore
+
+        container = self.blobs_url.split("/")[2]
+        store = AzureStore(container, config={
+            "account_name": self.env["AZURE_STORAGE_ACCOUNT_NAME"],
+            "account_key": self.env["AZURE_STORAGE_ACCOUNT_KEY"], "endpoint": self.endpoint,
+        }, client_options={"allow_http": True})  # fmt: skip
+        listing = obstore.list(store, prefix=f"{self.prefix}/{under}")
+        return [meta["path"] for batch in listing for meta in batch]
+
+
 Backend = Embedded | Scale

@@ -6,23 +6,31 @@ import hashlib
 import os
 
 import pytest
-from services import s3_store
+from conftest import AZURE_CONTAINER
+from services import BUCKET, s3_store
 
+from withcache.server.settings import Settings
 from withcache.server.store.bucket import BucketBlobs
-from withcache.server.store.bucket_access import Bucket, BucketURL
+from withcache.server.store.bucket_access import Bucket, BucketURL, open_bucket
 from withcache.server.store.files import LocalBlobs
 
 _prefixes = iter(range(1, 1_000_000))
 
 
-@pytest.fixture(params=["local", "s3"])
-async def blobs(request, tmp_path):
+@pytest.fixture(params=["local", "s3", "az"])
+async def blobs(request, tmp_path, monkeypatch):
     if request.param == "local":
         yield LocalBlobs(tmp_path)
         return
-    _, seaweed = request.getfixturevalue("scale_stores")
     prefix = f"blobfiles{next(_prefixes)}"
-    bucket = Bucket(BucketURL("s3", "withcache", f"{prefix}/"), s3_store(seaweed.endpoint, prefix))
+    if request.param == "s3":
+        _, seaweed = request.getfixturevalue("scale_stores")
+        bucket = Bucket(BucketURL("s3", BUCKET, f"{prefix}/"), s3_store(seaweed.endpoint, prefix))
+    else:
+        for name, value in request.getfixturevalue("azurite").env.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(data_dir=tmp_path, blobs_url=f"az://{AZURE_CONTAINER}/{prefix}")
+        bucket = open_bucket(settings)
     store = BucketBlobs(bucket, tmp_path / "tmp")
     yield store
     await store.close()

@@ -136,6 +136,10 @@ def open_bucket(settings: Settings) -> Bucket:
     url = BucketURL.parse(settings.blobs_url)
     prefix = url.prefix.rstrip("/") or None
     options = dict(CLIENT_OPTIONS)
+    # Options given here replace the library's from the environment, where an
+    # emulator's http:// endpoint would be allowed: allow it here, as with S3
+    # (the stores' own endpoints are https).
+    options["allow_http"] = True
     if url.scheme == "gs":
         return Bucket(url, GCSStore(url.bucket, prefix=prefix, client_options=options))
     if url.scheme == "az":
@@ -167,7 +171,6 @@ def _open_s3(settings: Settings, url: BucketURL, prefix: str | None, options: di
         host = urlsplit(endpoint)
         # object_store wants the bucket in a virtual-hosted endpoint; botocore adds it itself.
         config["endpoint"] = f"{host.scheme}://{url.bucket}.{host.netloc}" if virtual else endpoint
-        options["allow_http"] = host.scheme == "http"
     store = S3Store(
         url.bucket, prefix=prefix, config=config, client_options=options,
         credential_provider=_BotocoreCredentials(credentials),  # type: ignore[arg-type]
