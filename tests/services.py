@@ -233,9 +233,9 @@ class Azurite:
         date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
         headers = {"x-ms-date": date, "x-ms-version": "2021-08-06"}
         # VERB, eleven standard headers (all empty here), x-ms-* headers, resource.
-        to_sign = "\n".join(["PUT", *[""] * 11,
-                             *(f"{k}:{v}" for k, v in sorted(headers.items())),
-                             f"/{AZURE_ACCOUNT}/{AZURE_ACCOUNT}/{name}\nrestype:container"])  # fmt: skip
+        resource = f"/{AZURE_ACCOUNT}/{AZURE_ACCOUNT}/{name}\nrestype:container"
+        signed = [f"{k}:{v}" for k, v in sorted(headers.items())]
+        to_sign = "\n".join(["PUT", *[""] * 11, *signed, resource])
         digest = hmac.new(base64.b64decode(AZURE_KEY), to_sign.encode(), hashlib.sha256).digest()
         headers["Authorization"] = f"SharedKey {AZURE_ACCOUNT}:{base64.b64encode(digest).decode()}"
         request = urllib.request.Request(
