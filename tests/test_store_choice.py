@@ -23,8 +23,9 @@ async def main():
     await cache.stop()
 
 asyncio.run(main())
-loaded = [m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool")
-          or m.startswith(("withcache.server.store.postgres", "withcache.server.store.s3"))]
+loaded = [m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool", "obstore",
+          "botocore") or m.startswith(("withcache.server.store.postgres",
+          "withcache.server.store.bucket"))]
 print(",".join(loaded))
 """
 

@@ -14,6 +14,7 @@ Errors leave here as BucketError, an OSError with a one-line message.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -130,6 +131,14 @@ class Bucket:
         return (BotoCoreError, ClientError)
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def open_bucket(settings: Settings) -> Bucket:
     """The bucket `settings.blobs_url` names, ready to use (nothing sent yet)."""
     assert settings.blobs_url
@@ -169,6 +178,8 @@ def _open_s3(settings: Settings, url: BucketURL, prefix: str | None, options: di
     config: dict[str, Any] = {"region": settings.s3_region, "virtual_hosted_style_request": virtual}
     if endpoint is not None:
         host = urlsplit(endpoint)
+        if virtual and _is_address(host.hostname or ""):
+            raise BucketError("virtual-hosted requests need a host name, not an IP address")
         # object_store wants the bucket in a virtual-hosted endpoint; botocore adds it itself.
         config["endpoint"] = f"{host.scheme}://{url.bucket}.{host.netloc}" if virtual else endpoint
     store = S3Store(
