@@ -1,10 +1,14 @@
 """Which object-store client for the blob store: every call it makes, timed
-with each candidate against a throwaway SeaweedFS, 256 MiB object.
+with each candidate against a throwaway SeaweedFS, 256 MiB object. The store
+uses obstore (store/bucket.py); aiobotocore was the second candidate.
 
     python bench/s3_clients.py [--quick] [--clients obstore,aiobotocore]
 
 Run it in a venv that has withcache's test extras plus `pip install
 aiobotocore` (not a dependency: this script is how the choice was made).
+The hand-written client the store had before (SigV4 over aiohttp) was in
+this comparison until it was removed; its figures, measured 2026-12-01 with
+this script on the same machine, are in docs/scale-out.md.
 Each round runs every client once, interleaved, each in a fresh process
 (so memory is its own). Per client, medians of:
 
@@ -39,10 +43,12 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, SeaweedFS
 
-SIZE = 256 << 20
-WRITE = 1 << 20
-PART = 8 << 20
-IN_FLIGHT = 4
+from withcache.server.store.bucket import PART_SIZE, PARTS_IN_FLIGHT, READ_CHUNK
+
+SIZE = int(os.environ.get("S3_CLIENTS_MIB", "256")) << 20  # set by --size-mib for the children
+WRITE = READ_CHUNK  # what a fill writes at a time, and a hit reads
+PART = PART_SIZE  # the store's own part size and parallelism, for every client
+IN_FLIGHT = PARTS_IN_FLIGHT
 SMALL_CALLS = 20
 IMPORTS = {
     "ours": "withcache.server.store.s3client",
@@ -202,48 +208,7 @@ class Aiobotocore:
         )
 
 
-class Ours:
-    """withcache's hand-written client (store/s3client.py, store/sigv4.py), before the move."""
-
-    async def open(self, endpoint: str) -> None:
-        from withcache.server.store import sigv4
-        from withcache.server.store.s3client import S3Client
-
-        self.client = S3Client(endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
-
-    async def close(self) -> None:
-        await self.client.close()
-
-    async def upload(self, key: str, data: memoryview) -> None:
-        c = self.client
-        upload = await c.create_upload(key)
-        parts = await parts_in_flight(data, lambda n, part: c.upload_part(key, upload, n, part))
-        await c.complete_upload(key, upload, parts)
-
-    async def get(self, key: str) -> int:
-        response = await self.client.get(key, 0, SIZE)
-        return sum([len(chunk) async for chunk in self.client.chunks(response, SIZE)])
-
-    async def head(self, key: str) -> int:
-        return await self.client.head(key)
-
-    async def presign(self, key: str) -> str:
-        return self.client.presigned_get(key, 300, {})
-
-    async def listing(self, prefix: str) -> int:
-        return len(await self.client.list_objects(prefix))
-
-    async def put(self, key: str, data: bytes) -> None:
-        await self.client.put(key, data)
-
-    async def delete(self, key: str) -> None:
-        await self.client.delete(key)
-
-    async def copy(self, source: str, target: str) -> None:
-        await self.client.copy(source, target, SIZE)
-
-
-CLIENTS: dict[str, type] = {"ours": Ours, "obstore": Obstore, "aiobotocore": Aiobotocore}
+CLIENTS: dict[str, type] = {"obstore": Obstore, "aiobotocore": Aiobotocore}
 
 
 async def one_round(name: str, endpoint: str, tag: str) -> dict[str, float]:
@@ -290,7 +255,10 @@ async def one_round(name: str, endpoint: str, tag: str) -> dict[str, float]:
 
 
 def import_ms(module: str) -> float:
-    code = f"import aiohttp, time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
+    code = (
+        f"import aiohttp, time; t = time.perf_counter(); import {module}; "
+        "print(time.perf_counter() - t)"
+    )
     runs = []
     for _ in range(3):
         done = subprocess.run(
@@ -304,6 +272,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--size-mib", type=int, default=256, help="object size (default 256)")
     parser.add_argument(
         "--child", nargs=3, metavar=("CLIENT", "ENDPOINT", "TAG"), help=argparse.SUPPRESS
     )
@@ -311,6 +280,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(asyncio.run(one_round(*args.child))))
         return
+    os.environ["S3_CLIENTS_MIB"] = str(args.size_mib)
     names = args.clients.split(",")
     rounds = 3 if args.quick else 7
     seaweed = SeaweedFS(Path(tempfile.mkdtemp(prefix="withcache-bench-s3-")))
@@ -334,7 +304,7 @@ def main() -> None:
         | {"import_ms": round(import_ms(IMPORTS[name]))}
         for name, runs in samples.items()
     }
-    print(f"256 MiB object on SeaweedFS, {rounds} rounds interleaved, medians")
+    print(f"{args.size_mib} MiB object on SeaweedFS, {rounds} rounds interleaved, medians")
     print(json.dumps(results, indent=1))
     columns = ["upload_mb_per_s", "upload_cpu_s_per_gib", "upload_peak_mib", "get_mb_per_s",
                "get_cpu_s_per_gib", "get_peak_mib", "copy_mb_per_s", "head_ms", "presign_ms",
