@@ -5,11 +5,13 @@ import asyncio
 import hashlib
 import os
 
+import obstore
 import pytest
 from conftest import AZURE_CONTAINER
 from services import BUCKET, s3_store
 
 from withcache.server.settings import Settings
+from withcache.server.store import bucket
 from withcache.server.store.bucket import BucketBlobs
 from withcache.server.store.bucket_access import Bucket, BucketURL, open_bucket
 from withcache.server.store.files import LocalBlobs
@@ -74,6 +76,17 @@ async def test_abort_after_a_cancelled_write_leaves_nothing(blobs):
     await writer.abort()  # waits for the thread before closing its descriptor
     assert list(writer.path.parent.iterdir()) == []
     assert writer._busy.done() and writer._busy.exception() is None
+
+
+@pytest.mark.parametrize("blobs", ["s3"], indirect=True)
+async def test_a_blob_too_big_to_copy_on_s3_is_uploaded_again_from_its_spool(blobs, monkeypatch):
+    monkeypatch.setattr(bucket, "S3_COPY_LIMIT", 0)  # S3's CopyObject stops at 5 GiB
+    body = os.urandom(bucket.PART_SIZE + 1000)
+    writer = blobs.begin()
+    await writer.write(body)
+    sha = await writer.commit()
+    assert await _stored(blobs, sha, len(body)) == body
+    assert obstore.list(blobs.bucket.store, prefix="tmp/").collect() == []
 
 
 async def test_clean_temp_removes_leftovers(tmp_path):

@@ -100,8 +100,8 @@ class BucketBlobWriter(Spool):
             if self._upload is None:
                 await obstore.put_async(store, final, bytes(self._pending))
             else:
-                upload, self._upload = self._upload, None
-                await upload.close()  # completes the multipart upload
+                await self._upload.close()  # completes the multipart upload
+                self._upload = None
                 try:
                     # Another URL may have brought the same bytes: then they are there.
                     if await self._blobs.size(final) != self.size:
