@@ -8,6 +8,7 @@ import os
 import pytest
 from conftest import curl
 from test_fills import miss
+from test_scale_out import redirected
 
 pytestmark = pytest.mark.parametrize("backend", ["azure"], indirect=True)
 BODY = os.urandom(20_000_000)  # three 8 MiB parts: a multipart upload (put block list)
@@ -27,12 +28,7 @@ def test_a_fill_on_one_host_is_a_hit_on_another(origin, cache_host, backend):
 
 
 def test_redirected_hits_go_to_a_sas_url(origin, cache_host, backend):
-    url = origin.add("/azure/redirect.bin", BODY)
-    host = cache_host("--redirect-hits")
-    miss(host, url)
-    host.wait_cached(url)
-    plain = curl("-sS", "-o", os.devnull, "-w", "%{http_code} %{redirect_url}", host.blob_url(url))
-    status, location = plain.stdout.decode().split(" ", 1)
+    host, url, status, location = redirected(origin, cache_host, "/azure/redirect.bin", BODY)
     assert status == "302" and location.startswith(backend.endpoint)
     assert "sig=" in location and "sp=r" in location  # a read-only shared access signature
     assert curl("-f", "-L", host.blob_url(url)).stdout == BODY
