@@ -68,6 +68,13 @@ async def test_a_wrong_secret_is_one_line_at_connect(scale_stores, tmp_path, mon
     assert "\n" not in str(caught.value) and "not-the-secret" not in str(caught.value)
 
 
+async def test_a_missing_profile_is_one_line_at_connect(tmp_path, monkeypatch,
+                                                      no_aws_environment):  # fmt: skip
+    monkeypatch.setenv("AWS_PROFILE", "nowhere")
+    with pytest.raises(StoreError, match="The config profile \\(nowhere\\) could not be found"):
+        await BucketBlobs.connect(_settings(tmp_path, "http://127.0.0.1:9"))
+
+
 @pytest.mark.parametrize(
     ("addressing", "endpoint", "host", "path"),
     [

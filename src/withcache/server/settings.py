@@ -1,7 +1,10 @@
 """The cache-host's configuration: one frozen object, built once at start.
 
 Only the CLI builds it (from flags and `WITHCACHE_*` variables); everything
-else receives a Settings and never reads argv or the environment itself.
+else receives a Settings and never reads argv or the environment itself. The
+one exception is outside our code: the object-store libraries resolve their
+own credentials (the AWS, Google and Azure chains read their variables and
+files), as every tool of those clouds does.
 """
 
 from __future__ import annotations

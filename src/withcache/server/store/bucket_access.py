@@ -157,6 +157,17 @@ def open_bucket(settings: Settings) -> Bucket:
 
 
 def _open_s3(settings: Settings, url: BucketURL, prefix: str | None, options: dict) -> Bucket:
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return _open_s3_with_botocore(settings, url, prefix, options)
+    except BotoCoreError as err:  # a profile that isn't there, a broken config file, ...
+        raise BucketError(str(err)) from None
+
+
+def _open_s3_with_botocore(
+    settings: Settings, url: BucketURL, prefix: str | None, options: dict
+) -> Bucket:
     import botocore.config
     import botocore.session
 
