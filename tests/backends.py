@@ -8,28 +8,18 @@ do). Tests read the store through these, so one test runs on both.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, s3_store
 
 from withcache.server.settings import Settings
 
 # Leases short enough that a takeover happens within a test, long enough that
 # a busy 2-core machine renews them in time.
 TEST_LEASE = "3"
-T = TypeVar("T")
-
-
-def run_async(job: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to the end from sync code, even inside a running loop."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, job()).result(60)  # type: ignore[arg-type]
 
 
 class Embedded:
@@ -80,38 +70,46 @@ class Scale:
         with psycopg.connect(self.metadata_url) as conn:
             return conn.execute(sql).fetchall()
 
-    def _client(self) -> Any:
-        from withcache.server.store import sigv4
-        from withcache.server.store.s3client import S3Client
-
-        return S3Client(self.endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
-
     def objects(self, under: str) -> list[str]:
         """Keys of the objects under `<prefix>/<under>`."""
+        import obstore
 
-        async def listing() -> list[str]:
-            client = self._client()
-            try:
-                return [key for key, _, _ in await client.list_objects(f"{self.prefix}/{under}")]
-            finally:
-                await client.close()
-
-        return run_async(listing)
+        listing = obstore.list(s3_store(self.endpoint), prefix=f"{self.prefix}/{under}")
+        return [meta["path"] for batch in listing for meta in batch]
 
     def blob_names(self, data_dir: Path) -> list[str]:
         return sorted(os.path.basename(key) for key in self.objects("blobs/"))
 
     def delete_blobs(self, data_dir: Path) -> None:
-        async def delete(keys: list[str]) -> None:
-            client = self._client()
-            try:
-                for key in keys:
-                    await client.delete(key)
-            finally:
-                await client.close()
+        import obstore
 
-        keys = self.objects("blobs/")
-        run_async(lambda: delete(keys))
+        obstore.delete(s3_store(self.endpoint), self.objects("blobs/"))
+
+
+class AzureScale(Scale):
+    """The scale-out pair with Azure Blob (Azurite) holding the blobs."""
+
+    name = "azure"
+
+    def __init__(self, metadata_url: str, azurite_env: dict[str, str], url: str) -> None:
+        self.metadata_url = metadata_url
+        self.endpoint = azurite_env["AZURE_STORAGE_ENDPOINT"]
+        self.blobs_url = url
+        self.prefix = url.split("/", 3)[3]
+        self.flags = ("--metadata", metadata_url, "--blobs", url, "--fill-lease", TEST_LEASE)
+        self.env = dict(azurite_env)
+
+    def objects(self, under: str) -> list[str]:
+        import obstore
+        from obstore.store import AzureStore
+
+        container = self.blobs_url.split("/")[2]
+        store = AzureStore(container, config={
+            "account_name": self.env["AZURE_STORAGE_ACCOUNT_NAME"],
+            "account_key": self.env["AZURE_STORAGE_ACCOUNT_KEY"], "endpoint": self.endpoint,
+        }, client_options={"allow_http": True})  # fmt: skip
+        listing = obstore.list(store, prefix=f"{self.prefix}/{under}")
+        return [meta["path"] for batch in listing for meta in batch]
 
 
 Backend = Embedded | Scale

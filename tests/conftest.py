@@ -25,9 +25,9 @@ import trustme
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from backends import Backend, Embedded, Scale, run_async
+from backends import AzureScale, Backend, Embedded, Scale
 from origin import Origin
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS, terminate
+from services import Azurite, Postgres, SeaweedFS, s3_store, terminate
 
 from withcache.server.cache import Cache
 
@@ -85,23 +85,28 @@ def scale_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pos
         postgres.stop()
 
 
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite's blob service for the session, with the container AZURE_CONTAINER."""
+    server = Azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield server.start(AZURE_CONTAINER)
+    finally:
+        server.stop()
+
+
+AZURE_CONTAINER = "withcache"
+
+
 def _wait_for_bucket(endpoint: str, timeout: float = 20.0) -> None:
     """weed mini creates its bucket just after S3 starts answering."""
-    from withcache.server.store import sigv4
-    from withcache.server.store.s3client import S3Client
-
-    async def listing() -> None:
-        client = S3Client(endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
-        try:
-            await client.list_objects("")
-        finally:
-            await client.close()
+    import obstore
 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return run_async(listing)
-        except OSError:
+            return obstore.list(s3_store(endpoint), prefix="").collect()
+        except (FileNotFoundError, obstore.exceptions.BaseError):  # no bucket yet
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
@@ -116,6 +121,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if getattr(request, "param", "embedded") == "embedded":
         return Embedded()
     postgres, seaweed = request.getfixturevalue("scale_stores")
+    if request.param == "azure":
+        url = f"az://{AZURE_CONTAINER}/t{next(_prefixes)}"
+        return AzureScale(postgres.new_database(), request.getfixturevalue("azurite").env, url)
     return Scale(postgres.new_database(), seaweed.endpoint, f"t{next(_prefixes)}")
 
 

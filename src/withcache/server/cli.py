@@ -88,14 +88,21 @@ def _metadata_url(text: str) -> str:
     return text
 
 
-# S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens.
-_BLOBS_URL_RE = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?")
+# Bucket (S3, GCS) and container (Azure) names: 3-63 lowercase letters,
+# digits, dots and hyphens (Azure takes no dots; it says so itself).
+_BLOBS_URL_RE = re.compile(r"(s3|gs|az)://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^?#]*)?")
 
 
 def _blobs_url(text: str) -> str:
     if not _BLOBS_URL_RE.fullmatch(text):
-        raise ValueError("use s3://bucket or s3://bucket/prefix")
+        raise ValueError("use s3://bucket/prefix, gs://bucket/prefix or az://container/prefix")
     return text.rstrip("/")
+
+
+def _s3_addressing(text: str) -> str:
+    if text not in ("auto", "path", "virtual"):
+        raise ValueError("use auto, path or virtual")
+    return text
 
 
 def _http_url(text: str) -> str:
@@ -207,18 +214,24 @@ _OPTIONS = [
     ),
     Option(
         "blobs", _typed(_blobs_url, "URL"), None, "URL",
-        "scale-out: keep blobs in this S3-compatible bucket (s3://bucket/prefix), shared by "
-        "several cache-hosts; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
-        "(and AWS_SESSION_TOKEN); unset: files in the data dir",
+        "scale-out: keep blobs in this bucket, shared by several cache-hosts: "
+        "s3://bucket/prefix (S3-compatible; credentials from the standard AWS chain), "
+        "gs://bucket/prefix or az://container/prefix (credentials from the usual GOOGLE_* "
+        "or AZURE_STORAGE_* variables); unset: files in the data dir",
     ),
     Option(
         "s3_endpoint", _typed(_http_url, "URL"), None, "URL",
-        "the object store's endpoint, e.g. http://127.0.0.1:8333 (else AWS_ENDPOINT_URL_S3, "
-        "AWS_ENDPOINT_URL, or AWS S3 in the region); path-style addressing",
+        "the S3-compatible store's endpoint, e.g. http://127.0.0.1:8333 (else "
+        "AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, or AWS S3 in the region)",
     ),
     Option(
         "s3_region", str, None, "REGION",
-        "the object store's region (else AWS_REGION, AWS_DEFAULT_REGION, or us-east-1)",
+        "the S3 store's region (else AWS_REGION, AWS_DEFAULT_REGION, or us-east-1)",
+    ),
+    Option(
+        "s3_addressing", _typed(_s3_addressing, "addressing"), Settings.s3_addressing,
+        "auto|path|virtual", "S3 requests to <endpoint>/<bucket> (path) or "
+        "<bucket>.<endpoint> (virtual); auto: virtual on AWS, path with --s3-endpoint",
     ),
     Option(
         "redirect_hits", "flag", False, None,
@@ -247,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and fills misses from the origin.",
         epilog="Also read from the environment: WITHCACHE_ADMIN_PASSWORD (operator "
         "password; unset leaves the UI open), WITHCACHE_SESSION_SECRET, and with --blobs "
-        "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN.",
+        "the object store's own variables (AWS_*, GOOGLE_*, AZURE_STORAGE_*).",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     for opt in _OPTIONS:
@@ -302,18 +315,8 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         raise UsageError("--tls-cert and --tls-key go together")
     if values["redirect_hits"] and not values["blobs_url"]:
         raise UsageError("--redirect-hits needs --blobs s3://…: local blobs have no URL to send")
-    credentials = {
-        "s3_access_key_id": environ.get("AWS_ACCESS_KEY_ID") or None,
-        "s3_secret_access_key": environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        "s3_session_token": environ.get("AWS_SESSION_TOKEN") or None,
-    }
-    if values["blobs_url"] and not (
-        credentials["s3_access_key_id"] and credentials["s3_secret_access_key"]
-    ):
-        raise UsageError("--blobs needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY set")
     return Settings(
         **values,
-        **credentials,
         admin_password=environ.get("WITHCACHE_ADMIN_PASSWORD") or None,
         session_secret=environ.get("WITHCACHE_SESSION_SECRET") or None,
     )

@@ -1,7 +1,10 @@
 """The cache-host's configuration: one frozen object, built once at start.
 
 Only the CLI builds it (from flags and `WITHCACHE_*` variables); everything
-else receives a Settings and never reads argv or the environment itself.
+else receives a Settings and never reads argv or the environment itself. The
+one exception is outside our code: the object-store libraries resolve their
+own credentials (the AWS, Google and Azure chains read their variables and
+files), as every tool of those clouds does.
 """
 
 from __future__ import annotations
@@ -70,13 +73,15 @@ class Settings:
     origin_timeout: float = 60.0
     log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
     private_metrics: bool = False  # /metrics wants a bearer token
-    # Scale-out: several cache-hosts sharing PostgreSQL and an S3-compatible
-    # store (unset: SQLite and files in the data dir). The metadata URL may
-    # carry a password, so it is never shown.
+    # Scale-out: several cache-hosts sharing PostgreSQL and an object store
+    # (s3://, gs:// or az://; unset: SQLite and files in the data dir). The
+    # metadata URL may carry a password, so it is never shown. S3 credentials
+    # come from the standard AWS chain unless given here.
     metadata_url: str | None = field(default=None, repr=False)
     blobs_url: str | None = None
     s3_endpoint: str | None = None
     s3_region: str = "us-east-1"
+    s3_addressing: str = "auto"  # "path", "virtual", or auto: virtual on AWS, else path
     s3_access_key_id: str | None = field(default=None, repr=False)
     s3_secret_access_key: str | None = field(default=None, repr=False)
     s3_session_token: str | None = field(default=None, repr=False)

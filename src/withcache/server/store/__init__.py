@@ -3,8 +3,8 @@
 `Metadata` holds what is known about artifacts, misses, fills and events;
 `Blobs` holds the bytes, named by their SHA-256. The embedded default is
 SQLite (store.sqlite) and local files (store.files); the scale-out pair is
-PostgreSQL (store.postgres) and an S3-compatible object store (store.s3),
-which several cache-hosts share. Nothing above this layer writes SQL or
+PostgreSQL (store.postgres) and an object-store bucket (store.bucket: S3,
+GCS or Azure), which several cache-hosts share. Nothing above this layer writes SQL or
 touches blob files itself, and `open_stores` is the only place that picks a
 pair, so the embedded default never imports the scale-out clients.
 """
@@ -419,9 +419,9 @@ async def open_stores(settings: Settings) -> tuple[Metadata, Blobs]:
         metadata = SQLiteMetadata(settings.data_dir / "cache.db")
     try:
         if settings.blobs_url:
-            from withcache.server.store.s3 import S3Blobs
+            from withcache.server.store.bucket import BucketBlobs
 
-            blobs = await S3Blobs.connect(settings)
+            blobs = await BucketBlobs.connect(settings)
         else:
             from withcache.server.store.files import LocalBlobs
 
