@@ -65,13 +65,18 @@ class Machine:
         self.log.chmod(0o666)
 
     def run(
-        self, argv: list[str], installed: list[str], python: str = sys.executable
+        self,
+        argv: list[str],
+        installed: list[str],
+        python: str = sys.executable,
+        npm: str = "/bin/false",
     ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": f"{self.folder}:{os.environ['PATH']}",
             "FAKE_INSTALLED": " ".join(installed),
             "FAKE_LOG": str(self.log),
             "PYTHON": python,
+            "NPM": npm,  # no npm of its own unless a test says so
             "HOME": str(self.folder),
         }
         return subprocess.run(
@@ -132,6 +137,15 @@ def test_python3_venv_is_asked_for_only_when_ensurepip_is_missing(machine):
     assert machine.asked() == []  # this Python has ensurepip: the package isn't needed
     assert machine.run([str(SCRIPT), "test"], others, python="/bin/false").returncode == 0
     assert machine.asked()[-1] == "install -y -qq --no-install-recommends python3-venv"
+
+
+@needs_root
+def test_npm_is_asked_for_only_when_no_npm_runs(machine):
+    others = [p for p in listed("run", "test") if p != "npm"]
+    assert machine.run([str(SCRIPT), "test"], others, npm=sys.executable).returncode == 0
+    assert machine.asked() == []  # a Node with npm from elsewhere must not be replaced
+    assert machine.run([str(SCRIPT), "test"], others).returncode == 0
+    assert machine.asked()[-1] == "install -y -qq --no-install-recommends npm"
 
 
 def test_not_root_it_names_the_missing_packages_in_one_line_and_exits_2(machine):

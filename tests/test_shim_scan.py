@@ -31,6 +31,7 @@ def neutral_options(tool):
         | tool.method_options
         | tool.url_options
         | set(tool.proxy_options)
+        | set(tool.protocol_options)  # scheme limits: an http cache-host may not meet them
         | {tool.next_option, tool.execute_option}
     )
     names = [n for n in tool.table.long if n not in special]
