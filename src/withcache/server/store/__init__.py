@@ -208,10 +208,11 @@ class Metadata(Protocol):
     async def claim_fill(
         self, now: float, lease: Lease, fill_id: int | None = None
     ) -> FillRecord | None:
-        """Mark running, under `lease`, the oldest fill this holder may run: a
-        queued one (not held by another host), or a running one whose holder's
-        lease ran out (taken over; never a credentialed one). With `fill_id`,
-        that fill only, if it is one of those."""
+        """Mark running, under `lease`, the oldest fill this holder may run
+        (an operator's before any a miss queued): a queued one (not held by
+        another host), or a running one whose holder's lease ran out (taken
+        over; never a credentialed one). With `fill_id`, that fill only, if it
+        is one of those."""
         ...
 
     async def renew_lease(self, lease: Lease) -> set[int]:

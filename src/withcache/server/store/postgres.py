@@ -391,7 +391,7 @@ class PostgresMetadata:
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
             "AND holder <> %(holder)s)) "
             "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
-            "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "ORDER BY requested_by <> 'operator', id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {FILL_COLUMNS}",
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         )

@@ -55,17 +55,30 @@ async def _serve(request: web.Request, url: str, what: str) -> web.StreamRespons
     except keys.BadURL as err:
         return bad_request(request, f"{what}: {err}", _status_for(err))
     authorization = request.headers.get("Authorization")
+    if authorization is not None and not is_utf8(authorization):
+        # It would be forwarded to the origin, which the HTTP client can't do.
+        return bad_request(request, "the Authorization header is not UTF-8 text")
     artifact = await cache.lookup(key, authorization)
     if artifact is not None:
         response = await send_blob(request, cache, artifact)
         if response is not None:
             return response
-    outcome = await cache.miss(url, key, authorization)
+    outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
     if outcome.fill is not None and cache.settings.stream_fills:
         streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
         if streamed is not None:
             return streamed
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be sent or stored as UTF-8: aiohttp hands on header
+    bytes that aren't UTF-8 as lone surrogates, JSON may escape one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def healthz(request: web.Request) -> web.Response:
