@@ -234,6 +234,10 @@ class Cache:
         miss = await self.metadata.get_miss(key)
         if miss is None:
             raise NotFound("no such miss")
+        if miss.clipped:  # filed under a shortened key: only its URL names the artifact
+            if miss.url is None:
+                raise BadInput("this miss's URL was too long to keep whole: add it by its URL")
+            key = self.key(miss.url)
         fill, _ = await self.fills.request(
             miss.url or key, key, PUBLIC, None, "operator", actor=actor
         )

@@ -8,15 +8,16 @@ writes (at most PRUNE_EVERY) the store is pruned, so a table never holds
 more than a tenth over its bound, and the space freed is given back
 (SQLite's incremental vacuum; PostgreSQL's autovacuum reuses it). The
 ten-minute prune still runs for the retention days. What one row may hold
-is capped too (a miss's reason, an event's URL and texts), and a URL
-refused again and again is recorded as an event once a minute, not once a
-request (its miss row counts every request).
+is capped too (a miss's key, see store.miss_key; its reason; an event's URL
+and texts). Refusals are events at most once a minute per URL and
+REFUSAL_EVENTS a minute in all, so junk can't push the audit trail out of
+its bound: the miss rows still count every request.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,8 @@ DAY = 86400.0
 PRUNE_EVERY = 1000  # writes to a table at most between prunes
 MAX_REASON = 500  # characters of a miss's reason
 MAX_EVENT_TEXT = 1000  # characters of an event's URL, and of each text in its detail
-REFUSAL_EVENT_SECONDS = 60.0  # one refusal event per URL this often
+REFUSAL_EVENT_SECONDS = 60.0  # one refusal event per URL this often...
+REFUSAL_EVENTS = 60  # ...and at most this many in all in that time
 REFUSALS_REMEMBERED = 10_000
 
 
@@ -51,6 +53,7 @@ class Retention:
         self._event_slack = _slack(settings.max_events)
         self._pruning = False
         self._refused: OrderedDict[str, float] = OrderedDict()  # key -> last event
+        self._refusal_times: deque[float] = deque(maxlen=REFUSAL_EVENTS)
 
     async def wrote(self, misses: int = 0, events: int = 0) -> None:
         """Rows were written (or counted); prune when a bound's slack is used up."""
@@ -76,14 +79,18 @@ class Retention:
             self._pruning = False
 
     def refusal_worth_an_event(self, key: str) -> bool:
-        """Whether a refused miss for `key` should be an event (not if one was
-        written for it in the last REFUSAL_EVENT_SECONDS)."""
+        """Whether a refused miss for `key` should be an event: not if one was
+        written for it, or REFUSAL_EVENTS for any, in REFUSAL_EVENT_SECONDS."""
         now = time.monotonic()
+        recent = self._refusal_times
+        if len(recent) == REFUSAL_EVENTS and now - recent[0] < REFUSAL_EVENT_SECONDS:
+            return False
         last = self._refused.pop(key, None)
         if last is not None and now - last < REFUSAL_EVENT_SECONDS:
             self._refused[key] = last
             return False
         self._refused[key] = now
+        recent.append(now)
         while len(self._refused) > REFUSALS_REMEMBERED:
             self._refused.popitem(last=False)
         return True

@@ -5,9 +5,9 @@ request path only reads (hit counts arrive batched through `add_hits`).
 WAL with synchronous=NORMAL survives a killed process; every commit is a
 single transaction, so a crash leaves each change either whole or absent.
 The file gives back what pruning frees: it is kept in incremental
-auto-vacuum mode (a file made before that is vacuumed once, at start), each
-prune ends with an incremental vacuum, and the WAL is cut back to
-WAL_SIZE_LIMIT after each checkpoint.
+auto-vacuum mode (a file made before that is vacuumed once, at start), and
+each prune ends with an incremental vacuum and a checkpoint that empties the
+WAL (which is also cut back to WAL_SIZE_LIMIT after every checkpoint).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from withcache.server.store import (
     Page,
     TokenRecord,
     TokenScope,
+    miss_key,
 )
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
@@ -199,6 +200,7 @@ class SQLiteMetadata:
         self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
         if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
             self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -295,6 +297,7 @@ class SQLiteMetadata:
     # -- misses
 
     async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        key = miss_key(key)
         self._db.execute(
             "INSERT INTO misses (key, url, count, first_seen, last_seen, reason) "
             "VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
@@ -304,19 +307,19 @@ class SQLiteMetadata:
         )
 
     async def set_miss_reason(self, key: str, reason: str) -> None:
-        self._db.execute("UPDATE misses SET reason = ? WHERE key = ?", (reason, key))
+        self._db.execute("UPDATE misses SET reason = ? WHERE key = ?", (reason, miss_key(key)))
 
     async def get_miss(self, key: str) -> Miss | None:
         row = self._db.execute(
             "SELECT key, url, count, first_seen, last_seen, reason FROM misses WHERE key = ?",
-            (key,),
+            (miss_key(key),),
         ).fetchone()
         return Miss(*row) if row else None
 
     async def delete_miss(self, key: str) -> Miss | None:
         with self._transaction():
             found = await self.get_miss(key)
-            self._db.execute("DELETE FROM misses WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM misses WHERE key = ?", (miss_key(key),))
             return found
 
     async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
@@ -540,8 +543,13 @@ class SQLiteMetadata:
                 "WHERE state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (max_events,),
             )
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Hand freed pages back to the file system, the WAL's too."""
         # executescript steps the pragma to its end (execute would free one page).
         self._db.executescript("PRAGMA incremental_vacuum;")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- API tokens
 
