@@ -33,6 +33,7 @@ import base64
 import functools
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -166,6 +167,11 @@ class Auth:
 
     def login_succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
+
+
+def whole_seconds(wait: float) -> int:
+    """A wait as Retry-After says it: whole seconds, at least one."""
+    return max(1, math.ceil(wait))
 
 
 # -- aiohttp glue, shared by the UI and anything else that sits beside it
@@ -333,9 +339,10 @@ async def _password_caller(request: web.Request, credentials: str) -> str:
     address = request.remote or "unknown"
     wait = gate.login_wait(address)
     if wait > 0:
+        seconds = whole_seconds(wait)
         raise _refused(
             request, web.HTTPTooManyRequests, f"too many wrong passwords: try again in "
-            f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))},
+            f"{seconds} s", headers={"Retry-After": str(seconds)},
         )  # fmt: skip
     try:
         decoded = base64.b64decode(credentials, validate=True).decode()

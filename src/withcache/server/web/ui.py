@@ -328,9 +328,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         # The password is not even looked at: guessing costs time, not just tries.
         response = await _show(
             request, "login.html", 429, back=back,
-            error=f"Too many failed logins: try again in {wait:.0f} s.",
+            error=f"Too many failed logins: try again in {auth.whole_seconds(wait)} s.",
         )  # fmt: skip
-        response.headers["Retry-After"] = str(max(1, round(wait)))
+        response.headers["Retry-After"] = str(auth.whole_seconds(wait))
         return response
     password = form.get("password")
     if isinstance(password, str) and gate.password_ok(password):
