@@ -22,7 +22,7 @@ import pytest
 from backends import run_async
 from conftest import curl
 from test_api import start, wait_fill
-from test_fills import rows, wait_fill_state
+from test_fills import rows, wait_fill_state, wait_rows
 
 from withcache.server.admission import origin_of
 from withcache.server.store import MISS_KEY_CHARS
@@ -186,6 +186,22 @@ def test_an_origin_that_refuses_connections_turns_its_other_urls_away(cache_host
     answer = curl(host.blob_url(f"http://127.0.0.1:{free_port}/b.bin")).stdout
     assert b"could not be reached just now" in answer, answer
     assert rows(host, "SELECT count(*) FROM fills") == [(1,)]
+
+
+def test_a_credentialed_fill_cut_by_a_restart_starts_again_when_asked(origin, cache_host):
+    """Before: its failure ("credentials are not kept across a restart; ask
+    again") was remembered, so asking again got a 404 for a minute."""
+    secret = "Bearer restart-token"
+    url = origin.add("/floods/credentialed.bin", BODY, require_auth=secret, rate=100_000)
+    host = cache_host()
+    auth = ("-H", f"Authorization: {secret}")
+    curl("-I", *auth, host.blob_url(url))
+    wait_rows(host, "SELECT id FROM fills WHERE state = 'running'")
+    host.restart()
+    (error,) = wait_fill_state(host, "failed")[0]
+    assert "credentials are not kept" in error
+    got = curl("-f", *auth, host.blob_url(url))
+    assert got.returncode == 0 and got.stdout == BODY, got.stderr
 
 
 # -- 6. the metadata store stays within its bounds, and gives space back

@@ -388,9 +388,12 @@ class FillManager:
             await self._metadata.finish_fill(
                 record.id, FillState.FAILED, str(err), display, time.time(), self.holder
             )
-            self.admission.failed(
-                record.key, record.scope, str(err), err.transient, err.unreachable
-            )
+            if not (record.credentialed and fill.authorization is None):
+                # (A fill that lost its credentials says nothing of the URL:
+                # the client's next request, with them, starts afresh.)
+                self.admission.failed(
+                    record.key, record.scope, str(err), err.transient, err.unreachable
+                )
             fill._end(None, err)
             if err.refused:
                 await self._emit(events.FillRefused(url=display, reason=str(err)))
