@@ -29,10 +29,12 @@ from test_api import LOCKED, PASSWORD, start
 from test_fills import rows, wait_fill_state
 from test_policy import start_strict
 
+from withcache import keys
 from withcache.server.policy import carried_ipv4, is_public_address
 from withcache.server.web import auth
 
 BODY = os.urandom(20_000)
+HIT_PATH = "/gate/hit.bin"
 
 
 def raw_http(port: int, request: bytes, source: str | None = None, timeout: float = 10) -> bytes:
@@ -205,7 +207,8 @@ def test_the_throttle_table_forgets_the_quietest_address_not_the_newest():
 
 
 @pytest.fixture(scope="module")
-def locked_host(tmp_path_factory, ca_file):
+def locked_host(tmp_path_factory, ca_file, origin):
+    """A password-protected host holding one artifact (HIT_PATH), and an admin token."""
     from conftest import TEST_FLAGS, CacheHost
 
     host = CacheHost(
@@ -214,6 +217,9 @@ def locked_host(tmp_path_factory, ca_file):
     )  # fmt: skip
     host.start()
     token = Api(host.url).create_token("gate", "admin", PASSWORD)
+    url = origin.add(HIT_PATH, BODY)
+    curl("-f", "-o", os.devnull, host.blob_url(url))
+    host.wait_cached(url)
     yield host, token
     host.stop()
 
@@ -382,20 +388,21 @@ def _request(method: bytes, target: bytes, headers: dict[bytes, bytes], body: by
 )  # fmt: skip
 @given(data=st.data(), where=st.sampled_from(["query", "header", "form", "charset", "json"]),
        value=_NASTY)  # fmt: skip
-def test_fuzzed_input_anywhere_is_never_a_500(locked_host, session, data, where, value):
+def test_fuzzed_input_anywhere_is_never_a_500(locked_host, session, origin, data, where, value):
     host, token = locked_host
+    pages = [*_PAGES, keys.serve_path(origin.url(HIT_PATH))]  # a hit: Range, If-* on a blob
     cookie, csrf = session
     headers = {b"Cookie": cookie, b"Authorization": b"Bearer " + token.encode()}
     form = b"application/x-www-form-urlencoded"
     if where == "query":
         name = data.draw(st.sampled_from(_QUERY_NAMES)).encode()
-        target = data.draw(st.sampled_from(_PAGES)).encode() + b"?" + name + b"="
+        target = data.draw(st.sampled_from(pages)).encode() + b"?" + name + b"="
         request = _request(b"GET", target + quote(value, safe="%/\\").encode(), headers)
     elif where == "header":
         name = data.draw(st.sampled_from(sorted(_HEADERS)))
         headers[name] = _HEADERS[name] + value.replace(b"\r", b"").replace(b"\n", b"")
         method, target = data.draw(st.sampled_from(
-            [(b"GET", page.encode()) for page in _PAGES]
+            [(b"GET", page.encode()) for page in pages]
             + [(b"POST", action.encode()) for action in _ACTIONS]
         ))  # fmt: skip
         headers[b"Content-Type"] = form
