@@ -5,8 +5,9 @@ cache-host could otherwise fill the queue with junk (hosts that don't
 resolve, origins that never answer) and starve everyone else. Misses may
 have at most `--max-queued-fills` fills queued or running at once, and at
 most `--max-queued-fills-per-host` for one origin (scheme, host and port).
-A client that waits for the bytes (a GET served from its fill) is admitted
-past the bounds, as is everything an operator asks for: the bounds keep
+A client that waits for the bytes (a GET served from its fill) may go up to
+twice the bounds (each holds a connection, which --max-client-connections
+bounds too), and everything an operator asks for is let in: the bounds keep
 room for both. In a shared store each cache-host counts its own.
 
 Failures are remembered so that asking again doesn't multiply origin
@@ -32,6 +33,7 @@ PERMANENT_SECONDS = 60.0  # a fill that failed for good (4xx, policy, cap)
 BACKOFF_SECONDS = 15.0  # the first wait after a temporary failure...
 MAX_BACKOFF_SECONDS = 600.0  # ...doubled per failure in a row, up to this
 MEMORY_ENTRIES = 10_000  # URLs and origins remembered each; the oldest go first
+WAITING_ROOM = 2  # a client waiting for the bytes may take the bounds this far
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Admission:
 
     def refusal(self, key: str, scope: str, waiting: bool) -> str | None:
         """Why a miss may not start a fill for (key, scope) now, or None.
-        `waiting`: a client waits for the bytes (the bounds let it in)."""
+        `waiting`: a client waits for the bytes (it has more room)."""
         now = time.monotonic()
         failed = self._urls.get((key, scope), now)
         if failed:
@@ -92,13 +94,12 @@ class Admission:
         down = self._origins.get(origin, now)
         if down:
             return f"{origin} could not be reached just now: {down.error}{_retry_note(down, now)}"
-        if waiting:
-            return None
-        if len(self._counted) >= self._max_fills:
-            return f"{self._max_fills} fills are queued or running already (--max-queued-fills)"
-        if self._per_origin[origin] >= self._max_host_fills:
+        room = WAITING_ROOM if waiting else 1
+        if len(self._counted) >= self._max_fills * room:
+            return f"{len(self._counted)} fills are queued or running already (--max-queued-fills)"
+        if self._per_origin[origin] >= self._max_host_fills * room:
             return (
-                f"{self._max_host_fills} fills from {origin} are queued or running already "
+                f"{self._per_origin[origin]} fills from {origin} are queued or running already "
                 "(--max-queued-fills-per-host)"
             )
         return None

@@ -195,7 +195,8 @@ _OPTIONS = [
     Option(
         "max_queued_fills", _typed(_positive_int, "count"), Settings.max_queued_fills, "N",
         "fills that misses may have queued or running at once; further misses are recorded "
-        "but not fetched (clients waiting for the bytes and operators' fills still are)",
+        "but not fetched (a client waiting for the bytes may go to twice this; operators' "
+        "fills always are)",
     ),
     Option(
         "max_queued_fills_per_host", _typed(_positive_int, "count"),

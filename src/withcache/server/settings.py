@@ -66,8 +66,8 @@ class Settings:
     fill_attempts: int = 5
     retry_delay: float = 1.0
     origin_timeout: float = 60.0
-    # Fills that misses may have queued or running, in all and per origin
-    # (clients waiting for the bytes and operators are let in past them).
+    # Fills that misses may have queued or running, in all and per origin (a
+    # client waiting for the bytes gets twice the room; operators pass).
     max_queued_fills: int = 1000
     max_queued_fills_per_host: int = 100
     # Client connections: the headers of a request must arrive within this
