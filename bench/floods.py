@@ -39,7 +39,9 @@ from common import Server, write_results
 ARTIFACT = os.urandom(1 << 20)
 
 
-async def _ask_all(port: int, urls: list[str], method: str = "HEAD") -> list[int]:
+async def ask_all(port: int, urls: list[str], method: str = "HEAD") -> list[int]:
+    """Ask for many URLs at once (50 at a time), as a flood of shim probes
+    would; the statuses (0: no answer). tests/test_faults_floods.py uses it too."""
     gate = asyncio.Semaphore(50)
 
     async def one(url: str) -> int:
@@ -84,7 +86,7 @@ def junk(work: Path, count: int, env: dict[str, str]) -> dict[str, float]:
         pinger.start()
         urls = [f"https://junk.example/{n:06d}/{'p' * 1500}" for n in range(count)]
         started = time.perf_counter()
-        asyncio.run(_ask_all(server.port, urls))
+        asyncio.run(ask_all(server.port, urls))
         seconds = time.perf_counter() - started
         done.set()
         pinger.join()
@@ -125,7 +127,7 @@ def probes(work: Path, count: int, env: dict[str, str]) -> dict[str, float]:
                 address, port = sock.getsockname()
                 urls += [f"http://{address}:{port}/a", f"http://{address}:{port}/b"]
             started = time.perf_counter()
-            asyncio.run(_ask_all(server.port, urls))
+            asyncio.run(ask_all(server.port, urls))
             flood = time.perf_counter() - started
             wanted = f"http://127.0.0.1:{origin.server_port}/wanted.bin"
             started = time.perf_counter()

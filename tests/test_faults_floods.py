@@ -7,16 +7,16 @@ server, real origin, real wget or real sockets, then holds.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from urllib.parse import quote
+from pathlib import Path
 
 import pytest
 from backends import run_async
@@ -28,30 +28,14 @@ from withcache.server.admission import origin_of
 from withcache.server.store import MISS_KEY_CHARS
 from withcache.server.store import sqlite as sqlite_store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from floods import ask_all  # the bench's flood client
+
 BODY = os.urandom(200_000)
 
 
-async def _probe_all(port: int, urls: list[str], method: str = "HEAD") -> list[int]:
-    """Ask for many URLs at once, as a flood of shim probes would."""
-    gate = asyncio.Semaphore(50)
-
-    async def one(url: str) -> int:
-        async with gate:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                f"{method} /blob?url={quote(url, safe='')} HTTP/1.1\r\nHost: x\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            line = await reader.readline()
-            await reader.read()
-            writer.close()
-            return int(line.split()[1])
-
-    return await asyncio.gather(*(one(u) for u in urls))
-
-
 def probe_all(host, urls: list[str], method: str = "HEAD") -> list[int]:
-    return run_async(lambda: _probe_all(host.port, urls, method))
+    return run_async(lambda: ask_all(host.port, urls, method))
 
 
 @pytest.fixture
