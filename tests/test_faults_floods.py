@@ -302,6 +302,19 @@ def test_connections_dripping_headers_are_closed_after_the_header_timeout(cache_
     assert host.health()["status"] == "ok"
 
 
+def test_a_tls_handshake_that_never_starts_is_closed_after_the_header_timeout(
+    cache_host, tls_files
+):
+    """Before: asyncio's own handshake timeout held such a connection for 60 s."""
+    chain, key = tls_files
+    host = cache_host("--tls-cert", str(chain), "--tls-key", str(key), "--header-timeout", "1")
+    silent = _connect(host.port)
+    try:
+        assert _closed_by_server(silent, 3), "still open after 3 s"
+    finally:
+        silent.close()
+
+
 def test_one_address_may_hold_only_so_many_connections(cache_host):
     """Before: no bound: one address could hold every descriptor the host has."""
     host = cache_host("--max-client-connections", "5")

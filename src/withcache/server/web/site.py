@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
 
 from withcache.server import log
+
+WARN_SECONDS = 60.0  # an address's refused connections are logged once in this time
 
 
 class ConnectionLimit:
@@ -30,12 +33,13 @@ class ConnectionLimit:
     def __init__(self, per_address: int) -> None:
         self.per_address = per_address
         self._open: Counter[str] = Counter()
-        self._warned: set[str] = set()  # addresses at their limit, said once
+        self._warned: dict[str, float] = {}  # address -> when its refusals were last logged
 
     def admit(self, address: str) -> bool:
         if self._open[address] >= self.per_address:
-            if address not in self._warned:
-                self._warned.add(address)
+            now = time.monotonic()
+            if now - self._warned.get(address, -WARN_SECONDS) >= WARN_SECONDS:
+                self._warned[address] = now
                 log.warning(
                     "connections.refused", peer=address, open=self._open[address],
                     reason="--max-client-connections reached: further connections are closed",
@@ -48,7 +52,7 @@ class ConnectionLimit:
         self._open[address] -= 1
         if self._open[address] <= 0:
             del self._open[address]
-        self._warned.discard(address)
+            self._warned.pop(address, None)
 
 
 class _Counted(asyncio.Protocol):
