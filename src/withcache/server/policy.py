@@ -119,14 +119,14 @@ def _numeric_host_problem(host: str) -> str | None:
     return f"host {host} is not a canonical IPv4 address (write it as a.b.c.d)"
 
 
-def connect_host(url: str) -> str:
+def _connect_host(url: str) -> str:
     """The host the HTTP client will connect to for `url`, lowercased
     (yarl applies IDNA and NFKC: fullwidth digits become ASCII ones);
     OriginRefused if it can't make one."""
     try:
         host = yarl.URL(url).host
-    except (ValueError, UnicodeError) as err:
-        raise OriginRefused(f"host of {url!r} can't be encoded: {err}") from None
+    except (ValueError, UnicodeError) as err:  # (the URL may hold a secret: not shown)
+        raise OriginRefused(f"the host can't be written as a DNS name: {err}") from None
     if not host:
         raise OriginRefused("URL has no host")
     return host.lower()
@@ -146,7 +146,7 @@ class Policy:
         if parts.scheme.lower() not in SCHEMES:
             return f"scheme {parts.scheme!r} is not fetched (http and https only)"
         try:
-            host = connect_host(url)
+            host = _connect_host(url)
         except OriginRefused as err:
             return str(err)
         problem = _numeric_host_problem(host)
