@@ -14,9 +14,9 @@ Failures are remembered so that asking again doesn't multiply origin
 traffic: a URL whose fill failed for good is not fetched by misses for a
 minute; one whose fill failed for now (the origin broke off, answered 503)
 waits out a backoff that doubles with each failure in a row; and an origin
-that could not be reached at all (its name doesn't resolve, it refused or
-dropped the connection) turns away misses for every URL it serves for the
-same time. Operators' fills ignore all of it. Nothing here is stored: a
+that could not be reached at all (its name doesn't resolve, it refused the
+connection or never took it) turns away misses for every URL it serves for
+the same time. Operators' fills ignore all of it. Nothing here is stored: a
 restart forgets.
 """
 
