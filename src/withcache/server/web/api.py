@@ -151,9 +151,11 @@ async def _body(request: web.Request, fields: Mapping[str, type], required: set[
         )
     else:
         try:
-            data = json.loads(await request.read())
+            data = json.loads(await params.read_body(request))
         except ValueError:
             raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+        except RecursionError:
+            raise web.HTTPBadRequest(text="the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="the body must be a JSON object")
     for name in data:
@@ -167,6 +169,8 @@ async def _body(request: web.Request, fields: Mapping[str, type], required: set[
         # bool is an int in Python but not in JSON; check the exact type.
         if type(value) is not kind and not (value is None and name not in required):
             raise web.HTTPBadRequest(text=f"bad {name}: expected {openapi.JSON_TYPES[kind]}")
+        if isinstance(value, str):
+            params.check_unicode(value, name)
     return data
 
 
