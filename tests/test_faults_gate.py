@@ -275,7 +275,7 @@ def _crashers(token: str, cookie: str, csrf: str) -> list[tuple[str, bytes]]:
         ("a lone surrogate in a token name", _post(tokens, b'{"name": "\\ud83d"}', bearer)),
         ("a lone surrogate in a miss", _post(approve, b'{"url": "https://a/\\udc80"}', bearer)),
         ("raw bytes in Authorization", get("/blob?url=http://a.example/", "Authorization: \udcff")),
-        ("raw bytes in Authorization, by digest", get("/sha256/" + "ab" * 32, "Authorization: \udcff")),
+        ("bad Authorization, by digest", get("/sha256/" + "ab" * 32, "Authorization: \udcff")),
         ("a non-ASCII session cookie", get("/", "Cookie: withcache_session=1.a.\udcc3\udca9")),
         ("non-ASCII Basic credentials", get(tokens, "Authorization: Basic \udcc3\udca9")),
         ("an unknown form charset", _post("/login", b"password=x", kind=f"{FORM}; charset=bogus")),
