@@ -53,6 +53,15 @@ class Embedded:
             if blob.is_file():
                 blob.unlink()
 
+    def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
+        return (data_dir / "blobs" / sha256[:2] / sha256).read_bytes()
+
+    def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
+        """Rot a blob in place: new bytes under the old name (same inode)."""
+        with open(data_dir / "blobs" / sha256[:2] / sha256, "r+b") as blob:
+            blob.write(data)
+            blob.truncate(len(data))
+
 
 class Scale:
     name = "scale"
@@ -112,6 +121,28 @@ class Scale:
 
         keys = self.objects("blobs/")
         run_async(lambda: delete(keys))
+
+    def _on_blob(self, job: Callable[[Any, str], Awaitable[T]], sha256: str) -> T:
+        async def run() -> T:
+            client = self._client()
+            try:
+                return await job(client, f"{self.prefix}/blobs/{sha256}")
+            finally:
+                await client.close()
+
+        return run_async(run)
+
+    def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
+        async def read(client: Any, key: str) -> bytes:
+            size = await client.head(key)
+            response = await client.get(key, 0, size)
+            return b"".join([chunk async for chunk in client.chunks(response, size)])
+
+        return self._on_blob(read, sha256)
+
+    def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
+        """Rot a blob in place: another object under the blob's key."""
+        self._on_blob(lambda client, key: client.put(key, data), sha256)
 
 
 Backend = Embedded | Scale

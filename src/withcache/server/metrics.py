@@ -33,6 +33,7 @@ class Tally:
         self.misses = 0
         self.origin_bytes = 0
         self.fills = dict.fromkeys(FILL_OUTCOMES, 0)
+        self.quarantined = 0
         self.fill_seconds = Histogram(
             "withcache_fill_duration_seconds",
             "Seconds from start to commit of each completed fill",
@@ -54,12 +55,17 @@ class Tally:
             self.fills["failed"] += 1
         elif isinstance(event, events.FillCancelled):
             self.fills["cancelled"] += 1
+        elif isinstance(event, events.ArtifactQuarantined):
+            self.quarantined += 1
 
 
 class _Snapshot(Collector):
-    def __init__(self, tally: Tally, health: Mapping[str, Any]) -> None:
+    def __init__(
+        self, tally: Tally, health: Mapping[str, Any], integrity: Mapping[str, Any]
+    ) -> None:
         self._tally = tally
         self._health = health
+        self._integrity = integrity
 
     def collect(self) -> Iterator[Any]:
         t, h = self._tally, self._health
@@ -93,10 +99,44 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "withcache_free_bytes", "Free bytes on the data dir's filesystem", h["free_bytes"]
         )
+        yield GaugeMetricFamily(
+            "withcache_degraded", "1 while fills are refused or the store can't record",
+            int(h["status"] != "ok"),
+        )  # fmt: skip
+        yield from self._integrity_figures()
+
+    def _integrity_figures(self) -> Iterator[Any]:
+        i, last = self._integrity, self._integrity["last"]
+        yield CounterMetricFamily(
+            "withcache_quarantined_artifacts",
+            "Artifacts taken out of service because their blob was found corrupt or missing",
+            self._tally.quarantined,
+        )
+        if last is not None:
+            yield GaugeMetricFamily(
+                "withcache_verify_last_finished_timestamp_seconds",
+                "When the last verification (verify, or a scrub pass) ended",
+                last["finished_at"],
+            )
+            yield GaugeMetricFamily(
+                "withcache_verify_last_checked_blobs", "Blobs the last verification checked",
+                last["checked"],
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "withcache_verify_last_corrupt_blobs", "Bad blobs the last verification found",
+                last["corrupt"],
+            )  # fmt: skip
+        if i["checked_ratio"] is not None:
+            yield GaugeMetricFamily(
+                "withcache_scrub_checked_ratio",
+                "Share of stored bytes the scrub re-hashed within its period (--scrub-every)",
+                i["checked_ratio"],
+            )
 
 
-def exposition(tally: Tally, health: Mapping[str, Any]) -> bytes:
-    """The Prometheus text format of the counts and a health snapshot (Cache.health)."""
+def exposition(tally: Tally, health: Mapping[str, Any], integrity: Mapping[str, Any]) -> bytes:
+    """The Prometheus text format of the counts, a health snapshot
+    (Cache.health) and the integrity figures (Cache.integrity)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(tally, health))
+    registry.register(_Snapshot(tally, health, integrity))
     return generate_latest(registry)

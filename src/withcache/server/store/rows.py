@@ -14,7 +14,7 @@ ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, mis
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_sha256, credentialed, "
-    "bytes_done, total, error, created_at, started_at, finished_at, holder"
+    "bytes_done, total, error, created_at, started_at, finished_at, holder, resume"
 )
 
 
@@ -32,6 +32,7 @@ def as_fill(row: Sequence[Any]) -> FillRecord:
         requested_by=row[5], expected_sha256=row[6], credentialed=bool(row[7]),  # SQLite: 0/1
         bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
         started_at=row[12], finished_at=row[13], holder=row[14],
+        resume=json.loads(row[15]) if row[15] else None,
     )  # fmt: skip
 
 

@@ -15,8 +15,12 @@ ever written with bytes known to hash to its name:
   lifecycle rule) aborts once it is a day old.
 - A blob smaller than one part skips all that: one PUT to its final key,
   signed with the SHA-256 that names it.
+- A fill that resumes after a restart (from its spool file) starts a new
+  upload and sends the spooled bytes again as its first parts.
 
-Reads are ranged GETs streamed through the host, or presigned URLs.
+Reads are ranged GETs streamed through the host, or presigned URLs. Each
+answer says the object's whole size (Content-Range), which is checked
+against the recorded one before any byte is used.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from withcache.server.store import BlobGone, StoreError, sigv4
-from withcache.server.store.files import Spool, empty_dir
+from withcache.server.store import BlobDamaged, BlobGone, StoreError, sigv4
+from withcache.server.store.files import Spool, empty_dir, partial_name, reopen
 from withcache.server.store.s3client import S3Client, S3Error
 
 if TYPE_CHECKING:
@@ -50,11 +54,18 @@ PRESIGNED_HEADERS = {
 
 
 class S3BlobWriter(Spool):
-    def __init__(self, blobs: S3Blobs) -> None:
-        super().__init__(blobs.spool_dir)
+    def __init__(self, blobs: S3Blobs, resume: tuple[str, int] | None = None) -> None:
+        super().__init__(blobs.spool_dir, resume)
         self._blobs = blobs
         self._pending = bytearray()  # bytes not yet sent as a part
         self._start_over()
+
+    async def absorb(self, block: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+        await super().absorb(self._upload_later)  # the spooled bytes go up again
+
+    async def _upload_later(self, data: bytes) -> None:
+        self._pending += data
+        await self._send_full_parts()
 
     def _start_over(self) -> None:
         self._key = f"{self._blobs.prefix}tmp/{os.urandom(12).hex()}"
@@ -64,10 +75,14 @@ class S3BlobWriter(Spool):
     async def write(self, data: bytes) -> None:
         await super().write(data)
         self._pending += data
+        await self._send_full_parts()
+
+    async def _send_full_parts(self) -> None:
         part = PART_SIZE * (1 + len(self._parts) // PARTS_PER_STEP)
         while len(self._pending) >= part:
             await self._send_part(bytes(self._pending[:part]))
             del self._pending[:part]
+            part = PART_SIZE * (1 + len(self._parts) // PARTS_PER_STEP)
 
     async def _send_part(self, data: bytes) -> None:
         client = self._blobs.client
@@ -124,13 +139,21 @@ class S3BlobWriter(Spool):
         await self._drop_upload()
         await self._discard()
 
+    async def suspend(self) -> None:
+        # The parts sent so far belong to an upload nobody will complete: the
+        # spool keeps the bytes, and a resume sends them again.
+        await self._drop_upload()
+        await super().suspend()
+
 
 class S3BlobReader:
     file = None  # nothing local to sendfile: bytes are streamed from the store
 
-    def __init__(self, client: S3Client, key: str) -> None:
+    def __init__(self, client: S3Client, key: str, sha256: str, size: int) -> None:
         self._client = client
         self._key = key
+        self._sha256 = sha256
+        self._size = size
 
     async def read(self, start: int, length: int) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(start, length)])
@@ -139,8 +162,24 @@ class S3BlobReader:
         response = await self._client.get(self._key, start, length)
         if response is None:
             raise BlobGone(self._key)
+        found = _object_size(response.headers.get("Content-Range"), response.content_length)
+        if response.status == 416 or found != self._size:
+            response.release()
+            size = "less than the range asked for" if response.status == 416 else found
+            raise BlobDamaged(self._sha256, f"size: {size} bytes, recorded {self._size}")
         async for chunk in self._client.chunks(response, length):
             yield chunk
+
+    async def close(self) -> None:
+        pass
+
+
+def _object_size(content_range: str | None, content_length: int | None) -> int | None:
+    """The whole object's size, from a ranged GET's answer."""
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1]
+        return int(total) if total.isdigit() else None
+    return content_length
 
     async def close(self) -> None:
         pass
@@ -181,8 +220,12 @@ class S3Blobs:
     def begin(self) -> S3BlobWriter:
         return S3BlobWriter(self)
 
-    async def open(self, sha256: str) -> S3BlobReader:
-        return S3BlobReader(self.client, self.key(sha256))
+    async def resume(self, name: str, size: int) -> S3BlobWriter | None:
+        resumed = await reopen(lambda: S3BlobWriter(self, (name, size)), self.spool_dir, name)
+        return resumed  # type: ignore[return-value]
+
+    async def open(self, sha256: str, size: int) -> S3BlobReader:
+        return S3BlobReader(self.client, self.key(sha256), sha256, size)
 
     def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
         query = {q: headers[h] for h, q in PRESIGNED_HEADERS.items() if h in headers}
@@ -197,8 +240,12 @@ class S3Blobs:
             await self.client.copy(self.key(sha256), f"{self.prefix}quarantine/{sha256}", size)
             await self.client.delete(self.key(sha256))
 
-    async def clean_temp(self) -> int:
-        cleaned = empty_dir(self.spool_dir)
+    async def discard_partial(self, name: str) -> None:
+        if partial_name(name):
+            (self.spool_dir / name).unlink(missing_ok=True)
+
+    async def clean_temp(self, keep: Collection[str] = ()) -> int:
+        cleaned = empty_dir(self.spool_dir, keep)
         # Other hosts may be uploading right now: only what is a day old goes.
         stale = time.time() - STALE_UPLOAD_SECONDS
         try:

@@ -135,9 +135,10 @@ class S3Client:
         (await self.request("DELETE", key, ok=(200, 204, 404))).release()
 
     async def get(self, key: str, start: int, length: int) -> aiohttp.ClientResponse | None:
-        """A streaming response for bytes [start, start + length), or None if no such object."""
+        """A streaming response for bytes [start, start + length) (416 if the
+        object is shorter than `start`), or None if no such object."""
         headers = {"Range": f"bytes={start}-{start + length - 1}"}
-        response = await self.request("GET", key, headers=headers, ok=(200, 206, 404))
+        response = await self.request("GET", key, headers=headers, ok=(200, 206, 404, 416))
         if response.status == 404:
             response.release()
             return None

@@ -5,18 +5,25 @@ by zero-copy sendfile, an object store's blob is streamed through this host,
 or, with `--redirect-hits`, the client is sent to a short-lived presigned URL
 of the object store so the bytes never pass through here. HEAD and the
 conditional answers (304, 412, 416) never touch the store.
+
+A blob that is not as stored is never sent: its size is checked when it is
+opened (and against what sendfile managed to send), and a small blob is
+re-hashed on every read, which costs a fraction of answering it. A bad one
+is quarantined and the request goes on as a miss (filled afresh); one found
+bad after its headers were sent has its connection closed short.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 
 from aiohttp import web
 
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact, BlobGone, BlobReader
+from withcache.server.store import Artifact, BlobDamaged, BlobGone, BlobReader
 from withcache.server.web import conditional
 
 SMALL_BODY = 256 * 1024
@@ -36,7 +43,8 @@ def _headers(artifact: Artifact) -> dict[str, str]:
 async def send_blob(
     request: web.Request, cache: Cache, artifact: Artifact
 ) -> web.StreamResponse | None:
-    """Answer from a stored blob; None if the blob vanished (deleted meanwhile)."""
+    """Answer from a stored blob; None if the blob vanished (deleted
+    meanwhile) or was found damaged before anything was sent."""
     headers = _headers(artifact)
     rep = conditional.Representation(
         etag=headers["ETag"],
@@ -68,12 +76,18 @@ async def send_blob(
                 status=302, headers={"Location": location, "Cache-Control": "no-store"}
             )
     try:
-        reader = await cache.blobs.open(artifact.sha256)
+        reader = await cache.blobs.open(artifact.sha256, artifact.size)
     except BlobGone:
+        return None
+    except BlobDamaged as err:
+        await cache.blob_damaged(artifact, err.problem)
         return None
     try:
         return await _send(request, cache, artifact, reader, answer, headers)
     except BlobGone:
+        return None
+    except BlobDamaged as err:
+        await cache.blob_damaged(artifact, err.problem)
         return None
     finally:
         await reader.close()
@@ -87,10 +101,22 @@ async def _send(
     answer: conditional.Answer,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    if artifact.size <= SMALL_BODY:
+        # The whole blob, checked: hashing 256 KiB costs less than answering it.
+        blob = await reader.read(0, artifact.size)
+        if len(blob) != artifact.size:
+            raise BlobDamaged(artifact.sha256, f"size: {len(blob)} bytes, recorded {artifact.size}")
+        if hashlib.sha256(blob).hexdigest() != artifact.sha256:
+            raise BlobDamaged(artifact.sha256, "content: its SHA-256 differs from its name")
+        cache.count_hit(artifact, answer.length)
+        body = blob[answer.start : answer.start + answer.length]
+        return web.Response(status=answer.status, headers=headers, body=body)
     if answer.length <= SMALL_BODY:
         body = await reader.read(answer.start, answer.length)
         if len(body) != answer.length:
-            raise ConnectionResetError("the blob store sent a short body")
+            raise BlobDamaged(
+                artifact.sha256, f"size: it ends before byte {answer.start + answer.length}"
+            )
         cache.count_hit(artifact, answer.length)
         return web.Response(status=answer.status, headers=headers, body=body)
     transport = request.transport
@@ -107,7 +133,7 @@ async def _send(
             await response.write(first)
             async for chunk in chunks:
                 await response.write(chunk)
-        except OSError:
+        except (OSError, BlobDamaged):
             transport.close()  # short of Content-Length: the client fails, loudly
             return response
         finally:
@@ -121,13 +147,25 @@ async def _send(
         _cork(sock, True)
         await response.prepare(request)
         cache.count_hit(artifact, answer.length)
-        await asyncio.get_running_loop().sendfile(
-            transport, reader.file, answer.start, answer.length
-        )
-        await response.write_eof()
-        return response
+        try:
+            sent = await asyncio.get_running_loop().sendfile(
+                transport, reader.file, answer.start, answer.length
+            )
+            problem = (
+                None if sent == answer.length else f"size: it ends at byte {answer.start + sent}"
+            )
+        except ConnectionError:
+            return response  # the client left
+        except OSError as err:  # EIO: a bad sector
+            problem = f"unreadable: {err.strerror or err}"
     finally:
         _cork(sock, False)
+    if problem is not None:  # damaged since it was opened
+        transport.close()  # short of Content-Length: the client fails, loudly
+        await cache.blob_damaged(artifact, problem)
+        return response
+    await response.write_eof()
+    return response
 
 
 def _cork(sock: socket.socket | None, on: bool) -> None:

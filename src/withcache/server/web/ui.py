@@ -118,7 +118,7 @@ async def overview(request: web.Request) -> web.Response:
         request, "overview.html", section="overview", misses=misses,
         fills=fill_rows(cache, list(fills.rows)), fills_total=fills.total,
         poll=f"/downloads/table?state=active&limit={OVERVIEW_ROWS}",
-        artifacts=recent, curate=cache.settings.curate, q="",
+        artifacts=recent, curate=cache.settings.curate, q="", integrity=cache.integrity(),
     )  # fmt: skip
 
 
