@@ -15,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -178,7 +179,9 @@ def test_a_disk_kept_full_degrades_the_host_until_space_comes_back(
         assert all(code != 0 for code in codes), codes
         # While the disk stays full: hits work, misses are a 404 saying why
         # (so shims go to the origin), and /healthz says degraded.
-        assert curl("-f", host.blob_url(small)).stdout == small_body
+        for _ in range(3):
+            assert curl("-f", host.blob_url(small)).stdout == small_body
+        time.sleep(2.5)  # a flush of the hit counts fails meanwhile
         other = origin.add("/faults/kept-full/other.bin", b"x" * 1000)
         status, text = get(host.blob_url(other))
         assert status == 404 and b"disk" in text, (status, text)
@@ -195,6 +198,8 @@ def test_a_disk_kept_full_degrades_the_host_until_space_comes_back(
     wait_for(lambda: events(host, "fill.failed"), 10, "fill.failed event")
     assert wait_for(lambda: host.health()["status"] == "ok", 10, "healthy host")
     assert curl("-f", host.blob_url(other)).stdout == b"x" * 1000
+    host.stop()  # flushes the hit counts: none was lost while they couldn't be written
+    assert rows(host, f"SELECT hits FROM artifacts WHERE key = '{small}'") == [(3,)]
 
 
 def test_min_free_refuses_fills_before_the_disk_is_full(origin, cache_host, tmpfs):
@@ -214,6 +219,12 @@ def test_min_free_refuses_fills_before_the_disk_is_full(origin, cache_host, tmpf
     (disk / "filler").write_bytes(b"\0" * 9 * MB)
     health = host.health()
     assert health["status"] == "degraded" and health["problems"]
+    # Still alive (hits are served): the container's health check passes, and says why.
+    probe = subprocess.run(
+        [sys.executable, "-m", "withcache.server.healthcheck"], capture_output=True, text=True,
+        env={**os.environ, "WITHCACHE_HOST": "127.0.0.1", "WITHCACHE_PORT": str(host.port)},
+    )  # fmt: skip
+    assert probe.returncode == 0 and "degraded: the data dir's disk" in probe.stderr
     small = origin.add("/faults/floor/small.bin", b"y" * 1000)
     status, text = get(host.blob_url(small))
     assert status == 404 and b"--min-free" in text
@@ -254,6 +265,19 @@ def test_a_resume_with_changed_content_starts_over(origin, cache_host, tmp_path,
     assert curl("-f", host.blob_url(url)).stdout == new
     retrying = events(host, "fill.retrying")
     assert any("changed" in e["error"] for e in retrying), retrying
+
+
+def test_a_resume_longer_than_its_content_range_starts_over(origin, cache_host):
+    body = os.urandom(2 * MB)
+    # Chunked, so nothing but the Content-Range says where the resume ends.
+    url = origin.add("/faults/changed/overlong.bin", body, chunked=True, etag='"o1"',
+                     die_after=MB, range_total=int(1.5 * MB))  # fmt: skip
+    host = cache_host()
+    miss(host, url)
+    host.wait_cached(url)
+    assert curl("-f", host.blob_url(url)).stdout == body
+    retrying = [e["error"] for e in events(host, "fill.retrying")]
+    assert any("more than the 1500000 bytes it announced" in e for e in retrying), retrying
 
 
 # -- 3. --max-bytes across fills (and hosts) without Content-Length
@@ -324,6 +348,23 @@ def test_a_truncated_blob_is_never_sent(origin, cache_host, backend, tmp_path, s
     host.wait_cached(url)
     assert curl("-f", host.blob_url(url)).stdout == body
     assert origin.gets(path) == 2
+
+
+@pytest.mark.parametrize("rot", ["grown", "unreadable"])
+def test_a_blob_grown_or_unreadable_is_never_sent(origin, cache_host, tmp_path, rot):
+    host, url, body = stored(origin, cache_host, f"/faults/rot/{rot}.bin", 400_000)
+    blob = host.data_dir / "blobs" / sha(body)[:2] / sha(body)
+    if rot == "grown":
+        with open(blob, "ab") as grown:
+            grown.write(b"appended")
+    else:
+        blob.unlink()
+        blob.mkdir()  # opening it fails: not a file
+    result = curl("-m", "20", "-o", str(tmp_path / "got"), host.blob_url(url))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "got").read_bytes() == body
+    (found,) = events(host, "artifact.quarantined")
+    assert found["problem"].startswith("size" if rot == "grown" else "unreadable")
 
 
 @pytest.mark.backends
@@ -423,6 +464,29 @@ def test_a_fill_resumes_after_kill_9(origin, cache_host, backend, changed):
     assert list((host.data_dir / "tmp").iterdir()) == []
 
 
+def test_sigterm_closes_streaming_clients_at_once_and_the_fill_resumes(
+    origin, cache_host, tmp_path
+):
+    body = os.urandom(6 * MB)
+    url = origin.add("/faults/sigterm/slow.bin", body, etag='"t1"', rate=MB)
+    host = cache_host()
+    (proc,) = start(["curl", "-sS", "-o", str(tmp_path / "got"), host.blob_url(url)])
+    wait_for(lambda: (tmp_path / "got").exists() and (tmp_path / "got").stat().st_size > MB,
+             20, "bytes streamed")  # fmt: skip
+    time.sleep(1.2)  # a resume point is saved about every second
+    stopping = time.monotonic()
+    host.stop()
+    assert time.monotonic() - stopping < 5  # not the server's 60 s shutdown timeout
+    assert host.proc.returncode == 0
+    assert finish([proc], timeout=5) != [0]  # closed short: it fails, loudly
+    origin.resources["/faults/sigterm/slow.bin"].rate = None
+    host.start()
+    host.wait_cached(url)
+    assert curl("-f", host.blob_url(url)).stdout == body
+    resumed = [h.headers for h in origin.hits if h.path == "/faults/sigterm/slow.bin"][-1]
+    assert int(resumed["Range"][6:-1]) >= MB and resumed["If-Range"] == '"t1"'
+
+
 # -- under load
 
 
@@ -442,6 +506,7 @@ def test_soak(origin, cache_host, tmpfs, tmp_path):
     print("soak figures:", json.dumps(figures.summary()))
     assert figures.requests > seconds  # it did run under load
     assert not figures.wrong, figures.wrong[:5]
+    assert figures.unsettled is None
     assert not figures.server_errors, figures.server_errors[:5]
     assert not figures.bad_stored, figures.bad_stored
     assert figures.fds[1] <= figures.fds[0] + FD_BOUND, figures.fds

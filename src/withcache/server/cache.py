@@ -32,7 +32,7 @@ from withcache.server.store import (
     TokenScope,
     open_stores,
 )
-from withcache.server.verify import Scrub, Verification
+from withcache.server.verify import ReadChecks, Scrub, Verification
 
 HIT_FLUSH_SECONDS = 2.0
 BACKLOG_SECONDS = 1.0  # how often writes waiting for the store are tried again
@@ -79,6 +79,7 @@ class Cache:
         self.verification: Verification | None = None  # the latest `verify` run
         days = settings.scrub_every
         self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
+        self.read_checks = ReadChecks()  # small blobs the read path hashed lately
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}

@@ -42,6 +42,36 @@ SCRUB_BATCH = 100  # blobs listed per query
 # passes (and their events) come a few times a period, not one per blob.
 SCRUB_SLACK = 0.1
 SCRUB_IDLE_MAX = 3600.0  # longest sleep between looks for due blobs
+# A small blob read again within this long, with its file unchanged, is not
+# re-hashed: hashing 64 KiB costs a third of answering it.
+READ_RECHECK_SECONDS = 60.0
+READ_CHECKS = 4096  # blobs remembered as checked (the memo is cleared when full)
+
+
+class ReadChecks:
+    """Which small blobs the read path hashed lately, and their files then.
+
+    A file changed since (another inode, a write: its size or modification
+    time moves) is hashed again on its next read; an unchanged one once a
+    minute, so rot
+    that the page cache hid shows within a minute of reads (and the scrub
+    finds it in any blob)."""
+
+    def __init__(self) -> None:
+        self._checked: dict[str, tuple[tuple[int, ...], float]] = {}
+
+    def due(self, sha256: str, stamp: tuple[int, ...] | None) -> bool:
+        if stamp is None:
+            return True  # the store can't say whether the bytes changed
+        found = self._checked.get(sha256)
+        return found is None or found[0] != stamp or found[1] < time.monotonic()
+
+    def passed(self, sha256: str, stamp: tuple[int, ...] | None) -> None:
+        if stamp is None:
+            return
+        if len(self._checked) >= READ_CHECKS:
+            self._checked.clear()
+        self._checked[sha256] = (stamp, time.monotonic() + READ_RECHECK_SECONDS)
 
 
 @dataclass

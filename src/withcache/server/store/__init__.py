@@ -403,6 +403,9 @@ class BlobReader(Protocol):
     byte), and OSError if it breaks off later."""
 
     file: BinaryIO | None  # a local file to sendfile from (zero-copy); else use `chunks`
+    # What tells these bytes on disk apart from others later under the same
+    # name (inode, size, modification time); None if the store can't say.
+    stamp: tuple[int, ...] | None
 
     async def read(self, start: int, length: int) -> bytes:
         """Bytes [start, start + length): for small bodies."""
@@ -410,6 +413,11 @@ class BlobReader(Protocol):
 
     def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
         """Bytes [start, start + length) as they come."""
+        ...
+
+    def unchanged(self) -> bool:
+        """Whether the stored bytes are still the ones opened: a file cut or
+        rewritten in place meanwhile may have sent zeros for what was cut."""
         ...
 
     async def close(self) -> None: ...

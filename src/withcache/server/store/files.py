@@ -190,12 +190,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _stamp(stat: os.stat_result) -> tuple[int, ...]:
+    # Not the change time: renaming or unlinking the name (a commit of the same
+    # bytes, a delete) moves it, and leaves the bytes of an open file alone.
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class LocalBlobReader:
     """A committed blob file, open: the read path sendfiles from `file`."""
 
-    def __init__(self, file: BinaryIO, sha256: str) -> None:
+    def __init__(self, file: BinaryIO, sha256: str, stat: os.stat_result) -> None:
         self.file: BinaryIO | None = file
         self.sha256 = sha256
+        self.stamp = _stamp(stat)
 
     async def read(self, start: int, length: int) -> bytes:
         assert self.file is not None
@@ -212,6 +219,11 @@ class LocalBlobReader:
                 raise BlobDamaged(self.sha256, f"size: it ends at byte {start}, before {end}")
             start += len(data)
             yield data
+
+    def unchanged(self) -> bool:
+        assert self.file is not None
+        stat = os.fstat(self.file.fileno())
+        return _stamp(stat) == self.stamp
 
     async def close(self) -> None:
         if self.file is not None:
@@ -247,11 +259,11 @@ class LocalBlobs:
             raise BlobGone(sha256) from None
         except OSError as err:  # a directory in its place, no permission, a bad disk
             raise BlobDamaged(sha256, f"unreadable: {err.strerror or err}") from None
-        found = os.fstat(file.fileno()).st_size
-        if found != size:
+        stat = os.fstat(file.fileno())
+        if stat.st_size != size:
             file.close()
-            raise BlobDamaged(sha256, f"size: {found} bytes, recorded {size}")
-        return LocalBlobReader(file, sha256)
+            raise BlobDamaged(sha256, f"size: {stat.st_size} bytes, recorded {size}")
+        return LocalBlobReader(file, sha256, stat)
 
     def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
         return None

@@ -7,8 +7,10 @@ of the object store so the bytes never pass through here. HEAD and the
 conditional answers (304, 412, 416) never touch the store.
 
 A blob that is not as stored is never sent: its size is checked when it is
-opened (and against what sendfile managed to send), and a small blob is
-re-hashed on every read, which costs a fraction of answering it. A bad one
+opened, its file is checked unchanged after it was read or sent (a client of
+a file cut meanwhile is reset), and a small blob is
+re-hashed when read (unless its file is unchanged since it was hashed less
+than a minute ago: verify.ReadChecks keeps the hit path as fast). A bad one
 is quarantined and the request goes on as a miss (filled afresh); one found
 bad after its headers were sent has its connection closed short.
 """
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import struct
 
 from aiohttp import web
 
@@ -102,21 +105,21 @@ async def _send(
     headers: dict[str, str],
 ) -> web.StreamResponse:
     if artifact.size <= SMALL_BODY:
-        # The whole blob, checked: hashing 256 KiB costs less than answering it.
+        # The whole blob is read (it is small), so it can be checked.
         blob = await reader.read(0, artifact.size)
-        if len(blob) != artifact.size:
-            raise BlobDamaged(artifact.sha256, f"size: {len(blob)} bytes, recorded {artifact.size}")
-        if hashlib.sha256(blob).hexdigest() != artifact.sha256:
-            raise BlobDamaged(artifact.sha256, "content: its SHA-256 differs from its name")
+        if len(blob) != artifact.size or not reader.unchanged():
+            raise BlobDamaged(artifact.sha256, "size: it changed while it was read")
+        if cache.read_checks.due(artifact.sha256, reader.stamp):
+            if hashlib.sha256(blob).hexdigest() != artifact.sha256:
+                raise BlobDamaged(artifact.sha256, "content: its SHA-256 differs from its name")
+            cache.read_checks.passed(artifact.sha256, reader.stamp)
         cache.count_hit(artifact, answer.length)
         body = blob[answer.start : answer.start + answer.length]
         return web.Response(status=answer.status, headers=headers, body=body)
     if answer.length <= SMALL_BODY:
         body = await reader.read(answer.start, answer.length)
-        if len(body) != answer.length:
-            raise BlobDamaged(
-                artifact.sha256, f"size: it ends before byte {answer.start + answer.length}"
-            )
+        if len(body) != answer.length or not reader.unchanged():
+            raise BlobDamaged(artifact.sha256, "size: it changed while it was read")
         cache.count_hit(artifact, answer.length)
         return web.Response(status=answer.status, headers=headers, body=body)
     transport = request.transport
@@ -148,12 +151,7 @@ async def _send(
         await response.prepare(request)
         cache.count_hit(artifact, answer.length)
         try:
-            sent = await asyncio.get_running_loop().sendfile(
-                transport, reader.file, answer.start, answer.length
-            )
-            problem = (
-                None if sent == answer.length else f"size: it ends at byte {answer.start + sent}"
-            )
+            problem = await _sendfile(transport, reader, answer.start, answer.length)
         except ConnectionError:
             return response  # the client left
         except OSError as err:  # EIO: a bad sector
@@ -161,11 +159,37 @@ async def _send(
     finally:
         _cork(sock, False)
     if problem is not None:  # damaged since it was opened
-        transport.close()  # short of Content-Length: the client fails, loudly
+        _reset(transport)  # the client fails, loudly
         await cache.blob_damaged(artifact, problem)
         return response
     await response.write_eof()
     return response
+
+
+async def _sendfile(
+    transport: asyncio.Transport, reader: BlobReader, start: int, length: int
+) -> str | None:
+    """Send the bytes; what went wrong, if anything. A file cut in place while
+    it is sent has the page at its new end zeroed under the bytes already
+    queued (zero-copy): the check afterwards heals the store and resets the
+    client, but one that already read every byte keeps them. Blobs are never
+    changed in place by withcache itself (commit, quarantine and delete rename
+    or unlink), so that takes another process editing a live blob."""
+    assert reader.file is not None
+    sent = await asyncio.get_running_loop().sendfile(transport, reader.file, start, length)
+    if sent == length and reader.unchanged():
+        return None
+    return "size: it changed while it was sent"
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a reset: what the kernel still holds is not sent, so even a
+    client that had every announced byte queued sees the transfer fail."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _cork(sock: socket.socket | None, on: bool) -> None:
