@@ -235,11 +235,16 @@ def test_min_free_refuses_fills_before_the_disk_is_full(origin, cache_host, tmpf
 
 
 def test_min_free_has_a_default_and_an_environment_twin():
-    from withcache.server.cli import settings_from
+    from withcache.server.cli import UsageError, settings_from
 
     assert settings_from([], {}).min_free.describe() == "the smaller of 1.0 GiB and 2% of the disk"
     assert settings_from([], {"WITHCACHE_MIN_FREE": "5%"}).min_free.floor(1000) == 50
     assert settings_from(["--min-free", "3M"], {}).min_free.floor(10**12) == 3 << 20
+    with pytest.raises(UsageError, match="from 0% to below 100%"):
+        settings_from(["--min-free", "100%"], {})
+    with pytest.raises(UsageError, match="a share of the disk such as 2%"):
+        settings_from([], {"WITHCACHE_MIN_FREE": "lots"})
+    assert settings_from([], {"WITHCACHE_SCRUB_EVERY": "0"}).scrub_every == 0
 
 
 # -- 2. a resume accepted although the origin's content changed

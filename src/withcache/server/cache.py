@@ -166,11 +166,11 @@ class Cache:
             batch, self._hits = self._hits, {}
             try:
                 await self.metadata.add_hits(batch)
-            except self.metadata.unavailable:
+            except self.metadata.unavailable as err:
                 for artifact_id, (count, last) in batch.items():  # kept for the next flush
                     newer, latest = self._hits.get(artifact_id, (0, 0.0))
                     self._hits[artifact_id] = (count + newer, max(last, latest))
-                raise
+                log.warning("hits.unflushed", artifacts=len(batch), error=str(err))
 
     async def blob_damaged(self, artifact: Artifact, problem: str) -> None:
         """The read path found the artifact's blob not as stored (`problem`):

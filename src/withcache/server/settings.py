@@ -71,17 +71,15 @@ class MinFree:
     def parse(cls, text: str) -> MinFree:
         """`1G`, `500M`, `0` or `5%`."""
         text = text.strip()
-        if text.endswith("%"):
-            try:
-                percent = float(text[:-1])
-            except ValueError:
-                raise ValueError(
-                    "use a size such as 1G, or a share of the disk such as 2%"
-                ) from None
-            if not 0 <= percent < 100:
-                raise ValueError("a share of the disk is from 0% to below 100%")
-            return cls(size=None, percent=percent)
-        return cls(size=parse_size(text), percent=None)
+        try:
+            if not text.endswith("%"):
+                return cls(size=parse_size(text), percent=None)
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError("use a size such as 1G, or a share of the disk such as 2%") from None
+        if not 0 <= percent < 100:
+            raise ValueError("a share of the disk is from 0% to below 100%")
+        return cls(size=None, percent=percent)
 
 
 @dataclass(frozen=True)

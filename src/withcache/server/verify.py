@@ -53,9 +53,8 @@ class ReadChecks:
 
     A file changed since (another inode, a write: its size or modification
     time moves) is hashed again on its next read; an unchanged one once a
-    minute, so rot
-    that the page cache hid shows within a minute of reads (and the scrub
-    finds it in any blob)."""
+    minute, so rot that the page cache hid shows within a minute of reads
+    (and the scrub finds it in any blob)."""
 
     def __init__(self) -> None:
         self._checked: dict[str, tuple[tuple[int, ...], float]] = {}
@@ -240,7 +239,8 @@ class Scrub:
             await asyncio.sleep(idle)
 
     async def _pass(self, cache: Cache) -> bool:
-        """Check the blobs that are due, if any (True: there were some)."""
+        """Check the blobs that are due, if any; whether it checked some and
+        may go on at once (not after an error: the store may be unwritable)."""
         now = time.time()
         due_before = now - self.period * (1 - SCRUB_SLACK)
         _, self.stored_bytes = await cache.metadata.totals()
@@ -268,7 +268,7 @@ class Scrub:
             self.current, self.last = None, run
         if run.checked:
             await run.report(cache, started)
-        return True
+        return bool(run.checked) and run.error is None
 
 
 async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:

@@ -40,11 +40,13 @@ from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
     FILL_COLUMNS,
+    RESERVED,
     TOKEN_COLUMNS,
     as_artifact,
     as_fill,
     as_token,
     like_pattern,
+    reserve_sql,
 )
 
 # Advisory lock keys: one bigint for migrations; (class, blob) int pairs for
@@ -182,6 +184,7 @@ MIGRATIONS = [
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
+RESERVE = reserve_sql("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
 
 
@@ -468,19 +471,12 @@ class PostgresMetadata:
             # (its trigger) takes: reservations across hosts happen one at a time.
             await conn.execute("SELECT bytes FROM totals FOR UPDATE")
             done = await conn.execute(
-                "UPDATE fills SET reserved = %(size)s WHERE id = %(id)s AND holder = %(holder)s "
-                "AND state = 'running' AND (SELECT bytes FROM totals) + %(size)s + (SELECT "
-                "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' "
-                "AND id <> %(id)s) <= %(cap)s",
-                {"size": size, "id": fill_id, "holder": holder, "cap": cap},
+                RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
             )
             return done.rowcount == 1
 
     async def reserved_bytes(self) -> int:
-        row = await self._one(
-            "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
-        )
-        return int(row[0])
+        return int((await self._one(RESERVED))[0])
 
     async def finish_fill(
         self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,

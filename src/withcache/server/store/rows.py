@@ -18,6 +18,23 @@ FILL_COLUMNS = (
 )
 
 
+# --max-bytes: promise a running fill `size` bytes only if the bytes stored and
+# every running fill's promise stay within `cap` (the stores run it so that no
+# other reservation or commit comes in between; see Metadata.reserve_bytes).
+_RESERVE = (
+    "UPDATE fills SET reserved = {size} WHERE id = {id} AND holder = {holder} "
+    "AND state = 'running' AND (SELECT bytes FROM totals) + {size} + (SELECT "
+    "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' AND id <> {id}) <= {cap}"
+)
+RESERVED = "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
+
+
+def reserve_sql(mark: str) -> str:
+    """The reservation, its parameters written as the driver names them:
+    `mark` is ":{}" for sqlite3, "%({})s" for psycopg."""
+    return _RESERVE.format(**{name: mark.format(name) for name in ("size", "id", "holder", "cap")})
+
+
 def as_artifact(row: Sequence[Any]) -> Artifact:
     return Artifact(
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],

@@ -148,7 +148,9 @@ class S3BlobWriter(Spool):
 
 class S3BlobReader:
     file = None  # nothing local to sendfile: bytes are streamed from the store
-    stamp = None  # a round trip costs more than hashing a small blob: it always is
+    # No way to tell a changed object apart without a request: a small blob is
+    # hashed on every read (the round trip costs more than the hash).
+    stamp = None
 
     def __init__(self, client: S3Client, key: str, sha256: str, size: int) -> None:
         self._client = client
@@ -166,8 +168,8 @@ class S3BlobReader:
         found = _object_size(response.headers.get("Content-Range"), response.content_length)
         if response.status == 416 or found != self._size:
             response.release()
-            size = "less than the range asked for" if response.status == 416 else found
-            raise BlobDamaged(self._sha256, f"size: {size} bytes, recorded {self._size}")
+            size = f"{found} bytes" if found is not None else f"under {start + 1} bytes"
+            raise BlobDamaged(self._sha256, f"size: {size}, recorded {self._size}")
         async for chunk in self._client.chunks(response, length):
             yield chunk
 

@@ -32,11 +32,13 @@ from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
     FILL_COLUMNS,
+    RESERVED,
     TOKEN_COLUMNS,
     as_artifact,
     as_fill,
     as_token,
     like_pattern,
+    reserve_sql,
 )
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
@@ -170,6 +172,7 @@ MIGRATIONS = [
     """,
 ]
 
+RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -422,17 +425,12 @@ class SQLiteMetadata:
         # One statement: SQLite runs one writer at a time, so no other
         # reservation or commit can slip in between the sum and the update.
         cursor = self._db.execute(
-            "UPDATE fills SET reserved = :size WHERE id = :id AND holder = :holder "
-            "AND state = 'running' AND (SELECT bytes FROM totals) + :size + (SELECT "
-            "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' AND id != :id) <= :cap",
-            {"size": size, "id": fill_id, "holder": holder, "cap": cap},
+            RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
         )
         return cursor.rowcount == 1
 
     async def reserved_bytes(self) -> int:
-        return self._db.execute(
-            "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
-        ).fetchone()[0]
+        return self._db.execute(RESERVED).fetchone()[0]
 
     async def finish_fill(
         self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,

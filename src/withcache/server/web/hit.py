@@ -8,11 +8,11 @@ conditional answers (304, 412, 416) never touch the store.
 
 A blob that is not as stored is never sent: its size is checked when it is
 opened, its file is checked unchanged after it was read or sent (a client of
-a file cut meanwhile is reset), and a small blob is
-re-hashed when read (unless its file is unchanged since it was hashed less
-than a minute ago: verify.ReadChecks keeps the hit path as fast). A bad one
-is quarantined and the request goes on as a miss (filled afresh); one found
-bad after its headers were sent has its connection closed short.
+a file cut meanwhile is reset), and a small blob is re-hashed when read,
+unless its file is unchanged since it was hashed less than a minute ago
+(verify.ReadChecks: hashing on every read cost a third of a small hit). A
+bad one is quarantined and the request goes on as a miss (filled afresh);
+one found bad after its headers were sent has its connection closed short.
 """
 
 from __future__ import annotations
@@ -183,8 +183,9 @@ async def _sendfile(
 
 
 def _reset(transport: asyncio.BaseTransport) -> None:
-    """Close with a reset: what the kernel still holds is not sent, so even a
-    client that had every announced byte queued sees the transfer fail."""
+    """Close with a reset, not an orderly close: what the kernel still holds
+    for the client is dropped, so one that has not read every announced byte
+    yet sees the transfer fail."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
