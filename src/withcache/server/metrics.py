@@ -112,19 +112,18 @@ class _Snapshot(Collector):
             "Artifacts taken out of service because their blob was found corrupt or missing",
             self._tally.quarantined,
         )
-        if last is not None:
+        if last is not None:  # absent until a verification (verify, or a scrub pass) ended
             yield GaugeMetricFamily(
-                "withcache_verify_last_finished_timestamp_seconds",
-                "When the last verification (verify, or a scrub pass) ended",
-                last["finished_at"],
-            )
+                "withcache_verify_last_run_timestamp_seconds",
+                "When the latest verification of the blobs finished", last["finished_at"],
+            )  # fmt: skip
             yield GaugeMetricFamily(
-                "withcache_verify_last_checked_blobs", "Blobs the last verification checked",
+                "withcache_verify_checked_blobs", "Blobs the latest verification checked",
                 last["checked"],
             )  # fmt: skip
             yield GaugeMetricFamily(
-                "withcache_verify_last_corrupt_blobs", "Bad blobs the last verification found",
-                last["corrupt"],
+                "withcache_verify_bad_blobs",
+                "Blobs the latest verification found corrupt or missing", last["corrupt"],
             )  # fmt: skip
         if i["checked_ratio"] is not None:
             yield GaugeMetricFamily(
