@@ -37,11 +37,13 @@ from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
     FILL_COLUMNS,
+    RESERVED,
     TOKEN_COLUMNS,
     as_artifact,
     as_fill,
     as_token,
     like_pattern,
+    reserve_sql,
 )
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
@@ -165,11 +167,20 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN holder TEXT;
     ALTER TABLE fills ADD COLUMN lease_until REAL;
     """,
+    # Bytes promised to running fills under --max-bytes; where an interrupted
+    # fill resumes from; when each blob was last re-hashed (the scrub's order).
+    """
+    ALTER TABLE fills ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE fills ADD COLUMN resume TEXT;
+    ALTER TABLE artifacts ADD COLUMN checked_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
+    """,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
+RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -182,6 +193,8 @@ class SQLiteMetadata:
     """The Metadata interface over a single SQLite file."""
 
     shared = False
+    # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY...: the file can't be written now.
+    unavailable = (sqlite3.OperationalError,)
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -282,6 +295,30 @@ class SQLiteMetadata:
     async def totals(self) -> tuple[int, int]:
         return self._db.execute("SELECT artifacts, bytes FROM totals").fetchone()
 
+    async def blobs_to_check(self, before: float, limit: int) -> list[tuple[str, int]]:
+        return self._db.execute(
+            "SELECT sha256, max(size) FROM artifacts WHERE checked_at < ? "
+            "GROUP BY sha256 ORDER BY min(checked_at), sha256 LIMIT ?",
+            (before, limit),
+        ).fetchall()
+
+    async def unchecked_totals(self, before: float) -> tuple[int, int]:
+        return self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM "
+            "(SELECT max(size) AS size FROM artifacts WHERE checked_at < ? GROUP BY sha256)",
+            (before,),
+        ).fetchone()
+
+    async def mark_checked(
+        self, sha256: str, now: float, unless_since: float | None = None
+    ) -> bool:
+        cursor = self._db.execute(
+            "UPDATE artifacts SET checked_at = :now WHERE sha256 = :sha "
+            "AND (:since IS NULL OR checked_at < :since)",
+            {"now": now, "sha": sha256, "since": unless_since},
+        )
+        return cursor.rowcount > 0
+
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
         offset: int = 0, limit: int = 50,
@@ -377,7 +414,7 @@ class SQLiteMetadata:
     ) -> FillRecord | None:
         row = self._db.execute(
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
-            "holder = :holder, lease_until = :until "
+            "reserved = 0, holder = :holder, lease_until = :until "
             f"WHERE id = (SELECT id FROM fills WHERE ({CLAIMABLE}) "
             "AND (:id IS NULL OR id = :id) ORDER BY requested_by != 'operator', id LIMIT 1) "
             f"RETURNING {FILL_COLUMNS}",
@@ -406,10 +443,25 @@ class SQLiteMetadata:
         found = row.fetchone()
         return as_fill(found) if found else None
 
-    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
+    async def save_progress(
+        self, fill_id: int, bytes_done: int, total: int | None,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self._db.execute(
-            "UPDATE fills SET bytes_done = ?, total = ? WHERE id = ?", (bytes_done, total, fill_id)
+            "UPDATE fills SET bytes_done = ?, total = ?, resume = coalesce(?, resume) WHERE id = ?",
+            (bytes_done, total, resume and json.dumps(dict(resume)), fill_id),
         )
+
+    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        # One statement: SQLite runs one writer at a time, so no other
+        # reservation or commit can slip in between the sum and the update.
+        cursor = self._db.execute(
+            RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
+        )
+        return cursor.rowcount == 1
+
+    async def reserved_bytes(self) -> int:
+        return self._db.execute(RESERVED).fetchone()[0]
 
     async def finish_fill(
         self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,
@@ -436,14 +488,15 @@ class SQLiteMetadata:
             if done.rowcount != 1:
                 return None
             miss = await self.delete_miss(fill.key)
+            # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
-                "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) DO UPDATE SET "
-                "sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
-                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses "
-                "RETURNING id",
+                "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
+                "checked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) DO UPDATE "
+                "SET sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
+                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
+                "checked_at = excluded.checked_at RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0),
+                 miss.count if miss else 0, now),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
             artifact = await self.get_artifact(artifact_id)

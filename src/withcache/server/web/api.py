@@ -423,7 +423,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def metrics_handler(cache: Cache) -> Handler:
     async def serve_metrics(request: web.Request) -> web.Response:
-        body = metrics.exposition(cache.tally, await cache.health(), await cache.work())
+        body = metrics.exposition(
+            cache.tally, await cache.health(), await cache.work(), cache.integrity()
+        )
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     if cache.settings.private_metrics:
