@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -115,11 +115,11 @@ class Downloader:
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
             extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._open(fill, extra)
+        response = await self._open(fill.record.url, fill.authorization, extra)
         async with response:
             total = await self._accept(fill, writer, response, resuming)
             try:
-                await self._receive(fill, writer, response, total)
+                await self.receive(fill, writer, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             if total is not None and writer.size != total:
@@ -147,12 +147,17 @@ class Downloader:
             fill._advance(0)
         fill.validator = _validator(response)
         fill.total = response.content_length
-        if self._settings.max_bytes is not None:
-            _, self._stored = await self._metadata.totals()
-        self._check_cap(fill, fill.total or 0, announced=fill.total is not None)
+        await self.claim_room(fill, fill.total)
         fill.headers = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
         fill._wake()
         return fill.total
+
+    async def claim_room(self, fill: Fill, total: int | None) -> None:
+        """Refuse a fill whose `total` bytes (if known; else as they arrive, in
+        `receive`) would take the store past --max-bytes."""
+        if self._settings.max_bytes is not None:
+            _, self._stored = await self._metadata.totals()
+        self._check_cap(fill, total or 0, announced=total is not None)
 
     def _check_cap(self, fill: Fill, size: int, announced: bool) -> None:
         """Refuse a fill whose bytes would take the store past --max-bytes."""
@@ -170,11 +175,13 @@ class Downloader:
             )
         self._reserved[fill.id] = size
 
-    async def _receive(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, total: int | None
+    async def receive(
+        self, fill: Fill, writer: BlobWriter, chunks: AsyncIterator[bytes], total: int | None
     ) -> None:
+        """Write `chunks` (an origin's body, or an upload's) into `writer`,
+        behind the transfer, saving progress as it goes."""
         blocks = _WriteBehind(fill, writer)
-        chunks: list[bytes] = []
+        pieces: list[bytes] = []
         pending = 0
         last_flush = time.monotonic()
         # The first flush saves progress too: other hosts answer probes for this
@@ -183,16 +190,16 @@ class Downloader:
         last_save = 0.0
         received = writer.size
         try:
-            async for chunk in response.content.iter_any():
-                chunks.append(chunk)
+            async for chunk in chunks:
+                pieces.append(chunk)
                 pending += len(chunk)
                 received += len(chunk)
                 if total is None:
                     self._check_cap(fill, received, announced=False)
                 now = time.monotonic()
                 if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await blocks.put(b"".join(chunks))
-                    chunks.clear()
+                    await blocks.put(b"".join(pieces))
+                    pieces.clear()
                     pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
@@ -200,14 +207,33 @@ class Downloader:
                         last_save = now
         finally:
             # Bytes received before a break-off are good: keep them to resume from.
-            if chunks:
-                await blocks.put(b"".join(chunks))
+            if pieces:
+                await blocks.put(b"".join(pieces))
             await blocks.drain()
 
-    async def _open(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
-        """GET the fill's URL, following redirects with the policy checked on each hop."""
+    async def fetch_small(self, url: str, limit: int) -> bytes:
+        """The body of a small document (a vendor's checksum file), fetched as
+        fills are (the policy checked on every hop), at most `limit` bytes."""
+        response = await self._open(url, None, {"Accept-Encoding": "identity"})
+        async with response:
+            if response.status != 200:
+                reason = f"{response.status} {response.reason or ''}".strip()
+                raise FillError(f"origin answered {reason}")
+            body = bytearray()
+            try:
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise FillError(f"it is larger than {format_size(limit)}", refused=True)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
+                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+            return bytes(body)
+
+    async def _open(
+        self, url: str, authorization: str | None, extra: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """GET `url`, following redirects with the policy checked on each hop."""
         assert self._session is not None
-        url = fill.record.url
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             reason = self._policy.refuse_reason(url)
@@ -215,8 +241,8 @@ class Downloader:
                 raise FillError(reason, refused=True)
             headers = dict(extra)
             # Like curl without --location-trusted: credentials stay with their host.
-            if fill.authorization and _origin(url) == origin:
-                headers["Authorization"] = fill.authorization
+            if authorization and _origin(url) == origin:
+                headers["Authorization"] = authorization
             try:
                 response = await self._session.get(url, headers=headers, allow_redirects=False)
             except OriginRefused as err:

@@ -13,8 +13,12 @@ and its commit is refused. In a shared store, a fill not running here is
 watched through the store, so its waiters here learn when it ends.
 
 The transfer itself is download.py's; here a fill's bytes are checked against
-any expected SHA-256 and only then committed, blob first, then its row.
+any expected digest and only then committed, blob first, then its row.
 Whatever goes wrong, a failed or cancelled fill leaves neither blob nor row.
+
+An import is a fill whose bytes come from a `Source` in this process (an
+upload) instead of its origin: the same writer, checks and commit. It runs on
+the host that has its bytes, and fails if anything else ever claims it.
 """
 
 from __future__ import annotations
@@ -25,17 +29,20 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from withcache import keys
-from withcache.server import events, log
+from withcache.server import digests, events, log
+from withcache.server.digests import Digest
 from withcache.server.download import Downloader, Emit, FillError
 from withcache.server.policy import Policy
 from withcache.server.settings import Settings
 from withcache.server.store import (
     ACTIVE_STATES,
+    IMPORTED,
     Artifact,
     Blobs,
     BlobWriter,
@@ -67,6 +74,22 @@ class FillLost(Exception):
     """This host's lease on the fill is gone: another host took it over."""
 
 
+class DigestMismatch(FillError):
+    """The bytes are not the ones the fill expected."""
+
+
+class Source(Protocol):
+    """Where an import's bytes come from, instead of its origin."""
+
+    def begin(self, blobs: Blobs, also: Collection[str]) -> BlobWriter:
+        """The writer the bytes go to (`Blobs.begin`, unless they are stored already)."""
+        ...
+
+    async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
+        """Write the whole artifact into `writer`; the headers to replay on hits."""
+        ...
+
+
 @dataclass(eq=False)
 class Fill:
     """A fill queued or running in this process, shared by all who wait on it."""
@@ -81,6 +104,7 @@ class Fill:
     started: float | None = None
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
+    source: Source | None = None  # an import's bytes (None: the origin's)
     _cancel_requested: bool = False
     _cancelled_by: str | None = None
     _lost: bool = False  # the heartbeat found the lease gone
@@ -228,7 +252,7 @@ class FillManager:
         scope: str,
         authorization: str | None,
         requested_by: str,
-        expected_sha256: str | None = None,
+        expected: Digest | None = None,
         actor: str | None = None,
     ) -> tuple[Fill, bool]:
         """Queue a fill for `url`, or join the one under way; (fill, created)."""
@@ -239,7 +263,7 @@ class FillManager:
         lease = self._lease() if authorization is not None else None
         record, created = await self._metadata.enqueue_fill(
             key, scope, url, requested_by, time.time(),
-            expected_sha256=expected_sha256, credentialed=authorization is not None, lease=lease,
+            expected=expected, credentialed=authorization is not None, lease=lease,
         )  # fmt: skip
         fill = self._by_id.get(record.id)
         if fill is None:
@@ -256,6 +280,27 @@ class FillManager:
                 events.FillQueued(url=self._display(url), actor=actor, requested_by=requested_by)
             )
         return fill, created
+
+    async def start_import(
+        self, url: str, key: str, scope: str, source: Source, expected: Digest | None,
+        actor: str | None,
+    ) -> Fill | None:  # fmt: skip
+        """Run an import now, on this host (its bytes are here): a fill that is
+        running from the moment it is stored, so no worker claims it. None if
+        a fill for (key, scope) is queued or running already."""
+        record, created = await self._metadata.enqueue_fill(
+            key, scope, url, IMPORTED, time.time(), expected=expected, lease=self._lease(),
+            start=True,
+        )  # fmt: skip
+        if not created:
+            return None
+        fill = self._adopt(record)
+        fill.source = source
+        await self._emit(
+            events.FillQueued(url=self._display(url), actor=actor, requested_by=IMPORTED)
+        )
+        self._launch(record)
+        return fill
 
     async def start_for_client(self, fill: Fill) -> None:
         """Start a queued fill now, without waiting for a worker, because a
@@ -350,14 +395,18 @@ class FillManager:
                 raise FillError(
                     "the request's credentials are not kept across a restart; ask again"
                 )
+            if record.imported and fill.source is None:  # never fetch an import from its origin
+                raise FillError("the import was cut off (its bytes were on a cache-host that "
+                                "stopped); import it again")  # fmt: skip
             await self._emit(events.FillStarted(url=display, fill_id=record.id))
-            writer = self._blobs.begin()
+            also, source = digests.extra(record.expected), fill.source
+            writer = source.begin(self._blobs, also) if source else self._blobs.begin(also)
             fill.path = writer.path
-            headers = await self.downloader.download(fill, writer, display)
-            if record.expected_sha256 and writer.hexdigest() != record.expected_sha256.lower():
-                raise FillError(
-                    f"SHA-256 mismatch: expected {record.expected_sha256}, got {writer.hexdigest()}"
-                )
+            transfer = source.transfer if source else self.downloader.download
+            headers = await transfer(fill, writer, display)
+            mismatch = digests.mismatch(record.expected, writer)
+            if mismatch:
+                raise DigestMismatch(mismatch)
             fill._settled = True
             artifact = await self._commit(fill, writer, headers, display)
             writer = None
@@ -409,6 +458,7 @@ class FillManager:
                 sha256=artifact.sha256,
                 size=artifact.size,
                 seconds=round(time.monotonic() - fill.started, 3),
+                imported=record.imported,
             )
         )
 

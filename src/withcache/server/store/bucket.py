@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,8 +53,8 @@ S3_COPY_LIMIT = 5 << 30
 
 
 class BucketBlobWriter(Spool):
-    def __init__(self, blobs: BucketBlobs) -> None:
-        super().__init__(blobs.spool_dir)
+    def __init__(self, blobs: BucketBlobs, also: Collection[str] = ()) -> None:
+        super().__init__(blobs.spool_dir, also)
         self._blobs = blobs
         self._start_over()
 
@@ -191,8 +191,8 @@ class BucketBlobs:
         except FileNotFoundError:
             return None
 
-    def begin(self) -> BucketBlobWriter:
-        return BucketBlobWriter(self)
+    def begin(self, also: Collection[str] = ()) -> BucketBlobWriter:
+        return BucketBlobWriter(self, also)
 
     async def open(self, sha256: str) -> BucketBlobReader:
         return BucketBlobReader(self.bucket.store, self.key(sha256))

@@ -14,7 +14,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,15 +25,23 @@ CHUNK = 1 << 20
 
 class Spool:
     """A fill's bytes in a temp file, hashed as they arrive; clients of the fill
-    read the file as it grows (read-through). The base of every BlobWriter."""
+    read the file as it grows (read-through). The base of every BlobWriter.
 
-    def __init__(self, folder: Path) -> None:
+    SHA-256 always (it names the blob); `also` other algorithms (a fill that
+    must match a vendor's MD5, say), from the same bytes in the same pass."""
+
+    def __init__(self, folder: Path, also: Collection[str] = ()) -> None:
         fd, name = tempfile.mkstemp(dir=folder, prefix="fill-")
         self._fd = fd
         self.path = Path(name)
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._also = tuple(also)
+        self._new_hashes()
         self._busy: asyncio.Future[None] | None = None
+
+    def _new_hashes(self) -> None:
+        self._hash = hashlib.sha256()
+        self._others = {algorithm: hashlib.new(algorithm) for algorithm in self._also}
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -41,6 +49,8 @@ class Spool:
             written = os.write(self._fd, view)
             view = view[written:]
         self._hash.update(data)
+        for other in self._others.values():
+            other.update(data)
 
     async def write(self, data: bytes) -> None:
         # Hashing and writing off the loop: hashlib and os.write release the GIL.
@@ -54,10 +64,10 @@ class Spool:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._new_hashes()
 
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+    def hexdigest(self, algorithm: str = "sha256") -> str:
+        return (self._hash if algorithm == "sha256" else self._others[algorithm]).hexdigest()
 
     async def _discard(self) -> None:
         """Close and remove the file, once no write is still running."""
@@ -71,8 +81,8 @@ class Spool:
 
 
 class LocalBlobWriter(Spool):
-    def __init__(self, blobs: LocalBlobs) -> None:
-        super().__init__(blobs.tmp_dir)
+    def __init__(self, blobs: LocalBlobs, also: Collection[str] = ()) -> None:
+        super().__init__(blobs.tmp_dir, also)
         self._blobs = blobs
 
     def _commit(self) -> str:
@@ -125,9 +135,12 @@ class LocalBlobReader:
         return os.pread(self.file.fileno(), length, start)
 
     async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+        assert self.file is not None
         end = start + length
         while start < end:
-            data = await self.read(start, min(CHUNK, end - start))
+            # In a thread: reading a whole blob (an export) must not hold the loop.
+            size = min(CHUNK, end - start)
+            data = await asyncio.to_thread(os.pread, self.file.fileno(), size, start)
             if not data:
                 raise OSError(f"blob ended at byte {start} of {end}")
             start += len(data)
@@ -150,8 +163,8 @@ class LocalBlobs:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
 
-    def begin(self) -> LocalBlobWriter:
-        return LocalBlobWriter(self)
+    def begin(self, also: Collection[str] = ()) -> LocalBlobWriter:
+        return LocalBlobWriter(self, also)
 
     def path(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
