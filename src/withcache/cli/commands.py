@@ -150,11 +150,13 @@ def ls(api: Api, args: argparse.Namespace) -> int:
     if args.json:
         print_json(listing)
         return 0
+    # FROM: "import" when the bytes were uploaded (withcache import): no origin vouched for them.
     rows = [
-        (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]), a["url"])
+        (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]),
+         "import" if a["imported"] else "origin", a["url"])
         for a in listing["items"]
-    ]
-    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "URL"))
+    ]  # fmt: skip
+    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"))
     _shown(listing, "artifacts")
     return 0
 

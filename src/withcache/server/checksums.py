@@ -27,7 +27,7 @@ _BSD_RE = re.compile(r"([A-Za-z0-9-]+) ?\((.*)\) ?= ?([0-9A-Fa-f]+)")
 _HEX = frozenset("0123456789abcdefABCDEF")
 _UNESCAPES = {"\\\\": "\\", "\\n": "\n", "\\r": "\r"}
 # What a name may keep as it is in a URL path; everything else is percent-encoded.
-_PATH_SAFE = "/!$&'()*+,;=@~"
+_PATH_SAFE = "/!$&'()*+,=@~"
 SHOWN = 200  # characters of a bad line kept to show it
 
 
@@ -60,21 +60,21 @@ def read(text: str) -> Iterator[Entry | BadLine]:
 def _entry(number: int, line: str) -> Entry:
     if any("\udc80" <= c <= "\udcff" for c in line):
         raise ValueError("not UTF-8 text")
-    bsd = _BSD_RE.fullmatch(line)
-    if bsd:
-        return Entry(number, _name(bsd[2]), _digest(bsd[3], bsd[1]))
+    # GNU marks a line whose name holds a backslash or a newline with a leading
+    # backslash, in either style, and escapes those in the name.
     escaped = line.startswith("\\")
     body = line.removeprefix("\\")
+    bsd = _BSD_RE.fullmatch(body)
+    if bsd:
+        return Entry(number, _name(bsd[2], escaped), _digest(bsd[3], bsd[1]))
     head, separator, rest = body.partition(" ")
     if not separator:
         head, separator, rest = body.partition("\t")
-    if separator and head and set(head) <= _HEX:
+    if head and set(head) <= _HEX and (separator or len(head) >= 32):
         if rest[:1] in (" ", "*"):  # the mode: text (space) or binary (*)
             rest = rest[1:]
-        if escaped:
-            rest = re.sub(r"\\.", lambda m: _UNESCAPES.get(m[0], m[0]), rest)
-        return Entry(number, _name(rest), _digest(head))
-    return Entry(number, _name(line), None)
+        return Entry(number, _name(rest, escaped), _digest(head))
+    return Entry(number, _name(line, False), None)
 
 
 def _digest(value: str, algorithm: str | None = None) -> Digest:
@@ -86,9 +86,11 @@ def _digest(value: str, algorithm: str | None = None) -> Digest:
         raise ValueError(str(err)) from None
 
 
-def _name(name: str) -> str:
+def _name(name: str, escaped: bool) -> str:
     if not name:
         raise ValueError("no file name or URL after the digest")
+    if escaped:
+        return re.sub(r"\\.", lambda m: _UNESCAPES.get(m[0], m[0]), name)
     return name
 
 
@@ -105,5 +107,7 @@ def resolve(base: str, name: str) -> str:
         raise ValueError(f"{name[:SHOWN]!r} is not a path relative to the checksum file")
     if "\n" in name or "\r" in name:
         raise ValueError("a file name with a line break can't be part of a URL")
+    if name.rsplit("/", 1)[-1] in ("", ".", ".."):
+        raise ValueError(f"{name[:SHOWN]!r} names a directory, not a file")
     # "./" first, so a name like "v1:x.tar" is a path, never a scheme.
     return urljoin(base, "./" + quote(name.removeprefix("./"), safe=_PATH_SAFE))
