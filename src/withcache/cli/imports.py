@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import http.client
-import json
 import mimetypes
 import os
 import sys
@@ -68,7 +67,8 @@ class Tally:
 
     def fail(self, where: str, url: str, error: str) -> None:
         self.failed.append({"where": where, "url": url, "error": error})
-        print(f"{where}: {error}" + (f": {url}" if url else ""), file=sys.stderr)
+        print(f"withcache: error: {where}: {error}" + (f": {url}" if url else ""),
+              file=sys.stderr)  # fmt: skip
 
     def summary(self) -> str:
         stored = f" ({len(self.stored)} from bytes the cache-host had)" if self.stored else ""
@@ -223,17 +223,28 @@ def _directory(folder: str, manifest: str, tally: Tally) -> tuple[list[Piece], l
 def _send_files(
     api: Api, pieces: list[Piece], paths: list[str], tally: Tally, refresh: bool
 ) -> None:
-    missing = _offer(api, pieces, tally, refresh, None)
-    sender = _Sender(api, sum(pieces[n].size for n in missing), len(missing))
+    groups = _by_bytes(pieces, _offer(api, pieces, tally, refresh, None))
+    sender = _Sender(api, sum(pieces[group[0]].size for group in groups), len(groups))
     try:
-        for n in missing:
+        for first, *rest in groups:
             try:
-                with open(paths[n], "rb") as file:
-                    sender.send(pieces[n], file, tally, refresh, None)
+                with open(paths[first], "rb") as file:
+                    sent = sender.send(pieces[first], file, tally, refresh, None)
             except OSError as err:
-                tally.fail(pieces[n].where, pieces[n].url, f"can't read it: {err.strerror}")
+                tally.fail(pieces[first].where, pieces[first].url, f"can't read it: {err.strerror}")
+                continue
+            if sent and rest:  # the same bytes under other URLs: stored from those just sent
+                _offer(api, [pieces[n] for n in rest], tally, refresh, None)
     finally:
         sender.close()
+
+
+def _by_bytes(pieces: list[Piece], chosen: list[int]) -> list[list[int]]:
+    """The chosen pieces grouped by SHA-256 (unknown ones each alone), in order."""
+    groups: dict[object, list[int]] = {}
+    for n in chosen:
+        groups.setdefault(pieces[n].sha256 or n, []).append(n)
+    return list(groups.values())
 
 
 def _offer(
@@ -286,8 +297,9 @@ class _Sender:
         self, piece: Piece, body: IO[bytes], tally: Tally, refresh: bool, scope_key: str | None
     ) -> bool:
         """Upload one piece; False (and `tally` says why) if the cache-host refused it."""
-        query: dict[str, Any] = {"url": piece.url, "sha256": piece.sha256,
-                                 "headers": json.dumps(piece.headers)}  # fmt: skip
+        query: dict[str, Any] = {"url": piece.url, "sha256": piece.sha256}
+        for name, value in piece.headers.items():  # Content-Type -> content_type=
+            query[name.lower().replace("-", "_")] = value
         if piece.scope:
             query.update(scope=piece.scope, scope_key=scope_key)
         if refresh:
