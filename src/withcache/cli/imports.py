@@ -324,6 +324,11 @@ class _Sender:
         if self._meter.add(count):
             self.draw()
 
+    def skip(self, size: int) -> None:
+        """A piece that needs no sending: its bytes count as done."""
+        self._sent += 1
+        self.moved(size)
+
     def draw(self) -> None:
         m = self._meter
         self._bar.show(m.done, m.total, m.rate, m.eta, f"{self._sent} of {self._count} artifacts")
@@ -370,7 +375,7 @@ def _bundle(api: Api, path: str, tally: Tally, refresh: bool) -> None:
             else:
                 manifest, scanned = _scan(tar, path)
                 members = iter(scanned)
-            _send_bundle(api, tar, manifest, members, tally, refresh)
+            _send_bundle(api, tar, manifest, members, tally, refresh, checked=not stream)
     except BadBundle as err:
         raise CommandError(f"{path}: {err}") from None
     finally:
@@ -462,31 +467,41 @@ def _streamed(
 def _send_bundle(
     api: Api, tar: tarfile.TarFile, manifest: Manifest,
     members: Iterator[tuple[tarfile.TarInfo, list[Item]]], tally: Tally, refresh: bool,
+    checked: bool,
 ) -> None:  # fmt: skip
+    """Offer, then send what is missing, member by member. A bundle `checked`
+    whole is offered at once; a streamed one a member at a time, once that
+    member proved sound, so a bad archive stores nothing past its fault."""
     pieces = [
         Piece(i.url, i.sha256, i.size, i.headers, i.scope, where=f"{i.path} ({i.url})")
         for i in manifest.items
     ]
     index = {id(item): n for n, item in enumerate(manifest.items)}
-    missing = set(_offer(api, pieces, tally, refresh, manifest.scope_key))
-    # One upload per member: the same bytes under other URLs are then stored from it.
-    to_send = {manifest.items[n].path: manifest.items[n].size for n in missing}
-    sender = _Sender(api, sum(to_send.values()), len(to_send))
+    key = manifest.scope_key
+    missing = set(_offer(api, pieces, tally, refresh, key)) if checked else set()
+    sizes = {item.path: item.size for item in manifest.items}
+    sender = _Sender(api, sum(sizes.values()), len(sizes))
     try:
         for info, items in members:
-            lacking = [index[id(item)] for item in items if index[id(item)] in missing]
-            if not lacking:
-                continue  # cached already, or stored from bytes the host had
+            numbers = [index[id(item)] for item in items]
+            if checked:
+                lacking = [n for n in numbers if n in missing]
+            else:
+                offered = _offer(api, [pieces[n] for n in numbers], tally, refresh, key)
+                lacking = [numbers[k] for k in offered]
+            if not lacking:  # cached already, or stored from bytes the host had
+                sender.skip(info.size)
+                continue
             data = tar.extractfile(info)
             assert data is not None
             first, *rest = lacking
             try:
-                sent = sender.send(pieces[first], data, tally, refresh, manifest.scope_key)
+                sent = sender.send(pieces[first], data, tally, refresh, key)
             except (OSError, tarfile.TarError, EOFError) as err:
                 shown = info.name[:200]
                 raise BadBundle(f"cut short or damaged in member {shown!r} ({err})") from None
             if sent and rest:  # the same bytes under other URLs: stored from those just sent
-                _offer(api, [pieces[n] for n in rest], tally, refresh, manifest.scope_key)
+                _offer(api, [pieces[n] for n in rest], tally, refresh, key)
     finally:
         sender.close()
 
