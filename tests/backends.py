@@ -8,10 +8,13 @@ do). Tests read the store through these, so one test runs on both.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, s3_store
 
@@ -20,6 +23,13 @@ from withcache.server.settings import Settings
 # Leases short enough that a takeover happens within a test, long enough that
 # a busy 2-core machine renews them in time.
 TEST_LEASE = "3"
+T = TypeVar("T")
+
+
+def run_async(job: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to the end from sync code, even inside a running loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, job()).result(60)  # type: ignore[arg-type]
 
 
 class Embedded:

@@ -70,3 +70,9 @@ def test_readthrough(tmp_path):
     for row in rows:
         ratio, exact = row.split()[-4:-2]
         assert (ratio, exact) == ("1.00x", "True"), row  # one origin download, byte-exact
+
+
+def test_floods(tmp_path):
+    out = run_bench(tmp_path, "floods.py", "--junk", "300", "--probes", "50")
+    assert "then a GET of a real artifact: 200" in out and "whole" in out
+    assert (tmp_path / "floods.json").exists()

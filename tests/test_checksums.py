@@ -99,7 +99,10 @@ def test_any_relative_name_stays_on_the_checksum_files_host(name):
         return
     parts = urlsplit(url)
     assert (parts.scheme, parts.netloc, parts.query, parts.fragment) == (
-        "https", "dl.vendor.example", "", ""
+        "https",
+        "dl.vendor.example",
+        "",
+        "",
     )
     assert unquote(parts.path).endswith(name.removeprefix("./").rsplit("/", 1)[-1])
 

@@ -93,8 +93,11 @@ def test_a_fill_that_never_completes_leaves_nothing(origin, cache_host):
     assert rows(host, "SELECT count(*) FROM artifacts") == [(0,)]
     assert blob_files(host) == [] and temp_files(host) == []
     assert rows(host, "SELECT reason FROM misses") == [(f"fill failed: {error}",)]
-    miss(host, url)  # the next request starts afresh
-    assert rows(host, "SELECT count(*) FROM fills") == [(2,)]
+    # Asking again soon is turned away (a backoff), not another round of tries.
+    again = curl(host.blob_url(url)).stdout.decode()
+    assert "not fetched: the last fill failed: transfer broke off" in again
+    assert rows(host, "SELECT count(*) FROM fills") == [(1,)]
+    assert origin.gets("/fills/always-dies.bin") == 3
 
 
 def test_chunked_response_without_length_is_cached(origin, cache_host):

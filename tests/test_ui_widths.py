@@ -79,11 +79,24 @@ def assert_fits(page: Page, where: str) -> None:
     assert found["scroll"] <= found["width"] and not found["out"], (where, found)
 
 
+# Scrolled to and measured in one task: the progress table swaps itself in
+# every second, which can detach a button between two separate steps.
+SCROLL_AND_MEASURE = """e => {
+  if (!e.isConnected) return null;
+  e.scrollIntoView({block: "center", inline: "nearest"});
+  const r = e.getBoundingClientRect();
+  return {x: r.left, width: r.width};
+}"""
+
+
 def assert_on_screen(page: Page, name: str, where: str) -> None:
     button = page.get_by_role("button", name=name, exact=True).first
-    expect(button).to_be_visible()
-    button.scroll_into_view_if_needed()
-    box = button.bounding_box()
+    box = None
+    for _ in range(5):  # found again if a refresh swapped it out meanwhile
+        expect(button).to_be_visible()
+        box = button.evaluate(SCROLL_AND_MEASURE)
+        if box:
+            break
     width = page.viewport_size["width"]
     assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (where, name, box)
 

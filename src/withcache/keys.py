@@ -41,7 +41,11 @@ def check_origin(url: str) -> SplitResult:
     """Return the parts of an http(s) origin URL, or raise BadURL saying why."""
     if not url:
         raise BadURL("empty URL")
-    if len(url.encode("utf-8", "surrogatepass")) > MAX_URL_BYTES:
+    try:
+        size = len(url.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise BadURL("URL is not valid Unicode text (a lone surrogate)") from None
+    if size > MAX_URL_BYTES:
         raise BadURL(f"URL longer than {MAX_URL_BYTES} bytes")
     if not _FORBIDDEN_CHARS.isdisjoint(url):
         raise BadURL("URL contains a control character or a space")

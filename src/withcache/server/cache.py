@@ -19,6 +19,7 @@ from withcache.server import events, log, metrics, tokens
 from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.fills import Fill, FillManager
 from withcache.server.policy import Policy
+from withcache.server.retention import MAX_EVENT_TEXT, MAX_REASON, Retention, clip, clip_detail
 from withcache.server.settings import Settings
 from withcache.server.store import (
     PUBLIC,
@@ -37,7 +38,6 @@ HIT_FLUSH_SECONDS = 2.0
 LOOKUP_SECONDS = 1.0
 LOOKUP_ENTRIES = 4096
 PRUNE_SECONDS = 600.0
-DAY = 86400.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
 AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
@@ -87,6 +87,7 @@ class Cache:
         self.policy = policy
         self.fills = FillManager(settings, metadata, blobs, policy, self.record)
         self.tally = metrics.Tally()
+        self.retention = Retention(settings, metadata)
         self.verification: Verification | None = None  # the latest `verify` run
         self._verified: Verification | None = None  # the finished one before it
         self._hits: dict[int, tuple[int, float]] = {}
@@ -104,10 +105,10 @@ class Cache:
 
     async def start(self) -> None:
         await self.fills.start()
-        await self._prune()
+        await self.retention.prune()
         self._tasks = [
             asyncio.create_task(self._every(HIT_FLUSH_SECONDS, self.flush_hits)),
-            asyncio.create_task(self._every(PRUNE_SECONDS, self._prune)),
+            asyncio.create_task(self._every(PRUNE_SECONDS, self.retention.prune)),
             asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
         ]
 
@@ -180,35 +181,44 @@ class Cache:
             batch, self._hits = self._hits, {}
             await self.metadata.add_hits(batch)
 
-    async def miss(self, url: str, key: str, authorization: str | None) -> MissOutcome:
-        """Record a miss and, in auto mode, start or join its fill (the read
-        path counts it in the tally: it knows whether the client comes back)."""
+    async def miss(
+        self, url: str, key: str, authorization: str | None, waiting: bool = False
+    ) -> MissOutcome:
+        """Record a miss and, in auto mode, start or join its fill. `waiting`:
+        the client waits for the bytes (a GET, served from the fill). The read
+        path counts it in the tally: it knows whether the client comes back."""
         scope = self.policy.scope_of(authorization)
         now = time.time()
         running = self.fills.active(key, scope)
         if running:
-            await self.metadata.record_miss(key, None, "being fetched", now)
+            await self._note_miss(key, None, "being fetched", now)
             return MissOutcome("being fetched now; ask again shortly", running)
         refusal = self.policy.refuse_reason(url)
         if refusal:
-            await self.metadata.record_miss(key, None, f"refused: {refusal}", now)
-            await self.record(events.FillRefused(url=self.display(url), reason=refusal))
+            await self._note_miss(key, None, f"refused: {refusal}", now)
+            if self.retention.refusal_worth_an_event(key):
+                await self.record(events.FillRefused(url=self.display(url), reason=refusal))
             return MissOutcome(f"not fetched: {refusal}")
         if self.settings.curate:
             # Keep the full URL: the fill an operator may approve needs it.
-            await self.metadata.record_miss(key, url, AWAITING_APPROVAL, now)
+            await self._note_miss(key, url, AWAITING_APPROVAL, now)
             return MissOutcome("recorded for an operator to approve")
-        failed = self.fills.recent_failure(key, scope)
-        if failed:
-            await self.metadata.record_miss(key, None, f"fill failed: {failed}", now)
-            return MissOutcome(f"not fetched: the last fill failed: {failed}")
+        waiting = waiting and self.settings.stream_fills
+        turned_away = self.fills.admission.refusal(key, scope, waiting)
+        if turned_away:
+            await self._note_miss(key, None, f"not fetched: {turned_away}", now)
+            return MissOutcome(f"not fetched: {turned_away}")
         full = await self._cache_full()
         if full:
-            await self.metadata.record_miss(key, None, f"refused: {full}", now)
+            await self._note_miss(key, None, f"refused: {full}", now)
             return MissOutcome(f"not fetched: {full}")
         fill, _ = await self.fills.request(url, key, scope, authorization, "miss")
-        await self.metadata.record_miss(key, None, "being fetched", now)
+        await self._note_miss(key, None, "being fetched", now)
         return MissOutcome("queued for download; ask again shortly", fill)
+
+    async def _note_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        await self.metadata.record_miss(key, url, clip(reason, MAX_REASON), now)
+        await self.retention.wrote(misses=1)
 
     async def _cache_full(self) -> str | None:
         cap = self.settings.max_bytes
@@ -279,6 +289,10 @@ class Cache:
         miss = await self.metadata.get_miss(key)
         if miss is None:
             raise NotFound("no such miss")
+        if miss.clipped:  # filed under a shortened key: only its URL names the artifact
+            if miss.url is None:
+                raise BadInput("this miss's URL was too long to keep whole: add it by its URL")
+            key = self.key(miss.url)
         fill, _ = await self.fills.request(
             miss.url or key, key, PUBLIC, None, "operator", actor=actor
         )
@@ -424,10 +438,15 @@ class Cache:
         # Before any await: whoever the event wakes must not read a stale memo.
         if isinstance(event, (events.FillFinished, *events.ARTIFACT_REMOVED)) and event.url:
             self._forget(self.key(event.url))
-        await self.metadata.add_event(event.kind, event.url, event.actor, detail, time.time())
+        stored_url = clip(event.url, MAX_EVENT_TEXT) if event.url else event.url
+        await self.metadata.add_event(
+            event.kind, stored_url, event.actor, clip_detail(detail), time.time()
+        )
         log.info(event.kind, url=event.url, actor=event.actor, **detail)
+        await self.retention.wrote(events=1)
         if isinstance(event, events.FillFailed) and event.url:
-            await self.metadata.set_miss_reason(self.key(event.url), f"fill failed: {event.error}")
+            reason = clip(f"fill failed: {event.error}", MAX_REASON)
+            await self.metadata.set_miss_reason(self.key(event.url), reason)
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (one Cache per process)
     def key(self, url: str) -> str:
@@ -439,10 +458,3 @@ class Cache:
 
     async def _mark_tally(self) -> None:
         self.tally.mark()
-
-    async def _prune(self) -> None:
-        s = self.settings
-        await self.metadata.prune(
-            time.time(), s.miss_retention_days * DAY, s.max_misses,
-            s.event_retention_days * DAY, s.max_events,
-        )  # fmt: skip

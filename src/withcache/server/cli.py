@@ -200,6 +200,27 @@ _OPTIONS = [
         "give up on an origin that sends nothing for this many seconds",
     ),
     Option(
+        "max_queued_fills", _typed(_positive_int, "count"), Settings.max_queued_fills, "N",
+        "fills that misses may have queued or running at once; further misses are recorded "
+        "but not fetched (a client waiting for the bytes may go to twice this; operators' "
+        "fills always are)",
+    ),
+    Option(
+        "max_queued_fills_per_host", _typed(_positive_int, "count"),
+        Settings.max_queued_fills_per_host, "N",
+        "the same, for the URLs of one origin (scheme, host and port)",
+    ),
+    Option(
+        "header_timeout", _typed(_positive_float, "number of seconds"), Settings.header_timeout,
+        "SECONDS", "close a client connection whose request headers have not all arrived "
+        "this long after it connected (or after the last answer on it)",
+    ),
+    Option(
+        "max_client_connections", _typed(_positive_int, "count"),
+        Settings.max_client_connections, "N",
+        "open connections one client address may have; more are closed unanswered",
+    ),
+    Option(
         "log_format", _typed(_log_format, "log format"), Settings.log_format, "kv|json",
         "log lines as key=value pairs or as JSON objects",
     ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
 PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# getaddrinfo's "no such host" answers (a lookup that timed out is EAI_AGAIN).
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
 
 Emit = Callable[[events.Event], Awaitable[None]]
 
@@ -47,10 +50,14 @@ Emit = Callable[[events.Event], Awaitable[None]]
 class FillError(Exception):
     """A fill went wrong; `transient` says whether another try may succeed."""
 
-    def __init__(self, message: str, transient: bool = False, refused: bool = False) -> None:
+    def __init__(
+        self, message: str, transient: bool = False, refused: bool = False,
+        unreachable: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(message)
         self.transient = transient
         self.refused = refused  # the policy or the cap said no: nothing was fetched
+        self.unreachable = unreachable  # no connection to the origin at all
 
 
 class Downloader:
@@ -248,7 +255,7 @@ class Downloader:
             except OriginRefused as err:
                 raise FillError(str(err), refused=True) from None
             except (aiohttp.ClientError, TimeoutError, OSError) as err:
-                raise FillError(f"origin unreachable: {_describe(err)}", transient=True) from None
+                raise _not_reached(err) from None
             location = response.headers.get("Location")
             if response.status not in REDIRECT_STATUSES or not location:
                 return response
@@ -286,6 +293,21 @@ class _WriteBehind:
         except OSError as err:
             raise FillError(f"cannot write the blob: {err.strerror or err}") from None
         self._fill._advance(self._writer.size)
+
+
+def _not_reached(err: BaseException) -> FillError:
+    """Why the request never got an answer, and whether another try may help."""
+    text = _describe(err)
+    if isinstance(err, aiohttp.InvalidURL):  # the client can't use it: another try won't either
+        return FillError(f"bad URL: {text}")
+    if isinstance(err, aiohttp.ClientConnectorCertificateError):
+        return FillError(f"origin's TLS certificate refused: {text}")
+    if isinstance(err, aiohttp.ClientConnectorDNSError):
+        # No such name (or no address for it) is an answer, not a glitch.
+        definite = getattr(err.os_error, "errno", None) in _NO_SUCH_HOST
+        return FillError(f"origin unreachable: {text}", transient=not definite, unreachable=True)
+    unreachable = isinstance(err, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    return FillError(f"origin unreachable: {text}", transient=True, unreachable=unreachable)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

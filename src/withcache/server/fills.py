@@ -36,6 +36,7 @@ from typing import Protocol
 
 from withcache import keys
 from withcache.server import digests, events, log
+from withcache.server.admission import Admission
 from withcache.server.digests import Digest
 from withcache.server.download import Downloader, Emit, FillError
 from withcache.server.policy import Policy
@@ -52,18 +53,15 @@ from withcache.server.store import (
     Metadata,
 )
 
-# A fill that failed for good (origin said 4xx, policy or cap said no) is not
-# fetched again by misses for this long, so a script probing a dead URL in a
-# loop doesn't make the cache-host hammer the origin. Operators can retry.
-FAILURE_MEMORY_SECONDS = 60.0
-FAILURE_MEMORY_ENTRIES = 10_000
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
 # Fills a waiting client may start at once beside the --workers: each would
 # otherwise be that client's own download from the origin. The bound keeps a
-# flood of probes from opening origin connections without end.
+# flood of probes from opening origin connections without end; probes (HEAD)
+# may take only half, so a flood of them leaves room for clients that GET.
 CLIENT_FILLS = 32
+PROBE_FILLS = CLIENT_FILLS // 2
 
 
 class FillCancelled(Exception):
@@ -195,10 +193,11 @@ class FillManager:
         self._by_key: dict[tuple[str, str], Fill] = {}
         self._by_id: dict[int, Fill] = {}
         self.downloader = Downloader(settings, metadata, policy, emit)
-        self._failures: dict[tuple[str, str], tuple[float, str]] = {}  # oldest first
+        self.admission = Admission(settings)
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._client_fills: set[asyncio.Task[None]] = set()
+        self._probe_fills: set[asyncio.Task[None]] = set()
         # This process, as the holder of leases in a store other hosts may share.
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -232,19 +231,6 @@ class FillManager:
     def live(self, fill_id: int) -> Fill | None:
         return self._by_id.get(fill_id)
 
-    def recent_failure(self, key: str, scope: str) -> str | None:
-        """Why the last fill of (key, scope) failed for good, if that was less
-        than FAILURE_MEMORY_SECONDS ago: misses don't re-fetch it until then."""
-        found = self._failures.get((key, scope))
-        if found and time.monotonic() - found[0] < FAILURE_MEMORY_SECONDS:
-            return found[1]
-        return None
-
-    def _remember_failure(self, record: FillRecord, error: str) -> None:
-        self._failures[(record.key, record.scope)] = (time.monotonic(), error)
-        while len(self._failures) > FAILURE_MEMORY_ENTRIES:
-            self._failures.pop(next(iter(self._failures)))
-
     async def request(
         self,
         url: str,
@@ -275,6 +261,8 @@ class FillManager:
                 )
         if created:
             fill.authorization = authorization
+            if requested_by == "miss":
+                self.admission.count(record.id, key)
             self._wakeup.set()
             await self._emit(
                 events.FillQueued(url=self._display(url), actor=actor, requested_by=requested_by)
@@ -302,18 +290,24 @@ class FillManager:
         self._launch(record)
         return fill
 
-    async def start_for_client(self, fill: Fill) -> None:
+    async def start_for_client(self, fill: Fill, probe: bool = False) -> None:
         """Start a queued fill now, without waiting for a worker, because a
         client is waiting for its bytes: if the fill waited, that client would
-        fetch the artifact from the origin itself, a second download."""
+        fetch the artifact from the origin itself, a second download.
+        `probe`: the client only asked whether it is there (HEAD)."""
         if fill._task or fill.elsewhere or fill.finished or len(self._client_fills) >= CLIENT_FILLS:
             return  # running here or on another host, ended, or too many already
+        if probe and len(self._probe_fills) >= PROBE_FILLS:
+            return  # the rest is kept for clients that GET
         record = await self._metadata.claim_fill(time.time(), self._lease(), fill.id)
         if record is None:
             return  # claimed meanwhile (here or on another host), or ended
         task = self._launch(record)
         self._client_fills.add(task)
         task.add_done_callback(self._client_fills.discard)
+        if probe:
+            self._probe_fills.add(task)
+            task.add_done_callback(self._probe_fills.discard)
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> bool:
         fill = self._by_id.get(fill_id)
@@ -353,6 +347,7 @@ class FillManager:
             del self._by_key[(fill.record.key, fill.record.scope)]
         self._by_id.pop(fill.id, None)
         self.downloader.release(fill.id)
+        self.admission.release(fill.id)
 
     async def _work(self) -> None:
         poll = min(QUEUE_POLL_SECONDS, self._settings.fill_lease)
@@ -442,14 +437,19 @@ class FillManager:
             await self._metadata.finish_fill(
                 record.id, FillState.FAILED, str(err), display, time.time(), self.holder
             )
-            if not err.transient:
-                self._remember_failure(record, str(err))
+            if not (record.credentialed and fill.authorization is None):
+                # (A fill that lost its credentials says nothing of the URL:
+                # the client's next request, with them, starts afresh.)
+                self.admission.failed(
+                    record.key, record.scope, str(err), err.transient, err.unreachable
+                )
             fill._end(None, err)
             if err.refused:
                 await self._emit(events.FillRefused(url=display, reason=str(err)))
             await self._emit(events.FillFailed(url=display, fill_id=record.id, error=str(err)))
             return
         self._forget(fill)
+        self.admission.succeeded(record.key, record.scope)
         fill._end(artifact, None)
         await self._emit(
             events.FillFinished(

@@ -21,6 +21,7 @@ from withcache.server.cache import Cache
 from withcache.server.settings import Settings
 from withcache.server.store import StoreError
 from withcache.server.web import auth, make_app
+from withcache.server.web.site import BoundedSite, ConnectionLimit
 
 # Room for a /b/ token of the longest URL we accept (8 KiB, base64-encoded).
 MAX_REQUEST_LINE = 16384
@@ -90,12 +91,15 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
     except StoreError as err:
         raise StartupError(str(err)) from None
     runner = web.AppRunner(
-        make_app(cache), access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE
-    )
+        make_app(cache), access_log=None, handle_signals=False, max_line_size=MAX_REQUEST_LINE,
+        keepalive_timeout=settings.header_timeout,
+    )  # fmt: skip
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, ssl_context=tls, backlog=LISTEN_BACKLOG
-    )
+    limit = ConnectionLimit(settings.max_client_connections)
+    site = BoundedSite(
+        runner, settings.host, settings.port, limit, settings.header_timeout, ssl_context=tls,
+        backlog=LISTEN_BACKLOG,
+    )  # fmt: skip
     try:
         await site.start()
     except OSError as err:

@@ -71,6 +71,15 @@ class Settings:
     fill_attempts: int = 5
     retry_delay: float = 1.0
     origin_timeout: float = 60.0
+    # Fills that misses may have queued or running, in all and per origin (a
+    # client waiting for the bytes gets twice the room; operators pass).
+    max_queued_fills: int = 1000
+    max_queued_fills_per_host: int = 100
+    # Client connections: the headers of a request must arrive within this
+    # many seconds (from connecting, or from the end of the last answer), and
+    # one client address may hold at most this many connections at once.
+    header_timeout: float = 20.0
+    max_client_connections: int = 256
     log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
     private_metrics: bool = False  # /metrics wants a bearer token
     # Scale-out: several cache-hosts sharing PostgreSQL and an object store

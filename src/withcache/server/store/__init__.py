@@ -11,6 +11,7 @@ pair, so the embedded default never imports the scale-out clients.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -97,14 +98,34 @@ class Lease:
     until: float
 
 
+# A miss row holds at most this many characters of its key: a longer key is
+# filed under its start and a digest of the whole (miss_key), so each long
+# key still has a row of its own and the row's index entry fits in a page.
+MISS_KEY_CHARS = 900
+_DIGEST_CHARS = 20
+
+
+def miss_key(key: str) -> str:
+    """The key a miss for `key` is filed under (itself, unless too long)."""
+    if len(key) <= MISS_KEY_CHARS:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:_DIGEST_CHARS]
+    return f"{key[: MISS_KEY_CHARS - _DIGEST_CHARS - 1]}…{digest}"
+
+
 @dataclass(frozen=True)
 class Miss:
-    key: str
+    key: str  # the cache key, or its start and a digest (see miss_key)
     url: str | None  # full URL, kept only while a curated fill may need it
     count: int
     first_seen: float
     last_seen: float
     reason: str  # why it was not (yet) filled
+
+    @property
+    def clipped(self) -> bool:
+        """The key was too long to keep whole: only `url`, if kept, names the artifact."""
+        return len(self.key) == MISS_KEY_CHARS and self.key[-_DIGEST_CHARS - 1] == "…"
 
 
 @dataclass(frozen=True)
@@ -239,7 +260,8 @@ class Metadata(Protocol):
 
     # -- misses
     async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
-        """Count a miss; remember `url` (or forget the stored one when None)."""
+        """Count a miss; remember `url` (or forget the stored one when None).
+        Every miss call files `key` under miss_key(key)."""
         ...
 
     async def set_miss_reason(self, key: str, reason: str) -> None:
@@ -279,10 +301,11 @@ class Metadata(Protocol):
     async def claim_fill(
         self, now: float, lease: Lease, fill_id: int | None = None
     ) -> FillRecord | None:
-        """Mark running, under `lease`, the oldest fill this holder may run: a
-        queued one (not held by another host), or a running one whose holder's
-        lease ran out (taken over; never a credentialed one). With `fill_id`,
-        that fill only, if it is one of those."""
+        """Mark running, under `lease`, the oldest fill this holder may run
+        (an operator's before any a miss queued): a queued one (not held by
+        another host), or a running one whose holder's lease ran out (taken
+        over; never a credentialed one). With `fill_id`, that fill only, if it
+        is one of those."""
         ...
 
     async def renew_lease(self, lease: Lease) -> set[int]:

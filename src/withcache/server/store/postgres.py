@@ -41,6 +41,7 @@ from withcache.server.store import (
     StoreError,
     TokenRecord,
     TokenScope,
+    miss_key,
 )
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
@@ -376,19 +377,21 @@ class PostgresMetadata:
             f"INSERT INTO misses ({_MISS_COLUMNS}) VALUES (%s, %s, 1, %s, %s, %s) "
             "ON CONFLICT (key) DO UPDATE SET url = excluded.url, count = misses.count + 1, "
             "last_seen = excluded.last_seen, reason = excluded.reason",
-            (key, url, now, now, reason),
+            (miss_key(key), url, now, now, reason),
         )
 
     async def set_miss_reason(self, key: str, reason: str) -> None:
-        await self._run("UPDATE misses SET reason = %s WHERE key = %s", (reason, key))
+        await self._run("UPDATE misses SET reason = %s WHERE key = %s", (reason, miss_key(key)))
 
     async def get_miss(self, key: str) -> Miss | None:
-        row = await self._one(f"SELECT {_MISS_COLUMNS} FROM misses WHERE key = %s", (key,))
+        row = await self._one(
+            f"SELECT {_MISS_COLUMNS} FROM misses WHERE key = %s", (miss_key(key),)
+        )
         return Miss(*row) if row else None
 
     async def delete_miss(self, key: str) -> Miss | None:
         row = await self._one(
-            f"DELETE FROM misses WHERE key = %s RETURNING {_MISS_COLUMNS}", (key,)
+            f"DELETE FROM misses WHERE key = %s RETURNING {_MISS_COLUMNS}", (miss_key(key),)
         )
         return Miss(*row) if row else None
 
@@ -447,7 +450,7 @@ class PostgresMetadata:
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
             "AND holder <> %(holder)s)) "
             "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
-            "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+            "ORDER BY requested_by <> 'operator', id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {FILL_COLUMNS}",
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         )
@@ -505,7 +508,9 @@ class PostgresMetadata:
             if done.rowcount != 1:
                 return None
             miss = await (
-                await conn.execute("DELETE FROM misses WHERE key = %s RETURNING count", (fill.key,))
+                await conn.execute(
+                    "DELETE FROM misses WHERE key = %s RETURNING count", (miss_key(fill.key),)
+                )
             ).fetchone()
             values = (
                 fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,

@@ -4,6 +4,10 @@ Queries are short and indexed, so they run on the event loop's thread; the
 request path only reads (hit counts arrive batched through `add_hits`).
 WAL with synchronous=NORMAL survives a killed process; every commit is a
 single transaction, so a crash leaves each change either whole or absent.
+The file gives back what pruning frees: it is kept in incremental
+auto-vacuum mode (a file made before that is vacuumed once, at start), and
+each prune ends with an incremental vacuum and a checkpoint that empties the
+WAL (which is also cut back to WAL_SIZE_LIMIT after every checkpoint).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from withcache.server.store import (
     Page,
     TokenRecord,
     TokenScope,
+    miss_key,
 )
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
@@ -205,6 +210,9 @@ MIGRATIONS = [
     """,
 ]
 
+WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -220,12 +228,22 @@ class SQLiteMetadata:
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._vacuum_incrementally()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._migrate()
         # One process owns the file, so in-process locks cover every writer.
         self._blob_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def _vacuum_incrementally(self) -> None:
+        """Put the file in incremental auto-vacuum mode: a new one just says so
+        before its first table; an older one must be rebuilt once (VACUUM)."""
+        self._db.execute(f"PRAGMA auto_vacuum={_INCREMENTAL}")
+        if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -329,6 +347,7 @@ class SQLiteMetadata:
     # -- misses
 
     async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
+        key = miss_key(key)
         self._db.execute(
             "INSERT INTO misses (key, url, count, first_seen, last_seen, reason) "
             "VALUES (?, ?, 1, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET "
@@ -338,19 +357,19 @@ class SQLiteMetadata:
         )
 
     async def set_miss_reason(self, key: str, reason: str) -> None:
-        self._db.execute("UPDATE misses SET reason = ? WHERE key = ?", (reason, key))
+        self._db.execute("UPDATE misses SET reason = ? WHERE key = ?", (reason, miss_key(key)))
 
     async def get_miss(self, key: str) -> Miss | None:
         row = self._db.execute(
             "SELECT key, url, count, first_seen, last_seen, reason FROM misses WHERE key = ?",
-            (key,),
+            (miss_key(key),),
         ).fetchone()
         return Miss(*row) if row else None
 
     async def delete_miss(self, key: str) -> Miss | None:
         with self._transaction():
             found = await self.get_miss(key)
-            self._db.execute("DELETE FROM misses WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM misses WHERE key = ?", (miss_key(key),))
             return found
 
     async def list_misses(self, search: str = "", offset: int = 0, limit: int = 50) -> Page:
@@ -404,7 +423,7 @@ class SQLiteMetadata:
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
             "holder = :holder, lease_until = :until "
             f"WHERE id = (SELECT id FROM fills WHERE ({CLAIMABLE}) "
-            "AND (:id IS NULL OR id = :id) ORDER BY id LIMIT 1) "
+            "AND (:id IS NULL OR id = :id) ORDER BY requested_by != 'operator', id LIMIT 1) "
             f"RETURNING {FILL_COLUMNS}",
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         ).fetchone()
@@ -648,6 +667,13 @@ class SQLiteMetadata:
                 "WHERE state NOT IN ('queued', 'running') ORDER BY id DESC LIMIT -1 OFFSET ?)",
                 (max_events,),
             )
+        self._give_back()
+
+    def _give_back(self) -> None:
+        """Hand freed pages back to the file system, the WAL's too."""
+        # executescript steps the pragma to its end (execute would free one page).
+        self._db.executescript("PRAGMA incremental_vacuum;")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- API tokens
 

@@ -208,9 +208,11 @@ async def _body(
         )
     else:
         try:
-            data = json.loads(await _read(request, limit) if limit else await request.read())
+            data = json.loads(await params.read_body(request, limit))
         except ValueError:
             raise web.HTTPBadRequest(text="the body is not valid JSON") from None
+        except RecursionError:
+            raise web.HTTPBadRequest(text="the body is nested too deeply") from None
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="the body must be a JSON object")
     for name in data:
@@ -224,18 +226,9 @@ async def _body(
         # bool is an int in Python but not in JSON; check the exact type.
         if type(value) is not kind and not (value is None and name not in required):
             raise web.HTTPBadRequest(text=f"bad {name}: expected {openapi.JSON_TYPES[kind]}")
+        if isinstance(value, str):
+            params.check_unicode(value, name)
     return data
-
-
-async def _read(request: web.Request, limit: int) -> bytes:
-    if (request.content_length or 0) > limit:
-        raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0)
-    data = bytearray()
-    async for chunk in request.content.iter_any():
-        data += chunk
-        if len(data) > limit:
-            raise web.HTTPRequestEntityTooLarge(limit, len(data))
-    return bytes(data)
 
 
 def _flag(request: web.Request, name: str) -> bool:

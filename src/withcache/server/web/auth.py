@@ -15,6 +15,14 @@ The API takes no cookies, so it needs no CSRF token: each request carries
 it may do. Managing tokens also accepts the admin password (HTTP Basic), so an
 operator can make the first token; failed tries are throttled like logins.
 
+Login throttling: after FREE_LOGIN_TRIES wrong passwords from one address,
+each further try from it waits 1, 2, 4 ... MAX_LOGIN_WAIT s. The addresses
+are kept in a bounded table that forgets the longest-quiet first, and when
+failures pour in from more addresses than that (FLOOD_FAILURES within
+FLOOD_SECONDS), every address waits FLOOD_WAIT after each wrong password: a
+guesser can't get more tries by spreading them out. Sessions and API tokens
+already issued are not affected.
+
 Passwords, cookies and tokens are never logged, stored or shown.
 The read path does not come through here: it stays open and fast.
 """
@@ -22,12 +30,13 @@ The read path does not come through here: it stays open and fast.
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import hashlib
 import hmac
+import math
 import secrets
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -36,6 +45,7 @@ from aiohttp import web
 
 from withcache.server import events, log
 from withcache.server.store import TokenScope
+from withcache.server.web import params
 from withcache.server.web.read import CACHE_KEY
 
 COOKIE = "withcache_session"
@@ -45,6 +55,12 @@ SESSION_SECONDS = 12 * 3600
 FREE_LOGIN_TRIES = 3  # failed logins from one address before each try costs a wait
 MAX_LOGIN_WAIT = 60.0  # seconds; the wait doubles per failure up to this
 _MAX_TRACKED = 10_000  # addresses (failed logins) and revoked sessions kept in memory
+# The last resort against guesses from more addresses than can be tracked:
+# after FLOOD_FAILURES failed logins from anywhere within FLOOD_SECONDS, a
+# wrong password costs every address FLOOD_WAIT before the next is checked.
+FLOOD_FAILURES = 100
+FLOOD_SECONDS = 120.0
+FLOOD_WAIT = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +80,10 @@ class Auth:
         # Logged-out sessions until they would have expired anyway. In memory
         # only: after a restart a logged-out cookie is valid until its expiry.
         self._revoked: dict[str, int] = {}
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (count, last)
+        # address -> (count, last), the longest quiet first: when the table is
+        # full, the address that failed longest ago is forgotten, never the newest.
+        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._recent_failures: deque[float] = deque(maxlen=FLOOD_FAILURES)  # from anywhere
 
     @property
     def open(self) -> bool:
@@ -85,8 +104,8 @@ class Auth:
         if not cookie:
             return None
         parts = cookie.split(".")
-        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdecimal()):
-            return None
+        if len(parts) != 3 or not (cookie.isascii() and parts[0].isdecimal()):
+            return None  # (compare_digest refuses non-ASCII text)
         expires, nonce, mac = int(parts[0]), parts[1], parts[2]
         if not hmac.compare_digest(mac, self._mac("cookie", nonce, expires)):
             return None
@@ -102,7 +121,9 @@ class Auth:
             self._revoked[session.nonce] = session.expires
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(token, session.csrf)  # type: ignore[arg-type]
+        if not (isinstance(token, str) and token and token.isascii()):
+            return False
+        return hmac.compare_digest(token, session.csrf)
 
     def _session(self, nonce: str, expires: int) -> Session:
         return Session(nonce, expires, self._mac("csrf", nonce, expires))
@@ -117,28 +138,40 @@ class Auth:
         """Constant-time: compares fixed-length digests, so the length leaks nothing."""
         if self._password is None:
             return True
-        return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), self._password)
+        digest = hashlib.sha256(given.encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(digest, self._password)
 
     def login_wait(self, address: str, now: float | None = None) -> float:
         """Seconds before `address` may try another password (0: now)."""
+        now = now or time.time()
         count, last = self._failures.get(address, (0, 0.0))
-        if count < FREE_LOGIN_TRIES:
-            return 0.0
-        wait = min(2.0 ** (count - FREE_LOGIN_TRIES), MAX_LOGIN_WAIT)
-        return max(0.0, last + wait - (now or time.time()))
+        wait = 0.0
+        if count >= FREE_LOGIN_TRIES:
+            wait = last + min(2.0 ** (count - FREE_LOGIN_TRIES), MAX_LOGIN_WAIT) - now
+        if self.flooded(now):
+            wait = max(wait, self._recent_failures[-1] + FLOOD_WAIT - now)
+        return max(0.0, wait)
+
+    def flooded(self, now: float | None = None) -> bool:
+        """So many logins failed lately that every address waits its turn."""
+        recent = self._recent_failures
+        return len(recent) == FLOOD_FAILURES and recent[0] > (now or time.time()) - FLOOD_SECONDS
 
     def login_failed(self, address: str, now: float | None = None) -> None:
         now = now or time.time()
-        if address not in self._failures and len(self._failures) >= _MAX_TRACKED:
-            stale = now - 2 * MAX_LOGIN_WAIT
-            self._failures = {a: f for a, f in self._failures.items() if f[1] > stale}
-            if len(self._failures) >= _MAX_TRACKED:
-                return  # under a flood from many addresses: each still waits its turn
-        count, _ = self._failures.get(address, (0, 0.0))
+        self._recent_failures.append(now)
+        count, _ = self._failures.pop(address, (0, 0.0))
         self._failures[address] = (count + 1, now)
+        if len(self._failures) > _MAX_TRACKED:
+            self._failures.popitem(last=False)
 
     def login_succeeded(self, address: str) -> None:
         self._failures.pop(address, None)
+
+
+def whole_seconds(wait: float) -> int:
+    """A wait as Retry-After says it: whole seconds, at least one."""
+    return max(1, math.ceil(wait))
 
 
 # -- aiohttp glue, shared by the UI and anything else that sits beside it
@@ -246,10 +279,7 @@ def action(handler: Handler) -> Handler:
             return forbidden(request, "no valid session: log in (or reload the page) first")
         token = request.headers.get(CSRF_HEADER)
         if token is None:
-            try:
-                form = await request.post()
-            except ValueError:
-                raise web.HTTPBadRequest(text="unreadable form body\n") from None
+            form = await params.read_form(request)
             value = form.get(CSRF_FIELD)
             token = value if isinstance(value, str) else None
         if not auth.csrf_ok(session, token):
@@ -309,13 +339,14 @@ async def _password_caller(request: web.Request, credentials: str) -> str:
     address = request.remote or "unknown"
     wait = gate.login_wait(address)
     if wait > 0:
+        seconds = whole_seconds(wait)
         raise _refused(
             request, web.HTTPTooManyRequests, f"too many wrong passwords: try again in "
-            f"{wait:.0f} s", headers={"Retry-After": str(max(1, round(wait)))},
+            f"{seconds} s", headers={"Retry-After": str(seconds)},
         )  # fmt: skip
     try:
         decoded = base64.b64decode(credentials, validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (or not ASCII at all), or not UTF-8 inside
         raise _unauthorized(request, "unreadable Basic credentials") from None
     if not gate.password_ok(decoded.partition(":")[2]):
         gate.login_failed(address)

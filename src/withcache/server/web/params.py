@@ -1,17 +1,28 @@
 """Request input shared by the UI and the API, checked in one place.
 
 Bad input raises HTTPBadRequest with a one-line reason: the UI sends it as
-text, the API wraps it in its JSON error body. Never a 5xx for bad input.
+text, the API wraps it in its JSON error body. Never a 5xx for bad input:
+text that isn't valid Unicode (a lone surrogate from a JSON escape), a body
+that breaks off, arrives too slowly or names an unknown charset, and a
+redirect target that a browser would read as another site are all refused
+here.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from withcache.server.cache import ActionError, BadInput, NotFound
 from withcache.server.store import ACTIVE_STATES, FillState
+from withcache.server.web.read import CACHE_KEY, is_utf8
+
+T = TypeVar("T")
 
 MAX_PAGE = 1_000_000  # keeps offsets inside SQLite's integers
 MAX_TEXT = 8192  # longest filter or URL accepted from a form or query
@@ -26,6 +37,12 @@ MAX_ID = 2**63 - 1
 # four-byte characters stay inside the server's 16 KiB request line.
 MAX_SEARCH = 1000
 FILL_STATES = {"active": ACTIVE_STATES, **{state.value: (state,) for state in FillState}}
+# What browsers do to a URL before they read it (WHATWG URL standard): strip
+# C0 controls and spaces at both ends, drop tabs and newlines anywhere, and
+# (for http and https) read a backslash as a slash.
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+_TABS_AND_NEWLINES = dict.fromkeys(map(ord, "\t\n\r"))
+_PATH_KEPT = "/?&=%#;:@!$'()*+,~-._"  # left as they are in a redirect; the rest is %-encoded
 
 
 def number(text: str, what: str, low: int = 1, high: int = MAX_PAGE) -> int:
@@ -39,7 +56,15 @@ def text(value: Any, what: str) -> str:
         raise web.HTTPBadRequest(text=f"bad {what}: expected text\n")
     if len(value) > MAX_TEXT:
         raise web.HTTPBadRequest(text=f"bad {what}: longer than {MAX_TEXT} characters\n")
+    check_unicode(value, what)
     return value.strip()
+
+
+def check_unicode(value: str, what: str) -> str:
+    """`value`, if it can be stored and sent as UTF-8 (no lone surrogates)."""
+    if not is_utf8(value):
+        raise web.HTTPBadRequest(text=f"bad {what}: not valid Unicode text\n")
+    return value
 
 
 def query_text(request: web.Request, name: str) -> str:
@@ -55,6 +80,55 @@ def choice(request: web.Request, name: str, choices: Any, default: str) -> str:
         shown = ", ".join(repr(c) for c in choices)
         raise web.HTTPBadRequest(text=f"bad {name}: choose one of {shown}\n")
     return value
+
+
+def local_path(target: Any, default: str) -> str:
+    """`target` if a browser would read it as a path on this site, else
+    `default`: "/\t/evil.example" and "/\\evil.example" leave the site."""
+    if not isinstance(target, str):
+        return default
+    cleaned = target.strip(_C0_AND_SPACE).translate(_TABS_AND_NEWLINES).replace("\\", "/")
+    if not cleaned.startswith("/") or cleaned.startswith("//"):
+        return default
+    return quote(cleaned, safe=_PATH_KEPT, errors="surrogatepass")
+
+
+async def read_body(request: web.Request, limit: int = 0) -> bytes:
+    """The request's body, in full: at most `limit` bytes if given (else the
+    server's own limit), or a 413."""
+    return await _receive(request, _bounded(request, limit) if limit else request.read())
+
+
+async def _bounded(request: web.Request, limit: int) -> bytes:
+    if (request.content_length or 0) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0)
+    data = bytearray()
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, len(data))
+    return bytes(data)
+
+
+async def read_form(request: web.Request) -> MultiDictProxy[Any]:
+    """The request's form fields (urlencoded or multipart)."""
+    try:
+        return await _receive(request, request.post())
+    except (ValueError, LookupError):  # malformed, not UTF-8, or an unknown charset
+        raise web.HTTPBadRequest(text="unreadable form body\n") from None
+
+
+async def _receive(request: web.Request, reading: Awaitable[T]) -> T:
+    """Wait for the body: a 408 if it comes slower than headers may
+    (--header-timeout), a 400 if it breaks off."""
+    seconds = request.config_dict[CACHE_KEY].settings.header_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await reading
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body came too slowly\n") from None
+    except (ConnectionError, web.RequestPayloadError):
+        raise web.HTTPBadRequest(text="the request body broke off\n") from None
 
 
 def refusal_status(err: ActionError) -> int:

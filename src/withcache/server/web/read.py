@@ -121,7 +121,10 @@ def by_digest(read_digest: Callable[[web.Request], str]) -> Handler:
         except keys.BadURL as err:
             return bad_request(request, f"bad digest: {err}")
         cache = request.app[CACHE_KEY]
-        found = await cache.lookup_digest(sha256, request.headers.get("Authorization"))
+        authorization = request.headers.get("Authorization")
+        if authorization is not None and not is_utf8(authorization):
+            return _not_utf8(request)
+        found = await cache.lookup_digest(sha256, authorization)
         response = await _send(request, cache, found)
         if response is not None:
             return response
@@ -140,10 +143,12 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     except keys.BadURL as err:
         return bad_request(request, f"bad url: {err}", _status_for(err))
     authorization = request.headers.get("Authorization")
+    if authorization is not None and not is_utf8(authorization):
+        return _not_utf8(request)
     response = await _send(request, cache, await cache.lookup(key, authorization))
     if response is not None:
         return response
-    outcome = await cache.miss(url, key, authorization)
+    outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
     if outcome.fill is not None and cache.settings.stream_fills:
         streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
         if streamed is not None:
@@ -159,6 +164,21 @@ async def _send(
 ) -> web.StreamResponse | None:
     """The hit's answer; None if not cached (or its blob vanished meanwhile)."""
     return await send_blob(request, cache, artifact) if artifact is not None else None
+
+
+def _not_utf8(request: web.Request) -> web.Response:
+    # It would be forwarded to the origin (or hashed into a scope) as UTF-8.
+    return bad_request(request, "the Authorization header is not UTF-8 text")
+
+
+def is_utf8(text: str) -> bool:
+    """Whether `text` can be sent or stored as UTF-8: aiohttp hands on header
+    bytes that aren't UTF-8 as lone surrogates, JSON may escape one."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def healthz(request: web.Request) -> web.Response:

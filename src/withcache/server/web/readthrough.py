@@ -49,7 +49,7 @@ async def serve_from_fill(
     request: web.Request, cache: Cache, fill: Fill
 ) -> web.StreamResponse | None:
     """Answer from a running fill; None if it can't (caller answers the miss)."""
-    await cache.fills.start_for_client(fill)
+    await cache.fills.start_for_client(fill, probe=request.method == "HEAD")
     wait = PROBE_WAIT if request.method == "HEAD" else GET_WAIT
     if not await fill.wait_started(wait) and not fill.elsewhere:
         return None

@@ -60,22 +60,9 @@ def _page(request: web.Request) -> int:
     return params.number(request.query.get("page", "1"), "page")
 
 
-async def _form(request: web.Request) -> MultiDictProxy[Any]:
-    try:
-        return await request.post()
-    except ValueError:
-        raise web.HTTPBadRequest(text="unreadable form body\n") from None
-
-
 def _next(form: MultiDictProxy[Any], default: str) -> str:
     """Where to go after an action: a path on this host, never another site."""
-    return _local(form.get("next"), default)
-
-
-def _local(target: Any, default: str) -> str:
-    if isinstance(target, str) and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return default
+    return params.local_path(form.get("next"), default)
 
 
 def _pages(total: int, page: int) -> dict[str, int]:
@@ -209,7 +196,7 @@ async def downloads_table(request: web.Request) -> web.Response:
     table = await _fills_table(request, view, page, limit)
     # The forms in the table return to the page that shows it (overview or Downloads).
     shown = urlsplit(request.headers.get("HX-Current-URL", ""))
-    here = _local(shown.path + (f"?{shown.query}" if shown.query else ""), "/downloads")
+    here = params.local_path(shown.path + (f"?{shown.query}" if shown.query else ""), "/downloads")
     return _fragment(request, "_fills.html", here=here, **table)
 
 
@@ -271,7 +258,7 @@ async def misses_action(request: web.Request) -> web.StreamResponse:
     """One form serves the whole miss table: a row's own button names its miss;
     the bulk buttons act on the ticked rows."""
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     back = _next(form, "/misses")
     if "download" in form or "dismiss" in form:
         verb = "download" if "download" in form else "dismiss"
@@ -299,7 +286,7 @@ async def misses_action(request: web.Request) -> web.StreamResponse:
 
 async def fill_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     back = _next(form, "/downloads")
     fill_id = int(request.match_info["id"])
     try:
@@ -314,14 +301,14 @@ async def fill_action(request: web.Request) -> web.StreamResponse:
 
 async def clear_finished(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     await cache.clear_finished(auth.actor(request))
     raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
 async def delete_artifact(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     back = _next(form, "/cached")
     try:
         await cache.delete(int(request.match_info["id"]), auth.actor(request))
@@ -332,7 +319,7 @@ async def delete_artifact(request: web.Request) -> web.StreamResponse:
 
 async def add_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     url = params.text(form.get("url", ""), "url")
     sha256 = params.text(form.get("sha256", ""), "sha256")
     try:
@@ -355,10 +342,11 @@ async def add_action(request: web.Request) -> web.StreamResponse:
 async def add_list_action(request: web.Request) -> web.StreamResponse:
     """Add a list (the text area) or a checksum file's files (its URL), then show its progress."""
     cache = request.app[CACHE_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     lines = form.get("lines", "")  # as long as a form may be (the server's body limit)
     if not isinstance(lines, str):
         raise web.HTTPBadRequest(text="bad lines: expected text\n")
+    params.check_unicode(lines, "lines")
     sums = params.text(form.get("sums", ""), "sums")
     match = params.text(form.get("match", ""), "match")
     lists, refresh, actor = Lists(cache), "refresh" in form, auth.actor(request)
@@ -392,7 +380,7 @@ async def _tokens(request: web.Request, status: int = 200, **context: Any) -> we
 
 
 async def create_token(request: web.Request) -> web.StreamResponse:
-    form = await _form(request)
+    form = await params.read_form(request)
     name = params.text(form.get("name", ""), "name")
     scope = params.text(form.get("scope", "read"), "scope")
     if scope not in TokenScope.__members__.values():
@@ -428,7 +416,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     gate = request.app[auth.AUTH_KEY]
-    form = await _form(request)
+    form = await params.read_form(request)
     back = _next(form, "/")
     address = request.remote or "unknown"
     wait = gate.login_wait(address)
@@ -436,9 +424,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         # The password is not even looked at: guessing costs time, not just tries.
         response = await _show(
             request, "login.html", 429, back=back,
-            error=f"Too many failed logins: try again in {wait:.0f} s.",
+            error=f"Too many failed logins: try again in {auth.whole_seconds(wait)} s.",
         )  # fmt: skip
-        response.headers["Retry-After"] = str(max(1, round(wait)))
+        response.headers["Retry-After"] = str(auth.whole_seconds(wait))
         return response
     password = form.get("password")
     if isinstance(password, str) and gate.password_ok(password):
