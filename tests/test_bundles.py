@@ -207,6 +207,10 @@ def test_export_filters_and_stdout(origin, cache_host, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.part").exists()
     events = api.get("/events", kind="artifacts.exported").body["items"]
     assert events[0]["actor"] == "api:ops"
+    answer = api.get("/export", match="*a.iso")  # checked against the OpenAPI document
+    assert answer.status == 200 and answer.headers["Withcache-Artifacts"] == "1"
+    with tarfile.open(fileobj=io.BytesIO(answer.body)) as tar:
+        assert tar.getnames()[:2] == [bundle.MANIFEST, bundle.SUMS]
 
 
 def test_an_export_whose_blob_vanished_breaks_off_and_leaves_no_bundle(origin, cache_host,
