@@ -41,7 +41,7 @@ UPLOAD_ANSWER_SECONDS = 600.0  # the answer comes once the bytes are stored (fsy
 OFFER_BATCH = 1000
 READ_BLOCK = 1 << 20
 # What a compressed bundle starts with: it is read as a stream (no seeking back).
-COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz: what tarfile reads
 
 
 @dataclass
