@@ -63,7 +63,8 @@ def add(api: Api, args: argparse.Namespace) -> int:
         print(json.dumps({**made, "problems": _problems(api, made["id"])}, indent=2))
     elif args.wait:
         print(summary(made))
-    return 1 if made["refused"] or made["failed"] else 0
+    # Without --wait, only the lines can be judged: the fills have just begun.
+    return 1 if made["refused"] or (args.wait and made["failed"]) else 0
 
 
 def _wait(api: Api, made: dict[str, Any]) -> dict[str, Any]:
