@@ -13,7 +13,8 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from typing import Any, BinaryIO
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlencode
 
 PREFIX = "/api/v1"
@@ -21,7 +22,7 @@ PREFIX = "/api/v1"
 # (a dead address, or a process that accepts and never answers).
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
-SEND_BLOCK = 1 << 20  # an upload goes out in blocks of this size
+SEND_BLOCK = 1 << 20  # an upload goes out in blocks of this size (cli.imports)
 
 # Exit statuses (the README lists them).
 FAILED = 1  # the cache-host refused, or the job it ran failed
@@ -40,10 +41,6 @@ class _TimedConnection:
 
     connect_timeout = CONNECT_TIMEOUT
     read_timeout = READ_TIMEOUT
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        kw.setdefault("blocksize", SEND_BLOCK)
-        super().__init__(*args, **kw)  # type: ignore[call-arg]
 
     def connect(self) -> None:
         self.timeout = self.connect_timeout  # type: ignore[attr-defined]
@@ -124,8 +121,8 @@ class Api:
             except (OSError, ValueError) as err:
                 raise self._unreachable(err) from None
 
-    def upload(self, path: str, body: BinaryIO, size: int, **query: Any) -> Any:
-        """PUT `size` bytes read from `body` (in SEND_BLOCK reads); the answer's JSON."""
+    def upload(self, path: str, body: Iterable[Any], size: int, **query: Any) -> Any:
+        """PUT the `size` bytes `body` yields; the answer's JSON."""
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         with self._open("PUT", path + _query(query), body, headers) as response:
             try:

@@ -31,7 +31,7 @@ from typing import IO, Any, BinaryIO
 
 from withcache import bundle
 from withcache.bundle import BadBundle, Item, Manifest
-from withcache.cli.api import FAILED, UNREACHABLE, USAGE, Api, CommandError
+from withcache.cli.api import FAILED, SEND_BLOCK, UNREACHABLE, USAGE, Api, CommandError
 from withcache.cli.commands import check_sha256, check_url, print_json, result
 from withcache.cli.progress import Bar, Meter
 from withcache.server.digests import SHA256_RE
@@ -338,22 +338,27 @@ class _Sender:
 
 
 class _Counted:
-    """A body being uploaded: reads what it wraps, counting for the bar, and
-    keeps what went wrong reading it (urllib would only say the send failed)."""
+    """A body being uploaded, block by block into one buffer (each is sent
+    before the next is read), counted for the bar; it keeps what went wrong
+    reading it (urllib would only say the send failed)."""
 
     def __init__(self, body: IO[bytes], sender: _Sender) -> None:
         self._body = body
         self._sender = sender
         self.error: BaseException | None = None
 
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._body.read(size)
-        except (OSError, tarfile.TarError, EOFError) as err:
-            self.error = err
-            raise OSError(f"reading the bytes failed: {err}") from None
-        self._sender.moved(len(data))
-        return data
+    def __iter__(self) -> Iterator[memoryview]:
+        block = memoryview(bytearray(SEND_BLOCK))
+        while True:
+            try:
+                count = self._body.readinto(block)  # type: ignore[attr-defined]
+            except (OSError, tarfile.TarError, EOFError) as err:
+                self.error = err
+                raise OSError(f"reading the bytes failed: {err}") from None
+            if not count:
+                return
+            self._sender.moved(count)
+            yield block[:count]
 
 
 # -- bundles
@@ -549,10 +554,11 @@ def _write_bundle(response: http.client.HTTPResponse, output: str, total: int) -
 
 def _copy(response: http.client.HTTPResponse, out: BinaryIO, total: int) -> None:
     meter, bar = Meter(total), Bar(sys.stderr)
+    block = memoryview(bytearray(READ_BLOCK))  # one buffer: no allocation per block
     try:
-        while chunk := _read(response):
-            out.write(chunk)
-            if meter.add(len(chunk)):
+        while count := _read_into(response, block):
+            out.write(block[:count])
+            if meter.add(count):
                 bar.show(meter.done, total, meter.rate, meter.eta)
     finally:
         bar.close()
@@ -563,8 +569,8 @@ def _copy(response: http.client.HTTPResponse, out: BinaryIO, total: int) -> None
         )
 
 
-def _read(response: http.client.HTTPResponse) -> bytes:
+def _read_into(response: http.client.HTTPResponse, block: memoryview) -> int:
     try:
-        return response.read(READ_BLOCK)
+        return response.readinto(block)
     except (OSError, http.client.HTTPException) as err:
         raise CommandError(f"the export broke off: {err or type(err).__name__}") from None
