@@ -7,6 +7,7 @@ the bundles), so every copy reads and writes the same filesystem. Each run:
     cp       cp FILE COPY && sync COPY       (the bytes, made durable like a blob)
     sha256   sha256sum FILE                  (the hashing alone, for scale)
     export   withcache export --ids ID -o OUT (streamed from the store, fsync, rename)
+    stream   withcache export --ids ID -o - > /dev/null (the same, without the disk)
     tar      tar cf OUT FILE && sync OUT
 
 Medians over --runs, with the page cache warm (the file is read once first):
@@ -92,8 +93,8 @@ def main() -> None:
             env = {
                 k: v for k, v in os.environ.items() if not k.startswith("WITHCACHE_")
             } | {"WITHCACHE_SERVER": server.url, "WITHCACHE_TOKEN": token(server)}  # fmt: skip
-            samples: dict[str, list[float]] = {n: [] for n in ("import", "cp", "sha256",
-                                                               "export", "tar")}  # fmt: skip
+            names = ("import", "cp", "sha256", "export", "stream", "tar")
+            samples: dict[str, list[float]] = {name: [] for name in names}
             cli_peaks: list[float] = []
             for run in range(args.runs):
                 url = f"http://vendor.example/bench/{run}/artifact.run"
@@ -116,6 +117,10 @@ def main() -> None:
                      str(bundle)], env,
                 ))  # fmt: skip
                 bundle.unlink()
+                samples["stream"].append(timed(
+                    ["sh", "-c", f"'{BIN / 'withcache'}' export --ids {artifact['id']} -o - "
+                     "> /dev/null"], env,
+                ))  # fmt: skip
                 tarred = root / "plain.tar"
                 samples["tar"].append(timed(
                     ["sh", "-c", f"tar cf '{tarred}' -C '{root}' artifact.run && sync '{tarred}'"],

@@ -84,6 +84,6 @@ def test_import_export(tmp_path):
     assert "import / cp:" in out and "export / tar:" in out
     table = [line.split() for line in out.splitlines()]
     rows = {row[0]: float(row[2]) for row in table
-            if len(row) == 3 and row[0] in ("import", "export", "cp", "tar")}  # fmt: skip
-    assert all(mib_s > 0 for mib_s in rows.values()) and len(rows) == 4
+            if len(row) == 3 and row[0] in ("import", "export", "stream", "cp", "tar")}  # fmt: skip
+    assert all(mib_s > 0 for mib_s in rows.values()) and len(rows) == 5
     assert (tmp_path / "import_export.json").exists()
