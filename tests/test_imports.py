@@ -301,3 +301,19 @@ def test_a_client_reads_an_import_as_it_arrives_and_the_origin_never_hears_of_it
     assert "Withcache-Fill: in-progress" in got.stdout  # read from the import, not a hit
     assert hashlib.sha256((tmp_path / "got").read_bytes()).hexdigest() == sha
     assert origin.gets("/import/stream.bin") == 0
+
+
+def test_a_failed_import_says_nothing_of_the_origin(origin, cache_host, tmp_path):
+    """Misses of the URL still fetch it from its origin at once: the failure
+    memory that spares a failing origin is for fills from that origin."""
+    host, api = start(cache_host)
+    path = tmp_path / "local.bin"
+    write_file(path, 100_000, b"local")
+    served = b"what the origin serves" * 1000
+    url = origin.add("/import/both.bin", served)
+    wrong = withcache("import", str(path), "--url", url, "--sha256", "ab" * 32,
+                      env=env_for(host, api.token))  # fmt: skip
+    assert wrong.returncode == 1
+    got = subprocess.run(["curl", "-sSf", host.blob_url(url)], capture_output=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == served and origin.gets("/import/both.bin") == 1

@@ -437,9 +437,10 @@ class FillManager:
             await self._metadata.finish_fill(
                 record.id, FillState.FAILED, str(err), display, time.time(), self.holder
             )
-            if not (record.credentialed and fill.authorization is None):
+            if not (record.credentialed and fill.authorization is None) and not record.imported:
                 # (A fill that lost its credentials says nothing of the URL:
-                # the client's next request, with them, starts afresh.)
+                # the client's next request, with them, starts afresh. An
+                # import's failure says nothing of the origin.)
                 self.admission.failed(
                     record.key, record.scope, str(err), err.transient, err.unreachable
                 )
@@ -449,7 +450,8 @@ class FillManager:
             await self._emit(events.FillFailed(url=display, fill_id=record.id, error=str(err)))
             return
         self._forget(fill)
-        self.admission.succeeded(record.key, record.scope)
+        if not record.imported:  # it says nothing of whether the origin is reachable
+            self.admission.succeeded(record.key, record.scope)
         fill._end(artifact, None)
         await self._emit(
             events.FillFinished(
