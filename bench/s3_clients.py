@@ -285,7 +285,6 @@ def main() -> None:
     rounds = 3 if args.quick else 7
     seaweed = SeaweedFS(Path(tempfile.mkdtemp(prefix="withcache-bench-s3-")))
     seaweed.start()
-    time.sleep(1)  # weed mini creates its bucket just after S3 answers
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
         for n in range(rounds):
@@ -295,7 +294,7 @@ def main() -> None:
                     capture_output=True, text=True, timeout=600,
                 )  # fmt: skip
                 if child.returncode:
-                    raise SystemExit(f"{name}: {child.stderr}")
+                    raise SystemExit(f"{name}: exit {child.returncode}: {child.stderr}")
                 samples[name].append(json.loads(child.stdout))
     finally:
         seaweed.stop()

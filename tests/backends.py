@@ -53,6 +53,15 @@ class Embedded:
             if blob.is_file():
                 blob.unlink()
 
+    def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
+        return (data_dir / "blobs" / sha256[:2] / sha256).read_bytes()
+
+    def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
+        """Rot a blob in place: new bytes under the old name (same inode)."""
+        with open(data_dir / "blobs" / sha256[:2] / sha256, "r+b") as blob:
+            blob.write(data)
+            blob.truncate(len(data))
+
 
 class Scale:
     name = "scale"
@@ -80,11 +89,14 @@ class Scale:
         with psycopg.connect(self.metadata_url) as conn:
             return conn.execute(sql).fetchall()
 
+    def _store(self) -> Any:  # an obstore store over the bucket
+        return s3_store(self.endpoint)
+
     def objects(self, under: str) -> list[str]:
         """Keys of the objects under `<prefix>/<under>`."""
         import obstore
 
-        listing = obstore.list(s3_store(self.endpoint), prefix=f"{self.prefix}/{under}")
+        listing = obstore.list(self._store(), prefix=f"{self.prefix}/{under}")
         return [meta["path"] for batch in listing for meta in batch]
 
     def blob_names(self, data_dir: Path) -> list[str]:
@@ -93,7 +105,18 @@ class Scale:
     def delete_blobs(self, data_dir: Path) -> None:
         import obstore
 
-        obstore.delete(s3_store(self.endpoint), self.objects("blobs/"))
+        obstore.delete(self._store(), self.objects("blobs/"))
+
+    def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
+        import obstore
+
+        return bytes(obstore.get(self._store(), f"{self.prefix}/blobs/{sha256}").bytes())
+
+    def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
+        """Rot a blob in place: another object under the blob's key."""
+        import obstore
+
+        obstore.put(self._store(), f"{self.prefix}/blobs/{sha256}", data)
 
 
 class AzureScale(Scale):
@@ -109,17 +132,14 @@ class AzureScale(Scale):
         self.flags = ("--metadata", metadata_url, "--blobs", url, "--fill-lease", TEST_LEASE)
         self.env = dict(azurite_env)
 
-    def objects(self, under: str) -> list[str]:
-        import obstore
+    def _store(self) -> Any:
         from obstore.store import AzureStore
 
         container = self.blobs_url.split("/")[2]
-        store = AzureStore(container, config={
+        return AzureStore(container, config={
             "account_name": self.env["AZURE_STORAGE_ACCOUNT_NAME"],
             "account_key": self.env["AZURE_STORAGE_ACCOUNT_KEY"], "endpoint": self.endpoint,
         }, client_options={"allow_http": True})  # fmt: skip
-        listing = obstore.list(store, prefix=f"{self.prefix}/{under}")
-        return [meta["path"] for batch in listing for meta in batch]
 
 
 Backend = Embedded | Scale

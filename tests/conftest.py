@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from backends import AzureScale, Backend, Embedded, Scale
 from origin import Origin
-from services import Azurite, Postgres, SeaweedFS, s3_store, terminate
+from services import Azurite, Postgres, SeaweedFS, terminate
 
 from withcache.server.cache import Cache
 
@@ -61,6 +61,7 @@ def origin(ca: trustme.CA) -> Iterator[Origin]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends: run on the embedded and the scale-out stores")
+    config.addinivalue_line("markers", "soak: the fault-injection soak (WITHCACHE_SOAK_SECONDS)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -78,7 +79,6 @@ def scale_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pos
     try:
         postgres.start()
         seaweed.start()
-        _wait_for_bucket(seaweed.endpoint)
         yield postgres, seaweed
     finally:
         seaweed.stop()
@@ -96,20 +96,6 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
 
 
 AZURE_CONTAINER = "withcache"
-
-
-def _wait_for_bucket(endpoint: str, timeout: float = 20.0) -> None:
-    """weed mini creates its bucket just after S3 starts answering."""
-    import obstore
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return obstore.list(s3_store(endpoint), prefix="").collect()
-        except (FileNotFoundError, obstore.exceptions.BaseError):  # no bucket yet
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 _prefixes = iter(range(1, 1_000_000))
@@ -291,6 +277,28 @@ def tls_files(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> tuple
     cert.private_key_pem.write_to_path(str(key))
     chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     return chain, key
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+    """Factory: tmpfs("20m") mounts a RAM disk of that size (a disk that fills
+    up for real) and returns its folder; all are unmounted at teardown."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounts)}"
+        folder.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        )
+        if result.returncode != 0:
+            pytest.skip("needs root to mount a tmpfs")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 @pytest.fixture

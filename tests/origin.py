@@ -1,9 +1,11 @@
 """A real origin server for the tests: aiohttp on loopback, HTTP and HTTPS.
 
 Each resource can misbehave on purpose (die mid-transfer, lie about its
-length, ignore Range, demand credentials, redirect, trickle), and the origin
-counts the requests and body bytes it sent, so tests can assert "one origin
-download".
+length, ignore Range, demand credentials, redirect, trickle), or lie the way
+broken origins do (publish a new version mid-transfer and still answer a
+resume with 206, claim another total in Content-Range, send a body framed
+only by closing the connection), and the origin counts the requests and body
+bytes it sent, so tests can assert "one origin download".
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class Resource:
     require_auth: str | None = None  # the Authorization value it demands
     redirect: str | None = None  # answer 302 to this location
     delay: float = 0.0  # seconds before answering
+    # Lies and changes:
+    if_range: bool = True  # honour If-Range (a liar answers 206 whatever the validator)
+    range_total: int | None = None  # the total its 206 answers claim, if not the body's
+    close_delimited: bool = False  # no length and no chunked framing: the body ends at close
+    after_dying: dict[str, object] | None = None  # fields set once it has died die_times times
 
 
 @dataclass
@@ -122,7 +129,7 @@ class Origin:
         if res.ranges:
             headers["Accept-Ranges"] = "bytes"
             wanted = request.headers.get("Range", "")
-            valid = request.headers.get("If-Range") in (
+            valid = not res.if_range or request.headers.get("If-Range") in (
                 None,
                 res.etag,
                 headers.get("Last-Modified"),
@@ -131,9 +138,14 @@ class Origin:
                 start = int(wanted[6:-1])
                 body = res.body[start:]
                 status = 206
-                headers["Content-Range"] = f"bytes {start}-{len(res.body) - 1}/{len(res.body)}"
+                total = len(res.body) if res.range_total is None else res.range_total
+                headers["Content-Range"] = f"bytes {start}-{len(res.body) - 1}/{total}"
         response = web.StreamResponse(status=status, headers=headers)
-        if not res.chunked:
+        if res.close_delimited:
+            # HTTP/1.0 style: aiohttp would otherwise chunk a body without a length.
+            response._length_check = False
+            response.force_close()
+        elif not res.chunked:
             response.content_length = len(body)
         await response.prepare(request)
         if request.method == "HEAD":
@@ -157,6 +169,9 @@ class Origin:
             if res.rate:
                 await asyncio.sleep(len(chunk) / res.rate)
         if dying:
+            if res.die_times == 0 and res.after_dying:
+                for name, value in res.after_dying.items():
+                    setattr(res, name, value)  # the next request sees the new version
             # Flush what was written, then hang up before the body is complete.
             assert request.transport is not None
             request.transport.close()

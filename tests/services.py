@@ -161,14 +161,21 @@ class SeaweedFS:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("weed mini exited:\n" + (self.root / "out.log").read_text())
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=1)
-            except urllib.error.HTTPError:
-                return self  # S3 answers (403 to an unsigned request): it is up
-            except OSError:
-                pass
+            if self._bucket_answers():
+                return self
             time.sleep(0.1)
         raise RuntimeError("weed mini did not start:\n" + (self.root / "out.log").read_text())
+
+    def _bucket_answers(self) -> bool:
+        """Whether S3 is up and the bucket is there (weed mini creates it just
+        after S3 starts answering)."""
+        import obstore
+
+        try:
+            obstore.list(s3_store(self.endpoint), prefix="", chunk_size=1).collect()
+        except (OSError, obstore.exceptions.BaseError):  # not up, or no bucket yet
+            return False
+        return True
 
     def stop(self) -> None:
         if self.proc:

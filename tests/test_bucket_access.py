@@ -54,7 +54,7 @@ async def test_credentials_come_from_a_profile_file(scale_stores, tmp_path, monk
     writer = blobs.begin()
     await writer.write(b"from a profile")
     sha = await writer.commit()
-    reader = await blobs.open(sha)
+    reader = await blobs.open(sha, 14)
     assert await reader.read(0, 14) == b"from a profile"
     assert sha == hashlib.sha256(b"from a profile").hexdigest()
 

@@ -69,10 +69,11 @@ def test_fetch_from_origin_then_from_cache(origin, shared_cache_host, tmp_path):
 
 
 def test_fetch_rejects_bytes_that_do_not_match_the_cache_etag(origin, cache_host, tmp_path):
+    body = BODY * 3  # over 256 KiB: the cache-host re-hashes smaller blobs itself on read
     host = cache_host()
-    url = origin.add("/client/corrupt.bin", BODY)
+    url = origin.add("/client/corrupt.bin", body)
     host.wait_cached(url)
-    sha = hashlib.sha256(BODY).hexdigest()
+    sha = hashlib.sha256(body).hexdigest()
     blob = host.data_dir / "blobs" / sha[:2] / sha
     damaged = bytearray(blob.read_bytes())
     damaged[100] ^= 0xFF
@@ -80,7 +81,7 @@ def test_fetch_rejects_bytes_that_do_not_match_the_cache_etag(origin, cache_host
     blob.write_bytes(bytes(damaged))  # same length: only the hash can tell
     got = client.fetch(host.url, url, tmp_path / "out")
     assert got.source == "origin" and "SHA-256 mismatch" in got.note
-    assert (tmp_path / "out").read_bytes() == BODY
+    assert (tmp_path / "out").read_bytes() == body
 
 
 def test_fetch_keeps_the_old_file_when_everything_fails(origin, free_port, tmp_path):

@@ -208,3 +208,63 @@ async def test_hosts_migrating_a_new_database_at_once(scale_stores):
     with psycopg.connect(url) as conn:
         versions = conn.execute("SELECT version FROM withcache_schema ORDER BY 1").fetchall()
     assert versions == [(n,) for n in range(1, len(PG_MIGRATIONS) + 1)]
+
+
+async def test_reservations_keep_stored_plus_promised_within_the_cap(meta):
+    await add(meta, "https://h/stored", "s" * 64, 40)
+    fills = []
+    for name in ("a", "b"):
+        await meta.enqueue_fill(f"https://h/{name}", "", f"https://h/{name}", "miss", 2.0)
+        fills.append(await meta.claim_fill(2.0, HOLDER))
+    a, b = fills
+    assert await meta.reserve_bytes(a.id, HOLDER.holder, 30, cap=100)
+    assert not await meta.reserve_bytes(b.id, HOLDER.holder, 31, cap=100)  # 40 + 30 + 31
+    assert await meta.reserve_bytes(b.id, HOLDER.holder, 30, cap=100)
+    assert await meta.reserved_bytes() == 60
+    assert not await meta.reserve_bytes(a.id, "host-b", 10, cap=100)  # not its fill
+    # A commit moves a fill's promise into the stored bytes, in one step.
+    await meta.commit_artifact(a, "a" * 64, 30, {}, "https://h/a", 3.0, HOLDER.holder)
+    assert await meta.reserved_bytes() == 30
+    assert (await meta.totals())[1] == 70
+    assert not await meta.reserve_bytes(b.id, HOLDER.holder, 31, cap=100)
+    await meta.finish_fill(b.id, FillState.FAILED, "x", "https://h/b", 3.0)
+    assert await meta.reserved_bytes() == 0
+
+
+async def test_concurrent_reservations_never_pass_the_cap(meta):
+    fills = []
+    for n in range(8):
+        await meta.enqueue_fill(f"https://h/{n}", "", f"https://h/{n}", "miss", 2.0)
+        fills.append(await meta.claim_fill(2.0, HOLDER))
+    granted = await asyncio.gather(
+        *[meta.reserve_bytes(f.id, HOLDER.holder, 30, cap=100) for f in fills]
+    )
+    assert sum(granted) == 3
+    assert await meta.reserved_bytes() == 90
+
+
+async def test_blobs_due_for_a_check_oldest_first_and_claimed_once(meta):
+    await add(meta, "https://h/a", "a" * 64, 10, now=5.0)
+    await add(meta, "https://h/b", "b" * 64, 20, now=3.0)
+    await add(meta, "https://h/b2", "b" * 64, 20, now=4.0)  # same blob, one check
+    assert await meta.blobs_to_check(4.5, 10) == [("b" * 64, 20)]
+    assert await meta.blobs_to_check(9.0, 10) == [("b" * 64, 20), ("a" * 64, 10)]
+    assert await meta.unchecked_totals(9.0) == (2, 30)
+    assert await meta.mark_checked("b" * 64, 10.0, unless_since=9.0)
+    assert not await meta.mark_checked("b" * 64, 10.5, unless_since=9.0)  # taken already
+    assert await meta.blobs_to_check(9.0, 10) == [("a" * 64, 10)]
+    assert await meta.mark_checked("a" * 64, 11.0)  # verify: whatever was done before
+    assert await meta.unchecked_totals(9.0) == (0, 0)
+
+
+async def test_a_resume_point_outlives_a_claim(meta):
+    fill, _ = await meta.enqueue_fill("https://h/r", "", "https://h/r", "miss", 1.0)
+    await meta.claim_fill(1.0, HOLDER)
+    resume = {"file": "fill-abc", "bytes": 1000, "validator": '"v"', "total": 5000}
+    await meta.save_progress(fill.id, 1200, 5000, resume)
+    await meta.save_progress(fill.id, 1300, 5000)  # progress alone keeps the point
+    await meta.requeue_interrupted()
+    record = await meta.get_fill(fill.id)
+    assert record.resume == resume
+    if record.state is FillState.QUEUED:  # SQLite: queued again at start
+        assert (await meta.claim_fill(2.0, HOLDER)).resume == resume

@@ -15,11 +15,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from withcache import __version__, keys
-from withcache.server import events, log, metrics, tokens
+from withcache.server import events, log, metrics, tokens, verify
+from withcache.server.backlog import Backlog
 from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.fills import Fill, FillManager
 from withcache.server.policy import Policy
-from withcache.server.retention import MAX_EVENT_TEXT, MAX_REASON, Retention, clip, clip_detail
+from withcache.server.retention import (
+    DAY,
+    MAX_EVENT_TEXT,
+    MAX_REASON,
+    Retention,
+    clip,
+    clip_detail,
+)
 from withcache.server.settings import Settings
 from withcache.server.store import (
     PUBLIC,
@@ -32,9 +40,10 @@ from withcache.server.store import (
     TokenScope,
     open_stores,
 )
-from withcache.server.verify import Verification
+from withcache.server.verify import ReadChecks, Scrub, Verification
 
 HIT_FLUSH_SECONDS = 2.0
+BACKLOG_SECONDS = 1.0  # how often writes waiting for the store are tried again
 LOOKUP_SECONDS = 1.0
 LOOKUP_ENTRIES = 4096
 PRUNE_SECONDS = 600.0
@@ -85,11 +94,15 @@ class Cache:
         self.metadata = metadata
         self.blobs = blobs
         self.policy = policy
-        self.fills = FillManager(settings, metadata, blobs, policy, self.record)
+        self.backlog = Backlog(metadata.unavailable)
+        self.fills = FillManager(settings, metadata, blobs, policy, self.record, self.backlog)
         self.tally = metrics.Tally()
         self.retention = Retention(settings, metadata)
         self.verification: Verification | None = None  # the latest `verify` run
         self._verified: Verification | None = None  # the finished one before it
+        days = settings.scrub_every
+        self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
+        self.read_checks = ReadChecks()  # small blobs the read path hashed lately
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
@@ -110,7 +123,10 @@ class Cache:
             asyncio.create_task(self._every(HIT_FLUSH_SECONDS, self.flush_hits)),
             asyncio.create_task(self._every(PRUNE_SECONDS, self.retention.prune)),
             asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
+            asyncio.create_task(self._every(BACKLOG_SECONDS, self.backlog.flush)),
         ]
+        if self.scrub is not None:
+            self._tasks.append(asyncio.create_task(self.scrub.run(self), name="scrub"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -118,6 +134,7 @@ class Cache:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.fills.stop()
         await self.flush_hits()
+        await self.backlog.flush()
         await self.close()
 
     async def close(self) -> None:
@@ -179,14 +196,55 @@ class Cache:
     async def flush_hits(self) -> None:
         if self._hits:
             batch, self._hits = self._hits, {}
-            await self.metadata.add_hits(batch)
+            try:
+                await self.metadata.add_hits(batch)
+            except self.metadata.unavailable as err:
+                for artifact_id, (count, last) in batch.items():  # kept for the next flush
+                    newer, latest = self._hits.get(artifact_id, (0, 0.0))
+                    self._hits[artifact_id] = (count + newer, max(last, latest))
+                log.warning("hits.unflushed", artifacts=len(batch), error=str(err))
+
+    async def blob_damaged(self, artifact: Artifact, problem: str) -> None:
+        """The read path found the artifact's blob not as stored (`problem`):
+        check again and quarantine it, so the next request fills afresh."""
+        log.warning("hit.damaged", url=artifact.key, sha256=artifact.sha256, problem=problem)
+        await verify.confirm(self, artifact.sha256, artifact.size, "read")
+
+    def integrity(self) -> dict[str, Any]:
+        """The scrub's progress and the last verification's findings (UI, /metrics)."""
+        scrub, last = self.scrub, self.last_verification
+        running = scrub.current if scrub else None
+        return {
+            "scrub_every_days": self.settings.scrub_every if scrub else None,
+            "checked_ratio": scrub.checked_ratio() if scrub else None,
+            "pass": None if running is None else {
+                "blobs": running.blobs, "checked": running.checked,
+                "bytes_total": running.bytes_total, "bytes_checked": running.bytes_checked,
+            },
+            "last": None if last is None else {
+                "by": last.actor or "operator", "finished_at": last.finished_at,
+                "checked": last.checked, "corrupt": len(last.corrupt),
+                "quarantined": sum(c.quarantined for c in last.corrupt), "error": last.error,
+            },
+        }  # fmt: skip
+
+    @property
+    def last_verification(self) -> Verification | None:
+        """The verification that ended last: `verify`'s (the one before, while
+        another runs), or the scrub's last pass. One still running has no
+        findings yet."""
+        runs = [self.verification, self._verified, self.scrub.last if self.scrub else None]
+        ended = [run for run in runs if run is not None and run.finished]
+        return max(ended, key=lambda run: run.finished_at or 0.0, default=None)
 
     async def miss(
         self, url: str, key: str, authorization: str | None, waiting: bool = False
     ) -> MissOutcome:
         """Record a miss and, in auto mode, start or join its fill. `waiting`:
         the client waits for the bytes (a GET, served from the fill). The read
-        path counts it in the tally: it knows whether the client comes back."""
+        path counts it in the tally: it knows whether the client comes back.
+        The list of misses is bookkeeping: if the store can't be written (a
+        full disk), the client still gets its answer."""
         scope = self.policy.scope_of(authorization)
         now = time.time()
         running = self.fills.active(key, scope)
@@ -208,24 +266,36 @@ class Cache:
         if turned_away:
             await self._note_miss(key, None, f"not fetched: {turned_away}", now)
             return MissOutcome(f"not fetched: {turned_away}")
-        full = await self._cache_full()
+        full = await self._no_room()
         if full:
             await self._note_miss(key, None, f"refused: {full}", now)
             return MissOutcome(f"not fetched: {full}")
-        fill, _ = await self.fills.request(url, key, scope, authorization, "miss")
+        try:
+            fill, _ = await self.fills.request(url, key, scope, authorization, "miss")
+        except self.metadata.unavailable as err:
+            log.warning("miss.unqueued", url=self.display(url), error=str(err))
+            return MissOutcome(f"not fetched: the cache can't queue a fill now: {err}")
         await self._note_miss(key, None, "being fetched", now)
         return MissOutcome("queued for download; ask again shortly", fill)
 
     async def _note_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
-        await self.metadata.record_miss(key, url, clip(reason, MAX_REASON), now)
-        await self.retention.wrote(misses=1)
+        try:
+            await self.metadata.record_miss(key, url, clip(reason, MAX_REASON), now)
+            await self.retention.wrote(misses=1)
+        except self.metadata.unavailable as err:
+            log.warning("miss.unrecorded", url=self.display(key), error=str(err))
 
-    async def _cache_full(self) -> str | None:
+    async def _no_room(self) -> str | None:
+        """Why no fill may start now: the disk below --min-free, or the store
+        at --max-bytes (stored plus promised to running fills)."""
+        low = self.fills.downloader.disk.low()
+        if low:
+            return low
         cap = self.settings.max_bytes
         if cap is None:
             return None
         _, stored = await self.metadata.totals()
-        if stored + self.fills.downloader.reserved_bytes() >= cap:
+        if stored + await self.metadata.reserved_bytes() >= cap:
             return "the cache is full (--max-bytes)"
         return None
 
@@ -399,9 +469,20 @@ class Cache:
     # -- state and bookkeeping
 
     async def health(self) -> dict[str, Any]:
+        """The header strip's and /healthz's figures. `degraded`: hits are
+        served, but fills are refused or the store can't record (`problems`)."""
         count, stored = await self.metadata.totals()
+        problems = []
+        low = self.fills.downloader.disk.low()
+        if low:
+            problems.append(f"{low}: no fill starts")
+        if self.backlog:
+            problems.append(
+                f"{len(self.backlog)} changes wait for the metadata store to take writes"
+            )
         return {
-            "status": "ok",
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
             "version": __version__,
             "mode": self.settings.mode,
             "artifacts": count,
@@ -409,12 +490,6 @@ class Cache:
             "max_bytes": self.settings.max_bytes,
             "free_bytes": self.blobs.free_bytes(),
         }
-
-    @property
-    def last_verification(self) -> Verification | None:
-        """The latest finished verification (one still running has no findings yet)."""
-        latest = self.verification
-        return latest if latest and latest.finished else self._verified
 
     async def work(self) -> dict[str, Any]:
         """What waits on the cache-host (to alert on a stuck queue) and what
@@ -432,21 +507,27 @@ class Cache:
         }
 
     async def record(self, event: events.Event) -> None:
-        """Append an event to the audit log and write its log line."""
+        """Append an event to the audit log (now, or once the store takes
+        writes again) and write its log line."""
         detail = event.detail()
         self.tally.observe(event)
         # Before any await: whoever the event wakes must not read a stale memo.
         if isinstance(event, (events.FillFinished, *events.ARTIFACT_REMOVED)) and event.url:
             self._forget(self.key(event.url))
-        stored_url = clip(event.url, MAX_EVENT_TEXT) if event.url else event.url
-        await self.metadata.add_event(
-            event.kind, stored_url, event.actor, clip_detail(detail), time.time()
-        )
         log.info(event.kind, url=event.url, actor=event.actor, **detail)
-        await self.retention.wrote(events=1)
+        now, md = time.time(), self.metadata
+        stored_url = clip(event.url, MAX_EVENT_TEXT) if event.url else event.url
+        stored_detail = clip_detail(detail)
+
+        async def add() -> None:
+            await md.add_event(event.kind, stored_url, event.actor, stored_detail, now)
+            await self.retention.wrote(events=1)
+
+        await self.backlog.write(event.kind, add)
         if isinstance(event, events.FillFailed) and event.url:
+            key = self.key(event.url)
             reason = clip(f"fill failed: {event.error}", MAX_REASON)
-            await self.metadata.set_miss_reason(self.key(event.url), reason)
+            await self.backlog.write("miss reason", lambda: md.set_miss_reason(key, reason))
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (one Cache per process)
     def key(self, url: str) -> str:

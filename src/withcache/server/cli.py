@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from withcache import __version__
 from withcache.server.log import FORMATS as LOG_FORMATS
-from withcache.server.settings import Settings, parse_size
+from withcache.server.settings import MinFree, Settings, parse_size
 
 PROG = "withcache-server"
 
@@ -153,6 +153,11 @@ _OPTIONS = [
         "max_bytes", _typed(parse_size, "size"), None, "SIZE",
         "cap on stored bytes, e.g. 500G; fills that would cross it are refused (no eviction)",
     ),
+    Option(
+        "min_free", _typed(MinFree.parse, "size"), Settings.min_free, "SIZE|N%",
+        "free space the data dir's disk must keep, e.g. 5G or 3%; below it no fill starts, "
+        "fills that would cross it are refused, and /healthz says degraded",
+    ),
     Option("keep_query", "flag", False, None, "make the query string part of the cache key"),
     Option(
         "no_stream_fills", "flag", False, None,
@@ -219,6 +224,11 @@ _OPTIONS = [
         "max_client_connections", _typed(_positive_int, "count"),
         Settings.max_client_connections, "N",
         "open connections one client address may have; more are closed unanswered",
+    ),
+    Option(
+        "scrub_every", _typed(_non_negative_float, "number of days"), Settings.scrub_every,
+        "DAYS", "re-hash every stored blob once in this many days, at a gentle pace, and "
+        "quarantine rotten ones (0: never)",
     ),
     Option(
         "log_format", _typed(_log_format, "log format"), Settings.log_format, "kv|json",
@@ -288,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + opt.dest.replace("_", "-")
         shown = f"{opt.default}" if opt.default not in (None, (), False) else "unset"
         help_text = f"{opt.help} (default: {shown}; env {env_name(opt.dest)})"
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         common = {"dest": opt.dest, "default": None, "help": help_text}
         if opt.convert == "flag":
             parser.add_argument(flag, action="store_true", **common)

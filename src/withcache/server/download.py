@@ -3,11 +3,20 @@
 Redirects are followed here, with the policy checked on every hop (and on
 every DNS answer, by its resolver). Transient errors are retried with
 exponential backoff and resumed with Range + If-Range where the origin
-honours it; an origin that ignores the resume starts the blob over (and the
-fill's generation with it, so read-through clients of the old bytes fail).
-The length is checked against Content-Length, and --max-bytes is enforced
-before the body (or, without a length, as it grows). Bytes are hashed and
-written behind the transfer, one block in flight.
+honours it. A resume is taken only if the 206 carries the first answer's
+validator and total; an origin that ignores the resume, or whose content
+changed meanwhile, starts the blob over (and the fill's generation with it,
+so read-through clients of the old bytes fail).
+
+The length is checked against Content-Length. Room is claimed before the
+body where the length is known, else as it grows: --max-bytes through the
+metadata store's reservations (so it holds across fills and hosts), and the
+disk's --min-free floor. A body framed by neither a length nor chunked
+encoding is marked unframed: its end can't be told from a break-off.
+
+Bytes are hashed and written behind the transfer, one block in flight; about
+every second the partial file is synced and its length saved with the
+validator, so a fill interrupted by a crash resumes from there.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from withcache import __version__, keys
-from withcache.server import events
+from withcache.server import events, log
+from withcache.server.disk import Disk
 from withcache.server.policy import OriginRefused, Policy
 from withcache.server.settings import Settings, format_size
 from withcache.server.store import BlobWriter, Metadata
@@ -39,7 +49,10 @@ TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
 REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
 FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
-PROGRESS_SECONDS = 1.0  # how often progress is saved to the metadata store
+PROGRESS_SECONDS = 1.0  # how often progress (and a resume point) is saved
+# A fill of unknown length claims --max-bytes room this far ahead of its bytes:
+# one reservation in the store per step, not one per chunk.
+RESERVE_STEP = 4 << 20
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # getaddrinfo's "no such host" answers (a lookup that timed out is EAI_AGAIN).
 _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
@@ -53,23 +66,32 @@ class FillError(Exception):
     def __init__(
         self, message: str, transient: bool = False, refused: bool = False,
         unreachable: bool = False,
+        delivered: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.transient = transient
         self.refused = refused  # the policy or the cap said no: nothing was fetched
         self.unreachable = unreachable  # no connection to the origin at all
+        # The whole body, as far as the origin said, was received; only storing
+        # it was refused: clients of the fill get all of it, as from the origin.
+        self.delivered = delivered
 
 
 class Downloader:
-    """The origin side of the fills: one HTTP client session, the cap's books."""
+    """The origin side of the fills: one HTTP client session, and the room
+    each fill claims (the cap's reservations, the disk's floor)."""
 
-    def __init__(self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit) -> None:
+    def __init__(
+        self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit,
+        holder: str, promised: Callable[[Fill], int],
+    ) -> None:  # fmt: skip
         self._settings = settings
         self._metadata = metadata
         self._policy = policy
         self._emit = emit
-        self._reserved: dict[int, int] = {}  # fill id -> bytes it will add to the store
-        self._stored = 0  # bytes in the store when the last capped fill started
+        self._holder = holder
+        self._promised = promised  # bytes other fills here will still write to the disk
+        self.disk = Disk(settings.data_dir, settings.min_free)
         self._session: aiohttp.ClientSession | None = None
 
     def open(self) -> None:
@@ -90,20 +112,14 @@ class Downloader:
         if self._session:
             await self._session.close()
 
-    def reserved_bytes(self) -> int:
-        """Bytes that fills in progress here will add to the store."""
-        return sum(self._reserved.values())
-
-    def release(self, fill_id: int) -> None:
-        """The fill ended: its bytes are stored or gone, no longer reserved."""
-        self._reserved.pop(fill_id, None)
-
     async def download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
         """Transfer the whole body into `writer`, retrying and resuming as needed."""
         attempt = 1
         while True:
             try:
-                return await self._transfer(fill, writer)
+                headers = await self._transfer(fill, writer)
+                await self.settled(fill)
+                return headers
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
@@ -129,6 +145,9 @@ class Downloader:
                 await self.receive(fill, writer, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+            except _Overlong as err:
+                await self._start_over(fill, writer)
+                raise FillError(str(err), transient=True) from None
             if total is not None and writer.size != total:
                 raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
             assert fill.headers is not None
@@ -140,53 +159,78 @@ class Downloader:
         """Check a response's status and size; return the artifact's total length."""
         status = response.status
         if status == 206 and resuming:
-            match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
-            if match and int(match[1]) == writer.size and match[3] != "*":
-                return int(match[3])
-            raise FillError("origin sent an unexpected range", transient=True)
+            changed = _changed(fill, writer.size, response)
+            if changed:
+                await self._start_over(fill, writer)
+                raise FillError(f"{changed}: starting over from byte 0", transient=True)
+            if fill.headers is None:  # resumed after a restart: this answer describes it
+                fill.headers = _replayed(response)
+            await self.claim_room(fill, writer, fill.total, writer.size)
+            fill._wake()
+            return fill.total
         if status != 200:
             transient = status in TRANSIENT_STATUSES
             raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
-            await writer.restart()
-            fill.generation += 1
-            fill._advance(0)
+            await self._start_over(fill, writer)
         fill.validator = _validator(response)
         fill.total = response.content_length
-        await self.claim_room(fill, fill.total)
-        fill.headers = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+        fill.unframed = fill.total is None and not _chunked(response)
+        await self.claim_room(fill, writer, fill.total)
+        fill.headers = _replayed(response)
         fill._wake()
         return fill.total
 
-    async def claim_room(self, fill: Fill, total: int | None) -> None:
-        """Refuse a fill whose `total` bytes (if known; else as they arrive, in
-        `receive`) would take the store past --max-bytes."""
-        if self._settings.max_bytes is not None:
-            _, self._stored = await self._metadata.totals()
-        self._check_cap(fill, total or 0, announced=total is not None)
+    async def _start_over(self, fill: Fill, writer: BlobWriter) -> None:
+        await writer.restart()
+        fill.generation += 1
+        fill._advance(0)
 
-    def _check_cap(self, fill: Fill, size: int, announced: bool) -> None:
-        """Refuse a fill whose bytes would take the store past --max-bytes."""
+    async def claim_room(
+        self, fill: Fill, writer: BlobWriter, total: int | None, received: int = 0
+    ) -> None:
+        """Refuse a fill whose bytes (`total`, else the `received` so far) would
+        take the store past --max-bytes, or the disk below --min-free."""
+        await self._claim_cap(fill, total, received)
+        self._check_disk(fill, writer, total)
+
+    async def _claim_cap(self, fill: Fill, total: int | None, received: int) -> None:
         cap = self._settings.max_bytes
-        if cap is None:
+        size = received if total is None else total
+        if cap is None or size <= fill.reserved:
             return
-        self._reserved.pop(fill.id, None)
-        committed = self._stored + self.reserved_bytes()
-        if committed + size > cap:
-            what = "is" if announced else "grew past"
-            raise FillError(
-                f"artifact {what} {format_size(size)}; with {format_size(committed)} stored or "
-                f"reserved it would exceed --max-bytes {format_size(cap)}",
-                refused=True,
-            )
-        self._reserved[fill.id] = size
+        ahead = size if total is not None else size + RESERVE_STEP
+        if await self._reserve(fill, ahead, cap):
+            return
+        if ahead != size and await self._reserve(fill, size, cap):
+            return
+        _, stored = await self._metadata.totals()
+        others = await self._metadata.reserved_bytes() - fill.reserved
+        what = "is" if total is not None else "grew past"
+        raise FillError(
+            f"artifact {what} {format_size(size)}; with {format_size(stored + others)} "
+            f"stored or reserved it would exceed --max-bytes {format_size(cap)}",
+            refused=True,
+        )
+
+    def _check_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
+        due = max(0, total - writer.size) if total is not None else 0
+        refused = self.disk.refuse(due, self._promised(fill))
+        if refused:
+            raise FillError(refused, refused=writer.size == 0)
+
+    async def _reserve(self, fill: Fill, size: int, cap: int) -> bool:
+        if await self._metadata.reserve_bytes(fill.id, self._holder, size, cap):
+            fill.reserved = size
+            return True
+        return False
 
     async def receive(
         self, fill: Fill, writer: BlobWriter, chunks: AsyncIterator[bytes], total: int | None
     ) -> None:
         """Write `chunks` (an origin's body, or an upload's) into `writer`,
-        behind the transfer, saving progress as it goes."""
+        behind the transfer, claiming room and saving progress as it goes."""
         blocks = _WriteBehind(fill, writer)
         pieces: list[bytes] = []
         pending = 0
@@ -196,13 +240,16 @@ class Downloader:
         # drops what it buffered if the origin hangs up before it is read.)
         last_save = 0.0
         received = writer.size
+        capped = self._settings.max_bytes is not None
         try:
             async for chunk in chunks:
+                received += len(chunk)
+                if total is not None and received > total:
+                    raise _Overlong(f"origin sent more than the {total} bytes it announced")
                 pieces.append(chunk)
                 pending += len(chunk)
-                received += len(chunk)
-                if total is None:
-                    self._check_cap(fill, received, announced=False)
+                if total is None and capped and received > fill.reserved:
+                    await self._claim_cap(fill, None, received)
                 now = time.monotonic()
                 if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
                     await blocks.put(b"".join(pieces))
@@ -210,13 +257,41 @@ class Downloader:
                     pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
-                        await self._metadata.save_progress(fill.id, fill.bytes_done, total)
+                        self._check_disk(fill, writer, total)
+                        self._checkpoint(fill, writer, total)
                         last_save = now
         finally:
             # Bytes received before a break-off are good: keep them to resume from.
             if pieces:
                 await blocks.put(b"".join(pieces))
             await blocks.drain()
+
+    async def settled(self, fill: Fill) -> None:
+        """Wait for the fill's last progress save: none may land after its commit."""
+        if fill._checkpoint is not None:
+            await fill._checkpoint
+
+    def _checkpoint(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
+        """Save progress, and (once the bytes so far are synced) a point the
+        fill can resume from after a crash; in the background, one at a time."""
+        if fill._checkpoint is not None and not fill._checkpoint.done():
+            return
+        size, generation = writer.size, fill.generation
+        resume = None
+        if fill.validator is not None:
+            resume = {"file": writer.path.name, "bytes": size, "validator": fill.validator,
+                      "total": total}  # fmt: skip
+
+        async def save() -> None:
+            try:
+                if resume is not None:
+                    await writer.sync()
+                if fill.generation == generation and not fill._settled:
+                    await self._metadata.save_progress(fill.id, fill.bytes_done, total, resume)
+            except Exception as err:  # the next checkpoint tries again
+                log.warning("fill.checkpoint_failed", fill_id=fill.id, error=_describe(err))
+
+        fill._checkpoint = asyncio.ensure_future(save())
 
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
@@ -266,6 +341,10 @@ class Downloader:
             except keys.BadURL as err:
                 raise FillError(f"bad redirect: {err}") from None
         raise FillError(f"more than {MAX_REDIRECTS} redirects")
+
+
+class _Overlong(Exception):
+    """The origin sent more bytes than its Content-Range said."""
 
 
 class _WriteBehind:
@@ -321,6 +400,35 @@ def _validator(response: aiohttp.ClientResponse) -> str | None:
     if etag and not etag.startswith("W/"):
         return etag
     return response.headers.get("Last-Modified")
+
+
+def _replayed(response: aiohttp.ClientResponse) -> dict[str, str]:
+    return {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+
+
+def _chunked(response: aiohttp.ClientResponse) -> bool:
+    return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
+
+
+def _changed(fill: Fill, size: int, response: aiohttp.ClientResponse) -> str | None:
+    """Why a 206 can't continue the bytes received so far, if it can't: it
+    must start where they end and carry the first answer's validator, total
+    and encoding. (Sets the fill's total if the first answer had none.)"""
+    match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
+    if not match or match[3] == "*":
+        return "the origin's resume has no usable Content-Range"
+    if int(match[1]) != size:
+        return f"the origin resumed at byte {match[1]}, not {size}"
+    total, validator = int(match[3]), _validator(response)
+    if fill.total is not None and total != fill.total:
+        return f"the origin's content changed (its length, {fill.total} -> {total})"
+    if validator != fill.validator:
+        return f"the origin's content changed (its validator, {fill.validator} -> {validator})"
+    encoding = (fill.headers or {}).get("Content-Encoding")
+    if fill.headers is not None and response.headers.get("Content-Encoding") != encoding:
+        return "the origin's content changed (its Content-Encoding)"
+    fill.total = total
+    return None
 
 
 def _describe(err: BaseException) -> str:

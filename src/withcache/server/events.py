@@ -35,6 +35,7 @@ class FillQueued(Event):
 class FillStarted(Event):
     kind: ClassVar[str] = "fill.started"
     fill_id: int = 0
+    resume_from: int = 0  # bytes of a partial file it goes on from (after a restart)
 
 
 @dataclass(frozen=True)
@@ -159,8 +160,8 @@ class TokenRevoked(Event):
 
 @dataclass(frozen=True)
 class ArtifactQuarantined(Event):
-    """`verify --quarantine` found the artifact's blob corrupt or missing and
-    took it out of service."""
+    """The artifact's blob was found corrupt or missing (by `verify
+    --quarantine`, the scrub, or a read) and taken out of service."""
 
     kind: ClassVar[str] = "artifact.quarantined"
     sha256: str = ""
@@ -169,6 +170,8 @@ class ArtifactQuarantined(Event):
 
 @dataclass(frozen=True)
 class VerifyFinished(Event):
+    """A verification run ended: `verify`, or a pass of the scrub (actor "scrub")."""
+
     kind: ClassVar[str] = "verify.finished"
     blobs: int = 0
     corrupt: int = 0

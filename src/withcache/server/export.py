@@ -95,19 +95,19 @@ class Export:
         return sum(size for _, _, size in self._blobs)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The bundle's bytes; OSError (the answer must then be cut short) if a
-        blob went missing or came up short meanwhile."""
+        """The bundle's bytes; OSError, BlobGone or BlobDamaged (the answer must
+        then be cut short) if a blob went missing or changed meanwhile."""
         yield self._head
         for head, sha256, size in self._blobs:
             yield head
-            reader = await self._cache.blobs.open(sha256)
+            reader = await self._cache.blobs.open(sha256, size)
             try:
                 sent = 0
                 async for chunk in reader.chunks(0, size):
                     sent += len(chunk)
                     yield chunk
-                if sent != size:
-                    raise OSError(f"blob {sha256} ended at byte {sent} of {size}")
+                if sent != size or not reader.unchanged():
+                    raise OSError(f"blob {sha256} changed or ended while it was read")
             finally:
                 await reader.close()
             yield bundle.padding(size)

@@ -13,8 +13,16 @@ and its commit is refused. In a shared store, a fill not running here is
 watched through the store, so its waiters here learn when it ends.
 
 The transfer itself is download.py's; here a fill's bytes are checked against
-any expected digest and only then committed, blob first, then its row.
-Whatever goes wrong, a failed or cancelled fill leaves neither blob nor row.
+any expected digest and only then committed, blob first, then its row. A
+body whose end can't be checked (no length, no chunked framing) is not
+stored unless an expected digest vouches for it. Whatever goes wrong, a
+failed or cancelled fill leaves neither blob nor row, and everyone waiting on
+it learns at once; recording the failure may wait (backlog.py) for a store
+that can't be written just now (a full disk).
+
+A fill interrupted by a crash or a restart goes on from its partial file,
+which start-up keeps (instead of removing it with the other leftovers) while
+the fill's saved resume point names it.
 
 An import is a fill whose bytes come from a `Source` in this process (an
 upload) instead of its origin: the same writer, checks and commit. It runs on
@@ -37,6 +45,7 @@ from typing import Protocol
 from withcache import keys
 from withcache.server import digests, events, log
 from withcache.server.admission import Admission
+from withcache.server.backlog import Backlog
 from withcache.server.digests import Digest
 from withcache.server.download import Downloader, Emit, FillError
 from withcache.server.policy import Policy
@@ -62,6 +71,11 @@ CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind d
 # may take only half, so a flood of them leaves room for clients that GET.
 CLIENT_FILLS = 32
 PROBE_FILLS = CLIENT_FILLS // 2
+ACTIVE_PAGE = 1000  # active fills read per query at start, for their resume points
+UNFRAMED = (
+    "the origin sent neither a length nor chunked framing, so a body cut short can't be "
+    "told from a whole one: not stored (add the URL with its expected SHA-256 to cache it)"
+)
 
 
 class FillCancelled(Exception):
@@ -103,6 +117,9 @@ class Fill:
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
     source: Source | None = None  # an import's bytes (None: the origin's)
+    unframed: bool = False  # the body ends where the origin closes: its end can't be checked
+    reserved: int = 0  # bytes of --max-bytes the store has promised this fill
+    _checkpoint: asyncio.Future[None] | None = None  # saving a resume point
     _cancel_requested: bool = False
     _cancelled_by: str | None = None
     _lost: bool = False  # the heartbeat found the lease gone
@@ -183,32 +200,39 @@ def _new_future() -> asyncio.Future:  # type: ignore[type-arg]
 
 class FillManager:
     def __init__(
-        self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit
-    ) -> None:
+        self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit,
+        backlog: Backlog,
+    ) -> None:  # fmt: skip
         self._settings = settings
         self._metadata = metadata
         self._blobs = blobs
         self._policy = policy
         self._emit = emit
+        self._backlog = backlog
         self._by_key: dict[tuple[str, str], Fill] = {}
         self._by_id: dict[int, Fill] = {}
-        self.downloader = Downloader(settings, metadata, policy, emit)
+        # This process, as the holder of leases in a store other hosts may share.
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.downloader = Downloader(settings, metadata, policy, emit, self.holder, self._promised)
         self.admission = Admission(settings)
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._client_fills: set[asyncio.Task[None]] = set()
         self._probe_fills: set[asyncio.Task[None]] = set()
-        # This process, as the holder of leases in a store other hosts may share.
-        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._kept: dict[str, int] = {}  # partial files kept at start -> their fill's id
 
     def _lease(self) -> Lease:
         return Lease(self.holder, time.time() + self._settings.fill_lease)
 
     async def start(self) -> None:
         interrupted = await self._metadata.requeue_interrupted()
-        cleaned = await self._blobs.clean_temp()
-        if interrupted or cleaned:
-            log.info("fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned)
+        self._kept = await self._resumable()
+        cleaned = await self._blobs.clean_temp(self._kept)
+        if interrupted or cleaned or self._kept:
+            log.info(
+                "fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned,
+                partial_blobs_kept=len(self._kept),
+            )  # fmt: skip
         self.downloader.open()
         self._workers = [
             asyncio.create_task(self._work(), name=f"fill-worker-{n}")
@@ -216,9 +240,31 @@ class FillManager:
         ]
         self._workers.append(asyncio.create_task(self._keep_leases(), name="fill-leases"))
 
+    async def _resumable(self) -> dict[str, int]:
+        """The partial files active fills' resume points name."""
+        found: dict[str, int] = {}
+        offset = 0
+        while True:
+            page = await self._metadata.list_fills(ACTIVE_STATES, offset, ACTIVE_PAGE)
+            for record in page.rows:
+                if record.resume and record.resume.get("file"):
+                    found[str(record.resume["file"])] = record.id
+            offset += ACTIVE_PAGE
+            if offset >= page.total or not page.rows:
+                return found
+
+    def _promised(self, fill: Fill) -> int:
+        """The bytes the other fills running here still have to write to the disk."""
+        return sum(
+            max(0, other.total - other.bytes_done)
+            for other in self._by_id.values()
+            if other is not fill and other._task is not None and other.total is not None
+        )
+
     async def stop(self) -> None:
         """Stop the workers. Running fills stay `running` in the store and are
-        queued again at the next start (or taken over when their lease ends)."""
+        queued again at the next start (or taken over when their lease ends),
+        resuming from their partial files."""
         watchers = [f._watcher for f in self._by_id.values() if f._watcher]
         await _cancel_all([*self._workers, *self._client_fills, *watchers])
         await self.downloader.close()
@@ -346,7 +392,6 @@ class FillManager:
         if self._by_key.get((fill.record.key, fill.record.scope)) is fill:
             del self._by_key[(fill.record.key, fill.record.scope)]
         self._by_id.pop(fill.id, None)
-        self.downloader.release(fill.id)
         self.admission.release(fill.id)
 
     async def _work(self) -> None:
@@ -376,9 +421,34 @@ class FillManager:
             fill._watcher.cancel()
             fill._watcher = None
         fill.record = record
-        fill.total = None
+        fill.total, fill.reserved, fill.unframed = None, 0, False
         fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
+        fill._task.add_done_callback(lambda task: self._ended(fill, task))
         return fill._task
+
+    def _ended(self, fill: Fill, task: asyncio.Task[None]) -> None:
+        """Whatever stopped a fill's task, no one may be left waiting on the fill."""
+        if fill.finished:
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.error("fill.crashed", exc_info=task.exception(), fill_id=fill.id)
+        self._forget(fill)
+        fill._end(None, FillError("the fill stopped unexpectedly", transient=True))
+
+    async def _open_writer(self, fill: Fill, also: Collection[str]) -> BlobWriter:
+        """A writer going on from the fill's resume point, if this host kept
+        the partial file it names; else a new one. Either hashes `also` too."""
+        resume = fill.record.resume or {}
+        name = str(resume.get("file", ""))
+        if not resume.get("validator") or self._kept.pop(name, None) != fill.id:
+            return self._blobs.begin(also)
+        writer = await self._blobs.resume(name, int(resume.get("bytes", 0)), also)
+        if writer is None:
+            return self._blobs.begin(also)
+        fill.validator, fill.total = str(resume["validator"]), resume.get("total")
+        fill._advance(writer.size)
+        log.info("fill.resuming", fill_id=fill.id, resume_from=writer.size)
+        return writer
 
     async def _run(self, fill: Fill) -> None:
         record = fill.record
@@ -393,35 +463,44 @@ class FillManager:
             if record.imported and fill.source is None:  # never fetch an import from its origin
                 raise FillError("the import was cut off (its bytes were on a cache-host that "
                                 "stopped); import it again")  # fmt: skip
-            await self._emit(events.FillStarted(url=display, fill_id=record.id))
             also, source = digests.extra(record.expected), fill.source
-            writer = source.begin(self._blobs, also) if source else self._blobs.begin(also)
+            if source is not None:
+                writer = source.begin(self._blobs, also)
+            else:
+                writer = await self._open_writer(fill, also)
             fill.path = writer.path
+            await self._emit(
+                events.FillStarted(url=display, fill_id=record.id, resume_from=writer.size)
+            )
             transfer = source.transfer if source else self.downloader.download
             headers = await transfer(fill, writer, display)
             mismatch = digests.mismatch(record.expected, writer)
             if mismatch:
                 raise DigestMismatch(mismatch)
+            if fill.unframed and not record.expected:
+                raise FillError(UNFRAMED, delivered=True)
             fill._settled = True
             artifact = await self._commit(fill, writer, headers, display)
             writer = None
         except asyncio.CancelledError:
-            if writer:
-                await writer.abort()
             if fill._lost:
+                if writer:
+                    await writer.abort()
                 await self._lose(fill)
                 return
             if not fill._cancel_requested:  # shutting down: the fill resumes at next start
+                if writer:
+                    await writer.suspend()
                 fill._end(None, FillError("the cache-host is shutting down", transient=True))
                 raise
+            if writer:
+                await writer.abort()
             self._forget(fill)
-            await self._metadata.finish_fill(
-                record.id, FillState.CANCELLED, "cancelled", display, time.time(), self.holder
-            )
             fill._end(None, FillCancelled("cancelled by an operator"))
-            await self._emit(
-                events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id)
-            )
+            await self._record_end(
+                record, FillState.CANCELLED, "cancelled", display,
+                events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id),
+            )  # fmt: skip
             return
         except FillLost:
             await self._lose(fill)
@@ -434,9 +513,6 @@ class FillManager:
             if not isinstance(err, FillError):
                 log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
                 err = FillError(f"internal error: {type(err).__name__}: {err}")
-            await self._metadata.finish_fill(
-                record.id, FillState.FAILED, str(err), display, time.time(), self.holder
-            )
             if not (record.credentialed and fill.authorization is None) and not record.imported:
                 # (A fill that lost its credentials says nothing of the URL:
                 # the client's next request, with them, starts afresh. An
@@ -444,10 +520,14 @@ class FillManager:
                 self.admission.failed(
                     record.key, record.scope, str(err), err.transient, err.unreachable
                 )
+            # Everyone waiting learns first: recording it may have to wait for
+            # the store (a full disk), and a client must never hang on that.
             fill._end(None, err)
-            if err.refused:
-                await self._emit(events.FillRefused(url=display, reason=str(err)))
-            await self._emit(events.FillFailed(url=display, fill_id=record.id, error=str(err)))
+            refused = [events.FillRefused(url=display, reason=str(err))] if err.refused else []
+            await self._record_end(
+                record, FillState.FAILED, str(err), display, *refused,
+                events.FillFailed(url=display, fill_id=record.id, error=str(err)),
+            )  # fmt: skip
             return
         self._forget(fill)
         if not record.imported:  # it says nothing of whether the origin is reachable
@@ -464,6 +544,20 @@ class FillManager:
             )
         )
 
+    async def _record_end(
+        self, record: FillRecord, state: FillState, error: str, display: str,
+        *ended: events.Event,
+    ) -> None:  # fmt: skip
+        """Write a fill's end and its events, now or once the store takes writes."""
+        now = time.time()
+
+        async def finish() -> None:
+            await self._metadata.finish_fill(record.id, state, error, display, now, self.holder)
+
+        await self._backlog.write(f"fill {record.id} {state}", finish)
+        for event in ended:
+            await self._emit(event)
+
     async def _commit(
         self, fill: Fill, writer: BlobWriter, headers: Mapping[str, str], display: str
     ) -> Artifact:
@@ -474,9 +568,15 @@ class FillManager:
                 await writer.commit()
             except OSError as err:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
-            artifact = await self._metadata.commit_artifact(
-                fill.record, sha, writer.size, headers, display, time.time(), self.holder
-            )
+            try:
+                artifact = await self._metadata.commit_artifact(
+                    fill.record, sha, writer.size, headers, display, time.time(), self.holder
+                )
+            except Exception as err:
+                with contextlib.suppress(Exception):  # no row points at it: don't keep it
+                    if not await self._metadata.sha_in_use(sha):
+                        await self._blobs.delete(sha)
+                raise FillError(f"cannot record the artifact: {err}") from None
             if artifact is None and not await self._metadata.sha_in_use(sha):
                 await self._blobs.delete(sha)
         if artifact is None:
@@ -508,8 +608,22 @@ class FillManager:
                         fill._task.cancel()
                 for record in await self._metadata.orphaned_fills(time.time()):
                     await self._fail_orphan(record)
+                await self._drop_stale_partials()
             except Exception:
                 log.error("fills.lease_failed", exc_info=True)
+
+    async def _drop_stale_partials(self) -> None:
+        """Remove partial files kept at start that no fill here will resume
+        from: the fill ended, or resumes from another file (another host took
+        it over and saved its own resume point)."""
+        for name, fill_id in list(self._kept.items()):
+            record = await self._metadata.get_fill(fill_id)
+            if (
+                record is None
+                or record.state not in ACTIVE_STATES
+                or (record.resume or {}).get("file") != name
+            ) and self._kept.pop(name, None) is not None:
+                await self._blobs.discard_partial(name)
 
     async def _fail_orphan(self, record: FillRecord) -> None:
         error = "the cache-host holding the request's credentials stopped; ask again"

@@ -3,7 +3,9 @@
 Exit 0 if it answers /healthz, 1 if not, with the reason on stderr. It reads
 the same WITHCACHE_* variables as `withcache-server`, so it asks the address,
 port and scheme the server was started with (container HEALTHCHECKs and
-service probes run it beside the server).
+service probes run it beside the server). A degraded host (disk below
+--min-free, a store that can't record) still serves hits: it is alive, so
+exit 0, with its problems on stderr; restarting it would not free the disk.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import ssl
+import sys
 import urllib.request
 
 from withcache.server.cli import UsageError, settings_from
@@ -37,13 +40,16 @@ def main() -> None:
     url = f"{scheme}://{netloc}/healthz"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT, context=context) as response:
-            status = json.load(response).get("status")
+            health = json.load(response)
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
         if isinstance(reason, OSError) and reason.strerror:
             reason = reason.strerror
         raise SystemExit(f"unhealthy: {url}: {reason}") from None
-    if status != "ok":
+    status = health.get("status")
+    if status == "degraded":
+        print(f"degraded: {'; '.join(health.get('problems') or [])}", file=sys.stderr)
+    elif status != "ok":
         raise SystemExit(f"unhealthy: /healthz says {status!r}")
 
 

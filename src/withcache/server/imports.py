@@ -218,13 +218,15 @@ class _Upload:
     async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
         fill.total = self._size
         fill.headers = dict(self._headers)
-        await self._downloader.claim_room(fill, self._size)
+        await self._downloader.claim_room(fill, writer, self._size)
         fill._wake()
         try:
             await self._downloader.receive(fill, writer, self._chunks, self._size)
         except (OSError, TimeoutError, HttpProcessingError) as err:
             reason = "the uploader went silent" if isinstance(err, TimeoutError) else str(err)
             raise FillError(f"the upload broke off after {writer.size} bytes ({reason})") from None
+        finally:
+            await self._downloader.settled(fill)
         if self._size is not None and writer.size != self._size:
             raise FillError(f"the upload ended after {writer.size} of {self._size} bytes")
         return dict(self._headers)
@@ -265,6 +267,12 @@ class _StoredBlob:
         raise OSError(errno.EEXIST, "the blob is stored already")
 
     async def restart(self) -> None:
+        pass
+
+    async def sync(self) -> None:
+        pass
+
+    async def suspend(self) -> None:
         pass
 
     def hexdigest(self, algorithm: str = BLOB_ALGORITHM) -> str:

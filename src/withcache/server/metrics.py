@@ -88,6 +88,7 @@ class Tally:
         # oldest one no older than a day.
         self._marks: deque[Figures] = deque([Figures(self.started)])
         self.fills = dict.fromkeys(FILL_OUTCOMES, 0)
+        self.quarantined = 0
         self.fill_seconds = Histogram(
             "withcache_fill_duration_seconds",
             "Seconds from start to commit of each completed fill",
@@ -135,13 +136,22 @@ class Tally:
             self.fills["failed"] += 1
         elif isinstance(event, events.FillCancelled):
             self.fills["cancelled"] += 1
+        elif isinstance(event, events.ArtifactQuarantined):
+            self.quarantined += 1
 
 
 class _Snapshot(Collector):
-    def __init__(self, tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        tally: Tally,
+        health: Mapping[str, Any],
+        work: Mapping[str, Any],
+        integrity: Mapping[str, Any],
+    ) -> None:
         self._tally = tally
         self._health = health
         self._work = work
+        self._integrity = integrity
 
     def collect(self) -> Iterator[Any]:
         t, h, w = self._tally, self._health, self._work
@@ -185,6 +195,38 @@ class _Snapshot(Collector):
             "withcache_free_bytes", "Free bytes on the data dir's filesystem", h["free_bytes"]
         )
         yield from _work(w)
+        yield GaugeMetricFamily(
+            "withcache_degraded", "1 while fills are refused or the store can't record",
+            int(h["status"] != "ok"),
+        )  # fmt: skip
+        yield from self._integrity_figures()
+
+    def _integrity_figures(self) -> Iterator[Any]:
+        i, last = self._integrity, self._integrity["last"]
+        yield CounterMetricFamily(
+            "withcache_quarantined_artifacts",
+            "Artifacts taken out of service because their blob was found corrupt or missing",
+            self._tally.quarantined,
+        )
+        if last is not None:  # absent until a verification (verify, or a scrub pass) ended
+            yield GaugeMetricFamily(
+                "withcache_verify_last_run_timestamp_seconds",
+                "When the latest verification of the blobs finished", last["finished_at"],
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "withcache_verify_checked_blobs", "Blobs the latest verification checked",
+                last["checked"],
+            )  # fmt: skip
+            yield GaugeMetricFamily(
+                "withcache_verify_bad_blobs",
+                "Blobs the latest verification found corrupt or missing", last["corrupt"],
+            )  # fmt: skip
+        if i["checked_ratio"] is not None:
+            yield GaugeMetricFamily(
+                "withcache_scrub_checked_ratio",
+                "Share of stored bytes the scrub re-hashed within its period (--scrub-every)",
+                i["checked_ratio"],
+            )
 
 
 def _windowed(tally: Tally) -> Iterator[Any]:
@@ -218,24 +260,14 @@ def _work(w: Mapping[str, Any]) -> Iterator[Any]:
     )  # fmt: skip
     yield GaugeMetricFamily("withcache_verify_running", "1 while blobs are being verified",
                             int(w["verify_running"]))  # fmt: skip
-    if w["verified_at"] is not None:  # absent until a verification has finished
-        yield GaugeMetricFamily(
-            "withcache_verify_last_run_timestamp_seconds",
-            "When the latest verification of the blobs finished", w["verified_at"],
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "withcache_verify_checked_blobs", "Blobs the latest verification checked",
-            w["verified_blobs"],
-        )  # fmt: skip
-        yield GaugeMetricFamily(
-            "withcache_verify_bad_blobs",
-            "Blobs the latest verification found corrupt or missing", w["bad_blobs"],
-        )  # fmt: skip
 
 
-def exposition(tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any]) -> bytes:
-    """The Prometheus text format of the counts, a health snapshot (Cache.health)
-    and what waits on the cache-host (Cache.work)."""
+def exposition(
+    tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any], integrity: Mapping[str, Any]
+) -> bytes:
+    """The Prometheus text format of the counts, a health snapshot
+    (Cache.health), what waits on the cache-host (Cache.work) and the
+    integrity figures (Cache.integrity)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(tally, health, work))
+    registry.register(_Snapshot(tally, health, work, integrity))
     return generate_latest(registry)

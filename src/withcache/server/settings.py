@@ -48,6 +48,46 @@ def format_duration(seconds: float) -> str:
 
 
 @dataclass(frozen=True)
+class MinFree:
+    """The free space the data dir's disk must keep (--min-free): a size, a
+    share of the disk, or the smaller of both. Below it no fill starts."""
+
+    size: int | None = 1 << 30
+    percent: float | None = 2.0
+
+    def floor(self, disk_bytes: int) -> int:
+        """The floor in bytes on a disk of `disk_bytes`."""
+        parts = [self.size] if self.size is not None else []
+        if self.percent is not None:
+            parts.append(int(disk_bytes * self.percent / 100))
+        return min(parts)
+
+    def describe(self) -> str:
+        if self.size is not None and self.percent is not None:
+            return f"the smaller of {format_size(self.size)} and {self.percent:g}% of the disk"
+        if self.percent is not None:
+            return f"{self.percent:g}% of the disk"
+        return format_size(self.size or 0)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    @classmethod
+    def parse(cls, text: str) -> MinFree:
+        """`1G`, `500M`, `0` or `5%`."""
+        text = text.strip()
+        try:
+            if not text.endswith("%"):
+                return cls(size=parse_size(text), percent=None)
+            percent = float(text[:-1])
+        except ValueError:
+            raise ValueError("use a size such as 1G, or a share of the disk such as 2%") from None
+        if not 0 <= percent < 100:
+            raise ValueError("a share of the disk is from 0% to below 100%")
+        return cls(size=None, percent=percent)
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")
     host: str = "0.0.0.0"
@@ -55,6 +95,7 @@ class Settings:
     workers: int = 4
     curate: bool = False
     max_bytes: int | None = None
+    min_free: MinFree = MinFree()
     keep_query: bool = False
     no_stream_fills: bool = False
     allow_origins: tuple[str, ...] = ()
@@ -80,6 +121,8 @@ class Settings:
     # one client address may hold at most this many connections at once.
     header_timeout: float = 20.0
     max_client_connections: int = 256
+    # Each blob is re-hashed once in this many days (0: never), gently.
+    scrub_every: float = 30.0
     log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
     private_metrics: bool = False  # /metrics wants a bearer token
     # Scale-out: several cache-hosts sharing PostgreSQL and an object store

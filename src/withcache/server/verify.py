@@ -1,16 +1,25 @@
-"""Re-hash every stored blob and report (or quarantine) the ones that are bad.
+"""Re-hash stored blobs and take the bad ones out of service: `verify`, the
+background scrub, and the read path's findings all end here.
 
 A blob is checked against what was recorded when it was committed: its size
 and its SHA-256 (which is also its name). Reading and hashing run in a worker
 thread, one blob at a time, so the event loop keeps serving while a big cache
-is checked.
+is checked. A blob found bad is checked again under its blob lock before
+anything is done (a fill may have stored the same bytes afresh meanwhile).
 Quarantine takes a bad blob out of service: its artifacts are deleted (the
 next request is a miss and fills afresh) and the file is moved aside.
+
+The scrub (--scrub-every DAYS) re-hashes every blob once per period, those
+checked longest ago first, at a pace that spreads a whole pass over half the
+period; hosts sharing a store share the work (each blob is claimed in the
+store before it is read). Each pass is a Verification like `verify`'s, so
+"the last verification" means either, whichever ended last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -19,13 +28,49 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from withcache.server import events, log
-from withcache.server.store import Artifact, BlobGone, Blobs
+from withcache.server.store import Artifact, BlobDamaged, BlobGone, Blobs
 
 if TYPE_CHECKING:
     from withcache.server.cache import Cache
 
 READ_BYTES = 1 << 20
 LIST_PAGE = 1000
+SCRUB_ACTOR = "scrub"
+SCRUB_MIN_RATE = 1 << 20  # bytes a second: the gentlest pace, however long the period
+SCRUB_BATCH = 100  # blobs listed per query
+# A pass takes in every blob due within this share of the period, so that
+# passes (and their events) come a few times a period, not one per blob.
+SCRUB_SLACK = 0.1
+SCRUB_IDLE_MAX = 3600.0  # longest sleep between looks for due blobs
+# A small blob read again within this long, with its file unchanged, is not
+# re-hashed: hashing 64 KiB costs a third of answering it.
+READ_RECHECK_SECONDS = 60.0
+READ_CHECKS = 4096  # blobs remembered as checked (the memo is cleared when full)
+
+
+class ReadChecks:
+    """Which small blobs the read path hashed lately, and their files then.
+
+    A file changed since (another inode, a write: its size or modification
+    time moves) is hashed again on its next read; an unchanged one once a
+    minute, so rot that the page cache hid shows within a minute of reads
+    (and the scrub finds it in any blob)."""
+
+    def __init__(self) -> None:
+        self._checked: dict[str, tuple[tuple[int, ...], float]] = {}
+
+    def due(self, sha256: str, stamp: tuple[int, ...] | None) -> bool:
+        if stamp is None:
+            return True  # the store can't say whether the bytes changed
+        found = self._checked.get(sha256)
+        return found is None or found[0] != stamp or found[1] < time.monotonic()
+
+    def passed(self, sha256: str, stamp: tuple[int, ...] | None) -> None:
+        if stamp is None:
+            return
+        if len(self._checked) >= READ_CHECKS:
+            self._checked.clear()
+        self._checked[sha256] = (stamp, time.monotonic() + READ_RECHECK_SECONDS)
 
 
 @dataclass
@@ -38,9 +83,32 @@ class Corrupt:
     quarantined: bool = False
 
 
+class Pace:
+    """Spreads reads over time: at most `rate` bytes a second (None: full
+    speed). `stopped` tells a reading thread to give up (the run was cancelled)."""
+
+    def __init__(self, rate: float | None = None) -> None:
+        self.rate = rate
+        self.stopped = False
+        self._start = time.monotonic()
+        self._done = 0
+
+    def wait(self, nbytes: int) -> float:
+        """Seconds to wait after reading `nbytes` more, to keep to the rate."""
+        self._done += nbytes
+        if self.rate is None:
+            return 0.0
+        return max(0.0, self._start + self._done / self.rate - time.monotonic())
+
+
+class _Stopped(Exception):
+    """The run was cancelled while a thread was reading a blob."""
+
+
 @dataclass(eq=False)
 class Verification:
-    """One run of `verify`: its progress while it runs, its findings after."""
+    """One run of `verify` or one scrub pass: its progress while it runs,
+    its findings after."""
 
     quarantine: bool
     actor: str | None = None
@@ -52,25 +120,54 @@ class Verification:
     bytes_checked: int = 0
     corrupt: list[Corrupt] = field(default_factory=list)
     error: str | None = None
+    pace: Pace = field(default_factory=Pace, repr=False)
 
     @property
     def finished(self) -> bool:
         return self.finished_at is not None
 
+    @property
+    def by_scrub(self) -> bool:
+        return self.actor == SCRUB_ACTOR
+
     async def run(self, cache: Cache) -> None:
+        """Check every stored blob (what `verify` does)."""
         started = time.monotonic()
         try:
             by_blob = await _artifacts_by_blob(cache)
             self.blobs = len(by_blob)
             self.bytes_total = sum(found[0].size for found in by_blob.values())
             for sha256, artifacts in by_blob.items():
-                await self._check(cache, sha256, artifacts)
-                self.checked += 1
+                await self.check(cache, sha256, artifacts[0].size)
         except Exception as err:
             log.error("verify.crashed", exc_info=True)
             self.error = f"{type(err).__name__}: {err}"
         finally:
             self.finished_at = time.time()
+        await self.report(cache, started)
+
+    async def check(self, cache: Cache, sha256: str, size: int, marked: bool = False) -> None:
+        """Check one blob; mark it checked in the store (unless `marked` already)."""
+        done_before = self.bytes_checked
+
+        def progress(n: int) -> None:
+            self.bytes_checked = done_before + n
+
+        problem = await _inspect(cache.blobs, sha256, size, progress, self.pace)
+        self.bytes_checked = done_before + size
+        self.checked += 1
+        if problem is None:
+            if not marked:
+                try:
+                    await cache.metadata.mark_checked(sha256, time.time())
+                except cache.metadata.unavailable as err:  # only the scrub's order suffers
+                    log.warning("verify.unmarked", sha256=sha256, error=str(err))
+            return
+        corrupt = await confirm(cache, sha256, size, self.actor, self.quarantine)
+        if corrupt is not None:
+            self.corrupt.append(corrupt)
+
+    async def report(self, cache: Cache, started: float) -> None:
         await cache.record(
             events.VerifyFinished(
                 actor=self.actor, blobs=self.checked, corrupt=len(self.corrupt),
@@ -79,38 +176,99 @@ class Verification:
             )
         )  # fmt: skip
 
-    async def _check(self, cache: Cache, sha256: str, artifacts: list[Artifact]) -> None:
-        size = artifacts[0].size
-        done_before = self.bytes_checked
 
-        def progress(n: int) -> None:
-            self.bytes_checked = done_before + n
+async def confirm(
+    cache: Cache, sha256: str, size: int, actor: str | None, quarantine: bool = True
+) -> Corrupt | None:
+    """Check a blob found bad again, under its blob lock, and (if it still is,
+    and `quarantine`) take it out of service; what was found, or None."""
+    async with cache.metadata.blob_lock(sha256):
+        problem = await _inspect(cache.blobs, sha256, size, lambda n: None, Pace())
+        if problem is None:
+            return None  # stored afresh meanwhile, or a read that broke off
+        found = await cache.metadata.list_artifacts(search=sha256, limit=LIST_PAGE)
+        corrupt = Corrupt(sha256, problem, [a for a in found.rows if a.sha256 == sha256])
+        log.warning(
+            "verify.corrupt", sha256=sha256, problem=problem, artifacts=len(corrupt.artifacts),
+            by=actor,
+        )  # fmt: skip
+        if quarantine:
+            await _quarantine(cache, corrupt, actor)
+        return corrupt
 
-        # Held while the blob is read: no fill can store these bytes afresh
-        # meanwhile, so the blob found bad is the one quarantined.
-        async with cache.metadata.blob_lock(sha256):
-            problem = await _inspect(cache.blobs, sha256, size, progress)
-            self.bytes_checked = done_before + size
-            if problem is None:
-                return
-            corrupt = Corrupt(sha256, problem, artifacts)
-            self.corrupt.append(corrupt)
-            log.warning("verify.corrupt", sha256=sha256, problem=problem, artifacts=len(artifacts))
-            if self.quarantine:
-                await self._quarantine(cache, corrupt)
 
-    async def _quarantine(self, cache: Cache, corrupt: Corrupt) -> None:
-        for artifact in corrupt.artifacts:
-            if await cache.metadata.delete_artifact(artifact.id) is None:
-                continue
-            await cache.record(
-                events.ArtifactQuarantined(
-                    url=artifact.key, actor=self.actor, sha256=corrupt.sha256,
-                    problem=corrupt.problem,
-                )
-            )  # fmt: skip
-        await cache.blobs.quarantine(corrupt.sha256)
-        corrupt.quarantined = True
+async def _quarantine(cache: Cache, corrupt: Corrupt, actor: str | None) -> None:
+    for artifact in corrupt.artifacts:
+        if await cache.metadata.delete_artifact(artifact.id) is None:
+            continue
+        await cache.record(
+            events.ArtifactQuarantined(
+                url=artifact.key, actor=actor, sha256=corrupt.sha256, problem=corrupt.problem
+            )
+        )
+    await cache.blobs.quarantine(corrupt.sha256)
+    corrupt.quarantined = True
+
+
+class Scrub:
+    """The background scrub: passes over the blobs due for a check."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period  # seconds
+        self.current: Verification | None = None  # the pass under way
+        self.last: Verification | None = None  # the last pass that ended
+        self.stored_bytes: int | None = None  # as of the last look for due blobs
+        self.unchecked_bytes = 0  # stored bytes not checked within the period
+
+    def checked_ratio(self) -> float | None:
+        """The share of stored bytes re-hashed within the last period."""
+        if self.stored_bytes is None:
+            return None  # not looked yet
+        if not self.stored_bytes:
+            return 1.0
+        return max(0.0, 1 - self.unchecked_bytes / self.stored_bytes)
+
+    async def run(self, cache: Cache) -> None:
+        idle = min(max(self.period * SCRUB_SLACK, 1.0), SCRUB_IDLE_MAX)
+        while True:
+            try:
+                if await self._pass(cache):
+                    continue
+            except Exception:
+                log.error("scrub.failed", exc_info=True)
+            await asyncio.sleep(idle)
+
+    async def _pass(self, cache: Cache) -> bool:
+        """Check the blobs that are due, if any; whether it checked some and
+        may go on at once (not after an error: the store may be unwritable)."""
+        now = time.time()
+        due_before = now - self.period * (1 - SCRUB_SLACK)
+        _, self.stored_bytes = await cache.metadata.totals()
+        _, self.unchecked_bytes = await cache.metadata.unchecked_totals(now - self.period)
+        blobs, size = await cache.metadata.unchecked_totals(due_before)
+        if not blobs:
+            return False
+        rate = max(2 * (self.stored_bytes or 0) / self.period, SCRUB_MIN_RATE)
+        run = Verification(
+            quarantine=True, actor=SCRUB_ACTOR, blobs=blobs, bytes_total=size, pace=Pace(rate)
+        )
+        self.current, started = run, time.monotonic()
+        try:
+            while batch := await cache.metadata.blobs_to_check(due_before, SCRUB_BATCH):
+                for sha256, blob_size in batch:
+                    # Claimed first: a host sharing the store takes other blobs.
+                    if await cache.metadata.mark_checked(sha256, time.time(), due_before):
+                        await run.check(cache, sha256, blob_size, marked=True)
+                        self.unchecked_bytes = max(0, self.unchecked_bytes - blob_size)
+        except Exception as err:
+            log.error("scrub.crashed", exc_info=True)
+            run.error = f"{type(err).__name__}: {err}"
+        finally:
+            run.finished_at = time.time()
+            self.current, self.last = None, run
+        if run.checked:
+            await run.report(cache, started)
+        return bool(run.checked) and run.error is None
 
 
 async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:
@@ -130,33 +288,42 @@ async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:
 
 
 async def _inspect(
-    blobs: Blobs, sha256: str, size: int, progress: Callable[[int], None]
+    blobs: Blobs, sha256: str, size: int, progress: Callable[[int], None], pace: Pace
 ) -> str | None:
     """What is wrong with the blob, or None."""
     try:
-        reader = await blobs.open(sha256)
+        reader = await blobs.open(sha256, size)
     except BlobGone:
         return "missing: the blob file is gone"
+    except BlobDamaged as err:
+        return err.problem
     try:
         if reader.file is not None:
-            return await asyncio.to_thread(_inspect_file, reader.file, sha256, size, progress)
+            return await asyncio.to_thread(_inspect_file, reader.file, sha256, size, progress, pace)
         digest = hashlib.sha256()
         done = 0
         async for chunk in reader.chunks(0, size):
             await asyncio.to_thread(digest.update, chunk)  # hashlib releases the GIL
             done += len(chunk)
             progress(done)
+            await asyncio.sleep(pace.wait(len(chunk)))
         return _compare(digest.hexdigest(), sha256)
     except BlobGone:
         return "missing: the blob is gone"
+    except BlobDamaged as err:
+        return err.problem
     except OSError as err:
         return f"unreadable: {err.strerror or err}"
+    except asyncio.CancelledError:
+        pace.stopped = True  # the thread gives up at its next block
+        raise
     finally:
-        await reader.close()
+        with contextlib.suppress(Exception):
+            await reader.close()
 
 
 def _inspect_file(
-    blob: BinaryIO, sha256: str, size: int, progress: Callable[[int], None]
+    blob: BinaryIO, sha256: str, size: int, progress: Callable[[int], None], pace: Pace
 ) -> str | None:
     stat = os.fstat(blob.fileno())
     if stat.st_size != size:
@@ -164,9 +331,12 @@ def _inspect_file(
     digest = hashlib.sha256()
     done = 0
     while chunk := blob.read(READ_BYTES):
+        if pace.stopped:
+            raise _Stopped()
         digest.update(chunk)
         done += len(chunk)
         progress(done)
+        time.sleep(pace.wait(len(chunk)))
     return _compare(digest.hexdigest(), sha256)
 
 

@@ -83,6 +83,9 @@ class FillRecord:
     started_at: float | None = None
     finished_at: float | None = None
     holder: str | None = None  # the cache-host running it (or keeping its credentials)
+    # Where an interrupted transfer can go on from: the partial file's name, the
+    # bytes in it known to be on disk, the origin's validator and total.
+    resume: Mapping[str, Any] | None = None
 
     @property
     def imported(self) -> bool:
@@ -216,6 +219,9 @@ class Metadata(Protocol):
 
     # Other cache-hosts may claim, run and end fills in this store.
     shared: bool
+    # What the store raises when it can't be written just now (a full disk, a
+    # server that is down): a write that failed so is worth trying again.
+    unavailable: tuple[type[Exception], ...]
 
     async def close(self) -> None: ...
 
@@ -247,6 +253,21 @@ class Metadata(Protocol):
 
     async def totals(self) -> tuple[int, int]:
         """(artifact count, bytes stored), counting shared blobs once."""
+        ...
+
+    async def blobs_to_check(self, before: float, limit: int) -> list[tuple[str, int]]:
+        """(sha256, size) of blobs not re-hashed since `before`, longest unchecked first."""
+        ...
+
+    async def unchecked_totals(self, before: float) -> tuple[int, int]:
+        """(blobs, bytes) not re-hashed since `before`."""
+        ...
+
+    async def mark_checked(
+        self, sha256: str, now: float, unless_since: float | None = None
+    ) -> bool:
+        """Note that the blob was re-hashed at `now`; with `unless_since`, only if
+        nobody did since then (so hosts sharing the store each take other blobs)."""
         ...
 
     async def list_artifacts(
@@ -320,7 +341,25 @@ class Metadata(Protocol):
 
     async def get_fill(self, fill_id: int) -> FillRecord | None: ...
 
-    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None: ...
+    async def save_progress(
+        self,
+        fill_id: int,
+        bytes_done: int,
+        total: int | None,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Note a running fill's progress, and with `resume` where it can go on from."""
+        ...
+
+    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        """Promise a running fill `size` bytes of the store (its whole artifact),
+        if the bytes stored plus every running fill's promise, this one's
+        included, stay within `cap`; False (and nothing changed) if not."""
+        ...
+
+    async def reserved_bytes(self) -> int:
+        """The bytes promised to running fills, on every host."""
+        ...
 
     async def finish_fill(
         self,
@@ -442,6 +481,14 @@ class BlobWriter(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    async def sync(self) -> None:
+        """Make the bytes written so far durable: a point to resume from."""
+        ...
+
+    async def suspend(self) -> None:
+        """Stop writing but keep the partial file, to resume (Blobs.resume) after a restart."""
+        ...
+
     async def restart(self) -> None:
         """Drop everything written so far (the origin ignored a resume)."""
         ...
@@ -462,11 +509,24 @@ class BlobGone(Exception):
     """The blob is not in the store (deleted since its row was read)."""
 
 
+class BlobDamaged(Exception):
+    """The blob is there, but not as it was stored (cut short, rotten)."""
+
+    def __init__(self, sha256: str, problem: str) -> None:
+        super().__init__(f"blob {sha256}: {problem}")
+        self.sha256 = sha256
+        self.problem = problem  # "size: ...", "content: ..."
+
+
 class BlobReader(Protocol):
     """A committed blob, opened. Reads raise BlobGone if the store finds no
-    such blob (before any byte), and OSError if it breaks off later."""
+    such blob and BlobDamaged if it is not the size recorded (before any
+    byte), and OSError if it breaks off later."""
 
     file: BinaryIO | None  # a local file to sendfile from (zero-copy); else use `chunks`
+    # What tells these bytes on disk apart from others later under the same
+    # name (inode, size, modification time); None if the store can't say.
+    stamp: tuple[int, ...] | None
 
     async def read(self, start: int, length: int) -> bytes:
         """Bytes [start, start + length): for small bodies."""
@@ -474,6 +534,11 @@ class BlobReader(Protocol):
 
     def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
         """Bytes [start, start + length) as they come."""
+        ...
+
+    def unchanged(self) -> bool:
+        """Whether the stored bytes are still the ones opened: a file cut or
+        rewritten in place meanwhile may have sent zeros for what was cut."""
         ...
 
     async def close(self) -> None: ...
@@ -487,8 +552,15 @@ class Blobs(Protocol):
         (hashlib names) from the bytes as they arrive."""
         ...
 
-    async def open(self, sha256: str) -> BlobReader:
-        """The committed blob; BlobGone if it is known to be gone already."""
+    async def resume(self, name: str, size: int, also: Collection[str] = ()) -> BlobWriter | None:
+        """A writer going on from the first `size` bytes of the partial file
+        `name` (a suspended or crashed writer's), those bytes hashed (with
+        `also` too); None if that file is gone or shorter."""
+        ...
+
+    async def open(self, sha256: str, size: int) -> BlobReader:
+        """The committed blob; BlobGone if it is known to be gone already,
+        BlobDamaged if it is known not to be `size` bytes long."""
         ...
 
     def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
@@ -503,9 +575,14 @@ class Blobs(Protocol):
         """Move a corrupt blob out of service, kept for inspection."""
         ...
 
-    async def clean_temp(self) -> int:
-        """Remove partial blobs a crash left behind; return how many. On a
+    async def clean_temp(self, keep: Collection[str] = ()) -> int:
+        """Remove partial blobs a crash left behind, except the partial files
+        named in `keep` (fills may resume from them); return how many. On a
         shared store, only what no live host can still be writing."""
+        ...
+
+    async def discard_partial(self, name: str) -> None:
+        """Remove a partial file kept for a resume that won't happen."""
         ...
 
     def free_bytes(self) -> int | None:

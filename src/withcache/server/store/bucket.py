@@ -21,7 +21,12 @@ ever written with bytes known to hash to its name:
 - A blob smaller than one part skips all that: one PUT to its final key
   (on S3, signed with the SHA-256 that names it).
 
-Reads are ranged GETs streamed through the host, or presigned URLs.
+- A fill that resumes after a restart (from its spool file) starts a new
+  upload and sends the spooled bytes again as its first parts.
+
+Reads are ranged GETs streamed through the host, or presigned URLs. Each
+answer says the object's whole size, which is checked against the recorded
+one before any byte is used.
 """
 
 from __future__ import annotations
@@ -30,15 +35,15 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import obstore
 
-from withcache.server.store import BlobGone, StoreError
+from withcache.server.store import BlobDamaged, BlobGone, StoreError
 from withcache.server.store.bucket_access import Bucket, BucketError, bucket_error, open_bucket
-from withcache.server.store.files import Spool, empty_dir
+from withcache.server.store.files import Spool, empty_dir, partial_name, reopen
 
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
@@ -53,36 +58,45 @@ S3_COPY_LIMIT = 5 << 30
 
 
 class BucketBlobWriter(Spool):
-    def __init__(self, blobs: BucketBlobs, also: Collection[str] = ()) -> None:
-        super().__init__(blobs.spool_dir, also)
+    def __init__(
+        self, blobs: BucketBlobs, resume: tuple[str, int] | None = None,
+        also: Collection[str] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(blobs.spool_dir, resume, also)
         self._blobs = blobs
         self._start_over()
+
+    async def absorb(self, block: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+        await super().absorb(self._upload)  # the spooled bytes go up again
 
     def _start_over(self) -> None:
         self._key = f"tmp/{os.urandom(12).hex()}"
         self._pending = bytearray()  # the first bytes, until they make a part
-        self._upload: Any = None  # the library's writer, from the first full part on
+        self._writer: Any = None  # the library's writer, from the first full part on
 
     async def write(self, data: bytes) -> None:
         await super().write(data)
+        await self._upload(data)
+
+    async def _upload(self, data: bytes) -> None:
         try:
-            if self._upload is not None:
-                await self._upload.write(data)
+            if self._writer is not None:
+                await self._writer.write(data)
                 return
             self._pending += data
             if len(self._pending) >= PART_SIZE:
-                self._upload = obstore.open_writer_async(
+                self._writer = obstore.open_writer_async(
                     self._blobs.bucket.store, self._key,
                     buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT,
                 )  # fmt: skip
-                await self._upload.write(bytes(self._pending))
+                await self._writer.write(bytes(self._pending))
                 self._pending = bytearray()
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
 
     async def _drop_upload(self) -> None:
         """Abort the multipart upload (the library does so on an error exit)."""
-        upload, self._upload = self._upload, None
+        upload, self._writer = self._writer, None
         if upload is not None:
             with contextlib.suppress(Exception):
                 await upload.__aexit__(BucketError, BucketError("aborted"), None)
@@ -97,11 +111,11 @@ class BucketBlobWriter(Spool):
         store = self._blobs.bucket.store
         final = self._blobs.key(sha)
         try:
-            if self._upload is None:
+            if self._writer is None:
                 await obstore.put_async(store, final, bytes(self._pending))
             else:
-                await self._upload.close()  # completes the multipart upload
-                self._upload = None
+                await self._writer.close()  # completes the multipart upload
+                self._writer = None
                 try:
                     # Another URL may have brought the same bytes: then they are there.
                     if await self._blobs.size(final) != self.size:
@@ -126,13 +140,25 @@ class BucketBlobWriter(Spool):
         await self._drop_upload()
         await self._discard()
 
+    async def suspend(self) -> None:
+        # The parts sent so far belong to an upload nobody will complete: the
+        # spool keeps the bytes, and a resume sends them again.
+        await self._drop_upload()
+        await super().suspend()
+
 
 class BucketBlobReader:
     file = None  # nothing local to sendfile: bytes are streamed from the store
+    # No way to tell a changed object apart without a request: a small blob is
+    # hashed on every read (the round trip costs more than the hash).
+    stamp = None
 
-    def __init__(self, store: Any, key: str) -> None:
-        self._store = store
-        self._key = key
+    def __init__(self, blobs: BucketBlobs, sha256: str, size: int) -> None:
+        self._blobs = blobs
+        self._store = blobs.bucket.store
+        self._key = blobs.key(sha256)
+        self._sha256 = sha256
+        self._size = size
 
     async def read(self, start: int, length: int) -> bytes:
         return b"".join([chunk async for chunk in self.chunks(start, length)])
@@ -145,7 +171,10 @@ class BucketBlobReader:
         except FileNotFoundError:
             raise BlobGone(self._key) from None
         except obstore.exceptions.BaseError as err:
+            # A range past a cut-short object's end is refused: say so, if that's why.
+            await self._check_size(await self._blobs.size(self._key))
             raise bucket_error(err) from None
+        await self._check_size(answer.meta["size"])
         got = 0
         try:
             async for chunk in answer.stream(min_chunk_size=READ_CHUNK):
@@ -155,6 +184,15 @@ class BucketBlobReader:
             raise bucket_error(err) from None
         if got != length:
             raise BucketError(f"the object store sent {got} of {length} bytes")
+
+    async def _check_size(self, found: int | None) -> None:
+        if found is None:
+            raise BlobGone(self._key)
+        if found != self._size:
+            raise BlobDamaged(self._sha256, f"size: {found} bytes, recorded {self._size}")
+
+    def unchanged(self) -> bool:
+        return True  # each GET answers with one version of the object, whole
 
     async def close(self) -> None:
         pass
@@ -192,10 +230,18 @@ class BucketBlobs:
             return None
 
     def begin(self, also: Collection[str] = ()) -> BucketBlobWriter:
-        return BucketBlobWriter(self, also)
+        return BucketBlobWriter(self, also=also)
 
-    async def open(self, sha256: str) -> BucketBlobReader:
-        return BucketBlobReader(self.bucket.store, self.key(sha256))
+    async def resume(
+        self, name: str, size: int, also: Collection[str] = ()
+    ) -> BucketBlobWriter | None:
+        resumed = await reopen(
+            lambda: BucketBlobWriter(self, (name, size), also), self.spool_dir, name
+        )
+        return resumed  # type: ignore[return-value]
+
+    async def open(self, sha256: str, size: int) -> BucketBlobReader:
+        return BucketBlobReader(self, sha256, size)
 
     def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
         return self.bucket.presign(self.key(sha256), seconds, headers)
@@ -215,8 +261,12 @@ class BucketBlobs:
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
 
-    async def clean_temp(self) -> int:
-        cleaned = empty_dir(self.spool_dir)
+    async def discard_partial(self, name: str) -> None:
+        if partial_name(name):
+            (self.spool_dir / name).unlink(missing_ok=True)
+
+    async def clean_temp(self, keep: Collection[str] = ()) -> int:
+        cleaned = empty_dir(self.spool_dir, keep)
         # Other hosts may be uploading right now: only what is a day old goes.
         stale = time.time() - STALE_UPLOAD_SECONDS
         store = self.bucket.store

@@ -51,6 +51,7 @@ from withcache.server.store.rows import (
     ITEM_FIELDS,
     ITEMS_JOINED,
     LIST_COLUMNS,
+    RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
@@ -61,6 +62,7 @@ from withcache.server.store.rows import (
     as_token,
     item_values,
     like_pattern,
+    reserve_sql,
     tally,
 )
 
@@ -188,6 +190,14 @@ MIGRATIONS = [
         FOR EACH ROW WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256)
         EXECUTE FUNCTION withcache_count_blobs();
     """,
+    # Bytes promised to running fills under --max-bytes; where an interrupted
+    # fill resumes from; when each blob was last re-hashed (the scrub's order).
+    """
+    ALTER TABLE fills ADD COLUMN reserved BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE fills ADD COLUMN resume TEXT;
+    ALTER TABLE artifacts ADD COLUMN checked_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+    CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
+    """,
     # Pre-seeded and air-gapped labs: a fill's expected digest names its
     # algorithm; imported artifacts say so; lists group the fills added together.
     """
@@ -218,6 +228,7 @@ MIGRATIONS = [
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
+RESERVE = reserve_sql("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
 
 
@@ -253,6 +264,8 @@ class PostgresMetadata:
     """The Metadata interface over a PostgreSQL database."""
 
     shared = True
+    # Disk full, server gone, pool exhausted: psycopg's OperationalError family.
+    unavailable = (psycopg.OperationalError,)
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self._pool = pool
@@ -350,6 +363,32 @@ class PostgresMetadata:
         row = await self._one("SELECT artifacts, bytes FROM totals")
         return row[0], row[1]
 
+    async def blobs_to_check(self, before: float, limit: int) -> list[tuple[str, int]]:
+        rows = await self._all(
+            "SELECT sha256, max(size) FROM artifacts WHERE checked_at < %s "
+            "GROUP BY sha256 ORDER BY min(checked_at), sha256 LIMIT %s",
+            (before, limit),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def unchecked_totals(self, before: float) -> tuple[int, int]:
+        row = await self._one(
+            "SELECT count(*), coalesce(sum(size), 0) FROM "
+            "(SELECT max(size) AS size FROM artifacts WHERE checked_at < %s GROUP BY sha256) b",
+            (before,),
+        )
+        return row[0], int(row[1])
+
+    async def mark_checked(
+        self, sha256: str, now: float, unless_since: float | None = None
+    ) -> bool:
+        marked = await self._run(
+            "UPDATE artifacts SET checked_at = %(now)s WHERE sha256 = %(sha)s "
+            "AND (%(since)s::float8 IS NULL OR checked_at < %(since)s)",
+            {"now": now, "sha": sha256, "since": unless_since},
+        )
+        return marked > 0
+
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
         offset: int = 0, limit: int = 50,
@@ -444,7 +483,7 @@ class PostgresMetadata:
     ) -> FillRecord | None:
         row = await self._one(
             "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
-            "total = NULL, holder = %(holder)s, lease_until = %(until)s "
+            "total = NULL, reserved = 0, holder = %(holder)s, lease_until = %(until)s "
             "WHERE id = (SELECT id FROM fills WHERE "
             "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
@@ -475,11 +514,28 @@ class PostgresMetadata:
         row = await self._one(f"SELECT {FILL_COLUMNS} FROM fills WHERE id = %s", (fill_id,))
         return as_fill(row) if row else None
 
-    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
+    async def save_progress(
+        self, fill_id: int, bytes_done: int, total: int | None,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         await self._run(
-            "UPDATE fills SET bytes_done = %s, total = %s WHERE id = %s",
-            (bytes_done, total, fill_id),
+            "UPDATE fills SET bytes_done = %s, total = %s, resume = coalesce(%s, resume) "
+            "WHERE id = %s",
+            (bytes_done, total, resume and json.dumps(dict(resume)), fill_id),
         )
+
+    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        async with self._pool.connection() as conn, conn.transaction():
+            # The totals row is the one lock every reservation and every commit
+            # (its trigger) takes: reservations across hosts happen one at a time.
+            await conn.execute("SELECT bytes FROM totals FOR UPDATE")
+            done = await conn.execute(
+                RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
+            )
+            return done.rowcount == 1
+
+    async def reserved_bytes(self) -> int:
+        return int((await self._one(RESERVED))[0])
 
     async def finish_fill(
         self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,
@@ -514,14 +570,16 @@ class PostgresMetadata:
             ).fetchone()
             values = (
                 fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                miss[0] if miss else 0, fill.requested_by == IMPORTED,
+                miss[0] if miss else 0, now, fill.requested_by == IMPORTED,
             )  # fmt: skip
+            # Hashed as it arrived: the blob counts as checked now.
             row = await (
                 await conn.execute(
                     "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                    "imported) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key, scope) "
-                    "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
-                    "headers = excluded.headers, fetched_at = excluded.fetched_at, "
+                    "checked_at, imported) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
+                    "size = excluded.size, headers = excluded.headers, "
+                    "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
                     "misses = artifacts.misses + excluded.misses, imported = excluded.imported "
                     f"RETURNING {ARTIFACT_COLUMNS}",
                     values,

@@ -26,7 +26,7 @@ ARTIFACT_COLUMNS = (
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_digest, credentialed, "
-    "bytes_done, total, error, created_at, started_at, finished_at, holder"
+    "bytes_done, total, error, created_at, started_at, finished_at, holder, resume"
 )
 LIST_COLUMNS = "id, source, kind, created_at, created_by"
 # A list's items joined with their fills (`i` and `f`): while the fill's row is
@@ -50,6 +50,23 @@ SETTLE_ITEMS = (
 )
 
 
+# --max-bytes: promise a running fill `size` bytes only if the bytes stored and
+# every running fill's promise stay within `cap` (the stores run it so that no
+# other reservation or commit comes in between; see Metadata.reserve_bytes).
+_RESERVE = (
+    "UPDATE fills SET reserved = {size} WHERE id = {id} AND holder = {holder} "
+    "AND state = 'running' AND (SELECT bytes FROM totals) + {size} + (SELECT "
+    "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' AND id <> {id}) <= {cap}"
+)
+RESERVED = "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
+
+
+def reserve_sql(mark: str) -> str:
+    """The reservation, its parameters written as the driver names them:
+    `mark` is ":{}" for sqlite3, "%({})s" for psycopg."""
+    return _RESERVE.format(**{name: mark.format(name) for name in ("size", "id", "holder", "cap")})
+
+
 def as_artifact(row: Sequence[Any]) -> Artifact:
     return Artifact(
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
@@ -65,6 +82,7 @@ def as_fill(row: Sequence[Any]) -> FillRecord:
         credentialed=bool(row[7]),  # SQLite: 0/1
         bytes_done=row[8], total=row[9], error=row[10], created_at=row[11],
         started_at=row[12], finished_at=row[13], holder=row[14],
+        resume=json.loads(row[15]) if row[15] else None,
     )  # fmt: skip
 
 

@@ -47,6 +47,7 @@ from withcache.server.store.rows import (
     ITEM_FIELDS,
     ITEMS_JOINED,
     LIST_COLUMNS,
+    RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
@@ -57,6 +58,7 @@ from withcache.server.store.rows import (
     as_token,
     item_values,
     like_pattern,
+    reserve_sql,
     tally,
 )
 
@@ -181,6 +183,14 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN holder TEXT;
     ALTER TABLE fills ADD COLUMN lease_until REAL;
     """,
+    # Bytes promised to running fills under --max-bytes; where an interrupted
+    # fill resumes from; when each blob was last re-hashed (the scrub's order).
+    """
+    ALTER TABLE fills ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE fills ADD COLUMN resume TEXT;
+    ALTER TABLE artifacts ADD COLUMN checked_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
+    """,
     # Pre-seeded and air-gapped labs: a fill's expected digest names its
     # algorithm; imported artifacts say so; lists group the fills added together.
     """
@@ -213,6 +223,7 @@ MIGRATIONS = [
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
+RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -225,6 +236,8 @@ class SQLiteMetadata:
     """The Metadata interface over a single SQLite file."""
 
     shared = False
+    # SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY...: the file can't be written now.
+    unavailable = (sqlite3.OperationalError,)
 
     def __init__(self, path: Path) -> None:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -325,6 +338,30 @@ class SQLiteMetadata:
     async def totals(self) -> tuple[int, int]:
         return self._db.execute("SELECT artifacts, bytes FROM totals").fetchone()
 
+    async def blobs_to_check(self, before: float, limit: int) -> list[tuple[str, int]]:
+        return self._db.execute(
+            "SELECT sha256, max(size) FROM artifacts WHERE checked_at < ? "
+            "GROUP BY sha256 ORDER BY min(checked_at), sha256 LIMIT ?",
+            (before, limit),
+        ).fetchall()
+
+    async def unchecked_totals(self, before: float) -> tuple[int, int]:
+        return self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM "
+            "(SELECT max(size) AS size FROM artifacts WHERE checked_at < ? GROUP BY sha256)",
+            (before,),
+        ).fetchone()
+
+    async def mark_checked(
+        self, sha256: str, now: float, unless_since: float | None = None
+    ) -> bool:
+        cursor = self._db.execute(
+            "UPDATE artifacts SET checked_at = :now WHERE sha256 = :sha "
+            "AND (:since IS NULL OR checked_at < :since)",
+            {"now": now, "sha": sha256, "since": unless_since},
+        )
+        return cursor.rowcount > 0
+
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
         offset: int = 0, limit: int = 50,
@@ -421,7 +458,7 @@ class SQLiteMetadata:
     ) -> FillRecord | None:
         row = self._db.execute(
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
-            "holder = :holder, lease_until = :until "
+            "reserved = 0, holder = :holder, lease_until = :until "
             f"WHERE id = (SELECT id FROM fills WHERE ({CLAIMABLE}) "
             "AND (:id IS NULL OR id = :id) ORDER BY requested_by != 'operator', id LIMIT 1) "
             f"RETURNING {FILL_COLUMNS}",
@@ -450,10 +487,25 @@ class SQLiteMetadata:
         found = row.fetchone()
         return as_fill(found) if found else None
 
-    async def save_progress(self, fill_id: int, bytes_done: int, total: int | None) -> None:
+    async def save_progress(
+        self, fill_id: int, bytes_done: int, total: int | None,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         self._db.execute(
-            "UPDATE fills SET bytes_done = ?, total = ? WHERE id = ?", (bytes_done, total, fill_id)
+            "UPDATE fills SET bytes_done = ?, total = ?, resume = coalesce(?, resume) WHERE id = ?",
+            (bytes_done, total, resume and json.dumps(dict(resume)), fill_id),
         )
+
+    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        # One statement: SQLite runs one writer at a time, so no other
+        # reservation or commit can slip in between the sum and the update.
+        cursor = self._db.execute(
+            RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
+        )
+        return cursor.rowcount == 1
+
+    async def reserved_bytes(self) -> int:
+        return self._db.execute(RESERVED).fetchone()[0]
 
     async def finish_fill(
         self, fill_id: int, state: FillState, error: str | None, display_url: str, now: float,
@@ -480,14 +532,16 @@ class SQLiteMetadata:
             if done.rowcount != 1:
                 return None
             miss = await self.delete_miss(fill.key)
+            # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
                 "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                "imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) DO UPDATE SET "
-                "sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
-                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
+                "checked_at, imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) "
+                "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
+                "headers = excluded.headers, fetched_at = excluded.fetched_at, "
+                "misses = misses + excluded.misses, checked_at = excluded.checked_at, "
                 "imported = excluded.imported RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0, fill.requested_by == IMPORTED),
+                 miss.count if miss else 0, now, fill.requested_by == IMPORTED),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
             artifact = await self.get_artifact(artifact_id)

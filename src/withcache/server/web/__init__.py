@@ -14,4 +14,12 @@ def make_app(cache: Cache) -> web.Application:
     read.add_routes(app)
     ui.add_routes(app, cache)
     api.add_routes(app, cache)
+
+    async def end_fills(app: web.Application) -> None:
+        # Before the server waits for open requests to end: a client streaming
+        # a fill is closed short now (its fill resumes at the next start), not
+        # after the shutdown timeout.
+        await cache.fills.stop()
+
+    app.on_shutdown.append(end_fills)
     return app

@@ -36,6 +36,7 @@ from withcache.server.store import (
     ITEM_STATES,
     PUBLIC,
     Artifact,
+    BlobDamaged,
     BlobGone,
     EventRecord,
     ListItem,
@@ -528,7 +529,7 @@ async def export_bundle(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in bundle.chunks():
             await response.write(chunk)
-    except (OSError, BlobGone) as err:
+    except (OSError, BlobGone, BlobDamaged) as err:
         log.error("export.broke_off", error=str(err) or type(err).__name__)
         if request.transport is not None:
             request.transport.close()  # short of Content-Length: the client knows it failed
@@ -680,7 +681,9 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def metrics_handler(cache: Cache) -> Handler:
     async def serve_metrics(request: web.Request) -> web.Response:
-        body = metrics.exposition(cache.tally, await cache.health(), await cache.work())
+        body = metrics.exposition(
+            cache.tally, await cache.health(), await cache.work(), cache.integrity()
+        )
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     if cache.settings.private_metrics:

@@ -5,18 +5,28 @@ by zero-copy sendfile, an object store's blob is streamed through this host,
 or, with `--redirect-hits`, the client is sent to a short-lived presigned URL
 of the object store so the bytes never pass through here. HEAD and the
 conditional answers (304, 412, 416) never touch the store.
+
+A blob that is not as stored is never sent: its size is checked when it is
+opened, its file is checked unchanged after it was read or sent (a client of
+a file cut meanwhile is reset), and a small blob is re-hashed when read,
+unless its file is unchanged since it was hashed less than a minute ago
+(verify.ReadChecks: hashing on every read cost a third of a small hit). A
+bad one is quarantined and the request goes on as a miss (filled afresh);
+one found bad after its headers were sent has its connection closed short.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
+import struct
 
 from aiohttp import web
 
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact, BlobGone, BlobReader
+from withcache.server.store import Artifact, BlobDamaged, BlobGone, BlobReader
 from withcache.server.web import conditional
 
 SMALL_BODY = 256 * 1024
@@ -36,7 +46,8 @@ def _headers(artifact: Artifact) -> dict[str, str]:
 async def send_blob(
     request: web.Request, cache: Cache, artifact: Artifact
 ) -> web.StreamResponse | None:
-    """Answer from a stored blob; None if the blob vanished (deleted meanwhile)."""
+    """Answer from a stored blob; None if the blob vanished (deleted
+    meanwhile) or was found damaged before anything was sent."""
     headers = _headers(artifact)
     rep = conditional.Representation(
         etag=headers["ETag"],
@@ -68,12 +79,18 @@ async def send_blob(
                 status=302, headers={"Location": location, "Cache-Control": "no-store"}
             )
     try:
-        reader = await cache.blobs.open(artifact.sha256)
+        reader = await cache.blobs.open(artifact.sha256, artifact.size)
     except BlobGone:
+        return None
+    except BlobDamaged as err:
+        await cache.blob_damaged(artifact, err.problem)
         return None
     try:
         return await _send(request, cache, artifact, reader, answer, headers)
     except BlobGone:
+        return None
+    except BlobDamaged as err:
+        await cache.blob_damaged(artifact, err.problem)
         return None
     finally:
         await reader.close()
@@ -87,10 +104,22 @@ async def _send(
     answer: conditional.Answer,
     headers: dict[str, str],
 ) -> web.StreamResponse:
+    if artifact.size <= SMALL_BODY:
+        # The whole blob is read (it is small), so it can be checked.
+        blob = await reader.read(0, artifact.size)
+        if len(blob) != artifact.size or not reader.unchanged():
+            raise BlobDamaged(artifact.sha256, "size: it changed while it was read")
+        if cache.read_checks.due(artifact.sha256, reader.stamp):
+            if hashlib.sha256(blob).hexdigest() != artifact.sha256:
+                raise BlobDamaged(artifact.sha256, "content: its SHA-256 differs from its name")
+            cache.read_checks.passed(artifact.sha256, reader.stamp)
+        cache.count_hit(artifact, answer.length)
+        body = blob[answer.start : answer.start + answer.length]
+        return web.Response(status=answer.status, headers=headers, body=body)
     if answer.length <= SMALL_BODY:
         body = await reader.read(answer.start, answer.length)
-        if len(body) != answer.length:
-            raise ConnectionResetError("the blob store sent a short body")
+        if len(body) != answer.length or not reader.unchanged():
+            raise BlobDamaged(artifact.sha256, "size: it changed while it was read")
         cache.count_hit(artifact, answer.length)
         return web.Response(status=answer.status, headers=headers, body=body)
     transport = request.transport
@@ -107,7 +136,7 @@ async def _send(
             await response.write(first)
             async for chunk in chunks:
                 await response.write(chunk)
-        except OSError:
+        except (OSError, BlobDamaged):
             transport.close()  # short of Content-Length: the client fails, loudly
             return response
         finally:
@@ -121,13 +150,47 @@ async def _send(
         _cork(sock, True)
         await response.prepare(request)
         cache.count_hit(artifact, answer.length)
-        await asyncio.get_running_loop().sendfile(
-            transport, reader.file, answer.start, answer.length
-        )
-        await response.write_eof()
-        return response
+        try:
+            problem = await _sendfile(transport, reader, answer.start, answer.length)
+        except ConnectionError:
+            return response  # the client left
+        except OSError as err:  # EIO: a bad sector
+            problem = f"unreadable: {err.strerror or err}"
     finally:
         _cork(sock, False)
+    if problem is not None:  # damaged since it was opened
+        _reset(transport)  # the client fails, loudly
+        await cache.blob_damaged(artifact, problem)
+        return response
+    await response.write_eof()
+    return response
+
+
+async def _sendfile(
+    transport: asyncio.Transport, reader: BlobReader, start: int, length: int
+) -> str | None:
+    """Send the bytes; what went wrong, if anything. A file cut in place while
+    it is sent has the page at its new end zeroed under the bytes already
+    queued (zero-copy): the check afterwards heals the store and resets the
+    client, but one that already read every byte keeps them. Blobs are never
+    changed in place by withcache itself (commit, quarantine and delete rename
+    or unlink), so that takes another process editing a live blob."""
+    assert reader.file is not None
+    sent = await asyncio.get_running_loop().sendfile(transport, reader.file, start, length)
+    if sent == length and reader.unchanged():
+        return None
+    return "size: it changed while it was sent"
+
+
+def _reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a reset, not an orderly close: what the kernel still holds
+    for the client is dropped, so one that has not read every announced byte
+    yet sees the transfer fail."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _cork(sock: socket.socket | None, on: bool) -> None:

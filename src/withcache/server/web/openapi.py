@@ -73,7 +73,12 @@ ID = "[1-9][0-9]{0,17}"  # a positive id in its digits
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string", "description": "what went wrong, one line"}}),
     "Status": _object({
-        "status": {"type": "string", "enum": ["ok"]},
+        "status": {
+            "type": "string", "enum": ["ok", "degraded"],
+            "description": "degraded: hits are served, but no fill starts or the metadata "
+            "store can't record (see problems)",
+        },
+        "problems": {"type": "array", "items": {"type": "string"}},
         "version": {"type": "string"},
         "mode": {"type": "string", "enum": ["auto", "curate"]},
         "artifacts": COUNT,

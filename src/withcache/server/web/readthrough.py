@@ -8,7 +8,9 @@ client can't slow the fill or the others, and one that leaves doesn't stop it.
 Never a wrong or silently short byte: a client gets only bytes already
 written; if the fill fails, or starts over with bytes that may differ, every
 client that got part of the old ones has its connection closed before the
-announced length, so curl and wget exit non-zero.
+announced length, so curl and wget exit non-zero. The one exception is a
+body the origin framed only by closing the connection: it is not stored (its
+end can't be checked), but its clients get all of it, as from the origin.
 
 A fill running on another cache-host (several hosts sharing one store) has
 its bytes there, not here. A probe is answered as for a local fill (200 with
@@ -138,7 +140,8 @@ async def _copy(
     while end is None or pos < end:
         if transport.is_closing():
             return  # the client left
-        if fill.generation != generation or fill.error is not None:
+        error = fill.error
+        if fill.generation != generation or (error is not None and not _delivered(error)):
             transport.close()  # short of Content-Length (or the last chunk): the client fails
             return
         available = fill.bytes_done if end is None else min(fill.bytes_done, end)
@@ -160,3 +163,8 @@ async def _copy(
                 transport.close()
             return
         await fill.progressed()
+
+
+def _delivered(error: BaseException) -> bool:
+    """The fill received the whole body as the origin sent it, but won't store it."""
+    return getattr(error, "delivered", False)

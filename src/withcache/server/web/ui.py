@@ -123,7 +123,8 @@ async def overview(request: web.Request) -> web.Response:
         fills=fill_rows(cache, list(fills.rows)), fills_total=fills.total,
         poll=f"/downloads/table?state=active&limit={OVERVIEW_ROWS}",
         artifacts=recent, curate=cache.settings.curate, q="", figures=figures,
-        started=tally.started, uptime=time.time() - tally.started, work=await cache.work(),
+        integrity=cache.integrity(), started=tally.started, uptime=time.time() - tally.started,
+        work=await cache.work(),
         empty=not (recent.total or misses.total or fills.total),
         client_url=str(request.url.origin()),
     )  # fmt: skip
