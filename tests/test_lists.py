@@ -238,3 +238,26 @@ def test_lists_from_the_ui(origin, cache_host, backend):
         assert bad.status == 400 and message in bad.text, (form, bad.status, bad.text[-400:])
     assert client.get("/lists/99").status == 404
     assert client.post("/add/list", {"lines": url}).status == 403  # no CSRF token
+
+
+def test_an_md5_is_checked_over_every_byte_of_a_fill_that_resumed(origin, cache_host):
+    """A fill killed mid-way resumes from its partial file (issue 13): the
+    MD5 it must match is computed over the bytes kept as well as the rest."""
+    data = os.urandom(4 << 20)
+    url = origin.add("/resumed/vendor.iso", data, etag='"v1"', rate=1 << 20)
+    host, api = start(cache_host)
+    made = api.post("/lists", {"text": f"{sha(data, 'md5')}  {url}\n"}).body
+    deadline = time.monotonic() + 20
+    while host.rows("SELECT bytes_done FROM fills")[0][0] < 1 << 20:
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.05)
+    time.sleep(1.5)  # a resume point is saved about every second
+    host.kill()
+    origin.resources["/resumed/vendor.iso"].rate = None
+    host.start()
+    api = Api(host.url).with_token(api.token)
+    finished = wait_list(api, made["id"])
+    assert (finished["ready"], finished["failed"]) == (1, 0), items(api, made["id"])
+    resumed = [h.headers for h in origin.hits if h.path == "/resumed/vendor.iso"][-1]
+    assert int(resumed["Range"][6:-1]) >= 1 << 20  # it went on, not over
+    assert host.blob_names() == [sha(data)]
