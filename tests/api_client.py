@@ -90,7 +90,10 @@ class Api:
         if content is None:
             assert not answer.body, f"{method} {path}: {answer.status} has a body"
             return
-        assert answer.headers["Content-Type"].startswith("application/json")
+        (kind,) = content
+        assert answer.headers["Content-Type"].startswith(kind), (kind, answer.headers)
+        if kind != "application/json":  # a bundle (a tar): its own tests read it
+            return
         schema = {
             **content["application/json"]["schema"],
             "components": self.document["components"],

@@ -76,3 +76,14 @@ def test_floods(tmp_path):
     out = run_bench(tmp_path, "floods.py", "--junk", "300", "--probes", "50")
     assert "then a GET of a real artifact: 200" in out and "whole" in out
     assert (tmp_path / "floods.json").exists()
+
+
+def test_import_export(tmp_path):
+    out = run_bench(tmp_path, "import_export.py", "--size-mib", "8", "--runs", "1",
+                    "--dir", str(tmp_path))  # fmt: skip
+    assert "import / cp:" in out and "export / tar:" in out
+    table = [line.split() for line in out.splitlines()]
+    rows = {row[0]: float(row[2]) for row in table
+            if len(row) == 3 and row[0] in ("import", "export", "stream", "cp", "tar")}  # fmt: skip
+    assert all(mib_s > 0 for mib_s in rows.values()) and len(rows) == 5
+    assert (tmp_path / "import_export.json").exists()

@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from withcache.server.store import FillState, Lease
+from withcache.server.digests import Digest
+from withcache.server.store import MAX_LISTS, FillState, ItemState, Lease, ListItem
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)
@@ -68,6 +69,71 @@ async def test_migrating_a_sqlite_version_1_database_keeps_its_data(tmp_path):
     assert (await meta.list_artifacts()).total == 3
     await meta.close()
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+async def test_an_expected_sha256_becomes_an_expected_digest_when_migrated(tmp_path):
+    """Issue 17's migration: the fills' expected_sha256 names its algorithm now."""
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path)
+    db.executescript("".join(MIGRATIONS[:4]) + "; PRAGMA user_version = 4;")
+    db.execute(
+        "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, created_at) "
+        "VALUES ('https://h/a', '', 'https://h/a', 'queued', 'operator', ?, 1)",
+        ("AB" * 32,),
+    )
+    db.commit()
+    db.close()
+    meta = SQLiteMetadata(path)
+    (fill,) = (await meta.list_fills()).rows
+    assert fill.expected == Digest("sha256", "ab" * 32)
+    await meta.close()
+
+
+async def test_a_list_keeps_how_its_lines_ended_once_their_fills_are_forgotten(meta):
+    done, _ = await meta.enqueue_fill("https://h/done", "", "https://h/done", "operator", 1.0,
+                                      expected=Digest("md5", "c" * 32))  # fmt: skip
+    failed, _ = await meta.enqueue_fill("https://h/bad", "", "https://h/bad", "operator", 1.0)
+    running, _ = await meta.enqueue_fill("https://h/run", "", "https://h/run", "operator", 1.0)
+    assert done.expected == Digest("md5", "c" * 32)
+    list_id = await meta.add_list("rebuild.txt", "urls", "api:ops", 1.0)
+    await meta.add_list_items(list_id, [
+        ListItem(1, "https://h/done", "queued", done.id),
+        ListItem(2, "https://h/bad", "queued", failed.id),
+        ListItem(3, "https://h/run", "queued", running.id),
+        ListItem(4, "https://h/old", ItemState.CACHED, total=7),
+        ListItem(5, "not a url", ItemState.REFUSED, note="not an http(s) URL"),
+    ])  # fmt: skip
+    claimed = await meta.claim_fill(2.0, HOLDER, done.id)
+    await meta.commit_artifact(claimed, "a" * 64, 100, {}, "https://h/done", 3.0, HOLDER.holder)
+    await meta.finish_fill(failed.id, FillState.FAILED, "origin answered 404", "https://h/bad", 3.0)
+    await meta.claim_fill(2.0, HOLDER, running.id)
+    await meta.save_progress(running.id, 40, 80)
+    tally = await meta.tally_list(list_id)
+    assert tally.counts == {"done": 1, "failed": 1, "running": 1, "cached": 1, "refused": 1}
+    assert tally.bytes_done == {"done": 100, "failed": 0, "running": 40, "cached": 7,
+                                "refused": 0}  # fmt: skip
+    assert tally.running == [running.id]
+    assert await meta.clear_finished_fills() == 2
+    items = {i.line: i for i in (await meta.list_items(list_id)).rows}
+    assert (items[1].state, items[1].total, items[1].fill_id) == ("done", 100, None)
+    assert (items[2].state, items[2].note) == ("failed", "origin answered 404")
+    assert (items[3].state, items[3].bytes_done, items[3].fill_id) == ("running", 40, running.id)
+    assert await meta.tally_list(list_id) == tally  # nothing changed but where it is kept
+    only = await meta.list_items(list_id, ("failed", "refused"), limit=1)
+    assert only.total == 2 and [i.line for i in only.rows] == [2]
+
+
+async def test_lists_follow_the_event_age_and_their_own_count(meta):
+    for n in range(MAX_LISTS + 3):
+        list_id = await meta.add_list(f"{n}.txt", "urls", None, float(n))
+        await meta.add_list_items(list_id, [ListItem(1, f"https://h/{n}", ItemState.CACHED)])
+    await meta.prune(now=MAX_LISTS + 10.0, miss_max_age=1e9, max_misses=10,
+                     event_max_age=MAX_LISTS + 8.0, max_events=10)  # fmt: skip
+    kept = await meta.list_lists(limit=MAX_LISTS + 3)
+    # Age took lists 0 and 1 (made before 2); the count kept the newest MAX_LISTS.
+    assert kept.total == MAX_LISTS and kept.rows[-1].source == "3.txt"
+    assert (await meta.list_items(kept.rows[-1].id)).total == 1
+    assert (await meta.list_items(1)).total == 0  # the items went with their list
 
 
 async def test_finished_fills_follow_the_event_limits(meta):

@@ -126,7 +126,7 @@ def test_progress_bars_move_without_a_reload_and_a_fill_can_be_cancelled(origin,
     _log_in(page, host)
     for url in (small, broken, slow, waiting):
         page.goto(host.url + "/add")
-        page.get_by_label("URL").fill(url)
+        page.get_by_label("URL", exact=True).fill(url)
         page.get_by_role("button", name="Fetch").click()
         expect(page).to_have_url(host.url + "/downloads")
     running = _row(page, slow)

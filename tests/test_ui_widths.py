@@ -25,7 +25,8 @@ ACTIONS = {
     "/misses": ["Download", "Dismiss", "Download selected", "Dismiss selected", "Filter"],
     "/downloads": ["Cancel", "Retry", "Clear finished"],
     "/cached": ["Delete", "Filter"],
-    "/add": ["Fetch"],
+    "/add": ["Fetch", "Add list"],
+    "/lists/1": [],
     "/events": ["Filter"],
     "/tokens": ["Revoke", "Make token"],
 }
@@ -48,7 +49,8 @@ OVERFLOWING = """() => {
 @pytest.fixture(scope="module")
 def host(tmp_path_factory, origin, ca_file):
     """A curated cache-host with every kind of row: misses awaiting approval,
-    a running, a queued and a failed fill, cached artifacts, a token."""
+    a running, a queued and a failed fill, cached artifacts, a list with a bad
+    line, a token."""
     env = {**os.environ, "SSL_CERT_FILE": str(ca_file), "WITHCACHE_ADMIN_PASSWORD": PASSWORD}
     flags = (*TEST_FLAGS, "--curate", "--workers", "1", "--max-bytes", "100G")
     server = CacheHost(tmp_path_factory.mktemp("widths") / "data", flags, env).start()
@@ -57,6 +59,8 @@ def host(tmp_path_factory, origin, ca_file):
         url = origin.add(f"{LONG}-{n}.run", bytes([n]) * 300_000)
         assert api.post("/fills", {"url": url}).status == 201
         server.wait_cached(url)
+    lines = f"{origin.url(LONG)}-0.run\n{'not-a-url-' * 12}\n"
+    assert api.post("/lists", {"text": lines, "source": f"rebuild{LONG}.txt"}).status == 201
     assert api.post("/fills", {"url": origin.url("/widths/not-there.iso")}).status == 201
     for n in range(2):
         curl("-o", "/dev/null", server.blob_url(origin.add(f"/widths/miss-{n}{LONG}.tgz", b"m")))

@@ -152,7 +152,8 @@ def test_misses_approve_ls_rm_under_curate(origin, cache_host):
     assert approved.returncode == 0 and approved.stdout.startswith("fill ")
     server.wait_cached(url)
     shown = withcache("ls", "curated", env=env)
-    assert shown.stdout.splitlines()[0].split() == ["ID", "SIZE", "HITS", "FETCHED", "URL"]
+    assert shown.stdout.splitlines()[0].split() == ["ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"]
+    assert shown.stdout.splitlines()[1].split()[-2] == "origin"
     assert url in shown.stdout
     assert withcache("ls", "--json", env=env).stdout.count('"sha256"') == 1
     removed = withcache("rm", url, env=env)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from withcache import __version__
-from withcache.cli import commands
+from withcache.cli import commands, imports
 from withcache.cli.api import CONNECT_TIMEOUT, READ_TIMEOUT, USAGE, CommandError
 
 PROG = "withcache"
@@ -92,13 +92,62 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "add", commands.add,
         "fetch a URL into the cache before anyone asks for it (a cached URL is not fetched "
-        "again: 'already cached', exit 0)",
+        "again: 'already cached', exit 0); or every URL of a list (-f), or every file of a "
+        "vendor's checksum file (--sums)",
     )  # fmt: skip
-    p.add_argument("url")
+    p.add_argument("url", nargs="?")
     p.add_argument("--sha256", metavar="HEX", help="the expected SHA-256: other bytes fail")
-    p.add_argument("--wait", action="store_true", help="wait for the fill (progress on a terminal)")
+    p.add_argument(
+        "-f", "--file", metavar="FILE|-",
+        help="add every URL in FILE (- for stdin): one a line, optionally after its digest as "
+        "sha256sum writes it; blank lines and # comments are skipped",
+    )  # fmt: skip
+    p.add_argument(
+        "--sums", metavar="URL",
+        help="add every file a checksum file lists (sha256sum, sha512sum or md5sum output; "
+        "BSD style too), relative to its URL, each checked against its digest",
+    )  # fmt: skip
+    p.add_argument("--match", metavar="GLOB", help="with --sums: only the files GLOB matches")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for the fills (one progress bar on a terminal)")  # fmt: skip
     p.add_argument("--refresh", action="store_true", help="fetch it again even if it is cached")
     p.set_defaults(check=commands.check_add)
+
+    p = command(
+        "import", imports.run,
+        "store local bytes as artifacts, without their origin: FILE --url URL, DIR "
+        "--manifest FILE (lines '<sha256>  <url>  <path>'), or a bundle from `withcache "
+        "export` (- for stdin)",
+    )  # fmt: skip
+    p.add_argument("path", metavar="FILE|DIR|BUNDLE")
+    p.add_argument("--url", help="the URL FILE is the artifact of")
+    p.add_argument("--sha256", metavar="HEX", help="what FILE must hash to: else nothing is kept")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="what DIR holds: '<sha256>  <url>  <relative path>' lines")  # fmt: skip
+    p.add_argument("--refresh", action="store_true",
+                   help="replace artifacts cached with other bytes")  # fmt: skip
+    p.set_defaults(check=imports.check)
+
+    p = command(
+        "export", imports.export,
+        "write a bundle (a plain tar: the artifacts and their manifest) for a cache-host "
+        "without a network; filters combine, none: every public artifact",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", metavar="FILE|-", required=True,
+                   help="the bundle (- for stdout)")  # fmt: skip
+    p.add_argument("--match", metavar="GLOB", help="only URLs GLOB matches")
+    p.add_argument(
+        "--since",
+        metavar="DATE",
+        help="only artifacts fetched since DATE (2025-05-01, or with a time)",
+    )
+    p.add_argument("--ids", metavar="ID", nargs="+", help="only these artifact ids (1 2 or 1,2)")
+    p.add_argument(
+        "--include-scoped", action="store_true",
+        help="credential-scoped artifacts too: the bundle then holds bytes that needed "
+        "credentials, and their scopes (usable only on a host with this one's scope secret)",
+    )  # fmt: skip
+    p.set_defaults(check=imports.check_export)
 
     p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
     p.add_argument("targets", nargs="+", metavar="ID|URL")

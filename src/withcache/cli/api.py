@@ -13,6 +13,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,6 +22,7 @@ PREFIX = "/api/v1"
 # (a dead address, or a process that accepts and never answers).
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 15.0
+SEND_BLOCK = 1 << 20  # an upload goes out in blocks of this size (cli.imports)
 
 # Exit statuses (the README lists them).
 FAILED = 1  # the cache-host refused, or the job it ran failed
@@ -93,9 +95,14 @@ class Api:
         basic = base64.b64encode(f"operator:{password}".encode()).decode()
         return cls(base, f"Basic {basic}", **timeouts)
 
+    def patient(self, read_timeout: float) -> Api:
+        """The same API, waiting at least `read_timeout` for each answer (an
+        upload's, which comes once the cache-host has stored the bytes)."""
+        waiting = max(self.read_timeout, read_timeout)
+        return Api(self.base, self._authorization, self.connect_timeout, waiting)
+
     def get(self, path: str, **query: Any) -> Any:
-        given = {k: v for k, v in query.items() if v is not None}
-        return self.call("GET", path + (f"?{urlencode(given)}" if given else ""))
+        return self.call("GET", path + _query(query))
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.call("POST", path, body)
@@ -105,26 +112,48 @@ class Api:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         """The answer's JSON (None for 204), or CommandError."""
-        headers = {"Accept": "application/json"}
-        if self._authorization:
-            headers["Authorization"] = self._authorization
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        url = self.base + PREFIX + path
-        request = urllib.request.Request(url, data, headers, method=method)
-        try:
-            with self._opener.open(request) as response:
-                self.status = response.status
+        data = None if body is None else json.dumps(body).encode()
+        kind = {} if body is None else {"Content-Type": "application/json"}
+        with self._open(method, path, data, kind) as response:
+            try:
                 raw = response.read()
                 return json.loads(raw) if raw else None
+            except (OSError, ValueError) as err:
+                raise self._unreachable(err) from None
+
+    def upload(self, path: str, body: Iterable[Any], size: int, **query: Any) -> Any:
+        """PUT the `size` bytes `body` yields; the answer's JSON."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        with self._open("PUT", path + _query(query), body, headers) as response:
+            try:
+                return json.loads(response.read())
+            except (OSError, ValueError) as err:
+                raise self._unreachable(err) from None
+
+    def stream(self, path: str, **query: Any) -> http.client.HTTPResponse:
+        """A GET whose body the caller reads as it comes (and closes)."""
+        return self._open("GET", path + _query(query), None, {})
+
+    def _open(
+        self, method: str, path: str, data: Any, headers: dict[str, str]
+    ) -> http.client.HTTPResponse:
+        headers = {"Accept": "application/json", **headers}
+        if self._authorization:
+            headers["Authorization"] = self._authorization
+        request = urllib.request.Request(self.base + PREFIX + path, data, headers, method=method)
+        try:
+            response = self._opener.open(request)
         except urllib.error.HTTPError as err:
             raise self._refusal(err) from None
         except (urllib.error.URLError, OSError, ValueError) as err:
-            raise CommandError(
-                f"cannot reach the cache-host at {self.base}: {self._reason(err)}", UNREACHABLE
-            ) from None
+            raise self._unreachable(err) from None
+        self.status = response.status
+        return response
+
+    def _unreachable(self, err: BaseException) -> CommandError:
+        return CommandError(
+            f"cannot reach the cache-host at {self.base}: {self._reason(err)}", UNREACHABLE
+        )
 
     def _reason(self, err: BaseException) -> str:
         reason = getattr(err, "reason", err)
@@ -151,6 +180,11 @@ class Api:
         if err.code in (401, 403, 429):
             return CommandError(f"the cache-host refused: {message}", DENIED)
         return CommandError(message, FAILED)
+
+
+def _query(query: dict[str, Any]) -> str:
+    given = {k: v for k, v in query.items() if v is not None}
+    return f"?{urlencode(given)}" if given else ""
 
 
 def _reason(err: BaseException) -> str:

@@ -11,20 +11,19 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from withcache import cachehost, keys
+from withcache.cli import lists, progress
 from withcache.cli.api import CONNECT_TIMEOUT, DENIED, READ_TIMEOUT, USAGE, Api, CommandError
 from withcache.cli.progress import Bar
+from withcache.server.digests import SHA256_RE
 from withcache.server.settings import format_size
 
-POLL_SECONDS = 0.5  # between progress polls, once a job has run a while
 FINISHED = ("done", "failed", "cancelled")
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def _timeout(given: float | None, env: Mapping[str, str], name: str, default: float) -> float:
@@ -78,7 +77,7 @@ def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool 
     )  # fmt: skip
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
     try:
         keys.check_origin(url)
     except keys.BadURL as err:
@@ -87,21 +86,37 @@ def _check_url(url: str) -> None:
 
 def check_add(args: argparse.Namespace) -> None:
     """Refuse, before any call, what the cache-host would refuse anyway (exit 2)."""
-    _check_url(args.url)
-    if args.sha256 is not None and not _SHA256_RE.fullmatch(args.sha256):
-        raise CommandError(f"bad --sha256 {args.sha256!r}: give 64 hex digits", USAGE)
+    given = [what for what, value in (("a URL", args.url), ("-f", args.file),
+                                      ("--sums", args.sums)) if value is not None]  # fmt: skip
+    if len(given) != 1:
+        raise CommandError("give one of: a URL, -f FILE, --sums URL (see withcache add --help)",
+                           USAGE)  # fmt: skip
+    if args.match is not None and args.sums is None:
+        raise CommandError("--match goes with --sums", USAGE)
+    if args.sha256 is not None and args.url is None:
+        raise CommandError("--sha256 goes with a URL (a list gives each line's digest)", USAGE)
+    if args.url is not None:
+        check_url(args.url)
+    if args.sums is not None:
+        check_url(args.sums)
+    check_sha256(args.sha256)
+
+
+def check_sha256(value: str | None) -> None:
+    if value is not None and not SHA256_RE.fullmatch(value):
+        raise CommandError(f"bad --sha256 {value!r}: give 64 hex digits", USAGE)
 
 
 def check_urls(args: argparse.Namespace) -> None:
     for url in args.urls:
-        _check_url(url)
+        check_url(url)
 
 
 def check_targets(args: argparse.Namespace) -> None:
     """`rm` takes artifact ids and URLs, nothing else."""
     for target in args.targets:
         if not (target.isascii() and target.isdigit()):
-            _check_url(target)
+            check_url(target)
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -122,7 +137,7 @@ def _shown(listing: dict[str, Any], what: str) -> None:
         print(f"({shown} of {total} {what} shown; --limit for more)", file=sys.stderr)
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
@@ -133,23 +148,27 @@ def ls(api: Api, args: argparse.Namespace) -> int:
     order = "asc" if args.asc else "desc" if args.desc else None
     listing = api.get("/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit)
     if args.json:
-        _print_json(listing)
+        print_json(listing)
         return 0
+    # FROM: "import" when the bytes were uploaded (withcache import): no origin vouched for them.
     rows = [
-        (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]), a["url"])
+        (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]),
+         "import" if a["imported"] else "origin", a["url"])
         for a in listing["items"]
-    ]
-    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "URL"))
+    ]  # fmt: skip
+    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"))
     _shown(listing, "artifacts")
     return 0
 
 
-def _result(artifact: dict[str, Any]) -> None:
+def result(artifact: dict[str, Any]) -> None:
     """The line scripts read: SHA-256, size in bytes, URL (like sha256sum, plus the size)."""
     print(f"{artifact['sha256']}  {artifact['size']}  {artifact['url']}")
 
 
 def add(api: Api, args: argparse.Namespace) -> int:
+    if args.url is None:
+        return lists.add(api, args)
     body: dict[str, Any] = {"url": args.url}
     if args.sha256:
         body["sha256"] = args.sha256
@@ -158,29 +177,21 @@ def add(api: Api, args: argparse.Namespace) -> int:
     answer = api.post("/fills", body)
     if api.status == 200:  # cached already: nothing fetched
         print(f"already cached: {answer['url']} (--refresh fetches it again)", file=sys.stderr)
-        _print_json(answer) if args.json else _result(answer)
+        print_json(answer) if args.json else result(answer)
         return 0
     joined = " (it was being fetched already)" if api.status == 202 else ""
     print(f"fill {answer['id']} queued: {answer['url']}{joined}", file=sys.stderr)
     if not args.wait:
         if args.json:
-            _print_json(answer)
+            print_json(answer)
         return 0
     return _wait_fill(api, answer["id"], args.json)
-
-
-def _pauses() -> Iterator[float]:
-    """Short waits first (small jobs end quickly), then every POLL_SECONDS."""
-    pause = 0.05
-    while True:
-        yield pause
-        pause = min(POLL_SECONDS, pause * 2)
 
 
 def _wait_fill(api: Api, fill_id: int, as_json: bool) -> int:
     bar = Bar(sys.stderr)
     try:
-        for pause in _pauses():
+        for pause in progress.pauses():
             fill = api.get(f"/fills/{fill_id}")
             if fill["state"] in FINISHED:
                 break
@@ -199,7 +210,7 @@ def _wait_fill(api: Api, fill_id: int, as_json: bool) -> int:
     found = [a for a in api.get("/artifacts", url=fill["url"])["items"] if not a["scoped"]]
     if not found:
         raise CommandError(f"fill {fill_id} is done, but {fill['url']} is not cached (deleted?)")
-    _print_json(found[0]) if as_json else _result(found[0])
+    print_json(found[0]) if as_json else result(found[0])
     return 0
 
 
@@ -225,7 +236,7 @@ def rm(api: Api, args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
     if args.json:
-        _print_json(deleted)
+        print_json(deleted)
     if missing:
         raise CommandError("not cached: " + ", ".join(missing))
     return 0
@@ -234,7 +245,7 @@ def rm(api: Api, args: argparse.Namespace) -> int:
 def misses(api: Api, args: argparse.Namespace) -> int:
     listing = api.get("/misses", q=args.query, limit=args.limit)
     if args.json:
-        _print_json(listing)
+        print_json(listing)
         return 0
     rows = [(m["count"], _when(m["last_seen"]), m["reason"], m["url"]) for m in listing["items"]]
     _table(rows, ("COUNT", "LAST SEEN", "REASON", "URL"))
@@ -256,7 +267,7 @@ def approve(api: Api, args: argparse.Namespace) -> int:
         if not args.json:
             print(f"fill {fill['id']} queued: {fill['url']}")
     if args.json:
-        _print_json(fills)
+        print_json(fills)
     if failed:
         raise CommandError("; ".join(failed))
     return 0
@@ -273,7 +284,7 @@ def token_create(api: Api, args: argparse.Namespace) -> int:
     elif not args.json:
         print(made["token"])
     if args.json:
-        _print_json({k: v for k, v in made.items() if k != "token" or not args.output})
+        print_json({k: v for k, v in made.items() if k != "token" or not args.output})
     print(f"token {made['name']!r} ({made['scope']}): {where}; keep it somewhere safe",
           file=sys.stderr)  # fmt: skip
     return 0
@@ -305,14 +316,14 @@ def token_revoke(api: Api, args: argparse.Namespace) -> int:
         if not args.json:
             print(f"revoked {name}")
     if args.json:
-        _print_json({"revoked": args.names})
+        print_json({"revoked": args.names})
     return 0
 
 
 def token_list(api: Api, args: argparse.Namespace) -> int:
     listing = api.get("/tokens")
     if args.json:
-        _print_json(listing)
+        print_json(listing)
         return 0
     rows = [
         (t["scope"], _when(t["created_at"]), _when(t["last_used"]), t["name"])
@@ -326,11 +337,11 @@ def verify(api: Api, args: argparse.Namespace) -> int:
     run = api.post("/verify", {"quarantine": args.quarantine})
     bar = Bar(sys.stderr)
     try:
-        pauses = _pauses()
+        waits = progress.pauses()
         while run["state"] == "running":
             note = f"{run['checked']} of {run['blobs']} blobs"
             bar.show(run["bytes_checked"], run["bytes_total"] or None, note=note)
-            time.sleep(next(pauses))
+            time.sleep(next(waits))
             run = api.get("/verify")
     except KeyboardInterrupt:
         bar.close()
@@ -347,7 +358,7 @@ def verify_status(api: Api, args: argparse.Namespace) -> int:
 
 def _report(run: dict[str, Any], as_json: bool) -> int:
     if as_json:
-        _print_json(run)
+        print_json(run)
     else:
         for bad in run["corrupt"]:
             urls = ", ".join(a["url"] for a in bad["artifacts"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from withcache import __version__, keys
 from withcache.server import events, log, metrics, tokens, verify
 from withcache.server.backlog import Backlog
+from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.fills import Fill, FillManager
 from withcache.server.policy import Policy
 from withcache.server.retention import (
@@ -49,11 +49,10 @@ LOOKUP_ENTRIES = 4096
 PRUNE_SECONDS = 600.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
-_SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
 
 
-def _readable(scope: str) -> tuple[str, ...]:
+def readable(scope: str) -> tuple[str, ...]:
     """The scopes a request in `scope` may read: its own, then the public one."""
     return (scope, PUBLIC) if scope != PUBLIC else (PUBLIC,)
 
@@ -166,7 +165,7 @@ class Cache:
         remembered = self._recent.get((key, scope))
         if remembered and remembered[0] > now:
             return remembered[1]
-        artifact = await self.metadata.find_artifact(key, _readable(scope))
+        artifact = await self.metadata.find_artifact(key, readable(scope))
         if artifact is not None:
             if len(self._recent) >= LOOKUP_ENTRIES:
                 self._recent.clear()
@@ -180,7 +179,7 @@ class Cache:
         none is: the caller answers 404. Credential scope holds as for a key.
         """
         scope = self.policy.scope_of(authorization)
-        return await self.metadata.find_artifact_by_sha256(sha256, _readable(scope))
+        return await self.metadata.find_artifact_by_sha256(sha256, readable(scope))
 
     def _forget(self, key: str) -> None:
         for remembered in [k for k in self._recent if k[0] == key]:
@@ -305,30 +304,40 @@ class Cache:
     async def add(
         self,
         url: str,
-        expected_sha256: str | None = None,
+        expected: Digest | str | None = None,
         actor: str | None = None,
         refresh: bool = False,
     ) -> Added:
-        """Pre-seed an artifact by URL, optionally pinned to a SHA-256.
+        """Pre-seed an artifact by URL, optionally pinned to a digest (a Digest,
+        or the hex of a SHA-256 as a user gave it).
 
         Idempotent: a URL cached already is not fetched again unless `refresh`
         (a nightly seeding script must not re-download everything), and a fill
-        under way for it is joined.
+        under way for it is joined. A cached artifact is checked against an
+        expected SHA-256 (its blob's name); another algorithm's digest is not
+        known for it without reading the whole blob, so it is not checked.
         """  # fmt: skip
         try:
             keys.check_origin(url)
         except keys.BadURL as err:
             raise BadInput(str(err)) from None
-        if expected_sha256 is not None and not _SHA256_RE.fullmatch(expected_sha256):
-            raise BadInput("expected SHA-256 must be 64 hex digits")
+        if isinstance(expected, str):
+            try:
+                expected = Digest.sha256(expected)
+            except BadDigest as err:
+                raise BadInput(f"expected {err}") from None
         refusal = self.policy.refuse_reason(url)
         if refusal:
             raise ActionError(f"not fetched: {refusal}")
         key = self.key(url)
-        expected = expected_sha256.lower() if expected_sha256 else None
         if not refresh:
             cached = await self.metadata.find_artifact(key, (PUBLIC,))
-            if cached is not None and expected not in (None, cached.sha256):
+            if (
+                cached is not None
+                and expected is not None
+                and expected.algorithm == BLOB_ALGORITHM
+                and expected.hex != cached.sha256
+            ):
                 raise ActionError(
                     f"cached already with other bytes (SHA-256 {cached.sha256}); "
                     "fetch it again with refresh"
@@ -338,9 +347,10 @@ class Cache:
         fill, created = await self.fills.request(
             url, key, PUBLIC, None, "operator", expected, actor
         )
-        if not created and expected not in (None, fill.record.expected_sha256):
+        if not created and expected not in (None, fill.record.expected):
             raise ActionError(
-                "a fill for this URL is already queued or running, without this expected SHA-256"
+                "a fill for this URL is already queued or running, without this expected "
+                f"{expected.label}"  # type: ignore[union-attr]
             )
         return Added(fill=fill.record, created=created)
 
@@ -383,8 +393,10 @@ class Cache:
             raise ActionError(f"fill is {record.state}, not failed or cancelled")
         if record.credentialed:
             raise ActionError("this fill used a client's credentials; the client must ask again")
+        if record.imported:
+            raise ActionError("an import's bytes came from its uploader: import it again")
         fill, _ = await self.fills.request(
-            record.url, record.key, record.scope, None, "operator", record.expected_sha256, actor
+            record.url, record.key, record.scope, None, "operator", record.expected, actor
         )
         return fill.record
 

@@ -25,7 +25,7 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -118,8 +118,7 @@ class Downloader:
         while True:
             try:
                 headers = await self._transfer(fill, writer)
-                if fill._checkpoint is not None:
-                    await fill._checkpoint  # no progress saved after the commit
+                await self.settled(fill)
                 return headers
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
@@ -139,11 +138,11 @@ class Downloader:
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
             extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._open(fill, extra)
+        response = await self._open(fill.record.url, fill.authorization, extra)
         async with response:
             total = await self._accept(fill, writer, response, resuming)
             try:
-                await self._receive(fill, writer, response, total)
+                await self.receive(fill, writer, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             except _Overlong as err:
@@ -166,7 +165,7 @@ class Downloader:
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
             if fill.headers is None:  # resumed after a restart: this answer describes it
                 fill.headers = _replayed(response)
-            await self._claim_room(fill, writer, fill.total, writer.size)
+            await self.claim_room(fill, writer, fill.total, writer.size)
             fill._wake()
             return fill.total
         if status != 200:
@@ -178,7 +177,7 @@ class Downloader:
         fill.validator = _validator(response)
         fill.total = response.content_length
         fill.unframed = fill.total is None and not _chunked(response)
-        await self._claim_room(fill, writer, fill.total)
+        await self.claim_room(fill, writer, fill.total)
         fill.headers = _replayed(response)
         fill._wake()
         return fill.total
@@ -188,7 +187,7 @@ class Downloader:
         fill.generation += 1
         fill._advance(0)
 
-    async def _claim_room(
+    async def claim_room(
         self, fill: Fill, writer: BlobWriter, total: int | None, received: int = 0
     ) -> None:
         """Refuse a fill whose bytes (`total`, else the `received` so far) would
@@ -227,11 +226,13 @@ class Downloader:
             return True
         return False
 
-    async def _receive(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, total: int | None
+    async def receive(
+        self, fill: Fill, writer: BlobWriter, chunks: AsyncIterator[bytes], total: int | None
     ) -> None:
+        """Write `chunks` (an origin's body, or an upload's) into `writer`,
+        behind the transfer, claiming room and saving progress as it goes."""
         blocks = _WriteBehind(fill, writer)
-        chunks: list[bytes] = []
+        pieces: list[bytes] = []
         pending = 0
         last_flush = time.monotonic()
         # The first flush saves progress too: other hosts answer probes for this
@@ -241,18 +242,18 @@ class Downloader:
         received = writer.size
         capped = self._settings.max_bytes is not None
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in chunks:
                 received += len(chunk)
                 if total is not None and received > total:
                     raise _Overlong(f"origin sent more than the {total} bytes it announced")
-                chunks.append(chunk)
+                pieces.append(chunk)
                 pending += len(chunk)
                 if total is None and capped and received > fill.reserved:
                     await self._claim_cap(fill, None, received)
                 now = time.monotonic()
                 if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await blocks.put(b"".join(chunks))
-                    chunks.clear()
+                    await blocks.put(b"".join(pieces))
+                    pieces.clear()
                     pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
@@ -261,9 +262,14 @@ class Downloader:
                         last_save = now
         finally:
             # Bytes received before a break-off are good: keep them to resume from.
-            if chunks:
-                await blocks.put(b"".join(chunks))
+            if pieces:
+                await blocks.put(b"".join(pieces))
             await blocks.drain()
+
+    async def settled(self, fill: Fill) -> None:
+        """Wait for the fill's last progress save: none may land after its commit."""
+        if fill._checkpoint is not None:
+            await fill._checkpoint
 
     def _checkpoint(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
         """Save progress, and (once the bytes so far are synced) a point the
@@ -287,10 +293,29 @@ class Downloader:
 
         fill._checkpoint = asyncio.ensure_future(save())
 
-    async def _open(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
-        """GET the fill's URL, following redirects with the policy checked on each hop."""
+    async def fetch_small(self, url: str, limit: int) -> bytes:
+        """The body of a small document (a vendor's checksum file), fetched as
+        fills are (the policy checked on every hop), at most `limit` bytes."""
+        response = await self._open(url, None, {"Accept-Encoding": "identity"})
+        async with response:
+            if response.status != 200:
+                reason = f"{response.status} {response.reason or ''}".strip()
+                raise FillError(f"origin answered {reason}")
+            body = bytearray()
+            try:
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise FillError(f"it is larger than {format_size(limit)}", refused=True)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
+                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+            return bytes(body)
+
+    async def _open(
+        self, url: str, authorization: str | None, extra: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """GET `url`, following redirects with the policy checked on each hop."""
         assert self._session is not None
-        url = fill.record.url
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
             reason = self._policy.refuse_reason(url)
@@ -298,8 +323,8 @@ class Downloader:
                 raise FillError(reason, refused=True)
             headers = dict(extra)
             # Like curl without --location-trusted: credentials stay with their host.
-            if fill.authorization and _origin(url) == origin:
-                headers["Authorization"] = fill.authorization
+            if authorization and _origin(url) == origin:
+                headers["Authorization"] = authorization
             try:
                 response = await self._session.get(url, headers=headers, allow_redirects=False)
             except OriginRefused as err:

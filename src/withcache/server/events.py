@@ -54,6 +54,7 @@ class FillFinished(Event):
     sha256: str = ""
     size: int = 0
     seconds: float = 0.0
+    imported: bool = False  # the bytes were uploaded, not fetched from the origin
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,42 @@ class ArtifactDeleted(Event):
     kind: ClassVar[str] = "artifact.deleted"
     sha256: str = ""
     size: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactImported(Event):
+    """Bytes uploaded by an operator (`withcache import`) became the artifact
+    of a URL, without its origin: `how` is "upload", or "stored" when the
+    cache-host had those bytes already (under another URL)."""
+
+    kind: ClassVar[str] = "artifact.imported"
+    sha256: str = ""
+    size: int = 0
+    how: str = "upload"
+    scoped: bool = False
+
+
+@dataclass(frozen=True)
+class ArtifactsExported(Event):
+    """A bundle of artifacts was streamed out (`withcache export`)."""
+
+    kind: ClassVar[str] = "artifacts.exported"
+    artifacts: int = 0
+    size: int = 0
+    scoped: int = 0  # credential-scoped artifacts included (--include-scoped)
+    selection: str = ""
+
+
+@dataclass(frozen=True)
+class ListAdded(Event):
+    """Artifacts were added together from a list or a checksum file."""
+
+    kind: ClassVar[str] = "list.added"
+    list_id: int = 0
+    lines: int = 0
+    queued: int = 0
+    cached: int = 0
+    refused: int = 0
 
 
 @dataclass(frozen=True)

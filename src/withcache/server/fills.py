@@ -13,9 +13,9 @@ and its commit is refused. In a shared store, a fill not running here is
 watched through the store, so its waiters here learn when it ends.
 
 The transfer itself is download.py's; here a fill's bytes are checked against
-any expected SHA-256 and only then committed, blob first, then its row. A
+any expected digest and only then committed, blob first, then its row. A
 body whose end can't be checked (no length, no chunked framing) is not
-stored unless an expected SHA-256 vouches for it. Whatever goes wrong, a
+stored unless an expected digest vouches for it. Whatever goes wrong, a
 failed or cancelled fill leaves neither blob nor row, and everyone waiting on
 it learns at once; recording the failure may wait (backlog.py) for a store
 that can't be written just now (a full disk).
@@ -23,6 +23,10 @@ that can't be written just now (a full disk).
 A fill interrupted by a crash or a restart goes on from its partial file,
 which start-up keeps (instead of removing it with the other leftovers) while
 the fill's saved resume point names it.
+
+An import is a fill whose bytes come from a `Source` in this process (an
+upload) instead of its origin: the same writer, checks and commit. It runs on
+the host that has its bytes, and fails if anything else ever claims it.
 """
 
 from __future__ import annotations
@@ -33,19 +37,22 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from withcache import keys
-from withcache.server import events, log
+from withcache.server import digests, events, log
 from withcache.server.admission import Admission
 from withcache.server.backlog import Backlog
+from withcache.server.digests import Digest
 from withcache.server.download import Downloader, Emit, FillError
 from withcache.server.policy import Policy
 from withcache.server.settings import Settings
 from withcache.server.store import (
     ACTIVE_STATES,
+    IMPORTED,
     Artifact,
     Blobs,
     BlobWriter,
@@ -79,6 +86,22 @@ class FillLost(Exception):
     """This host's lease on the fill is gone: another host took it over."""
 
 
+class DigestMismatch(FillError):
+    """The bytes are not the ones the fill expected."""
+
+
+class Source(Protocol):
+    """Where an import's bytes come from, instead of its origin."""
+
+    def begin(self, blobs: Blobs, also: Collection[str]) -> BlobWriter:
+        """The writer the bytes go to (`Blobs.begin`, unless they are stored already)."""
+        ...
+
+    async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
+        """Write the whole artifact into `writer`; the headers to replay on hits."""
+        ...
+
+
 @dataclass(eq=False)
 class Fill:
     """A fill queued or running in this process, shared by all who wait on it."""
@@ -93,6 +116,7 @@ class Fill:
     started: float | None = None
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
+    source: Source | None = None  # an import's bytes (None: the origin's)
     unframed: bool = False  # the body ends where the origin closes: its end can't be checked
     reserved: int = 0  # bytes of --max-bytes the store has promised this fill
     _checkpoint: asyncio.Future[None] | None = None  # saving a resume point
@@ -260,7 +284,7 @@ class FillManager:
         scope: str,
         authorization: str | None,
         requested_by: str,
-        expected_sha256: str | None = None,
+        expected: Digest | None = None,
         actor: str | None = None,
     ) -> tuple[Fill, bool]:
         """Queue a fill for `url`, or join the one under way; (fill, created)."""
@@ -271,7 +295,7 @@ class FillManager:
         lease = self._lease() if authorization is not None else None
         record, created = await self._metadata.enqueue_fill(
             key, scope, url, requested_by, time.time(),
-            expected_sha256=expected_sha256, credentialed=authorization is not None, lease=lease,
+            expected=expected, credentialed=authorization is not None, lease=lease,
         )  # fmt: skip
         fill = self._by_id.get(record.id)
         if fill is None:
@@ -290,6 +314,27 @@ class FillManager:
                 events.FillQueued(url=self._display(url), actor=actor, requested_by=requested_by)
             )
         return fill, created
+
+    async def start_import(
+        self, url: str, key: str, scope: str, source: Source, expected: Digest | None,
+        actor: str | None,
+    ) -> Fill | None:  # fmt: skip
+        """Run an import now, on this host (its bytes are here): a fill that is
+        running from the moment it is stored, so no worker claims it. None if
+        a fill for (key, scope) is queued or running already."""
+        record, created = await self._metadata.enqueue_fill(
+            key, scope, url, IMPORTED, time.time(), expected=expected, lease=self._lease(),
+            start=True,
+        )  # fmt: skip
+        if not created:
+            return None
+        fill = self._adopt(record)
+        fill.source = source
+        await self._emit(
+            events.FillQueued(url=self._display(url), actor=actor, requested_by=IMPORTED)
+        )
+        self._launch(record)
+        return fill
 
     async def start_for_client(self, fill: Fill, probe: bool = False) -> None:
         """Start a queued fill now, without waiting for a worker, because a
@@ -390,16 +435,16 @@ class FillManager:
         self._forget(fill)
         fill._end(None, FillError("the fill stopped unexpectedly", transient=True))
 
-    async def _open_writer(self, fill: Fill) -> BlobWriter:
+    async def _open_writer(self, fill: Fill, also: Collection[str]) -> BlobWriter:
         """A writer going on from the fill's resume point, if this host kept
-        the partial file it names; else a new one."""
+        the partial file it names; else a new one. Either hashes `also` too."""
         resume = fill.record.resume or {}
         name = str(resume.get("file", ""))
         if not resume.get("validator") or self._kept.pop(name, None) != fill.id:
-            return self._blobs.begin()
-        writer = await self._blobs.resume(name, int(resume.get("bytes", 0)))
+            return self._blobs.begin(also)
+        writer = await self._blobs.resume(name, int(resume.get("bytes", 0)), also)
         if writer is None:
-            return self._blobs.begin()
+            return self._blobs.begin(also)
         fill.validator, fill.total = str(resume["validator"]), resume.get("total")
         fill._advance(writer.size)
         log.info("fill.resuming", fill_id=fill.id, resume_from=writer.size)
@@ -415,17 +460,24 @@ class FillManager:
                 raise FillError(
                     "the request's credentials are not kept across a restart; ask again"
                 )
-            writer = await self._open_writer(fill)
+            if record.imported and fill.source is None:  # never fetch an import from its origin
+                raise FillError("the import was cut off (its bytes were on a cache-host that "
+                                "stopped); import it again")  # fmt: skip
+            also, source = digests.extra(record.expected), fill.source
+            if source is not None:
+                writer = source.begin(self._blobs, also)
+            else:
+                writer = await self._open_writer(fill, also)
             fill.path = writer.path
             await self._emit(
                 events.FillStarted(url=display, fill_id=record.id, resume_from=writer.size)
             )
-            headers = await self.downloader.download(fill, writer, display)
-            if record.expected_sha256 and writer.hexdigest() != record.expected_sha256.lower():
-                raise FillError(
-                    f"SHA-256 mismatch: expected {record.expected_sha256}, got {writer.hexdigest()}"
-                )
-            if fill.unframed and not record.expected_sha256:
+            transfer = source.transfer if source else self.downloader.download
+            headers = await transfer(fill, writer, display)
+            mismatch = digests.mismatch(record.expected, writer)
+            if mismatch:
+                raise DigestMismatch(mismatch)
+            if fill.unframed and not record.expected:
                 raise FillError(UNFRAMED, delivered=True)
             fill._settled = True
             artifact = await self._commit(fill, writer, headers, display)
@@ -461,9 +513,10 @@ class FillManager:
             if not isinstance(err, FillError):
                 log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
                 err = FillError(f"internal error: {type(err).__name__}: {err}")
-            if not (record.credentialed and fill.authorization is None):
+            if not (record.credentialed and fill.authorization is None) and not record.imported:
                 # (A fill that lost its credentials says nothing of the URL:
-                # the client's next request, with them, starts afresh.)
+                # the client's next request, with them, starts afresh. An
+                # import's failure says nothing of the origin.)
                 self.admission.failed(
                     record.key, record.scope, str(err), err.transient, err.unreachable
                 )
@@ -477,7 +530,8 @@ class FillManager:
             )  # fmt: skip
             return
         self._forget(fill)
-        self.admission.succeeded(record.key, record.scope)
+        if not record.imported:  # it says nothing of whether the origin is reachable
+            self.admission.succeeded(record.key, record.scope)
         fill._end(artifact, None)
         await self._emit(
             events.FillFinished(
@@ -486,6 +540,7 @@ class FillManager:
                 sha256=artifact.sha256,
                 size=artifact.size,
                 seconds=round(time.monotonic() - fill.started, 3),
+                imported=record.imported,
             )
         )
 

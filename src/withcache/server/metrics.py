@@ -83,6 +83,7 @@ class Tally:
         self.streamed_bytes = 0
         self.misses = 0
         self.origin_bytes = 0
+        self.imported_bytes = 0  # uploaded by operators: no origin traffic
         # Snapshots, oldest first: the last day's figures are now minus the
         # oldest one no older than a day.
         self._marks: deque[Figures] = deque([Figures(self.started)])
@@ -126,7 +127,10 @@ class Tally:
         """Count what an audit event says about fills."""
         if isinstance(event, events.FillFinished):
             self.fills["done"] += 1
-            self.origin_bytes += event.size
+            if event.imported:
+                self.imported_bytes += event.size
+            else:
+                self.origin_bytes += event.size
             self.fill_seconds.observe(event.seconds)
         elif isinstance(event, events.FillFailed):
             self.fills["failed"] += 1
@@ -168,6 +172,10 @@ class _Snapshot(Collector):
         yield CounterMetricFamily(
             "withcache_origin_bytes", "Bytes of artifacts fetched whole from origins",
             t.origin_bytes,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "withcache_imported_bytes", "Bytes of artifacts imported (uploaded, not fetched)",
+            t.imported_bytes,
         )  # fmt: skip
         yield from _windowed(t)
         fills = CounterMetricFamily(

@@ -171,6 +171,12 @@ class Policy:
         digest = hmac.new(self._scope_secret, authorization.encode(), hashlib.sha256)
         return digest.hexdigest()
 
+    def scope_key(self) -> str:
+        """Names the scope secret without giving it away: hosts with the same
+        key (sharing a store, or one made from a copy of the other's) scope a
+        credential alike, so a scoped artifact may move between them."""
+        return hmac.new(self._scope_secret, b"withcache scope key", hashlib.sha256).hexdigest()[:32]
+
 
 class _GuardedResolver(AbstractResolver):
     """Resolves as usual, then drops addresses the policy forbids."""

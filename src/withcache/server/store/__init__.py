@@ -19,10 +19,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from withcache.server.digests import Digest
+
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
 
 PUBLIC = ""  # the scope of an artifact fetched without credentials
+# A fill's `requested_by` when its bytes were uploaded to this host (an import),
+# not fetched from the origin: no origin vouched for them.
+IMPORTED = "import"
+MAX_LISTS = 1000  # lists kept (older ones go first), besides their age limit
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Artifact:
     hits: int = 0
     misses: int = 0  # times it was asked for before it was cached
     last_hit: float | None = None
+    imported: bool = False  # its bytes were uploaded (withcache import), not fetched
 
     @property
     def scoped(self) -> bool:
@@ -66,8 +73,8 @@ class FillRecord:
     scope: str
     url: str
     state: FillState
-    requested_by: str  # "miss" or "operator"
-    expected_sha256: str | None = None
+    requested_by: str  # "miss", "operator", or IMPORTED (bytes uploaded, not fetched)
+    expected: Digest | None = None  # the bytes must hash to this, or the fill fails
     credentialed: bool = False  # the request's Authorization is forwarded
     bytes_done: int = 0
     total: int | None = None
@@ -79,6 +86,10 @@ class FillRecord:
     # Where an interrupted transfer can go on from: the partial file's name, the
     # bytes in it known to be on disk, the origin's validator and total.
     resume: Mapping[str, Any] | None = None
+
+    @property
+    def imported(self) -> bool:
+        return self.requested_by == IMPORTED
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,54 @@ class TokenRecord:
     created_at: float
     last_used: float | None = None
     created_by: str | None = None
+
+
+class ItemState(StrEnum):
+    """How a list's line ended up without a fill of its own (else it has the
+    state of the fill it joined or queued)."""
+
+    CACHED = "cached"  # cached already: skipped
+    REFUSED = "refused"  # a bad line, or the cache-host said no
+    DUPLICATE = "duplicate"  # an earlier line named the same artifact
+
+
+ITEM_STATES = (*(s.value for s in FillState), *(s.value for s in ItemState))
+
+
+@dataclass(frozen=True)
+class ListRecord:
+    """Artifacts added together, from a file of URLs or a vendor's checksum
+    file. Its items name their fills, so its progress is the store's to tell
+    (after a restart, and on every host of a shared store)."""
+
+    id: int
+    source: str  # a file name, "-" for stdin, or the checksum file's URL
+    kind: str  # "urls" or "sums"
+    created_at: float
+    created_by: str | None = None
+
+
+@dataclass(frozen=True)
+class ListItem:
+    line: int  # in the list or checksum file, from 1
+    url: str  # display form (for a bad line: the line as given, cut short)
+    state: str  # an ItemState, or the state of its fill
+    fill_id: int | None = None
+    bytes_done: int = 0
+    total: int | None = None
+    note: str | None = None  # why it was refused or failed, or how it was added
+
+
+@dataclass(frozen=True)
+class ListTally:
+    """What a list's items add up to: per state, how many, the bytes received
+    and the total bytes (of the items whose size is known, and how many those are)."""
+
+    counts: Mapping[str, int]
+    bytes_done: Mapping[str, int]
+    totals: Mapping[str, int]
+    sized: Mapping[str, int]
+    running: Sequence[int]  # ids of its fills running now
 
 
 @dataclass(frozen=True)
@@ -248,13 +307,16 @@ class Metadata(Protocol):
         url: str,
         requested_by: str,
         now: float,
-        expected_sha256: str | None = None,
+        expected: Digest | None = None,
         credentialed: bool = False,
         lease: Lease | None = None,
+        start: bool = False,
     ) -> tuple[FillRecord, bool]:
         """Queue a fill unless one is active for (key, scope); (fill, created).
         A credentialed fill is queued under the lease of the host that has the
-        credentials: no other host can run it."""
+        credentials: no other host can run it. With `start`, the fill is
+        running from the start, under `lease`: its holder runs it now, and no
+        worker ever claims it."""
         ...
 
     async def claim_fill(
@@ -337,11 +399,34 @@ class Metadata(Protocol):
         same bytes) is about to reference; on a shared store, across hosts."""
         ...
 
-    async def clear_finished_fills(self) -> int: ...
+    async def clear_finished_fills(self) -> int:
+        """Forget finished fills (their lists' items keep how they ended)."""
+        ...
 
     async def list_fills(
         self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
     ) -> Page: ...
+
+    # -- lists
+    async def add_list(self, source: str, kind: str, created_by: str | None, now: float) -> int:
+        """A new, empty list; its id."""
+        ...
+
+    async def add_list_items(self, list_id: int, items: Sequence[ListItem]) -> None: ...
+
+    async def get_list(self, list_id: int) -> ListRecord | None: ...
+
+    async def list_lists(self, offset: int = 0, limit: int = 50) -> Page:
+        """Lists, newest first."""
+        ...
+
+    async def tally_list(self, list_id: int) -> ListTally: ...
+
+    async def list_items(
+        self, list_id: int, states: Sequence[str] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        """A list's items in line order, each with its fill's state and progress."""
+        ...
 
     # -- events
     async def add_event(
@@ -366,7 +451,8 @@ class Metadata(Protocol):
         max_events: int,
     ) -> None:
         """Drop misses, events and finished fills past their age or count limits
-        (finished fills are the downloads history: they follow the events')."""
+        (finished fills are the downloads history: they follow the events', and
+        so do lists, of which at most MAX_LISTS are kept)."""
         ...
 
     # -- API tokens
@@ -407,7 +493,10 @@ class BlobWriter(Protocol):
         """Drop everything written so far (the origin ignored a resume)."""
         ...
 
-    def hexdigest(self) -> str: ...
+    def hexdigest(self, algorithm: str = "sha256") -> str:
+        """The digest of the bytes written: SHA-256, or one of the others the
+        writer was begun with."""
+        ...
 
     async def commit(self) -> str:
         """Make the bytes durable and visible under their SHA-256; return it."""
@@ -458,12 +547,15 @@ class BlobReader(Protocol):
 class Blobs(Protocol):
     """Content-addressed bytes: two URLs with the same bytes share one blob."""
 
-    def begin(self) -> BlobWriter: ...
+    def begin(self, also: Collection[str] = ()) -> BlobWriter:
+        """A new blob; its writer computes SHA-256 and the algorithms `also`
+        (hashlib names) from the bytes as they arrive."""
+        ...
 
-    async def resume(self, name: str, size: int) -> BlobWriter | None:
+    async def resume(self, name: str, size: int, also: Collection[str] = ()) -> BlobWriter | None:
         """A writer going on from the first `size` bytes of the partial file
-        `name` (a suspended or crashed writer's); None if that file is gone or
-        shorter."""
+        `name` (a suspended or crashed writer's), those bytes hashed (with
+        `also` too); None if that file is gone or shorter."""
         ...
 
     async def open(self, sha256: str, size: int) -> BlobReader:

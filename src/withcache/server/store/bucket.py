@@ -58,8 +58,11 @@ S3_COPY_LIMIT = 5 << 30
 
 
 class BucketBlobWriter(Spool):
-    def __init__(self, blobs: BucketBlobs, resume: tuple[str, int] | None = None) -> None:
-        super().__init__(blobs.spool_dir, resume)
+    def __init__(
+        self, blobs: BucketBlobs, resume: tuple[str, int] | None = None,
+        also: Collection[str] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(blobs.spool_dir, resume, also)
         self._blobs = blobs
         self._start_over()
 
@@ -226,11 +229,15 @@ class BucketBlobs:
         except FileNotFoundError:
             return None
 
-    def begin(self) -> BucketBlobWriter:
-        return BucketBlobWriter(self)
+    def begin(self, also: Collection[str] = ()) -> BucketBlobWriter:
+        return BucketBlobWriter(self, also=also)
 
-    async def resume(self, name: str, size: int) -> BucketBlobWriter | None:
-        resumed = await reopen(lambda: BucketBlobWriter(self, (name, size)), self.spool_dir, name)
+    async def resume(
+        self, name: str, size: int, also: Collection[str] = ()
+    ) -> BucketBlobWriter | None:
+        resumed = await reopen(
+            lambda: BucketBlobWriter(self, (name, size), also), self.spool_dir, name
+        )
         return resumed  # type: ignore[return-value]
 
     async def open(self, sha256: str, size: int) -> BucketBlobReader:

@@ -32,10 +32,15 @@ class Spool:
     """A fill's bytes in a temp file, hashed as they arrive; clients of the fill
     read the file as it grows (read-through). The base of every BlobWriter.
 
+    SHA-256 always (it names the blob); `also` other algorithms (a fill that
+    must match a vendor's MD5, say), from the same bytes in the same pass.
+
     With `resume` (a partial file's name and a length), the spool goes on from
     that file's first bytes instead: call `absorb()` to hash them first."""
 
-    def __init__(self, folder: Path, resume: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, folder: Path, resume: tuple[str, int] | None = None, also: Collection[str] = ()
+    ) -> None:
         if resume is None:
             fd, name = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX)
             self.size = 0
@@ -52,8 +57,18 @@ class Spool:
                 raise
         self._fd = fd
         self.path = Path(name)
-        self._hash = hashlib.sha256()
+        self._also = tuple(also)
+        self._new_hashes()
         self._jobs: set[asyncio.Future[None]] = set()
+
+    def _new_hashes(self) -> None:
+        self._hash = hashlib.sha256()
+        self._others = [hashlib.new(algorithm) for algorithm in self._also]
+
+    def _hash_block(self, data: bytes) -> None:
+        self._hash.update(data)
+        for other in self._others:
+            other.update(data)
 
     async def _in_thread(self, job: Callable[..., None], *args: object) -> None:
         # Off the loop (hashlib, os.write and os.fsync release the GIL). Shielded,
@@ -75,7 +90,7 @@ class Spool:
             data = await asyncio.to_thread(os.pread, self._fd, min(CHUNK, self.size - done), done)
             if not data:
                 raise OSError(f"{self.path.name} ended at byte {done} of {self.size}")
-            await asyncio.to_thread(self._hash.update, data)
+            await asyncio.to_thread(self._hash_block, data)
             done += len(data)
             if block is not None:
                 await block(data)
@@ -85,7 +100,7 @@ class Spool:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self._hash.update(data)
+        self._hash_block(data)
 
     async def write(self, data: bytes) -> None:
         await self._in_thread(self._write, data)
@@ -103,10 +118,12 @@ class Spool:
         os.ftruncate(self._fd, 0)
         os.lseek(self._fd, 0, os.SEEK_SET)
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._new_hashes()
 
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+    def hexdigest(self, algorithm: str = "sha256") -> str:
+        if algorithm == "sha256":
+            return self._hash.hexdigest()
+        return self._others[self._also.index(algorithm)].hexdigest()
 
     def _close(self) -> None:
         if self._fd >= 0:
@@ -122,8 +139,11 @@ class Spool:
 
 
 class LocalBlobWriter(Spool):
-    def __init__(self, blobs: LocalBlobs, resume: tuple[str, int] | None = None) -> None:
-        super().__init__(blobs.tmp_dir, resume)
+    def __init__(
+        self, blobs: LocalBlobs, resume: tuple[str, int] | None = None,
+        also: Collection[str] = (),
+    ) -> None:  # fmt: skip
+        super().__init__(blobs.tmp_dir, resume, also)
         self._blobs = blobs
 
     def _commit(self) -> str:
@@ -205,6 +225,9 @@ class LocalBlobReader:
         self.stamp = _stamp(stat)
 
     async def read(self, start: int, length: int) -> bytes:
+        return self._pread(start, length)
+
+    def _pread(self, start: int, length: int) -> bytes:
         assert self.file is not None
         try:
             return os.pread(self.file.fileno(), length, start)
@@ -214,7 +237,8 @@ class LocalBlobReader:
     async def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
         end = start + length
         while start < end:
-            data = await self.read(start, min(CHUNK, end - start))
+            # In a thread: reading a whole blob (an export) must not hold the loop.
+            data = await asyncio.to_thread(self._pread, start, min(CHUNK, end - start))
             if not data:
                 raise BlobDamaged(self.sha256, f"size: it ends at byte {start}, before {end}")
             start += len(data)
@@ -242,11 +266,15 @@ class LocalBlobs:
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(exist_ok=True)
 
-    def begin(self) -> LocalBlobWriter:
-        return LocalBlobWriter(self)
+    def begin(self, also: Collection[str] = ()) -> LocalBlobWriter:
+        return LocalBlobWriter(self, also=also)
 
-    async def resume(self, name: str, size: int) -> LocalBlobWriter | None:
-        resumed = await reopen(lambda: LocalBlobWriter(self, (name, size)), self.tmp_dir, name)
+    async def resume(
+        self, name: str, size: int, also: Collection[str] = ()
+    ) -> LocalBlobWriter | None:
+        resumed = await reopen(
+            lambda: LocalBlobWriter(self, (name, size), also), self.tmp_dir, name
+        )
         return resumed  # type: ignore[return-value]
 
     def path(self, sha256: str) -> Path:

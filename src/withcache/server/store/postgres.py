@@ -24,12 +24,18 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from withcache.server.digests import Digest
 from withcache.server.store import (
+    IMPORTED,
+    MAX_LISTS,
     Artifact,
     EventRecord,
     FillRecord,
     FillState,
     Lease,
+    ListItem,
+    ListRecord,
+    ListTally,
     Miss,
     Page,
     StoreError,
@@ -41,13 +47,23 @@ from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
     FILL_COLUMNS,
+    ITEM_COLUMNS,
+    ITEM_FIELDS,
+    ITEMS_JOINED,
+    LIST_COLUMNS,
     RESERVED,
+    SETTLE_ITEMS,
+    TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
     as_fill,
+    as_item,
+    as_list,
     as_token,
+    item_values,
     like_pattern,
     reserve_sql,
+    tally,
 )
 
 # Advisory lock keys: one bigint for migrations; (class, blob) int pairs for
@@ -181,6 +197,33 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN resume TEXT;
     ALTER TABLE artifacts ADD COLUMN checked_at DOUBLE PRECISION NOT NULL DEFAULT 0;
     CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
+    """,
+    # Pre-seeded and air-gapped labs: a fill's expected digest names its
+    # algorithm; imported artifacts say so; lists group the fills added together.
+    """
+    ALTER TABLE fills RENAME COLUMN expected_sha256 TO expected_digest;
+    UPDATE fills SET expected_digest = 'sha256:' || lower(expected_digest)
+        WHERE expected_digest IS NOT NULL;
+    ALTER TABLE artifacts ADD COLUMN imported BOOLEAN NOT NULL DEFAULT false;
+    CREATE TABLE lists (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        created_by TEXT
+    );
+    CREATE INDEX lists_created_at ON lists (created_at);
+    CREATE TABLE list_items (
+        list_id BIGINT NOT NULL,
+        line INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        fill_id BIGINT,
+        size BIGINT,
+        note TEXT,
+        PRIMARY KEY (list_id, line)
+    );
+    CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
 ]
 
@@ -410,18 +453,19 @@ class PostgresMetadata:
 
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
-        expected_sha256: str | None = None, credentialed: bool = False,
-        lease: Lease | None = None,
+        expected: Digest | None = None, credentialed: bool = False,
+        lease: Lease | None = None, start: bool = False,
     ) -> tuple[FillRecord, bool]:  # fmt: skip
         # Another host may queue the same fill at the same moment: the unique
         # index lets one insert win, and the other then reads the winner's row.
         for _ in range(3):
             row = await self._one(
-                "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
-                "credentialed, created_at, holder, lease_until) "
-                "VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, %s) "
+                "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
+                "credentialed, created_at, started_at, holder, lease_until) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}",
-                (key, scope, url, requested_by, expected_sha256, credentialed, now,
+                (key, scope, url, "running" if start else "queued", requested_by,
+                 expected and str(expected), credentialed, now, now if start else None,
                  lease and lease.holder, lease and lease.until),
             )  # fmt: skip
             if row:
@@ -526,17 +570,18 @@ class PostgresMetadata:
             ).fetchone()
             values = (
                 fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                miss[0] if miss else 0, now,
+                miss[0] if miss else 0, now, fill.requested_by == IMPORTED,
             )  # fmt: skip
             # Hashed as it arrived: the blob counts as checked now.
             row = await (
                 await conn.execute(
                     "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                    "checked_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                    "checked_at, imported) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
                     "size = excluded.size, headers = excluded.headers, "
                     "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
-                    f"misses = artifacts.misses + excluded.misses RETURNING {ARTIFACT_COLUMNS}",
+                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported "
+                    f"RETURNING {ARTIFACT_COLUMNS}",
                     values,
                 )
             ).fetchone()
@@ -556,7 +601,9 @@ class PostgresMetadata:
                 await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (BLOB_LOCK_CLASS, blob))
 
     async def clear_finished_fills(self) -> int:
-        return await self._run(f"DELETE FROM fills WHERE NOT {ACTIVE}")
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(SETTLE_ITEMS)
+            return (await conn.execute(f"DELETE FROM fills WHERE NOT {ACTIVE}")).rowcount
 
     async def list_fills(
         self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
@@ -570,6 +617,63 @@ class PostgresMetadata:
         )
         total = (await self._one("SELECT count(*) FROM fills WHERE state = ANY(%s)", (wanted,)))[0]
         return Page([as_fill(r) for r in rows], total)
+
+    # -- lists
+
+    async def add_list(self, source: str, kind: str, created_by: str | None, now: float) -> int:
+        row = await self._one(
+            "INSERT INTO lists (source, kind, created_at, created_by) VALUES (%s, %s, %s, %s) "
+            "RETURNING id",
+            (source, kind, now, created_by),
+        )
+        return row[0]
+
+    async def add_list_items(self, list_id: int, items: Sequence[ListItem]) -> None:
+        async with self._pool.connection() as conn, conn.cursor() as cursor:
+            await cursor.executemany(
+                "INSERT INTO list_items (list_id, line, url, state, fill_id, size, note) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [item_values(list_id, item) for item in items],
+            )
+
+    async def get_list(self, list_id: int) -> ListRecord | None:
+        row = await self._one(f"SELECT {LIST_COLUMNS} FROM lists WHERE id = %s", (list_id,))
+        return as_list(row) if row else None
+
+    async def list_lists(self, offset: int = 0, limit: int = 50) -> Page:
+        rows = await self._all(
+            f"SELECT {LIST_COLUMNS} FROM lists ORDER BY id DESC LIMIT %s OFFSET %s",
+            (limit, offset),
+        )
+        total = (await self._one("SELECT count(*) FROM lists"))[0]
+        return Page([as_list(r) for r in rows], total)
+
+    async def tally_list(self, list_id: int) -> ListTally:
+        rows = await self._all(
+            f"SELECT {TALLY_COLUMNS} FROM (SELECT {ITEM_COLUMNS} FROM {ITEMS_JOINED} "
+            "WHERE i.list_id = %s) AS items GROUP BY state",
+            (list_id,),
+        )
+        running = await self._all(
+            "SELECT f.id FROM list_items i JOIN fills f ON f.id = i.fill_id "
+            "WHERE i.list_id = %s AND f.state = 'running'",
+            (list_id,),
+        )
+        return tally(rows, [r[0] for r in running])
+
+    async def list_items(
+        self, list_id: int, states: Sequence[str] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        wanted = list(states) or None
+        inner = (
+            f"SELECT {ITEM_FIELDS} FROM (SELECT {ITEM_COLUMNS} FROM {ITEMS_JOINED} "
+            "WHERE i.list_id = %(id)s) AS items "
+            "WHERE (%(states)s::text[] IS NULL OR state = ANY(%(states)s))"
+        )
+        args = {"id": list_id, "states": wanted, "limit": limit, "offset": offset}
+        rows = await self._all(f"{inner} ORDER BY line LIMIT %(limit)s OFFSET %(offset)s", args)
+        total = (await self._one(f"SELECT count(*) FROM ({inner}) AS found", args))[0]
+        return Page([as_item(r) for r in rows], total)
 
     # -- events
 
@@ -614,6 +718,13 @@ class PostgresMetadata:
                 (max_misses,),
             )
             await conn.execute("DELETE FROM events WHERE at < %s", (now - event_max_age,))
+            await conn.execute(
+                "WITH gone AS (DELETE FROM lists WHERE created_at < %s OR id <= (SELECT id "
+                "FROM lists ORDER BY id DESC LIMIT 1 OFFSET %s) RETURNING id) "
+                "DELETE FROM list_items WHERE list_id IN (SELECT id FROM gone)",
+                (now - event_max_age, MAX_LISTS),
+            )
+            await conn.execute(SETTLE_ITEMS)
             await conn.execute(
                 "DELETE FROM events WHERE id <= "
                 "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET %s)",

@@ -21,12 +21,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from withcache.server.digests import Digest
 from withcache.server.store import (
+    IMPORTED,
+    MAX_LISTS,
     Artifact,
     EventRecord,
     FillRecord,
     FillState,
     Lease,
+    ListItem,
+    ListRecord,
+    ListTally,
     Miss,
     Page,
     TokenRecord,
@@ -37,13 +43,23 @@ from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
     FILL_COLUMNS,
+    ITEM_COLUMNS,
+    ITEM_FIELDS,
+    ITEMS_JOINED,
+    LIST_COLUMNS,
     RESERVED,
+    SETTLE_ITEMS,
+    TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
     as_fill,
+    as_item,
+    as_list,
     as_token,
+    item_values,
     like_pattern,
     reserve_sql,
+    tally,
 )
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
@@ -174,6 +190,33 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN resume TEXT;
     ALTER TABLE artifacts ADD COLUMN checked_at REAL NOT NULL DEFAULT 0;
     CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
+    """,
+    # Pre-seeded and air-gapped labs: a fill's expected digest names its
+    # algorithm; imported artifacts say so; lists group the fills added together.
+    """
+    ALTER TABLE fills RENAME COLUMN expected_sha256 TO expected_digest;
+    UPDATE fills SET expected_digest = 'sha256:' || lower(expected_digest)
+        WHERE expected_digest IS NOT NULL;
+    ALTER TABLE artifacts ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE lists (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        created_by TEXT
+    );
+    CREATE INDEX lists_created_at ON lists (created_at);
+    CREATE TABLE list_items (
+        list_id INTEGER NOT NULL,
+        line INTEGER NOT NULL,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        fill_id INTEGER,
+        size INTEGER,
+        note TEXT,
+        PRIMARY KEY (list_id, line)
+    );
+    CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
 ]
 
@@ -387,8 +430,8 @@ class SQLiteMetadata:
 
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
-        expected_sha256: str | None = None, credentialed: bool = False,
-        lease: Lease | None = None,
+        expected: Digest | None = None, credentialed: bool = False,
+        lease: Lease | None = None, start: bool = False,
     ) -> tuple[FillRecord, bool]:  # fmt: skip
         with self._transaction():
             row = self._db.execute(
@@ -399,10 +442,11 @@ class SQLiteMetadata:
             if row:
                 return as_fill(row), False
             cursor = self._db.execute(
-                "INSERT INTO fills (key, scope, url, state, requested_by, expected_sha256, "
-                "credentialed, created_at, holder, lease_until) "
-                "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
-                (key, scope, url, requested_by, expected_sha256, credentialed, now,
+                "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
+                "credentialed, created_at, started_at, holder, lease_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, scope, url, "running" if start else "queued", requested_by,
+                 expected and str(expected), credentialed, now, now if start else None,
                  lease and lease.holder, lease and lease.until),
             )  # fmt: skip
             fill = await self.get_fill(cursor.lastrowid or 0)
@@ -491,12 +535,13 @@ class SQLiteMetadata:
             # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
                 "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                "checked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) DO UPDATE "
-                "SET sha256 = excluded.sha256, size = excluded.size, headers = excluded.headers, "
-                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
-                "checked_at = excluded.checked_at RETURNING id",
+                "checked_at, imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) "
+                "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
+                "headers = excluded.headers, fetched_at = excluded.fetched_at, "
+                "misses = misses + excluded.misses, checked_at = excluded.checked_at, "
+                "imported = excluded.imported RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0, now),
+                 miss.count if miss else 0, now, fill.requested_by == IMPORTED),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
             artifact = await self.get_artifact(artifact_id)
@@ -530,8 +575,10 @@ class SQLiteMetadata:
                 self._blob_locks[sha256] = (lock, users - 1)
 
     async def clear_finished_fills(self) -> int:
-        cursor = self._db.execute("DELETE FROM fills WHERE state NOT IN ('queued', 'running')")
-        return cursor.rowcount
+        with self._transaction():
+            self._db.execute(SETTLE_ITEMS)
+            cursor = self._db.execute("DELETE FROM fills WHERE state NOT IN ('queued', 'running')")
+            return cursor.rowcount
 
     async def list_fills(
         self, states: Sequence[FillState] = (), offset: int = 0, limit: int = 50
@@ -551,6 +598,65 @@ class SQLiteMetadata:
         ).fetchall()
         total = self._db.execute(f"SELECT count(*) FROM fills {where}", args).fetchone()[0]
         return Page([as_fill(r) for r in rows], total)
+
+    # -- lists
+
+    async def add_list(self, source: str, kind: str, created_by: str | None, now: float) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO lists (source, kind, created_at, created_by) VALUES (?, ?, ?, ?)",
+            (source, kind, now, created_by),
+        )
+        return cursor.lastrowid or 0
+
+    async def add_list_items(self, list_id: int, items: Sequence[ListItem]) -> None:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO list_items (list_id, line, url, state, fill_id, size, note) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [item_values(list_id, item) for item in items],
+            )
+
+    async def get_list(self, list_id: int) -> ListRecord | None:
+        row = self._db.execute(
+            f"SELECT {LIST_COLUMNS} FROM lists WHERE id = ?", (list_id,)
+        ).fetchone()
+        return as_list(row) if row else None
+
+    async def list_lists(self, offset: int = 0, limit: int = 50) -> Page:
+        rows = self._db.execute(
+            f"SELECT {LIST_COLUMNS} FROM lists ORDER BY id DESC LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        total = self._db.execute("SELECT count(*) FROM lists").fetchone()[0]
+        return Page([as_list(r) for r in rows], total)
+
+    async def tally_list(self, list_id: int) -> ListTally:
+        rows = self._db.execute(
+            f"SELECT {TALLY_COLUMNS} FROM (SELECT {ITEM_COLUMNS} FROM {ITEMS_JOINED} "
+            "WHERE i.list_id = ?) GROUP BY state",
+            (list_id,),
+        ).fetchall()
+        running = self._db.execute(
+            "SELECT f.id FROM list_items i JOIN fills f ON f.id = i.fill_id "
+            "WHERE i.list_id = ? AND f.state = 'running'",
+            (list_id,),
+        ).fetchall()
+        return tally(rows, [r[0] for r in running])
+
+    async def list_items(
+        self, list_id: int, states: Sequence[str] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        where, args = "", []
+        if states:
+            where, args = f"WHERE state IN ({','.join('?' * len(states))})", list(states)
+        inner = f"SELECT {ITEM_COLUMNS} FROM {ITEMS_JOINED} WHERE i.list_id = ?"
+        rows = self._db.execute(
+            f"SELECT {ITEM_FIELDS} FROM ({inner}) {where} ORDER BY line LIMIT ? OFFSET ?",
+            (list_id, *args, limit, offset),
+        ).fetchall()
+        total = self._db.execute(
+            f"SELECT count(*) FROM ({inner}) {where}", (list_id, *args)
+        ).fetchone()[0]
+        return Page([as_item(r) for r in rows], total)
 
     # -- events
 
@@ -594,6 +700,13 @@ class SQLiteMetadata:
                 (max_misses,),
             )
             self._db.execute("DELETE FROM events WHERE at < ?", (now - event_max_age,))
+            gone = self._db.execute(
+                "DELETE FROM lists WHERE created_at < ? OR id <= (SELECT id FROM lists "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?) RETURNING id",
+                (now - event_max_age, MAX_LISTS),
+            ).fetchall()
+            self._db.executemany("DELETE FROM list_items WHERE list_id = ?", gone)
+            self._db.execute(SETTLE_ITEMS)
             self._db.execute(
                 "DELETE FROM events WHERE id <= (SELECT id FROM events "
                 "ORDER BY id DESC LIMIT 1 OFFSET ?)",

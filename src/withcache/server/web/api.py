@@ -18,15 +18,42 @@ from typing import Any
 from aiohttp import web
 
 from withcache import keys
-from withcache.server import events, log, metrics
+from withcache.server import events, export, log, metrics
 from withcache.server.cache import ActionError, Cache
-from withcache.server.store import Artifact, EventRecord, Miss, TokenRecord, TokenScope
+from withcache.server.digests import BLOB_ALGORITHM, SHA256_RE, BadDigest, Digest
+from withcache.server.download import REPLAYED_HEADERS
+from withcache.server.imports import (
+    MAX_OFFERED,
+    Imports,
+    Offered,
+    Outcome,
+    bad_headers,
+    bad_scope,
+    uploaded,
+)
+from withcache.server.lists import ListProgress, Lists
+from withcache.server.store import (
+    ITEM_STATES,
+    PUBLIC,
+    Artifact,
+    BlobDamaged,
+    BlobGone,
+    EventRecord,
+    ListItem,
+    Miss,
+    TokenRecord,
+    TokenScope,
+)
 from withcache.server.verify import Verification
 from withcache.server.web import auth, openapi, params
 from withcache.server.web.progress import FillRow, fill_rows
 from withcache.server.web.read import CACHE_KEY
 
 PREFIX = "/api/v1"
+MAX_LIST_BODY = 8 << 20  # a list of 10,000 long URLs
+MAX_OFFER_BODY = 16 << 20  # MAX_OFFERED artifacts with long URLs
+MAX_SOURCE = 200  # characters of a list's name
+MAX_SINCE = 1e11  # seconds since the epoch: the year 5138
 # Headers an error keeps when it becomes JSON (the rest described the text body).
 KEPT_ERROR_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 
@@ -40,7 +67,7 @@ def artifact_json(a: Artifact) -> dict[str, Any]:
     return {
         "id": a.id, "url": a.key, "sha256": a.sha256, "size": a.size,
         "fetched_at": a.fetched_at, "hits": a.hits, "misses": a.misses, "last_hit": a.last_hit,
-        "scoped": a.scoped, "serve_path": keys.serve_path(a.key),
+        "scoped": a.scoped, "imported": a.imported, "serve_path": keys.serve_path(a.key),
     }  # fmt: skip
 
 
@@ -53,12 +80,40 @@ def miss_json(m: Miss) -> dict[str, Any]:
 
 def fill_json(row: FillRow) -> dict[str, Any]:
     r = row.record
+    sha256 = r.expected.hex if r.expected and r.expected.algorithm == BLOB_ALGORITHM else None
     return {
         "id": r.id, "url": row.url, "state": r.state.value, "requested_by": r.requested_by,
-        "expected_sha256": r.expected_sha256, "credentialed": r.credentialed,
+        "expected_sha256": sha256, "expected_digest": r.expected and str(r.expected),
+        "credentialed": r.credentialed,
         "bytes_done": row.bytes_done, "total": row.total, "percent": row.percent,
         "rate": round(row.rate, 1), "eta": row.eta, "clients": row.clients, "error": r.error,
         "created_at": r.created_at, "started_at": r.started_at, "finished_at": r.finished_at,
+    }  # fmt: skip
+
+
+def list_json(p: ListProgress) -> dict[str, Any]:
+    r = p.record
+    return {
+        "id": r.id, "source": r.source, "kind": r.kind, "created_at": r.created_at,
+        "created_by": r.created_by, "items": p.items, "wanted": p.wanted, "ready": p.ready,
+        "active": p.active, "failed": p.failed, "refused": p.refused,
+        "counts": dict(p.tally.counts), "finished": p.finished, "percent": p.percent,
+        "bytes_done": p.bytes_done, "bytes_total": p.bytes_total, "unsized": p.unsized,
+        "rate": round(p.rate, 1), "eta": p.eta,
+    }  # fmt: skip
+
+
+def item_json(i: ListItem) -> dict[str, Any]:
+    return {
+        "line": i.line, "url": i.url, "state": i.state, "fill_id": i.fill_id,
+        "bytes_done": i.bytes_done, "total": i.total, "note": i.note,
+    }  # fmt: skip
+
+
+def outcome_json(o: Outcome) -> dict[str, Any]:
+    return {
+        "url": o.url, "state": o.state, "note": o.note,
+        "artifact": artifact_json(o.artifact) if o.artifact else None,
     }  # fmt: skip
 
 
@@ -141,8 +196,11 @@ def _key(cache: Cache, url: str) -> str:
         raise web.HTTPBadRequest(text=f"bad url: {err}") from None
 
 
-async def _body(request: web.Request, fields: Mapping[str, type], required: set[str]) -> dict:
-    """The request's JSON object, with only known fields of the right types."""
+async def _body(
+    request: web.Request, fields: Mapping[str, type], required: set[str], limit: int = 0
+) -> dict:
+    """The request's JSON object, with only known fields of the right types
+    (at most `limit` bytes of it, if given, else the server's own limit)."""
     if not request.body_exists:
         data: Any = {}
     elif request.content_type != "application/json":
@@ -151,7 +209,7 @@ async def _body(request: web.Request, fields: Mapping[str, type], required: set[
         )
     else:
         try:
-            data = json.loads(await params.read_body(request))
+            data = json.loads(await params.read_body(request, limit))
         except ValueError:
             raise web.HTTPBadRequest(text="the body is not valid JSON") from None
         except RecursionError:
@@ -172,6 +230,10 @@ async def _body(request: web.Request, fields: Mapping[str, type], required: set[
         if isinstance(value, str):
             params.check_unicode(value, name)
     return data
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return params.choice(request, name, ("true", "false", "1", "0"), "false") in ("true", "1")
 
 
 def _acted(err: ActionError) -> web.HTTPException:
@@ -307,6 +369,195 @@ async def clear_finished(request: web.Request) -> web.Response:
     return _json({"cleared": await _cache(request).clear_finished(_actor(request))})
 
 
+async def add_list(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    fields = {"text": str, "source": str, "sums": str, "match": str, "refresh": bool}
+    body = await _body(request, fields, set(), MAX_LIST_BODY)
+    text, sums = body.get("text"), body.get("sums")
+    if (text is None) == (sums is None):
+        raise web.HTTPBadRequest(text="give either text (the list) or sums (a checksum file's URL)")
+    lists = Lists(cache)
+    refresh = bool(body.get("refresh"))
+    try:
+        if sums is not None:
+            match = body.get("match") or None
+            record = await lists.add_sums(sums, match, _actor(request), refresh)
+        else:
+            source = body.get("source") or "-"
+            if len(source) > MAX_SOURCE:
+                raise web.HTTPBadRequest(text=f"bad source: at most {MAX_SOURCE} characters")
+            record = await lists.add_text(text or "", source, _actor(request), refresh)
+    except ActionError as err:
+        raise _acted(err) from None
+    location = {"Location": f"{PREFIX}/lists/{record.id}"}
+    return _json(list_json(await lists.progress(record)), 201, location)
+
+
+async def list_lists(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    offset, limit = _paging(request)
+    page = await cache.metadata.list_lists(offset, limit)
+    lists = Lists(cache)
+    rows = [list_json(await lists.progress(r)) for r in page.rows]
+    return _listing(rows, page.total, offset, limit)
+
+
+async def _list(request: web.Request) -> tuple[Cache, Any]:
+    cache = _cache(request)
+    record = await cache.metadata.get_list(_id(request))
+    if record is None:
+        raise web.HTTPNotFound(text="no such list")
+    return cache, record
+
+
+async def get_list(request: web.Request) -> web.Response:
+    cache, record = await _list(request)
+    return _json(list_json(await Lists(cache).progress(record)))
+
+
+async def list_items(request: web.Request) -> web.Response:
+    cache, record = await _list(request)
+    offset, limit = _paging(request)
+    state = params.choice(request, "state", ITEM_STATES, "")
+    page = await cache.metadata.list_items(record.id, (state,) if state else (), offset, limit)
+    return _listing([item_json(i) for i in page.rows], page.total, offset, limit)
+
+
+async def import_artifact(request: web.Request) -> web.Response:
+    """The body's bytes become the artifact of `url`, streamed to the blob store."""
+    cache = _cache(request)
+    query = request.query
+    url = params.text(query.get("url", ""), "url")
+    if not url:
+        raise web.HTTPBadRequest(text="bad url: give the URL the bytes are the artifact of")
+    expected = None
+    if "sha256" in query:
+        try:
+            expected = Digest.sha256(query["sha256"])
+        except BadDigest as err:
+            raise web.HTTPBadRequest(text=f"bad sha256: {err}") from None
+    headers = {}
+    for name in REPLAYED_HEADERS:
+        value = params.text(query.get(_header_param(name), ""), _header_param(name))
+        if value:
+            headers[name] = value
+    chunks = uploaded(request.content, cache.settings.origin_timeout)
+    try:
+        artifact = await Imports(cache).upload(
+            url, chunks, request.content_length, expected, headers, _actor(request),
+            query.get("scope", PUBLIC), query.get("scope_key"), _flag(request, "refresh"),
+        )  # fmt: skip
+    except ActionError as err:
+        raise _acted(err) from None
+    location = {"Location": f"{PREFIX}/artifacts/{artifact.id}"}
+    return _json(artifact_json(artifact), 201, location)
+
+
+def _header_param(name: str) -> str:
+    """The query parameter of a replayed header: Content-Type -> content_type."""
+    return name.lower().replace("-", "_")
+
+
+async def offer_imports(request: web.Request) -> web.Response:
+    """Which of the artifacts an importer has are cached here, or stored now
+    from bytes the store holds, and which it must send."""
+    cache = _cache(request)
+    fields = {"artifacts": list, "scope_key": str, "refresh": bool}
+    body = await _body(request, fields, {"artifacts"}, MAX_OFFER_BODY)
+    if len(body["artifacts"]) > MAX_OFFERED:
+        raise web.HTTPBadRequest(text=f"bad artifacts: offer at most {MAX_OFFERED} at once")
+    offered = [_offered(n, entry) for n, entry in enumerate(body["artifacts"])]
+    try:
+        outcomes = await Imports(cache).offer(
+            offered, _actor(request), body.get("scope_key"), bool(body.get("refresh"))
+        )
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json({"items": [outcome_json(o) for o in outcomes]})
+
+
+def _offered(n: int, entry: Any) -> Offered:
+    kinds = {"url": str, "sha256": str, "size": int, "headers": dict, "scope": str}
+    where = f"bad artifacts[{n}]"
+    if not isinstance(entry, dict) or not {"url", "sha256"} <= set(entry):
+        raise web.HTTPBadRequest(text=f"{where}: give an object with url and sha256")
+    for name, value in entry.items():
+        if name not in kinds:
+            raise web.HTTPBadRequest(text=f"{where}: unknown field {name!r}")
+        if kinds[name] is int and type(value) is float and value.is_integer():
+            entry[name] = int(value)  # JSON has one kind of number: 5.0 is an integer
+        elif type(value) is not kinds[name]:
+            kind = openapi.JSON_TYPES[kinds[name]]
+            raise web.HTTPBadRequest(text=f"{where}: {name} must be {kind}")
+    offered = Offered(
+        url=entry["url"], sha256=entry["sha256"], size=entry.get("size"),
+        headers=entry.get("headers", {}), scope=entry.get("scope", PUBLIC),
+    )  # fmt: skip
+    try:
+        keys.check_origin(offered.url)
+    except keys.BadURL as err:
+        raise web.HTTPBadRequest(text=f"{where}: bad url: {err}") from None
+    problem = (
+        ("size must not be negative" if (offered.size or 0) < 0 else None)
+        or (None if SHA256_RE.fullmatch(offered.sha256) else "sha256 must be 64 hex digits")
+        or bad_headers(offered.headers) or bad_scope(offered.scope)
+    )  # fmt: skip
+    if problem:
+        raise web.HTTPBadRequest(text=f"{where}: {problem}")
+    return offered
+
+
+async def export_bundle(request: web.Request) -> web.StreamResponse:
+    """A bundle (a tar file) of the artifacts chosen, streamed from the stores."""
+    cache = _cache(request)
+    try:
+        selection = export.Selection(
+            match=_short_text(request, "match") or None, since=_since(request),
+            ids=_ids(request), include_scoped=_flag(request, "include_scoped"),
+        )  # fmt: skip
+        bundle = await export.prepare(cache, selection)
+    except ActionError as err:
+        raise _acted(err) from None
+    response = web.StreamResponse(headers={
+        "Content-Type": "application/x-tar",
+        "Content-Disposition": 'attachment; filename="withcache-bundle.tar"',
+        "Withcache-Artifacts": str(len(bundle.items)),
+    })  # fmt: skip
+    response.content_length = bundle.size
+    await response.prepare(request)
+    await bundle.record(_actor(request))
+    try:
+        async for chunk in bundle.chunks():
+            await response.write(chunk)
+    except (OSError, BlobGone, BlobDamaged) as err:
+        log.error("export.broke_off", error=str(err) or type(err).__name__)
+        if request.transport is not None:
+            request.transport.close()  # short of Content-Length: the client knows it failed
+        return response
+    await response.write_eof()
+    return response
+
+
+def _since(request: web.Request) -> float | None:
+    text = request.query.get("since")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_SINCE:
+        raise web.HTTPBadRequest(text="bad since: give a Unix time in seconds")
+    return value
+
+
+def _ids(request: web.Request) -> tuple[int, ...]:
+    text = request.query.get("ids")
+    if text is None:
+        return ()
+    return tuple(params.number(part, "ids", 1, params.MAX_ID) for part in text.split(","))
+
+
 async def list_events(request: web.Request) -> web.Response:
     offset, limit = _paging(request)
     kind = params.choice(request, "kind", events.kinds(), "")
@@ -389,6 +640,13 @@ ROUTES = [
     Route("POST", "/fills/{id}/cancel", cancel_fill, ADMIN),
     Route("POST", "/fills/{id}/retry", retry_fill, ADMIN),
     Route("POST", "/fills/clear-finished", clear_finished, ADMIN),
+    Route("GET", "/lists", list_lists, READ),
+    Route("POST", "/lists", add_list, ADMIN),
+    Route("GET", "/lists/{id}", get_list, READ),
+    Route("GET", "/lists/{id}/items", list_items, READ),
+    Route("PUT", "/imports", import_artifact, ADMIN),
+    Route("POST", "/imports/offer", offer_imports, ADMIN),
+    Route("GET", "/export", export_bundle, ADMIN),
     Route("GET", "/events", list_events, READ),
     Route("GET", "/tokens", list_tokens, ADMIN, password=True),
     Route("POST", "/tokens", create_token, ADMIN, password=True),

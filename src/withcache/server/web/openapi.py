@@ -13,17 +13,27 @@ from typing import TYPE_CHECKING, Any
 
 from withcache import __version__, keys
 from withcache.server import events, tokens
-from withcache.server.store import FillState, TokenScope
+from withcache.server.digests import ALGORITHMS
+from withcache.server.download import REPLAYED_HEADERS
+from withcache.server.imports import MAX_HEADER_VALUE, MAX_OFFERED
+from withcache.server.lists import MAX_LINES
+from withcache.server.store import IMPORTED, ITEM_STATES, FillState, TokenScope
 from withcache.server.web import params
 
 if TYPE_CHECKING:
     from withcache.server.web.api import Route
 
-JSON_TYPES = {str: "string", bool: "boolean", int: "integer"}
+
+JSON_TYPES = {str: "string", bool: "boolean", int: "integer", list: "array", dict: "object"}
 # What the server accepts as an origin URL, narrowed to a shape a generator can
 # aim at: the server also takes IPv6 hosts and non-ASCII paths.
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[1-9][0-9]{0,3})?(/[!-~]*)?$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+SCOPE_PATTERN = r"^([0-9a-f]{64})?$"
+# A list that names something: a line that is neither blank nor a # comment.
+LIST_PATTERN = r"(^|\n)[ \t]*[^#\s]"
+HEADER_VALUE = {"type": "string", "maxLength": MAX_HEADER_VALUE, "pattern": "^[ -~]*$"}
+DIGEST_PATTERN = "^(" + "|".join(f"{name}:[0-9a-f]{{{n}}}" for name, n in ALGORITHMS.items()) + ")$"
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -58,6 +68,7 @@ TIME = {"type": "number", "description": "seconds since the Unix epoch"}
 URL = {"type": "string", "minLength": 1, "maxLength": keys.MAX_URL_BYTES, "pattern": URL_PATTERN}
 SHA256 = {"type": "string", "pattern": SHA256_PATTERN}
 COUNT = {"type": "integer", "minimum": 0}
+ID = "[1-9][0-9]{0,17}"  # a positive id in its digits
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string", "description": "what went wrong, one line"}}),
@@ -85,6 +96,8 @@ SCHEMAS: dict[str, Any] = {
         "misses": {**COUNT, "description": "times asked for before it was cached"},
         "last_hit": _nullable("number"),
         "scoped": {"type": "boolean", "description": "fetched with a client's credentials"},
+        "imported": {"type": "boolean", "description": "its bytes were uploaded (`withcache "
+                     "import`), not fetched: no origin vouched for them"},
         "serve_path": {"type": "string", "description": "where the cache-host serves it"},
     }),
     "Miss": _object({
@@ -98,8 +111,11 @@ SCHEMAS: dict[str, Any] = {
         "id": {"type": "integer", "minimum": 1},
         "url": {"type": "string", "description": "display form: no query unless --keep-query"},
         "state": {"type": "string", "enum": [s.value for s in FillState]},
-        "requested_by": {"type": "string", "enum": ["miss", "operator"]},
+        "requested_by": {"type": "string", "enum": ["miss", "operator", IMPORTED],
+                         "description": f"{IMPORTED}: bytes uploaded, not fetched"},
         "expected_sha256": _nullable("string", pattern=SHA256_PATTERN),
+        "expected_digest": _nullable("string", pattern=DIGEST_PATTERN,
+                                     description="`<algorithm>:<hex>` the bytes must match"),
         "credentialed": {"type": "boolean"},
         "bytes_done": COUNT,
         "total": _nullable("integer", minimum=0),
@@ -147,7 +163,50 @@ SCHEMAS: dict[str, Any] = {
             })},
         })},
     }),
+    "List": _object({
+        "id": {"type": "integer", "minimum": 1},
+        "source": {"type": "string", "description": "a file name, - (stdin), or the checksum "
+                   "file's URL"},
+        "kind": {"type": "string", "enum": ["urls", "sums"]},
+        "created_at": TIME,
+        "created_by": _nullable("string"),
+        "items": {**COUNT, "description": "lines that named something"},
+        "wanted": {**COUNT, "description": "artifacts named (not bad or repeated lines)"},
+        "ready": {**COUNT, "description": "of those, cached now (fetched, or already)"},
+        "active": {**COUNT, "description": "fills queued or running"},
+        "failed": {**COUNT, "description": "fills failed or cancelled"},
+        "refused": {**COUNT, "description": "bad lines, and lines the cache-host refused"},
+        "counts": {"type": "object", "additionalProperties": COUNT,
+                   "description": "items by state"},
+        "finished": {"type": "boolean", "description": "no fill of it queued or running"},
+        "percent": _nullable("integer", minimum=0, maximum=100),
+        "bytes_done": COUNT,
+        "bytes_total": {**COUNT, "description": "of the artifacts to fetch whose size is known"},
+        "unsized": {**COUNT, "description": "artifacts to fetch whose size is not known yet"},
+        "rate": {"type": "number", "minimum": 0, "description": "bytes per second"},
+        "eta": _nullable("number", minimum=0, description="seconds left"),
+    }),
+    "ListItem": _object({
+        "line": {"type": "integer", "minimum": 1},
+        "url": {"type": "string", "description": "display form; a bad line as given"},
+        "state": {"type": "string", "enum": list(ITEM_STATES)},
+        "fill_id": _nullable("integer", minimum=1),
+        "bytes_done": COUNT,
+        "total": _nullable("integer", minimum=0),
+        "note": _nullable("string", description="why it was refused or failed, or how it "
+                          "was added"),
+    }),
+    "ImportOutcome": _object({
+        "url": {"type": "string"},
+        "state": {"type": "string", "enum": ["cached", "stored", "missing", "refused"],
+                  "description": "cached already (the same bytes); stored now, over bytes "
+                  "the cache-host had; missing: upload it (PUT /imports); refused (note)"},
+        "note": _nullable("string"),
+        "artifact": {"oneOf": [_ref("Artifact"), {"type": "null"}]},
+    }),
     "ArtifactList": _listing("Artifact"),
+    "ListList": _listing("List"),
+    "ListItemList": _listing("ListItem"),
     "MissList": _listing("Miss"),
     "FillList": _listing("Fill"),
     "EventList": _listing("Event"),
@@ -163,8 +222,10 @@ SCHEMAS["NewToken"] = {
 }
 
 
-def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
+def _query(
+    name: str, schema: dict[str, Any], description: str, required: bool = False
+) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema,
             "description": description}  # fmt: skip
 
 
@@ -187,10 +248,17 @@ def _search(what: str) -> dict[str, Any]:
     )
 
 
-def _body(properties: dict[str, Any], optional: Sequence[str] = ()) -> dict[str, Any]:
+def _body(
+    properties: dict[str, Any], optional: Sequence[str] = (),
+    one_of: Sequence[Sequence[str]] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """A JSON body; `one_of`: groups of fields of which exactly one must be there."""
+    schema = _object(properties, optional)
+    if one_of:
+        schema["oneOf"] = [{"required": list(group)} for group in one_of]
     return {
-        "required": not optional or len(optional) < len(properties),
-        "content": {"application/json": {"schema": _object(properties, optional)}},
+        "required": not optional or len(optional) < len(properties) or bool(one_of),
+        "content": {"application/json": {"schema": schema}},
     }
 
 
@@ -279,6 +347,102 @@ def _operations() -> dict[str, dict[str, Any]]:
             "summary": "Forget finished fills (done, failed, cancelled)",
             "ok": (200, _object({"cleared": COUNT})),
         },
+        "list-lists": {
+            "summary": "Lists of artifacts added together, newest first, with their progress",
+            "parameters": _paging(), "ok": (200, _ref("ListList")),
+            "links": _links("$response.body#/items/0/id", "get-list", "list-items"),
+        },
+        "add-list": {
+            "summary": "Add many artifacts at once: a list of URLs, or a vendor's checksum file",
+            "description": "`text`: one URL a line, optionally after its digest as sha256sum "
+            "(or sha512sum, md5sum) writes it; blank lines and # comments are skipped. "
+            "`sums`: the URL of a checksum file (GNU or BSD style), fetched under the fetch "
+            "policy; each file it lists (only those `match` fits, a glob) is added, relative "
+            "to it, with its digest as the expected value. A cached URL is skipped unless "
+            "`refresh`; a bad line is an item `refused`, and the rest still go. At most "
+            f"{MAX_LINES} lines.",
+            "body": _body({
+                "text": {"type": "string", "pattern": LIST_PATTERN, "description": "the list"},
+                "source": {"type": "string", "maxLength": 200,
+                           "description": "what to call it (a file name)"},
+                "sums": {**URL, "description": "a checksum file's URL"},
+                "match": {"type": "string", "description": "a glob on the listed names"},
+                "refresh": _nullable("boolean"),
+            }, optional=["text", "source", "sums", "match", "refresh"],
+               one_of=(["text"], ["sums"])),
+            "ok": (201, _ref("List")), "created": True, "errors": [409, 413],
+            "links": _links("$response.body#/id", "get-list", "list-items"),
+        },
+        "get-list": {"summary": "One list's progress: artifacts ready, bytes, rate, ETA",
+                     "parameters": [object_id], "ok": (200, _ref("List")), "errors": [404]},
+        "list-items": {
+            "summary": "A list's lines, in order, with their fills' states",
+            "parameters": [
+                object_id,
+                _query("state", {"type": "string", "enum": list(ITEM_STATES)},
+                       "only items in this state"),
+                *_paging(),
+            ],
+            "ok": (200, _ref("ListItemList")), "errors": [404],
+        },
+        "import-artifact": {
+            "summary": "Upload the bytes of an artifact: they become the artifact of `url`, "
+            "and its origin is never asked",
+            "description": "The body is streamed to the blob store, hashed on the way, checked "
+            "against `sha256` if given and committed like a fill; the artifact is marked "
+            "imported. The body's length (Content-Length) is checked. A URL cached already "
+            "(in that scope) is refused unless `refresh`.",
+            "parameters": [
+                _query("url", {**URL, "maxLength": params.MAX_TEXT},
+                       "the URL the bytes are the artifact of", required=True),
+                _query("sha256", SHA256, "what the bytes must hash to: other bytes fail and "
+                       "nothing is kept"),
+                *[_query(name.lower().replace("-", "_"), HEADER_VALUE,
+                         f"the {name} to answer hits with") for name in REPLAYED_HEADERS],
+                _query("scope", {"type": "string", "pattern": SCOPE_PATTERN},
+                       "a credential scope, from a bundle (needs scope_key)"),
+                _query("scope_key", {"type": "string"}, "the scope key of the host the "
+                       "scope was made on: it must be this host's"),
+                _query("refresh", {"type": "boolean"}, "replace a cached artifact"),
+            ],
+            "body": {"required": True, "content": {"application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"}}}},
+            "ok": (201, _ref("Artifact")), "created": True, "errors": [409],
+        },
+        "offer-imports": {
+            "summary": "Say which artifacts an importer has: each is cached here already, "
+            "stored now from bytes the cache-host has, or missing (upload those)",
+            "body": _body({
+                "artifacts": {"type": "array", "maxItems": MAX_OFFERED, "items": _object({
+                    "url": URL, "sha256": SHA256, "size": COUNT,
+                    "headers": {"type": "object", "additionalProperties": HEADER_VALUE,
+                                "propertyNames": {"enum": list(REPLAYED_HEADERS)}},
+                    "scope": {"type": "string", "pattern": SCOPE_PATTERN},
+                }, optional=["size", "headers", "scope"])},
+                "scope_key": _nullable("string"),
+                "refresh": _nullable("boolean"),
+            }, optional=["scope_key", "refresh"]),
+            "ok": (200, _object({"items": {"type": "array", "items": _ref("ImportOutcome")}})),
+            "errors": [409, 413],
+        },
+        "export-bundle": {
+            "summary": "A bundle: the chosen artifacts and their manifest, as a plain tar",
+            "description": "Streamed from the stores, with its length known up front. Filters "
+            "combine; none: every public artifact. Credential-scoped artifacts only with "
+            "`include_scoped`, and then with their scope and this host's scope key.",
+            "parameters": [
+                _query("match", {"type": "string", "maxLength": params.MAX_SEARCH},
+                       "a glob on the URL"),
+                _query("since", {"type": "number", "minimum": 0, "maximum": 100_000_000_000},
+                       "fetched at or after this Unix time"),
+                _query("ids", {"type": "string", "pattern": f"^{ID}(,{ID})*$"},
+                       "artifact ids, comma-separated"),
+                _query("include_scoped", {"type": "boolean"},
+                       "credential-scoped artifacts too"),
+            ],
+            "ok": (200, {"type": "string", "format": "binary"}), "ok_type": "application/x-tar",
+            "errors": [404, 409],
+        },
         "list-events": {
             "summary": "The audit log, newest first",
             "parameters": [
@@ -325,6 +489,7 @@ ERRORS = {
     403: "The token is read-only and this needs an admin token",
     404: "No such thing",
     409: "The cache-host can't do this now or under its policy; the message says why",
+    413: "The body is larger than this operation takes",
     415: "The body is not JSON (send Content-Type: application/json)",
     429: "Too many wrong passwords from this address; wait Retry-After seconds",
 }
@@ -346,7 +511,7 @@ def _operation(route: Route, spec: dict[str, Any]) -> dict[str, Any]:
     status, schema = spec["ok"]
     ok: dict[str, Any] = {"description": "Done"}
     if schema is not None:
-        ok["content"] = {"application/json": {"schema": schema}}
+        ok["content"] = {spec.get("ok_type", "application/json"): {"schema": schema}}
     if spec.get("links"):
         ok["links"] = spec["links"]
     if spec.get("created"):
@@ -356,7 +521,7 @@ def _operation(route: Route, spec: dict[str, Any]) -> dict[str, Any]:
         errors.add(404)  # the path names something that isn't there, or isn't a number
     if spec.get("parameters") or spec.get("body"):
         errors.add(400)
-    if spec.get("body"):
+    if spec.get("body") and "application/json" in spec["body"]["content"]:
         errors.add(415)
     if route.scope is not None:
         errors.add(401)

@@ -93,9 +93,21 @@ def local_path(target: Any, default: str) -> str:
     return quote(cleaned, safe=_PATH_KEPT, errors="surrogatepass")
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The request's body, in full."""
-    return await _receive(request, request.read())
+async def read_body(request: web.Request, limit: int = 0) -> bytes:
+    """The request's body, in full: at most `limit` bytes if given (else the
+    server's own limit), or a 413."""
+    return await _receive(request, _bounded(request, limit) if limit else request.read())
+
+
+async def _bounded(request: web.Request, limit: int) -> bytes:
+    if (request.content_length or 0) > limit:
+        raise web.HTTPRequestEntityTooLarge(limit, request.content_length or 0)
+    data = bytearray()
+    async for chunk in request.content.iter_any():
+        data += chunk
+        if len(data) > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, len(data))
+    return bytes(data)
 
 
 async def read_form(request: web.Request) -> MultiDictProxy[Any]:

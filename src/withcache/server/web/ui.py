@@ -19,6 +19,7 @@ from multidict import MultiDictProxy
 
 from withcache.server import events, metrics
 from withcache.server.cache import ActionError, Cache
+from withcache.server.lists import Lists
 from withcache.server.store import ACTIVE_STATES, FillState, TokenScope
 from withcache.server.web import auth, params, render
 from withcache.server.web.progress import fill_rows
@@ -31,6 +32,17 @@ MAX_SELECTION = 500  # misses acted on by one bulk form
 TEMPLATES_KEY = web.AppKey("templates", jinja2.Environment)
 STATIC_KEY = web.AppKey("static", render.StaticFiles)
 STARTED = "withcache.started"
+
+LISTS_SHOWN = 5  # the latest lists, above the Downloads page's fills
+LIST_VIEWS = {
+    "": ("All", ()),
+    "active": ("Queued and running", ("queued", "running")),
+    "ready": ("Cached", ("done", "cached")),
+    "problems": ("Failed and refused", ("failed", "cancelled", "refused")),
+    "duplicate": ("Repeated", ("duplicate",)),
+}
+ADD_DEFAULTS = {"url": "", "sha256": "", "error": None, "cached": None, "lines": "", "sums": "",
+                "match": "", "list_error": None}  # fmt: skip
 
 FILL_VIEWS = {
     "": (),
@@ -131,7 +143,51 @@ async def misses_page(request: web.Request) -> web.Response:
 async def downloads_page(request: web.Request) -> web.Response:
     view, page = params.choice(request, "state", FILL_VIEWS, ""), _page(request)
     table = await _fills_table(request, view, page, PAGE_SIZE)
-    return await _show(request, "downloads.html", section="downloads", view=view, **table)
+    return await _show(
+        request, "downloads.html", section="downloads", view=view, **table,
+        **await _lists_table(request),
+    )  # fmt: skip
+
+
+async def downloads_lists(request: web.Request) -> web.Response:
+    """The lists' progress alone, polled by htmx."""
+    return _fragment(request, "_lists.html", **await _lists_table(request))
+
+
+async def _lists_table(request: web.Request) -> dict[str, Any]:
+    cache = request.app[CACHE_KEY]
+    found = await cache.metadata.list_lists(0, LISTS_SHOWN)
+    lists = Lists(cache)
+    shown = [await lists.progress(record) for record in found.rows]
+    return {"lists": shown, "lists_total": found.total, "lists_poll": "/downloads/lists"}
+
+
+async def list_page(request: web.Request) -> web.Response:
+    view = params.choice(request, "state", LIST_VIEWS, "")
+    table = await _list_table(request, view)
+    views = [(value, label) for value, (label, _) in LIST_VIEWS.items()]
+    return await _show(request, "list.html", section="downloads", view=view, views=views, **table)
+
+
+async def list_table(request: web.Request) -> web.Response:
+    """A list's figures and lines alone, polled by htmx."""
+    view = params.choice(request, "state", LIST_VIEWS, "")
+    return _fragment(request, "_list_items.html", **await _list_table(request, view))
+
+
+async def _list_table(request: web.Request, view: str) -> dict[str, Any]:
+    cache = request.app[CACHE_KEY]
+    list_id, page = int(request.match_info["id"]), _page(request)
+    record = await cache.metadata.get_list(list_id)
+    if record is None:
+        raise web.HTTPNotFound(text="no such list\n")
+    states = LIST_VIEWS[view][1]
+    items = await cache.metadata.list_items(list_id, states, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    return {
+        "p": await Lists(cache).progress(record), "items": items,
+        "pages": _pages(items.total, page),
+        "poll": f"/lists/{list_id}/table?state={view}&page={page}",
+    }  # fmt: skip
 
 
 async def downloads_table(request: web.Request) -> web.Response:
@@ -181,9 +237,7 @@ async def confirm_delete(request: web.Request) -> web.Response:
 
 
 async def add_page(request: web.Request) -> web.Response:
-    return await _show(
-        request, "add.html", section="add", url="", sha256="", error=None, cached=None
-    )
+    return await _show(request, "add.html", section="add", **ADD_DEFAULTS)
 
 
 async def events_page(request: web.Request) -> web.Response:
@@ -275,15 +329,41 @@ async def add_action(request: web.Request) -> web.StreamResponse:
         added = await cache.add(url, sha256 or None, auth.actor(request), "refresh" in form)
     except ActionError as err:
         return await _show(
-            request, "add.html", 400, section="add", url=url, sha256=sha256, error=str(err),
-            cached=None,
+            request, "add.html", 400, section="add",
+            **{**ADD_DEFAULTS, "url": url, "sha256": sha256, "error": str(err)},
         )  # fmt: skip
     if added.artifact is not None:
         return await _show(
-            request, "add.html", section="add", url=url, sha256=sha256, error=None,
-            cached=added.artifact,
+            request, "add.html", section="add",
+            **{**ADD_DEFAULTS, "url": url, "sha256": sha256, "cached": added.artifact},
         )  # fmt: skip
     raise web.HTTPSeeOther(_next(form, "/downloads"))
+
+
+async def add_list_action(request: web.Request) -> web.StreamResponse:
+    """Add a list (the text area) or a checksum file's files (its URL), then show its progress."""
+    cache = request.app[CACHE_KEY]
+    form = await params.read_form(request)
+    lines = form.get("lines", "")  # as long as a form may be (the server's body limit)
+    if not isinstance(lines, str):
+        raise web.HTTPBadRequest(text="bad lines: expected text\n")
+    params.check_unicode(lines, "lines")
+    sums = params.text(form.get("sums", ""), "sums")
+    match = params.text(form.get("match", ""), "match")
+    lists, refresh, actor = Lists(cache), "refresh" in form, auth.actor(request)
+    try:
+        if lines.strip() and sums:
+            raise ActionError("give the list or a checksum file's URL, not both")
+        if sums:
+            record = await lists.add_sums(sums, match or None, actor, refresh)
+        elif lines.strip():
+            record = await lists.add_text(lines, "the Add page", actor, refresh)
+        else:
+            raise ActionError("give the URLs to add, or a checksum file's URL")
+    except ActionError as err:
+        values = {"lines": lines, "sums": sums, "match": match, "list_error": str(err)}
+        return await _show(request, "add.html", 400, section="add", **{**ADD_DEFAULTS, **values})
+    raise web.HTTPSeeOther(f"/lists/{record.id}")
 
 
 # -- API tokens
@@ -395,6 +475,9 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         ("/misses", misses_page),
         ("/downloads", downloads_page),
         ("/downloads/table", downloads_table),
+        ("/downloads/lists", downloads_lists),
+        (f"/lists/{object_id}", list_page),
+        (f"/lists/{object_id}/table", list_table),
         ("/cached", cached_page),
         (f"/cached/{object_id}/delete", confirm_delete),
         ("/add", add_page),
@@ -407,6 +490,7 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         ("/downloads/clear", clear_finished),
         (f"/cached/{object_id}/delete", delete_artifact),
         ("/add", add_action),
+        ("/add/list", add_list_action),
         ("/tokens", create_token),
         ("/tokens/{name}/revoke", revoke_token),
         ("/logout", logout),
