@@ -8,7 +8,7 @@ import os
 import pytest
 
 from withcache.server import fills
-from withcache.server.cache import ActionError
+from withcache.server.cache import ActionError, Cache
 from withcache.server.download import FillError
 from withcache.server.fills import FillCancelled
 from withcache.server.store import FillState
@@ -196,3 +196,24 @@ async def test_a_fresh_fill_replaces_what_lookups_return_at_once(core, origin):
     await core.fills.live((await core.add(url, refresh=True)).fill.id).result()
     second = await core.lookup(core.key(url), None)  # not the remembered first
     assert second.sha256 == hashlib.sha256(b"second version").hexdigest()
+
+
+async def test_stop_ends_a_background_task_that_swallowed_its_cancellation(backend, tmp_path):
+    # Python 3.11's wait_for (inside the PostgreSQL pool) can swallow a
+    # cancellation that races with its result: the task goes on looping.
+    async def stubborn() -> None:
+        swallowed = False
+        while True:
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed = True
+
+    cache = await Cache.open(backend.settings(data_dir=tmp_path, curate=True))
+    await cache.start()
+    task = asyncio.create_task(stubborn())
+    cache._tasks.append(task)
+    await asyncio.wait_for(cache.stop(), 15)
+    assert task.done()

@@ -40,6 +40,7 @@ from withcache.server.store import (
     TokenScope,
     open_stores,
 )
+from withcache.server.tasks import cancel_all
 from withcache.server.verify import ReadChecks, Scrub, Verification
 
 HIT_FLUSH_SECONDS = 2.0
@@ -129,9 +130,7 @@ class Cache:
             self._tasks.append(asyncio.create_task(self.scrub.run(self), name="scrub"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks, "cache")
         await self.fills.stop()
         await self.flush_hits()
         await self.backlog.flush()

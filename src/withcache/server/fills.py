@@ -61,6 +61,7 @@ from withcache.server.store import (
     Lease,
     Metadata,
 )
+from withcache.server.tasks import cancel_all
 
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
@@ -266,7 +267,7 @@ class FillManager:
         queued again at the next start (or taken over when their lease ends),
         resuming from their partial files."""
         watchers = [f._watcher for f in self._by_id.values() if f._watcher]
-        await _cancel_all([*self._workers, *self._client_fills, *watchers])
+        await cancel_all([*self._workers, *self._client_fills, *watchers], "fills")
         await self.downloader.close()
 
     # -- what the rest of the cache-host calls
@@ -671,17 +672,3 @@ class FillManager:
 
     def _display(self, url: str) -> str:
         return keys.display_url(url, self._settings.keep_query)
-
-
-async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel the tasks and wait for them to end. A task that ignored it is
-    cancelled again: Python 3.11's wait_for (used by the connection pool) can
-    swallow a cancellation that races with its result."""
-    for _ in range(20):
-        tasks = [task for task in tasks if not task.done()]
-        if not tasks:
-            return
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks, timeout=0.5)
-    log.error("fills.stop_timeout", tasks=len(tasks))
