@@ -217,3 +217,30 @@ async def test_stop_ends_a_background_task_that_swallowed_its_cancellation(backe
     cache._tasks.append(task)
     await asyncio.wait_for(cache.stop(), 15)
     assert task.done()
+
+
+async def test_a_miss_whose_fill_fails_at_once_says_why(backend, tmp_path, origin, monkeypatch):
+    cache = await Cache.open(
+        backend.settings(data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05)
+    )
+    await cache.start()
+    try:
+        url = origin.add("/core/forbidden-at-once.bin", b"no", status=403)
+        key, written = cache.key(url), cache.metadata.record_miss
+
+        async def slow_write(*args):  # the fill ends before the miss is written
+            await asyncio.sleep(0.5)
+            await written(*args)
+
+        monkeypatch.setattr(cache.metadata, "record_miss", slow_write)
+        outcome = await cache.miss(url, key, None)
+        with pytest.raises(FillError, match="403"):
+            await outcome.fill.result()
+        for _ in range(100):
+            reason = (await cache.metadata.get_miss(key)).reason
+            if reason != "being fetched":
+                break
+            await asyncio.sleep(0.05)
+        assert reason == "fill failed: origin answered 403 Forbidden"
+    finally:
+        await cache.stop()

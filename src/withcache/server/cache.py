@@ -269,12 +269,14 @@ class Cache:
         if full:
             await self._note_miss(key, None, f"refused: {full}", now)
             return MissOutcome(f"not fetched: {full}")
+        # Noted first: a fill that fails at once sets the miss's reason, and a
+        # note written after that would hide why.
+        await self._note_miss(key, None, "being fetched", now)
         try:
             fill, _ = await self.fills.request(url, key, scope, authorization, "miss")
         except self.metadata.unavailable as err:
             log.warning("miss.unqueued", url=self.display(url), error=str(err))
             return MissOutcome(f"not fetched: the cache can't queue a fill now: {err}")
-        await self._note_miss(key, None, "being fetched", now)
         return MissOutcome("queued for download; ask again shortly", fill)
 
     async def _note_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
