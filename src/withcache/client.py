@@ -159,9 +159,17 @@ def fetch(
                     raise ValueError("the cache sent no SHA-256 ETag")
                 return _keep(response, target, "cache", expected)
         except urllib.error.HTTPError as err:
-            note = "not cached" if err.code == 404 else f"the cache answered {err.code}"
+            if err.code == 404:
+                note = "not cached"
+            else:  # a 4xx says why in a line
+                note = f"the cache answered {err.code}"
+                if err.code < 500:
+                    note += f": {err.read(500).decode('utf-8', 'replace').strip()}"
         except Exception as err:  # whatever went wrong, the origin is the fallback
             note = f"cache failed after {monotonic() - started:.1f} s: {err}"
+    if keys.is_reference(origin):
+        raise FetchError(f"{origin}: {note} (an oras:// reference is pulled through a "
+                         "cache-host only)")  # fmt: skip
     try:
         with urllib.request.urlopen(
             urllib.request.Request(origin, headers=sent), timeout=timeout

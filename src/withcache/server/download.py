@@ -138,7 +138,7 @@ class Downloader:
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
             extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._open(fill.record.url, fill.authorization, extra)
+        response = await self._request(fill, extra)
         async with response:
             total = await self._accept(fill, writer, response, resuming)
             try:
@@ -153,6 +153,20 @@ class Downloader:
             assert fill.headers is not None
             return dict(fill.headers)
 
+    async def _request(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
+        """The one place a fill's URL becomes a request: an http(s) URL is
+        asked as it is; an oras:// reference through its registry, resolved
+        to one layer at the fill's first try and pinned (registry.py)."""
+        if not keys.is_reference(fill.record.url):
+            return await self.get(fill.record.url, fill.authorization, extra)
+        from withcache.server import registry  # (it raises this module's FillError)
+
+        if fill.blob is None:
+            fill.blob = await registry.resolve(
+                self.get, fill.record.url, fill.authorization, fill.record.expected
+            )
+        return await fill.blob.open(extra)
+
     async def _accept(
         self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
     ) -> int | None:
@@ -164,7 +178,7 @@ class Downloader:
                 await self._start_over(fill, writer)
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
             if fill.headers is None:  # resumed after a restart: this answer describes it
-                fill.headers = _replayed(response)
+                fill.headers = _replayed(fill, response)
             await self.claim_room(fill, writer, fill.total, writer.size)
             fill._wake()
             return fill.total
@@ -176,9 +190,12 @@ class Downloader:
             await self._start_over(fill, writer)
         fill.validator = _validator(response)
         fill.total = response.content_length
+        if fill.blob and fill.total not in (None, fill.blob.layer.size):
+            raise FillError(f"the registry sent {fill.total} bytes for a layer of "
+                            f"{fill.blob.layer.size}")  # fmt: skip
         fill.unframed = fill.total is None and not _chunked(response)
         await self.claim_room(fill, writer, fill.total)
-        fill.headers = _replayed(response)
+        fill.headers = _replayed(fill, response)
         fill._wake()
         return fill.total
 
@@ -296,22 +313,14 @@ class Downloader:
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
         fills are (the policy checked on every hop), at most `limit` bytes."""
-        response = await self._open(url, None, {"Accept-Encoding": "identity"})
+        response = await self.get(url, None, {"Accept-Encoding": "identity"})
         async with response:
             if response.status != 200:
                 reason = f"{response.status} {response.reason or ''}".strip()
                 raise FillError(f"origin answered {reason}")
-            body = bytearray()
-            try:
-                async for chunk in response.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        raise FillError(f"it is larger than {format_size(limit)}", refused=True)
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
-            return bytes(body)
+            return await read_body(response, limit)
 
-    async def _open(
+    async def get(
         self, url: str, authorization: str | None, extra: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """GET `url`, following redirects with the policy checked on each hop."""
@@ -374,6 +383,19 @@ class _WriteBehind:
         self._fill._advance(self._writer.size)
 
 
+async def read_body(response: aiohttp.ClientResponse, limit: int, what: str = "it") -> bytes:
+    """A small body whole, at most `limit` bytes (FillError beyond)."""
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise FillError(f"{what} is larger than {format_size(limit)}", refused=True)
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
+        raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+    return bytes(body)
+
+
 def _not_reached(err: BaseException) -> FillError:
     """Why the request never got an answer, and whether another try may help."""
     text = _describe(err)
@@ -402,8 +424,9 @@ def _validator(response: aiohttp.ClientResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _replayed(response: aiohttp.ClientResponse) -> dict[str, str]:
-    return {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+def _replayed(fill: Fill, response: aiohttp.ClientResponse) -> dict[str, str]:
+    kept = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+    return {**kept, **fill.blob.headers} if fill.blob else kept
 
 
 def _chunked(response: aiohttp.ClientResponse) -> bool:

@@ -40,7 +40,7 @@ import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from withcache import keys
 from withcache.server import digests, events, log
@@ -62,6 +62,9 @@ from withcache.server.store import (
     Metadata,
 )
 from withcache.server.tasks import cancel_all
+
+if TYPE_CHECKING:
+    from withcache.server.registry import Blob
 
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
@@ -120,6 +123,7 @@ class Fill:
     source: Source | None = None  # an import's bytes (None: the origin's)
     unframed: bool = False  # the body ends where the origin closes: its end can't be checked
     reserved: int = 0  # bytes of --max-bytes the store has promised this fill
+    blob: Blob | None = None  # the layer an oras:// reference resolved to, pinned
     _checkpoint: asyncio.Future[None] | None = None  # saving a resume point
     _cancel_requested: bool = False
     _cancelled_by: str | None = None
@@ -147,6 +151,13 @@ class Fill:
     @property
     def finished(self) -> bool:
         return self._result.done()
+
+    @property
+    def checked_at_end(self) -> bool:
+        """Its bytes must match a digest, known only once all have arrived
+        (an expected one, or the OCI layer's): a client may not have all of
+        them before."""
+        return self.record.expected is not None or self.blob is not None
 
     @property
     def elsewhere(self) -> bool:
@@ -422,7 +433,7 @@ class FillManager:
             fill._watcher.cancel()
             fill._watcher = None
         fill.record = record
-        fill.total, fill.reserved, fill.unframed = None, 0, False
+        fill.total, fill.reserved, fill.unframed, fill.blob = None, 0, False, None
         fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
         fill._task.add_done_callback(lambda task: self._ended(fill, task))
         return fill._task
@@ -475,10 +486,12 @@ class FillManager:
             )
             transfer = source.transfer if source else self.downloader.download
             headers = await transfer(fill, writer, display)
-            mismatch = digests.mismatch(record.expected, writer)
+            # An OCI layer's digest is checked like an expected one (the registry's word).
+            pinned = fill.blob.expected if fill.blob else None
+            mismatch = digests.mismatch(record.expected, writer) or digests.mismatch(pinned, writer)
             if mismatch:
                 raise DigestMismatch(mismatch)
-            if fill.unframed and not record.expected:
+            if fill.unframed and not (record.expected or pinned):
                 raise FillError(UNFRAMED, delivered=True)
             fill._settled = True
             artifact = await self._commit(fill, writer, headers, display)
