@@ -119,8 +119,9 @@ def test_a_docker_v2_manifest_and_the_mirror_and_blob_forms(cache_host, distribu
     prefixed = curl("-fsS", f"{host.url}/{reference}%23tool.tar")
     assert prefixed.returncode == 0, prefixed.stderr
     assert prefixed.stdout == OTHER
-    blob = curl("-fsS", host.blob_url(reference))
-    assert blob.stdout == OTHER
+    # As docs/oci.md shows it: curl -G --data-urlencode on /blob.
+    blob = curl("-fsSG", "--data-urlencode", f"url={reference}", f"{host.url}/blob")
+    assert blob.returncode == 0 and blob.stdout == OTHER, blob.stderr
 
 
 def test_several_layers_need_a_name_and_bad_references_are_refused(cache_host, distribution):
@@ -207,8 +208,11 @@ def test_a_token_gated_repository(cache_host, registry):
     status, _, body = get(host, reference, wrong)
     assert status == 403 and "refuses the credentials sent" in body.decode()
     right = {"Authorization": basic("ci:s3cret")}
+    # As docs/oci.md shows it: curl -u, the prefix form.
+    pulled = curl("-fsS", "-u", "ci:s3cret", f"{host.url}/{reference}%23fw.bin")
+    assert pulled.returncode == 0 and pulled.stdout == FW, pulled.stderr
+    host.wait_cached(reference + "#fw.bin", headers=right)
     assert get(host, reference, right)[::2] == (200, FW)
-    host.wait_cached(reference, headers=right)
     asked = registry.token_requests[-1]
     assert asked["scope"] == "repository:vendor/fw:pull" and asked["service"] == registry.host
     assert asked["authorization"] == right["Authorization"]
@@ -246,7 +250,8 @@ def test_a_lying_registry_gets_nothing_stored_and_the_client_fails(cache_host, r
     manifest, blobs = artifact([("fw.bin", FW)])
     registry.put("lab/liar", "1", manifest, blobs)
     lie = bytes(b ^ 1 for b in FW)  # as long as the layer, other bytes
-    registry.add(registry.cdn(digest(FW)), lie, etag=f'"{digest(FW)}"')
+    # Trickled, so the client keeps up with the fill and is there for its last byte.
+    registry.add(registry.cdn(digest(FW)), lie, etag=f'"{digest(FW)}"', rate=1_000_000)
     host = cache_host()
     reference = f"oras://{registry.host}/lab/liar:1"
     out = tmp_path / "fw.bin"

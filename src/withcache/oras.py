@@ -127,7 +127,9 @@ def parse(text: str) -> Reference:
 def _registry(text: str) -> str:
     host, colon, port = text.lower().partition(":")
     if not host or host.startswith(("-", ".")) or not set(host) <= keys.HOST_NAME_CHARS:
-        raise BadReference(f"{text!r} is not a registry host[:port]" if text else "no registry")
+        raise BadReference(
+            f"{text!r} is not a registry host[:port]" if text else "the reference names no registry"
+        )
     if colon:
         if not port.isdigit() or not 0 < int(port) < 65536:
             raise BadReference(f"the registry's port {port!r} is not a port number")
