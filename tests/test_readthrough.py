@@ -203,3 +203,49 @@ def test_curated_mode_never_streams(origin, cache_host):
     code = curl("-o", os.devnull, "-w", "%{http_code}", host.blob_url(url)).stdout
     assert code == b"404"
     assert origin.gets("/rt/curated.bin") == 0
+
+
+async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matched(
+    core, origin, aiohttp_client, monkeypatch
+):
+    """A streaming client of a fill with an expected digest (an operator's
+    --sha256, an OCI layer's) must not have every byte of one that fails the
+    check: with a disk slow to discard the bytes, the client used to get them
+    all (curl exit 0) before the fill ended."""
+    import asyncio
+    import hashlib
+
+    import aiohttp
+
+    from withcache.server.digests import Digest
+    from withcache.server.fills import DigestMismatch
+
+    body = os.urandom(1_000_000)
+    url = origin.add("/rt/checked.bin", body, rate=2_000_000)
+    probe = core.blobs.begin(())
+    writer_class = type(probe)
+    await probe.abort()
+    abort = writer_class.abort
+
+    async def slow_abort(self):
+        await asyncio.sleep(0.5)
+        await abort(self)
+
+    monkeypatch.setattr(writer_class, "abort", slow_abort)
+    other = Digest.sha256(hashlib.sha256(b"other bytes").hexdigest())
+    fill, _ = await core.fills.request(url, core.key(url), "", None, "operator", other)
+
+    async def streamed(request):
+        return await readthrough.serve_from_fill(request, core, fill)
+
+    app = web.Application()
+    app.router.add_get("/", streamed)
+    response = await (await aiohttp_client(app)).get("/")
+    assert response.status == 200 and response.content_length == len(body)
+    got = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async for chunk in response.content.iter_any():
+            got += chunk
+    assert len(got) < len(body)
+    with pytest.raises(DigestMismatch, match="SHA-256 mismatch"):
+        await fill.result()
