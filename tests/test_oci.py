@@ -280,6 +280,11 @@ def test_the_client_library_and_withcache_add(cache_host, registry, tmp_path):
     added = withcache("add", "--wait", "--json", notes, env=env)
     assert added.returncode == 0, added.stderr
     assert client.is_cached(host.url, notes)
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"# firmware\noras://{registry.host}/org/fw:1.2#sha256:{sha(FW)}\n")
+    from_list = withcache("add", "-f", str(listed), env=env)
+    assert from_list.returncode == 0, from_list.stderr
+    host.wait_cached(f"oras://{registry.host}/org/fw:1.2#sha256:{sha(FW)}")
     refused = withcache("add", f"oras://{registry.host}/org/fw:1.2", "--wait", env=env)
     assert refused.returncode != 0 and "2 layers" in refused.stderr
     bad = withcache("add", "oras://ghcr.io/Org/fw:1", env=env)

@@ -38,6 +38,7 @@ from withcache.server.download import TRANSIENT_STATUSES, FillError, read_body
 MANIFEST_HEADER = "Withcache-Manifest-Digest"
 MAX_MANIFEST = 4 << 20  # the distribution spec's recommended limit
 MAX_TOKEN = 1 << 20
+IDENTITY = {"Accept-Encoding": "identity"}  # the client session doesn't decompress
 Get = Callable[[str, "str | None", dict[str, str]], Awaitable[aiohttp.ClientResponse]]
 
 
@@ -76,7 +77,8 @@ class Registry:
         """The reference's manifest now: the document, its media type and its
         digest (checked against the reference's digest, if it has one)."""
         ref = self.reference
-        response = await self.get(ref.url(f"manifests/{ref.manifest_ref}"), {"Accept": oras.ACCEPT})
+        wanted = {"Accept": oras.ACCEPT, **IDENTITY}
+        response = await self.get(ref.url(f"manifests/{ref.manifest_ref}"), wanted)
         async with response:
             status = response.status
             if status == 404:
@@ -123,7 +125,9 @@ class Registry:
             raise FillError(f"the registry's token realm is no URL: {err}") from None
         query = urlencode(oras.token_query(params, self.reference))
         url = f"{realm}{'&' if '?' in realm else '?'}{query}"
-        response = await self._get(url, self._credential, {"Accept": "application/json"})
+        response = await self._get(
+            url, self._credential, {"Accept": "application/json", **IDENTITY}
+        )
         async with response:
             if response.status in (401, 403):
                 raise Unresolved(self._refusal(), 403)
