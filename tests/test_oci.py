@@ -287,6 +287,8 @@ def test_the_client_library_and_withcache_add(cache_host, registry, tmp_path):
     host.wait_cached(f"oras://{registry.host}/org/fw:1.2#sha256:{sha(FW)}")
     refused = withcache("add", f"oras://{registry.host}/org/fw:1.2", "--wait", env=env)
     assert refused.returncode != 0 and "2 layers" in refused.stderr
+    pinned = withcache("add", "--sha256", sha(OTHER), "--wait", notes, "--refresh", env=env)
+    assert pinned.returncode != 0 and f"not the expected SHA-256 {sha(OTHER)}" in pinned.stderr
     bad = withcache("add", "oras://ghcr.io/Org/fw:1", env=env)
     assert bad.returncode == 2 and "not a repository name" in bad.stderr
     assert json.loads(added.stdout)
