@@ -24,7 +24,6 @@ from __future__ import annotations
 from withcache import keys
 from withcache.record import Record
 
-SCHEME = "oras"
 PREFIX = "oras://"
 TITLE = "org.opencontainers.image.title"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
