@@ -55,6 +55,7 @@ def test_references_and_their_keys(text, key, name):
         ("oras://ghcr.io/a:1#sha256:zz", "sha256:<64 hex digits>"),
         ("oras://gh cr.io/a:1", "control character or a space"),
         ("oras://ghcr.io:0/a:1", "not a port number"),
+        ("oras://ghcr.io:\u00b2/a:1", "not a port number"),  # a digit to isdigit(), not to int()
         ("oras://user@ghcr.io/a:1", "not a registry host"),
         ("oras://[::1]:5000/a:1", "not a registry host"),
     ],

@@ -130,7 +130,7 @@ def _registry(text: str) -> str:
             f"{text!r} is not a registry host[:port]" if text else "the reference names no registry"
         )
     if colon:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
             raise BadReference(f"the registry's port {port!r} is not a port number")
         if int(port) != 443:
             return f"{host}:{int(port)}"
