@@ -246,7 +246,10 @@ def test_a_resume_asks_the_registry_again_for_an_expired_redirect(cache_host, ca
     host.wait_cached(reference, headers={"Authorization": basic("ci:pw")})
 
 
-def test_a_lying_registry_gets_nothing_stored_and_the_client_fails(cache_host, registry, tmp_path):
+def test_a_lying_registry_gets_nothing_stored_and_the_client_fails(
+    cache_host, registry, tmp_path, ca_file, monkeypatch
+):
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # for the client library's fallback
     manifest, blobs = artifact([("fw.bin", FW)])
     registry.put("lab/liar", "1", manifest, blobs)
     lie = bytes(b ^ 1 for b in FW)  # as long as the layer, other bytes
@@ -261,8 +264,8 @@ def test_a_lying_registry_gets_nothing_stored_and_the_client_fails(cache_host, r
     assert host.rows("SELECT count(*) FROM artifacts") == [(0,)]
     failed = host.rows("SELECT error FROM fills WHERE state = 'failed'")
     assert failed and "SHA-256 mismatch" in failed[0][0] and sha(FW) in failed[0][0]
-    # The client library says so too, and no registry means no origin to fall back to.
-    with pytest.raises(client.FetchError, match="oras://"):
+    # The client library falls back to the registry, and checks the layer's digest too.
+    with pytest.raises(client.FetchError, match="SHA-256 mismatch"):
         client.fetch(host.url, reference, tmp_path / "again.bin")
     assert not (tmp_path / "again.bin").exists()
 
@@ -292,3 +295,23 @@ def test_the_client_library_and_withcache_add(cache_host, registry, tmp_path):
     bad = withcache("add", "oras://ghcr.io/Org/fw:1", env=env)
     assert bad.returncode == 2 and "not a repository name" in bad.stderr
     assert json.loads(added.stdout)
+
+
+def test_the_client_library_falls_back_to_the_registry(registry, ca_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # urllib's trust, as the cache-host's
+    manifest, blobs = artifact([("fw.bin", FW), ("notes.txt", b"notes\n")])
+    registry.put("vendor/fw", "3", manifest, blobs, credentials="ci:pw")
+    reference = f"oras://{registry.host}/vendor/fw:3#fw.bin"
+    secret = {"Authorization": basic("ci:pw")}
+    got = client.fetch(None, reference, tmp_path / "fw.bin", headers=secret)
+    assert (got.source, got.sha256, got.note) == ("origin", sha(FW), "no cache-host set")
+    assert (tmp_path / "fw.bin").read_bytes() == FW
+    assert registry.token_requests[-1]["authorization"] == secret["Authorization"]
+    cdn = [h for h in registry.hits if h.path.startswith("/cdn/")]
+    assert cdn and all("Authorization" not in h.headers for h in cdn)
+    down = client.fetch("http://127.0.0.1:9", reference, tmp_path / "again.bin", headers=secret)
+    assert down.source == "origin" and "cache failed" in down.note
+    with pytest.raises(client.FetchError, match="2 layers"):
+        client.fetch(None, reference.partition("#")[0], tmp_path / "which.bin", headers=secret)
+    with pytest.raises(client.FetchError, match="HTTP Error 401"):
+        client.fetch(None, reference, tmp_path / "anonymous.bin")
