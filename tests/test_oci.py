@@ -88,6 +88,7 @@ def basic(credentials: str) -> str:
 # -- a real registry
 
 
+@pytest.mark.backends
 def test_tag_and_digest_references_from_a_real_registry(cache_host, distribution, tmp_path):
     manifest, blobs = artifact([("fw.bin", FW)])
     manifest_digest = distribution.push("lab/fw", "1.0", manifest, blobs)
@@ -246,6 +247,7 @@ def test_a_resume_asks_the_registry_again_for_an_expired_redirect(cache_host, ca
     host.wait_cached(reference, headers={"Authorization": basic("ci:pw")})
 
 
+@pytest.mark.backends
 def test_a_lying_registry_gets_nothing_stored_and_the_client_fails(
     cache_host, registry, tmp_path, ca_file, monkeypatch
 ):
