@@ -81,18 +81,22 @@ def index(manifests: list[tuple[bytes, str]]) -> bytes:
 
 
 class Distribution:
-    """Debian's docker-registry on loopback, over TLS, anonymous."""
+    """Debian's docker-registry on loopback, anonymous: over TLS with a
+    certificate and key, else over plain http."""
 
-    def __init__(self, root: Path, cert: Path, key: Path, ca_file: Path) -> None:
+    def __init__(self, root: Path, ca_file: Path, cert: Path | None = None,
+                 key: Path | None = None) -> None:  # fmt: skip
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = free_ports(1)[0]
+        self.scheme = "https" if cert else "http"
         self._tls = ssl.create_default_context(cafile=str(ca_file))
+        tls = f"  tls:\n    certificate: {cert}\n    key: {key}\n" if cert else ""
         config = root / "config.yml"
         config.write_text(
             "version: 0.1\nlog:\n  level: warn\n"
             f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n{tls}"
         )
         self._log = open(root / "registry.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
@@ -123,7 +127,7 @@ class Distribution:
 
     def _call(self, method: str, path: str, data: bytes | None = None,
               headers: dict[str, str] | None = None) -> http.client.HTTPResponse:  # fmt: skip
-        url = path if path.startswith("https://") else f"https://{self.host}{path}"
+        url = path if "://" in path else f"{self.scheme}://{self.host}{path}"
         request = urllib.request.Request(url, data, headers or {}, method=method)
         return urllib.request.urlopen(request, timeout=10, context=self._tls)
 

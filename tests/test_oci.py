@@ -41,7 +41,7 @@ def tls_pair(ca, tmp_path_factory) -> tuple[Path, Path]:
 def distribution(tmp_path_factory, tls_pair, ca_file):
     assert shutil.which("docker-registry"), "needs Debian's docker-registry (make test installs it)"
     cert, key = tls_pair
-    registry = Distribution(tmp_path_factory.mktemp("distribution"), cert, key, ca_file).start()
+    registry = Distribution(tmp_path_factory.mktemp("distribution"), ca_file, cert, key).start()
     yield registry
     registry.stop()
 
@@ -167,6 +167,23 @@ def test_an_image_index_is_refused_by_name(cache_host, distribution):
     assert "image index" in body.decode() and f"linux/arm64 {digest(arm)}" in body.decode()
     by_digest = f"oras://{distribution.host}/lab/multi@{digest(arm)}"
     assert get(host, by_digest)[::2] == (200, b"arm64 bytes")
+
+
+def test_a_plain_http_registry_is_reached_only_when_named(cache_host, ca_file, tmp_path):
+    lab = Distribution(tmp_path / "lab", ca_file).start()
+    try:
+        manifest, blobs = artifact([("netboot.img", FW)])
+        lab.push("lab/netboot", "1", manifest, blobs)
+        reference = f"oras://{lab.host}/lab/netboot:1"
+        named = cache_host("--plain-http-registry", lab.host.upper(), name="named")
+        assert get(named, reference)[::2] == (200, FW)
+        unnamed = cache_host("--fill-attempts", "1", name="unnamed")
+        status, _, body = get(unnamed, reference)
+        # Over https to a plain-http port: the fill failed, and the 404 says how.
+        assert status == 404 and b"fill failed: origin unreachable" in body, body
+        assert unnamed.blob_names() == []
+    finally:
+        lab.stop()
 
 
 # -- a registry of our own

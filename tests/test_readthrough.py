@@ -249,3 +249,12 @@ async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matc
     assert len(got) < len(body)
     with pytest.raises(DigestMismatch, match="SHA-256 mismatch"):
         await fill.result()
+
+
+def test_a_fill_that_failed_at_once_says_why(origin, cache_host):
+    """A GET whose fill failed before any byte used to hear 'queued for
+    download; ask again shortly' of a fill that was over."""
+    url = origin.add("/rt/forbidden.bin", b"no", status=403)
+    host = cache_host()
+    answer = curl("-sS", "-w", "%{http_code}", host.blob_url(url)).stdout.decode()
+    assert answer == "not cached: fill failed: origin answered 403 Forbidden\n404", answer

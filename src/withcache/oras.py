@@ -92,9 +92,9 @@ class Reference(Record):
             return self.selector
         return self.repository.rsplit("/", 1)[-1]
 
-    def url(self, path: str) -> str:
-        """An https URL on the registry: `/v2/<repository>/<path>`."""
-        return f"https://{self.registry}/v2/{self.repository}/{path}"
+    def url(self, path: str, scheme: str = "https") -> str:
+        """A URL on the registry: `/v2/<repository>/<path>`."""
+        return f"{scheme}://{self.registry}/v2/{self.repository}/{path}"
 
 
 def parse(text: str) -> Reference:

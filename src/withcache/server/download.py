@@ -163,8 +163,9 @@ class Downloader:
 
         if fill.blob is None:
             fill.blob = await registry.resolve(
-                self.get, fill.record.url, fill.authorization, fill.record.expected
-            )
+                self.get, fill.record.url, fill.authorization, fill.record.expected,
+                self._settings.plain_http_registries,
+            )  # fmt: skip
         return await fill.blob.open(extra)
 
     async def _accept(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from urllib.parse import urlencode
 
 import aiohttp
@@ -56,9 +56,12 @@ class Registry:
     """A reference's registry as one fill talks to it; `get` GETs a URL
     under the fetch policy (download.Downloader.get)."""
 
-    def __init__(self, get: Get, reference: oras.Reference, credential: str | None) -> None:
+    def __init__(
+        self, get: Get, reference: oras.Reference, credential: str | None, plain_http: bool = False
+    ) -> None:
         self._get = get
         self.reference = reference
+        self._scheme = "http" if plain_http else "https"
         self._credential = credential
         bearer = credential is not None and credential[:7].lower() == "bearer "
         self._authorization = credential if bearer else None
@@ -78,7 +81,7 @@ class Registry:
         digest (checked against the reference's digest, if it has one)."""
         ref = self.reference
         wanted = {"Accept": oras.ACCEPT, **IDENTITY}
-        response = await self.get(ref.url(f"manifests/{ref.manifest_ref}"), wanted)
+        response = await self.get(self.url(f"manifests/{ref.manifest_ref}"), wanted)
         async with response:
             status = response.status
             if status == 404:
@@ -107,6 +110,9 @@ class Registry:
         if not isinstance(document, dict):
             raise FillError("the registry's manifest is not a JSON object")
         return document, media_type, digest
+
+    def url(self, path: str) -> str:
+        return self.reference.url(path, self._scheme)
 
     async def _authorize(self, challenge: str) -> str:
         """The Authorization that answers the registry's challenge."""
@@ -175,19 +181,21 @@ class Blob:
         return kept
 
     async def open(self, extra: dict[str, str]) -> aiohttp.ClientResponse:
-        return await self._registry.get(
-            self._registry.reference.url(f"blobs/{self.layer.digest}"), extra
-        )
+        return await self._registry.get(self._registry.url(f"blobs/{self.layer.digest}"), extra)
 
 
-async def resolve(get: Get, url: str, credential: str | None, expected: Digest | None) -> Blob:
+async def resolve(
+    get: Get, url: str, credential: str | None, expected: Digest | None,
+    plain_http: Collection[str] = (),
+) -> Blob:  # fmt: skip
     """The blob the reference `url` names now (one manifest request, and
-    the token dance if the registry asks for it)."""
+    the token dance if the registry asks for it); `plain_http`: the
+    registries reached over http."""
     try:
         reference = oras.parse(url)
     except oras.BadReference as err:
         raise Unresolved(str(err), 400) from None
-    registry = Registry(get, reference, credential)
+    registry = Registry(get, reference, credential, reference.registry in plain_http)
     document, media_type, digest = await registry.manifest()
     try:
         layer = oras.choose(reference, oras.layers(document, media_type))
