@@ -59,7 +59,7 @@ def _token_url(request: web.Request) -> str:
     try:
         return keys.decode_token(request.match_info["token"])
     except keys.BadURL as err:
-        raise keys.BadURL(f"bad token: {err}") from None
+        raise type(err)(f"bad token: {err}") from None
 
 
 def _query_url(request: web.Request) -> str:
@@ -93,7 +93,7 @@ def _source_cache_digest(request: web.Request) -> str:
 
 
 def _status_for(err: keys.BadURL) -> int:
-    return 414 if "longer than" in str(err) else 400
+    return 414 if isinstance(err, keys.URLTooLong) else 400
 
 
 # -- answering
