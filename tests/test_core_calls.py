@@ -10,7 +10,7 @@ import pytest
 from withcache.server import fills
 from withcache.server.cache import ActionError
 from withcache.server.download import FillError
-from withcache.server.fills import FillCancelled
+from withcache.server.fills import CancelledByOperator
 from withcache.server.store import FillState
 
 pytestmark = pytest.mark.backends
@@ -114,7 +114,7 @@ async def test_cancel_a_running_fill_keeps_nothing(core, origin):
     assert list((core.settings.data_dir / "tmp").iterdir()) == []
     (cancelled,) = (await core.metadata.list_events(kind="fill.cancelled")).rows
     assert cancelled.actor == "operator"
-    with pytest.raises(FillCancelled):
+    with pytest.raises(CancelledByOperator):
         await fill.result()
     with pytest.raises(ActionError):
         await core.cancel(record.id)

@@ -71,7 +71,7 @@ UNFRAMED = (
 )
 
 
-class FillCancelled(Exception):
+class CancelledByOperator(Exception):
     """The fill was cancelled by an operator."""
 
 
@@ -112,7 +112,7 @@ class Fill:
         return self.record.id
 
     async def result(self) -> Artifact:
-        """Wait for the fill; the artifact, or the FillError/FillCancelled it ended with."""
+        """Wait for the fill; the artifact, or the error it ended with."""
         return await asyncio.shield(self._result)
 
     async def progressed(self) -> None:
@@ -331,7 +331,7 @@ class FillManager:
             return False
         if fill:
             self._forget(fill)
-            fill._end(None, FillCancelled("cancelled by an operator"))
+            fill._end(None, CancelledByOperator("cancelled by an operator"))
         await self._emit(events.FillCancelled(url=ended.url, actor=actor, fill_id=fill_id))
         return True
 
@@ -444,7 +444,7 @@ class FillManager:
             if writer:
                 await writer.abort()
             self._forget(fill)
-            fill._end(None, FillCancelled("cancelled by an operator"))
+            fill._end(None, CancelledByOperator("cancelled by an operator"))
             await self._record_end(
                 record, FillState.CANCELLED, "cancelled", display,
                 events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id),
@@ -533,7 +533,7 @@ class FillManager:
         self._forget(fill)
         record = await self._metadata.get_fill(fill.id)
         if record is not None and record.state is FillState.CANCELLED:
-            fill._end(None, FillCancelled("cancelled by an operator"))
+            fill._end(None, CancelledByOperator("cancelled by an operator"))
         else:
             fill._end(None, FillError("another cache-host took the fill over", transient=True))
         log.info("fill.lost", url=self._display(fill.record.url), fill_id=fill.id)
@@ -609,7 +609,7 @@ class FillManager:
                 else:
                     fill._end(artifact, None)
             elif record.state is FillState.CANCELLED:
-                fill._end(None, FillCancelled("cancelled by an operator"))
+                fill._end(None, CancelledByOperator("cancelled by an operator"))
             else:
                 fill._end(None, FillError(record.error or "the fill failed"))
             return
