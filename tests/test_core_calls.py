@@ -11,7 +11,7 @@ from withcache.server import fills
 from withcache.server.cache import ActionError
 from withcache.server.download import FillError
 from withcache.server.fills import CancelledByOperator
-from withcache.server.store import FillState
+from withcache.server.records import FillState
 
 pytestmark = pytest.mark.backends
 BODY = os.urandom(300_000)

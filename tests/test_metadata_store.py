@@ -6,7 +6,8 @@ import sqlite3
 
 import pytest
 
-from withcache.server.store import FillState, Lease
+from withcache.server.records import FillState
+from withcache.server.store import Lease
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)

@@ -20,6 +20,14 @@ from withcache.server import events, log, metrics, tokens, verify
 from withcache.server.backlog import Backlog
 from withcache.server.fills import Fill, FillManager
 from withcache.server.policy import Policy
+from withcache.server.records import (
+    PUBLIC,
+    Artifact,
+    FillRecord,
+    FillState,
+    TokenRecord,
+    TokenScope,
+)
 from withcache.server.retention import (
     DAY,
     MAX_EVENT_TEXT,
@@ -29,17 +37,7 @@ from withcache.server.retention import (
     clip_detail,
 )
 from withcache.server.settings import Settings
-from withcache.server.store import (
-    PUBLIC,
-    Artifact,
-    Blobs,
-    FillRecord,
-    FillState,
-    Metadata,
-    TokenRecord,
-    TokenScope,
-    open_stores,
-)
+from withcache.server.store import Blobs, Metadata, open_stores
 from withcache.server.verify import ReadChecks, Scrub, Verification
 
 HIT_FLUSH_SECONDS = 2.0

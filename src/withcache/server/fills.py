@@ -43,17 +43,9 @@ from withcache.server.admission import Admission
 from withcache.server.backlog import Backlog
 from withcache.server.download import Downloader, Emit, FillError
 from withcache.server.policy import Policy
+from withcache.server.records import ACTIVE_STATES, Artifact, FillRecord, FillState
 from withcache.server.settings import Settings
-from withcache.server.store import (
-    ACTIVE_STATES,
-    Artifact,
-    Blobs,
-    BlobWriter,
-    FillRecord,
-    FillState,
-    Lease,
-    Metadata,
-)
+from withcache.server.store import Blobs, BlobWriter, Lease, Metadata
 
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often

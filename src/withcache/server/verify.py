@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from withcache.server import events, log
-from withcache.server.store import Artifact, BlobDamaged, BlobGone, Blobs
+from withcache.server.records import Artifact
+from withcache.server.store import BlobDamaged, BlobGone, Blobs
 
 if TYPE_CHECKING:
     from withcache.server.cache import Cache

@@ -24,19 +24,18 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from withcache.server.store import (
+from withcache.server.records import (
     Artifact,
     EventRecord,
     FillRecord,
     FillState,
-    Lease,
     Miss,
     Page,
-    StoreError,
     TokenRecord,
     TokenScope,
     miss_key,
 )
+from withcache.server.store import Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,

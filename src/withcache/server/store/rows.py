@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from withcache.server.store import Artifact, FillRecord, FillState, TokenRecord, TokenScope
+from withcache.server.records import Artifact, FillRecord, FillState, TokenRecord, TokenScope
 
 ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
 ARTIFACT_COLUMNS = "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit"

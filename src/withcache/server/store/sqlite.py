@@ -21,18 +21,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from withcache.server.store import (
+from withcache.server.records import (
     Artifact,
     EventRecord,
     FillRecord,
     FillState,
-    Lease,
     Miss,
     Page,
     TokenRecord,
     TokenScope,
     miss_key,
 )
+from withcache.server.store import Lease
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,

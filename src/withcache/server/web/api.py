@@ -20,7 +20,7 @@ from aiohttp import web
 from withcache import keys
 from withcache.server import events, log, metrics
 from withcache.server.cache import ActionError, Cache
-from withcache.server.store import Artifact, EventRecord, Miss, TokenRecord, TokenScope
+from withcache.server.records import Artifact, EventRecord, Miss, TokenRecord, TokenScope
 from withcache.server.verify import Verification
 from withcache.server.web import auth, openapi, params
 from withcache.server.web.progress import FillRow, fill_rows

@@ -26,7 +26,8 @@ import struct
 from aiohttp import web
 
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact, BlobDamaged, BlobGone, BlobReader
+from withcache.server.records import Artifact
+from withcache.server.store import BlobDamaged, BlobGone, BlobReader
 from withcache.server.web import conditional
 
 SMALL_BODY = 256 * 1024

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from withcache import __version__, keys
 from withcache.server import events, tokens
-from withcache.server.store import FillState, TokenScope
+from withcache.server.records import FillState, TokenScope
 from withcache.server.web import params
 
 if TYPE_CHECKING:

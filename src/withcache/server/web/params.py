@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from withcache.server.cache import ActionError, BadInput, NotFound
-from withcache.server.store import ACTIVE_STATES, FillState
+from withcache.server.records import ACTIVE_STATES, FillState
 from withcache.server.web.read import CACHE_KEY, is_utf8
 
 T = TypeVar("T")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from withcache.server.cache import Cache
-from withcache.server.store import ACTIVE_STATES, FillRecord, FillState
+from withcache.server.records import ACTIVE_STATES, FillRecord, FillState
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from aiohttp import web
 from withcache import keys
 from withcache.server import log
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact
+from withcache.server.records import Artifact
 from withcache.server.web import readthrough
 from withcache.server.web.hit import send_blob
 

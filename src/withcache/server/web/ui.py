@@ -19,7 +19,7 @@ from multidict import MultiDictProxy
 
 from withcache.server import events, metrics
 from withcache.server.cache import ActionError, Cache
-from withcache.server.store import ACTIVE_STATES, FillState, TokenScope
+from withcache.server.records import ACTIVE_STATES, FillState, TokenScope
 from withcache.server.web import auth, params, render
 from withcache.server.web.progress import fill_rows
 from withcache.server.web.read import CACHE_KEY
