@@ -64,7 +64,7 @@ def test_detail_is_the_rest_as_json_and_names_no_secret(cls):
 async def test_the_core_records_an_event_in_the_store_and_the_log(core, caplog):
     caplog.set_level(logging.INFO, logger="withcache")
     await core.record(events.TokenCreated(actor="api:ci", name="nightly", scope="read"))
-    (stored,) = (await core.metadata.list_events(kind="token.created")).rows
+    (stored,) = (await core.list_events(kind="token.created")).rows
     assert (stored.kind, stored.actor, dict(stored.detail)) == (
         "token.created", "api:ci", {"name": "nightly", "scope": "read"},
     )  # fmt: skip

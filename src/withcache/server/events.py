@@ -169,10 +169,6 @@ class VerifyFinished(Event):
     seconds: float
 
 
-# Events after which an artifact's key no longer serves what it did.
-ARTIFACT_REMOVED = (ArtifactDeleted, ArtifactQuarantined)
-
-
 def kinds() -> list[str]:
     """Every event kind, for filters in the UI and the API."""
     return sorted(cls.kind for cls in _all_subclasses(Event))

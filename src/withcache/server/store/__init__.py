@@ -12,7 +12,7 @@ embedded default never imports the scale-out clients.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +329,7 @@ class BlobReader(Protocol):
         """Bytes [start, start + length): for small bodies."""
         ...
 
-    def chunks(self, start: int, length: int) -> AsyncIterator[bytes]:
+    def chunks(self, start: int, length: int) -> AsyncGenerator[bytes, None]:
         """Bytes [start, start + length) as they come."""
         ...
 

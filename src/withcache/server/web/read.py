@@ -149,13 +149,13 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     if response is not None:
         return response
     outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
-    if outcome.fill is not None and cache.settings.stream_fills:
-        streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
-        if streamed is not None:
-            # A probe answered from the fill is counted once, by the GET that follows it.
-            cache.tally.misses += request.method == "GET"
-            return streamed
-    cache.tally.misses += 1  # the client goes to the origin (or fails)
+    streamed = await readthrough.serve_from_fill(request, cache, outcome)
+    if streamed is not None:
+        # A probe answered from the fill is counted once, by the GET that follows it.
+        if request.method == "GET":
+            cache.count_miss()
+        return streamed
+    cache.count_miss()  # the client goes to the origin (or fails)
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
 
 
