@@ -171,16 +171,18 @@ def test_misses_are_served_at_once_while_every_worker_is_busy(origin, cache_host
         assert origin.gets(f"/rt/busy{n}.bin") == 1
 
 
-async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(core, origin, aiohttp_client):
+async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(
+    auto_core, origin, aiohttp_client
+):
     """Once stored, a fill's partial file is gone (moved into the store): a GET
     that joined the fill just before is answered from the store, not a 404."""
     url = origin.add("/rt/just-stored.bin", BODY)
-    fill, _ = await core.fills.request(url, core.key(url), "", None, "miss")
-    await fill.result()
-    assert not fill.path.exists()
+    outcome = await auto_core.miss(url, auto_core.key(url), None)
+    await outcome.fill.result()
+    assert not outcome.fill.path.exists()
 
     async def joined_late(request):
-        return await readthrough.serve_from_fill(request, core, fill)
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
 
     app = web.Application()
     app.router.add_get("/", joined_late)
@@ -206,7 +208,7 @@ def test_curated_mode_never_streams(origin, cache_host):
 
 
 async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matched(
-    core, origin, aiohttp_client, monkeypatch
+    auto_core, origin, aiohttp_client, monkeypatch
 ):
     """A streaming client of a fill with an expected digest (an operator's
     --sha256, an OCI layer's) must not have every byte of one that fails the
@@ -218,25 +220,25 @@ async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matc
     import aiohttp
 
     from withcache.server.digests import Digest
-    from withcache.server.fills import DigestMismatch
+    from withcache.server.fill.manager import DigestMismatch
+    from withcache.server.store.files import Spool
 
     body = os.urandom(1_000_000)
     url = origin.add("/rt/checked.bin", body, rate=2_000_000)
-    probe = core.blobs.begin(())
-    writer_class = type(probe)
-    await probe.abort()
-    abort = writer_class.abort
+    discard = Spool._discard
 
-    async def slow_abort(self):
+    async def slow_discard(self):
         await asyncio.sleep(0.5)
-        await abort(self)
+        await discard(self)
 
-    monkeypatch.setattr(writer_class, "abort", slow_abort)
+    monkeypatch.setattr(Spool, "_discard", slow_discard)
     other = Digest.sha256(hashlib.sha256(b"other bytes").hexdigest())
-    fill, _ = await core.fills.request(url, core.key(url), "", None, "operator", other)
+    await auto_core.add(url, other)
+    outcome = await auto_core.miss(url, auto_core.key(url), None, waiting=True)
+    assert outcome.fill is not None
 
     async def streamed(request):
-        return await readthrough.serve_from_fill(request, core, fill)
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
 
     app = web.Application()
     app.router.add_get("/", streamed)
@@ -248,7 +250,7 @@ async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matc
             got += chunk
     assert len(got) < len(body)
     with pytest.raises(DigestMismatch, match="SHA-256 mismatch"):
-        await fill.result()
+        await outcome.fill.result()
 
 
 def test_a_fill_that_failed_at_once_says_why(origin, cache_host):

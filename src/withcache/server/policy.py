@@ -32,8 +32,8 @@ from aiohttp.resolver import DefaultResolver
 
 from withcache import keys, oras
 from withcache.keys import SCHEMES
+from withcache.server.records import PUBLIC
 from withcache.server.settings import Settings
-from withcache.server.store import PUBLIC
 
 
 class OriginRefused(Exception):

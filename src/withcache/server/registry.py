@@ -7,8 +7,8 @@ have, so a registry can never hand over other bytes unnoticed, and a tag
 that moves during the fill can't mix two layers. Every GET of the layer
 (each retry, each resume) asks the registry again, so the short-lived signed
 URL a registry redirects blob GETs to is never reused once it may have
-expired; the Authorization never follows that redirect (download.py keeps
-credentials with their host).
+expired; the Authorization never follows that redirect (fill/transfer.py
+keeps credentials with their host).
 
 Access is anonymous, or with the Authorization the client sent (which scopes
 the artifact, as for any URL). A 401's `WWW-Authenticate` challenge says how:
@@ -33,7 +33,8 @@ import aiohttp
 
 from withcache import keys, oras
 from withcache.server.digests import BLOB_ALGORITHM, Digest
-from withcache.server.download import TRANSIENT_STATUSES, FillError, read_body
+from withcache.server.fill.fill import FillError
+from withcache.server.fill.transfer import TRANSIENT_STATUSES, read_body
 
 MANIFEST_HEADER = "Withcache-Manifest-Digest"
 MAX_MANIFEST = 4 << 20  # the distribution spec's recommended limit
@@ -54,7 +55,7 @@ class Unresolved(FillError):
 
 class Registry:
     """A reference's registry as one fill talks to it; `get` GETs a URL
-    under the fetch policy (download.Downloader.get)."""
+    under the fetch policy (fill.transfer.Transfers.get)."""
 
     def __init__(
         self, get: Get, reference: oras.Reference, credential: str | None, plain_http: bool = False

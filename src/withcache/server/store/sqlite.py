@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from withcache.server.digests import Digest
-from withcache.server.store import (
+from withcache.server.records import (
     IMPORTED,
-    MAX_LISTS,
     Artifact,
     EventRecord,
     FillRecord,
     FillState,
-    Lease,
     ListItem,
     ListRecord,
     ListTally,
@@ -39,6 +37,7 @@ from withcache.server.store import (
     TokenScope,
     miss_key,
 )
+from withcache.server.store import MAX_LISTS, Lease
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,

@@ -1,4 +1,4 @@
-"""One fill's download from its origin into a BlobWriter.
+"""One fill's transfer from its origin into a BlobWriter.
 
 Redirects are followed here, with the policy checked on every hop (and on
 every DNS answer, by its resolver). Transient errors are retried with
@@ -8,15 +8,16 @@ validator and total; an origin that ignores the resume, or whose content
 changed meanwhile, starts the blob over (and the fill's generation with it,
 so read-through clients of the old bytes fail).
 
-The length is checked against Content-Length. Room is claimed before the
-body where the length is known, else as it grows: --max-bytes through the
-metadata store's reservations (so it holds across fills and hosts), and the
-disk's --min-free floor. A body framed by neither a length nor chunked
-encoding is marked unframed: its end can't be told from a break-off.
+The length is checked against Content-Length. Room is claimed through the
+fill's cap.Room before the body where the length is known, else as it
+grows. A body framed by neither a length nor chunked encoding is marked
+unframed: its end can't be told from a break-off.
 
 Bytes are hashed and written behind the transfer, one block in flight; about
 every second the partial file is synced and its length saved with the
-validator, so a fill interrupted by a crash resumes from there.
+validator, so a fill interrupted by a crash resumes from there. What the
+transfer learns it tells the Fill through its writer side (start, restart,
+advance), so readers of the fill follow it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -33,26 +35,24 @@ import aiohttp
 
 from withcache import __version__, keys
 from withcache.server import events, log
-from withcache.server.disk import Disk
+from withcache.server.cap import Room
+from withcache.server.fill.fill import Fill, FillError
 from withcache.server.policy import OriginRefused, Policy
+from withcache.server.records import REPLAYED_HEADERS
 from withcache.server.settings import Settings, format_size
 from withcache.server.store import BlobWriter, Metadata
 
 if TYPE_CHECKING:
-    from withcache.server.fills import Fill
+    from withcache.server.digests import Digest
+    from withcache.server.registry import Blob
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 # Statuses worth another try: the origin or something before it is struggling.
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-# Response headers kept with the artifact and replayed on every hit.
-REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
 FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
 PROGRESS_SECONDS = 1.0  # how often progress (and a resume point) is saved
-# A fill of unknown length claims --max-bytes room this far ahead of its bytes:
-# one reservation in the store per step, not one per chunk.
-RESERVE_STEP = 4 << 20
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # getaddrinfo's "no such host" answers (a lookup that timed out is EAI_AGAIN).
 _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
@@ -60,38 +60,40 @@ _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NON
 Emit = Callable[[events.Event], Awaitable[None]]
 
 
-class FillError(Exception):
-    """A fill went wrong; `transient` says whether another try may succeed."""
+@dataclass(frozen=True)
+class Received:
+    """A whole body, as the origin sent it."""
 
-    def __init__(
-        self, message: str, transient: bool = False, refused: bool = False,
-        unreachable: bool = False,
-        delivered: bool = False,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.transient = transient
-        self.refused = refused  # the policy or the cap said no: nothing was fetched
-        self.unreachable = unreachable  # no connection to the origin at all
-        # The whole body, as far as the origin said, was received; only storing
-        # it was refused: clients of the fill get all of it, as from the origin.
-        self.delivered = delivered
+    headers: Mapping[str, str]  # the replayed ones
+    unframed: bool  # it ended where the origin closed: its end can't be checked
+    # The digest the origin named for the bytes (an OCI layer's), checked like an expected one.
+    pinned: Digest | None = None
 
 
-class Downloader:
-    """The origin side of the fills: one HTTP client session, and the room
-    each fill claims (the cap's reservations, the disk's floor)."""
+@dataclass(eq=False)
+class _Run:
+    """One fill's transfer on this host: what it has learnt of the origin's answer."""
 
-    def __init__(
-        self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit,
-        holder: str, promised: Callable[[Fill], int],
-    ) -> None:  # fmt: skip
+    fill: Fill
+    writer: BlobWriter
+    room: Room
+    display: str
+    validator: str | None = None  # the origin's ETag or Last-Modified, to resume against
+    total: int | None = None
+    headers: dict[str, str] | None = None
+    unframed: bool = False
+    checkpoint: asyncio.Future[None] | None = field(default=None, repr=False)
+    blob: Blob | None = None  # the layer an oras:// reference resolved to, pinned
+
+
+class Transfers:
+    """The origin side of the fills: one HTTP client session for them all."""
+
+    def __init__(self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit) -> None:
         self._settings = settings
         self._metadata = metadata
         self._policy = policy
         self._emit = emit
-        self._holder = holder
-        self._promised = promised  # bytes other fills here will still write to the disk
-        self.disk = Disk(settings.data_dir, settings.min_free)
         self._session: aiohttp.ClientSession | None = None
 
     def open(self) -> None:
@@ -112,14 +114,26 @@ class Downloader:
         if self._session:
             await self._session.close()
 
-    async def download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
-        """Transfer the whole body into `writer`, retrying and resuming as needed."""
+    async def run(
+        self, fill: Fill, writer: BlobWriter, room: Room, display: str,
+        resume: Mapping[str, object] | None = None,
+    ) -> Received:  # fmt: skip
+        """Transfer the whole body into `writer` (going on from its bytes with
+        `resume`, a saved resume point), retrying and resuming as needed."""
+        run = _Run(fill, writer, room, display)
+        if resume is not None:
+            run.validator = str(resume["validator"])
+            total = resume.get("total")
+            run.total = int(total) if isinstance(total, int) else None
+        fill.spooling(writer.path, writer.size, run.total)
         attempt = 1
         while True:
             try:
-                headers = await self._transfer(fill, writer)
-                await self.settled(fill)
-                return headers
+                await self._transfer(run)
+                if run.checkpoint is not None:
+                    await run.checkpoint  # no progress saved after the commit
+                assert run.headers is not None
+                return Received(run.headers, run.unframed, run.blob.expected if run.blob else None)
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
@@ -132,184 +146,96 @@ class Downloader:
                 await asyncio.sleep(self._settings.retry_delay * 2 ** (attempt - 1))
                 attempt += 1
 
-    async def _transfer(self, fill: Fill, writer: BlobWriter) -> dict[str, str]:
+    async def _transfer(self, run: _Run) -> None:
         extra = {"Accept-Encoding": "identity"}
-        resuming = writer.size > 0 and fill.validator is not None
+        writer = run.writer
+        resuming = writer.size > 0 and run.validator is not None
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
-            extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._request(fill, extra)
+            extra["If-Range"] = run.validator  # type: ignore[assignment]
+        response = await self._request(run, extra)
         async with response:
-            total = await self._accept(fill, writer, response, resuming)
+            total = await self._accept(run, response, resuming)
             try:
-                await self.receive(fill, writer, response.content.iter_any(), total)
+                await self._receive(run, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             except _Overlong as err:
-                await self._start_over(fill, writer)
+                await self._start_over(run)
                 raise FillError(str(err), transient=True) from None
             if total is not None and writer.size != total:
                 raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
-            assert fill.headers is not None
-            return dict(fill.headers)
 
-    async def _request(self, fill: Fill, extra: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _request(self, run: _Run, extra: dict[str, str]) -> aiohttp.ClientResponse:
         """The one place a fill's URL becomes a request: an http(s) URL is
         asked as it is; an oras:// reference through its registry, resolved
-        to one layer at the fill's first try and pinned (registry.py)."""
+        to one layer at the transfer's first try and pinned (registry.py)."""
+        fill = run.fill
         if not keys.is_reference(fill.record.url):
             return await self.get(fill.record.url, fill.authorization, extra)
-        from withcache.server import registry  # (it raises this module's FillError)
+        from withcache.server import registry  # (it raises this package's FillError)
 
-        if fill.blob is None:
-            fill.blob = await registry.resolve(
+        if run.blob is None:
+            run.blob = await registry.resolve(
                 self.get, fill.record.url, fill.authorization, fill.record.expected,
                 self._settings.plain_http_registries,
             )  # fmt: skip
-        return await fill.blob.open(extra)
+            fill.pin()
+        return await run.blob.open(extra)
 
     async def _accept(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
+        self, run: _Run, response: aiohttp.ClientResponse, resuming: bool
     ) -> int | None:
         """Check a response's status and size; return the artifact's total length."""
         status = response.status
+        writer = run.writer
         if status == 206 and resuming:
-            changed = _changed(fill, writer.size, response)
+            changed = _changed(run, writer.size, response)
             if changed:
-                await self._start_over(fill, writer)
+                await self._start_over(run)
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
-            if fill.headers is None:  # resumed after a restart: this answer describes it
-                fill.headers = _replayed(fill, response)
-            await self.claim_room(fill, writer, fill.total, writer.size)
-            fill._wake()
-            return fill.total
+            if run.headers is None:  # resumed after a restart: this answer describes it
+                run.headers = _replayed(run, response)
+            await run.room.claim(run.total, writer.size)
+            run.fill.start(run.headers, run.total)
+            return run.total
         if status != 200:
             transient = status in TRANSIENT_STATUSES
             raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
-            await self._start_over(fill, writer)
-        fill.validator = _validator(response)
-        fill.total = response.content_length
-        if fill.blob and fill.total not in (None, fill.blob.layer.size):
-            raise FillError(f"the registry sent {fill.total} bytes for a layer of "
-                            f"{fill.blob.layer.size}")  # fmt: skip
-        fill.unframed = fill.total is None and not _chunked(response)
-        await self.claim_room(fill, writer, fill.total)
-        fill.headers = _replayed(fill, response)
-        fill._wake()
-        return fill.total
+            await self._start_over(run)
+        run.validator = _validator(response)
+        run.total = response.content_length
+        if run.blob and run.total not in (None, run.blob.layer.size):
+            raise FillError(f"the registry sent {run.total} bytes for a layer of "
+                            f"{run.blob.layer.size}")  # fmt: skip
+        run.unframed = run.total is None and not _chunked(response)
+        await run.room.claim(run.total)
+        run.headers = _replayed(run, response)
+        run.fill.start(run.headers, run.total)
+        return run.total
 
-    async def _start_over(self, fill: Fill, writer: BlobWriter) -> None:
-        await writer.restart()
-        fill.generation += 1
-        fill._advance(0)
+    async def _start_over(self, run: _Run) -> None:
+        await run.writer.restart()
+        run.fill.restart()
 
-    async def claim_room(
-        self, fill: Fill, writer: BlobWriter, total: int | None, received: int = 0
-    ) -> None:
-        """Refuse a fill whose bytes (`total`, else the `received` so far) would
-        take the store past --max-bytes, or the disk below --min-free."""
-        await self._claim_cap(fill, total, received)
-        self._check_disk(fill, writer, total)
-
-    async def _claim_cap(self, fill: Fill, total: int | None, received: int) -> None:
-        cap = self._settings.max_bytes
-        size = received if total is None else total
-        if cap is None or size <= fill.reserved:
-            return
-        ahead = size if total is not None else size + RESERVE_STEP
-        if await self._reserve(fill, ahead, cap):
-            return
-        if ahead != size and await self._reserve(fill, size, cap):
-            return
-        _, stored = await self._metadata.totals()
-        others = await self._metadata.reserved_bytes() - fill.reserved
-        what = "is" if total is not None else "grew past"
-        raise FillError(
-            f"artifact {what} {format_size(size)}; with {format_size(stored + others)} "
-            f"stored or reserved it would exceed --max-bytes {format_size(cap)}",
-            refused=True,
-        )
-
-    def _check_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
-        due = max(0, total - writer.size) if total is not None else 0
-        refused = self.disk.refuse(due, self._promised(fill))
-        if refused:
-            raise FillError(refused, refused=writer.size == 0)
-
-    async def _reserve(self, fill: Fill, size: int, cap: int) -> bool:
-        if await self._metadata.reserve_bytes(fill.id, self._holder, size, cap):
-            fill.reserved = size
-            return True
-        return False
-
-    async def receive(
-        self, fill: Fill, writer: BlobWriter, chunks: AsyncIterator[bytes], total: int | None
-    ) -> None:
-        """Write `chunks` (an origin's body, or an upload's) into `writer`,
-        behind the transfer, claiming room and saving progress as it goes."""
-        blocks = _WriteBehind(fill, writer)
-        pieces: list[bytes] = []
-        pending = 0
-        last_flush = time.monotonic()
-        # The first flush saves progress too: other hosts answer probes for this
-        # fill with its length once they see it. (Not before reading: aiohttp
-        # drops what it buffered if the origin hangs up before it is read.)
-        last_save = 0.0
-        received = writer.size
-        capped = self._settings.max_bytes is not None
+    async def upload(
+        self, fill: Fill, writer: BlobWriter, room: Room, display: str,
+        chunks: AsyncIterator[bytes], total: int | None, headers: Mapping[str, str],
+    ) -> Received:  # fmt: skip
+        """Write an upload's `chunks` (an import) into `writer` as an origin's
+        body would be: room claimed, progress saved, readers following."""
+        run = _Run(fill, writer, room, display, total=total, headers=dict(headers))
+        fill.spooling(writer.path, writer.size, total)
+        await room.claim(total)
+        fill.start(dict(headers), total)
         try:
-            async for chunk in chunks:
-                received += len(chunk)
-                if total is not None and received > total:
-                    raise _Overlong(f"origin sent more than the {total} bytes it announced")
-                pieces.append(chunk)
-                pending += len(chunk)
-                if total is None and capped and received > fill.reserved:
-                    await self._claim_cap(fill, None, received)
-                now = time.monotonic()
-                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await blocks.put(b"".join(pieces))
-                    pieces.clear()
-                    pending = 0
-                    last_flush = now
-                    if now - last_save >= PROGRESS_SECONDS:
-                        self._check_disk(fill, writer, total)
-                        self._checkpoint(fill, writer, total)
-                        last_save = now
+            await self._receive(run, chunks, total)
         finally:
-            # Bytes received before a break-off are good: keep them to resume from.
-            if pieces:
-                await blocks.put(b"".join(pieces))
-            await blocks.drain()
-
-    async def settled(self, fill: Fill) -> None:
-        """Wait for the fill's last progress save: none may land after its commit."""
-        if fill._checkpoint is not None:
-            await fill._checkpoint
-
-    def _checkpoint(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
-        """Save progress, and (once the bytes so far are synced) a point the
-        fill can resume from after a crash; in the background, one at a time."""
-        if fill._checkpoint is not None and not fill._checkpoint.done():
-            return
-        size, generation = writer.size, fill.generation
-        resume = None
-        if fill.validator is not None:
-            resume = {"file": writer.path.name, "bytes": size, "validator": fill.validator,
-                      "total": total}  # fmt: skip
-
-        async def save() -> None:
-            try:
-                if resume is not None:
-                    await writer.sync()
-                if fill.generation == generation and not fill._settled:
-                    await self._metadata.save_progress(fill.id, fill.bytes_done, total, resume)
-            except Exception as err:  # the next checkpoint tries again
-                log.warning("fill.checkpoint_failed", fill_id=fill.id, error=_describe(err))
-
-        fill._checkpoint = asyncio.ensure_future(save())
+            if run.checkpoint is not None:
+                await run.checkpoint
+        return Received(dict(headers), unframed=False)
 
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
@@ -320,6 +246,67 @@ class Downloader:
                 reason = f"{response.status} {response.reason or ''}".strip()
                 raise FillError(f"origin answered {reason}")
             return await read_body(response, limit)
+
+    async def _receive(self, run: _Run, chunks: AsyncIterator[bytes], total: int | None) -> None:
+        """Write `chunks` (an origin's body, or an upload's) into the run's
+        writer, behind the transfer, claiming room and saving progress."""
+        writer = run.writer
+        blocks = _WriteBehind(run.fill, writer)
+        pieces: list[bytes] = []
+        pending = 0
+        last_flush = time.monotonic()
+        # The first flush saves progress too: other hosts answer probes for this
+        # fill with its length once they see it. (Not before reading: aiohttp
+        # drops what it buffered if the origin hangs up before it is read.)
+        last_save = 0.0
+        received = writer.size
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                if total is not None and received > total:
+                    raise _Overlong(f"origin sent more than the {total} bytes it announced")
+                pieces.append(chunk)
+                pending += len(chunk)
+                if total is None:
+                    await run.room.grew(received)
+                now = time.monotonic()
+                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
+                    await blocks.put(b"".join(pieces))
+                    pieces.clear()
+                    pending = 0
+                    last_flush = now
+                    if now - last_save >= PROGRESS_SECONDS:
+                        run.room.check_disk(total, writer.size)
+                        self._checkpoint(run, total)
+                        last_save = now
+        finally:
+            # Bytes received before a break-off are good: keep them to resume from.
+            if pieces:
+                await blocks.put(b"".join(pieces))
+            await blocks.drain()
+
+    def _checkpoint(self, run: _Run, total: int | None) -> None:
+        """Save progress, and (once the bytes so far are synced) a point the
+        fill can resume from after a crash; in the background, one at a time."""
+        if run.checkpoint is not None and not run.checkpoint.done():
+            return
+        fill, writer = run.fill, run.writer
+        size, generation = writer.size, fill.generation
+        resume = None
+        if run.validator is not None:
+            resume = {"file": writer.path.name, "bytes": size, "validator": run.validator,
+                      "total": total}  # fmt: skip
+
+        async def save() -> None:
+            try:
+                if resume is not None:
+                    await writer.sync()
+                if fill.generation == generation and not fill.finished:
+                    await self._metadata.save_progress(fill.id, fill.bytes_done, total, resume)
+            except Exception as err:  # the next checkpoint tries again
+                log.warning("fill.checkpoint_failed", fill_id=fill.id, error=_describe(err))
+
+        run.checkpoint = asyncio.ensure_future(save())
 
     async def get(
         self, url: str, authorization: str | None, extra: dict[str, str]
@@ -381,7 +368,7 @@ class _WriteBehind:
             await self._writer.write(data)
         except OSError as err:
             raise FillError(f"cannot write the blob: {err.strerror or err}") from None
-        self._fill._advance(self._writer.size)
+        self._fill.advance(self._writer.size)
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int, what: str = "it") -> bytes:
@@ -425,33 +412,33 @@ def _validator(response: aiohttp.ClientResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _replayed(fill: Fill, response: aiohttp.ClientResponse) -> dict[str, str]:
+def _replayed(run: _Run, response: aiohttp.ClientResponse) -> dict[str, str]:
     kept = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
-    return {**kept, **fill.blob.headers} if fill.blob else kept
+    return {**kept, **run.blob.headers} if run.blob else kept
 
 
 def _chunked(response: aiohttp.ClientResponse) -> bool:
     return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
 
 
-def _changed(fill: Fill, size: int, response: aiohttp.ClientResponse) -> str | None:
+def _changed(run: _Run, size: int, response: aiohttp.ClientResponse) -> str | None:
     """Why a 206 can't continue the bytes received so far, if it can't: it
     must start where they end and carry the first answer's validator, total
-    and encoding. (Sets the fill's total if the first answer had none.)"""
+    and encoding. (Sets the run's total if the first answer had none.)"""
     match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
     if not match or match[3] == "*":
         return "the origin's resume has no usable Content-Range"
     if int(match[1]) != size:
         return f"the origin resumed at byte {match[1]}, not {size}"
     total, validator = int(match[3]), _validator(response)
-    if fill.total is not None and total != fill.total:
-        return f"the origin's content changed (its length, {fill.total} -> {total})"
-    if validator != fill.validator:
-        return f"the origin's content changed (its validator, {fill.validator} -> {validator})"
-    encoding = (fill.headers or {}).get("Content-Encoding")
-    if fill.headers is not None and response.headers.get("Content-Encoding") != encoding:
+    if run.total is not None and total != run.total:
+        return f"the origin's content changed (its length, {run.total} -> {total})"
+    if validator != run.validator:
+        return f"the origin's content changed (its validator, {run.validator} -> {validator})"
+    encoding = (run.headers or {}).get("Content-Encoding")
+    if run.headers is not None and response.headers.get("Content-Encoding") != encoding:
         return "the origin's content changed (its Content-Encoding)"
-    fill.total = total
+    run.total = total
     return None
 
 
