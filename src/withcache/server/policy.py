@@ -1,7 +1,7 @@
 """What the cache-host may fetch, and who may read what it fetched.
 
-Fetch policy (the SSRF guard): only http and https (an oras:// reference's
-registry is reached over https); by default never an
+Fetch policy (the SSRF guard): only http and https (an oras:// reference is
+judged by its registry's host); by default never an
 address that isn't globally routable, checked on the IP literal in a URL and
 on every DNS answer at connect time (so every redirect hop and a DNS record
 that changes between check and connect are covered); optionally only hosts
