@@ -205,3 +205,58 @@ def test_curated_mode_never_streams(origin, cache_host):
     code = curl("-o", os.devnull, "-w", "%{http_code}", host.blob_url(url)).stdout
     assert code == b"404"
     assert origin.gets("/rt/curated.bin") == 0
+
+
+async def test_a_fill_checked_against_a_digest_keeps_its_last_byte_until_it_matched(
+    auto_core, origin, aiohttp_client, monkeypatch
+):
+    """A streaming client of a fill with an expected digest (an operator's
+    --sha256, an OCI layer's) must not have every byte of one that fails the
+    check: with a disk slow to discard the bytes, the client used to get them
+    all (curl exit 0) before the fill ended."""
+    import asyncio
+    import hashlib
+
+    import aiohttp
+
+    from withcache.server.digests import Digest
+    from withcache.server.fill.manager import DigestMismatch
+    from withcache.server.store.files import Spool
+
+    body = os.urandom(1_000_000)
+    url = origin.add("/rt/checked.bin", body, rate=2_000_000)
+    discard = Spool._discard
+
+    async def slow_discard(self):
+        await asyncio.sleep(0.5)
+        await discard(self)
+
+    monkeypatch.setattr(Spool, "_discard", slow_discard)
+    other = Digest.sha256(hashlib.sha256(b"other bytes").hexdigest())
+    await auto_core.add(url, other)
+    outcome = await auto_core.miss(url, auto_core.key(url), None, waiting=True)
+    assert outcome.fill is not None
+
+    async def streamed(request):
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
+
+    app = web.Application()
+    app.router.add_get("/", streamed)
+    response = await (await aiohttp_client(app)).get("/")
+    assert response.status == 200 and response.content_length == len(body)
+    got = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async for chunk in response.content.iter_any():
+            got += chunk
+    assert len(got) < len(body)
+    with pytest.raises(DigestMismatch, match="SHA-256 mismatch"):
+        await outcome.fill.result()
+
+
+def test_a_fill_that_failed_at_once_says_why(origin, cache_host):
+    """A GET whose fill failed before any byte used to hear 'queued for
+    download; ask again shortly' of a fill that was over."""
+    url = origin.add("/rt/forbidden.bin", b"no", status=403)
+    host = cache_host()
+    answer = curl("-sS", "-w", "%{http_code}", host.blob_url(url)).stdout.decode()
+    assert answer == "not cached: fill failed: origin answered 403 Forbidden\n404", answer

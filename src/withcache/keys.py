@@ -28,7 +28,8 @@ _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # Control characters and spaces are never part of a URL a tool would send.
 _FORBIDDEN_CHARS = frozenset([*map(chr, range(0x21)), "\x7f"])
 _HEX = frozenset("0123456789abcdef")
-_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._:[]")
+HOST_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-._")
+_HOST_CHARS = HOST_NAME_CHARS | frozenset(":[]")
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
@@ -41,8 +42,9 @@ class URLTooLong(BadURL):
     """The URL is longer than MAX_URL_BYTES (HTTP's 414, not a 400)."""
 
 
-def check_origin(url: str) -> SplitResult:
-    """Return the parts of an http(s) origin URL, or raise BadURL saying why."""
+def check_text(url: str) -> None:
+    """BadURL if `url` can't be any artifact's name: empty, too long, not
+    Unicode text, or holding a control character or a space."""
     if not url:
         raise BadURL("empty URL")
     try:
@@ -53,6 +55,27 @@ def check_origin(url: str) -> SplitResult:
         raise URLTooLong(f"URL longer than {MAX_URL_BYTES} bytes")
     if not _FORBIDDEN_CHARS.isdisjoint(url):
         raise BadURL("URL contains a control character or a space")
+
+
+def is_reference(url: str) -> bool:
+    """Whether `url` is an oras:// reference (withcache.oras), not an origin URL."""
+    return url[:7].lower() == "oras://"
+
+
+def check_url(url: str) -> None:
+    """BadURL saying why, unless `url` names an artifact: an http(s) origin
+    URL or an oras:// reference (withcache.oras)."""
+    if is_reference(url):
+        from withcache import oras
+
+        oras.parse(url)
+    else:
+        check_origin(url)
+
+
+def check_origin(url: str) -> SplitResult:
+    """Return the parts of an http(s) origin URL, or raise BadURL saying why."""
+    check_text(url)
     from urllib.parse import urlsplit
 
     try:
@@ -78,9 +101,15 @@ def cache_key(url: str, keep_query: bool = False) -> str:
     """The artifact's key: scheme://host[:port]/path, query kept only on request.
 
     Scheme and host are lowercased, a default port and the fragment dropped, and
-    dot segments resolved the way curl resolves them before sending.
+    dot segments resolved the way curl resolves them before sending. An
+    oras:// reference's key is its canonical form (withcache.oras).
     """
     from urllib.parse import urlunsplit
+
+    if is_reference(url):
+        from withcache import oras
+
+        return oras.parse(url).key
 
     parts = check_origin(url)
     scheme = parts.scheme.lower()
@@ -146,11 +175,15 @@ def prefix_origin(target: str) -> str:
         rest = unquote(rest)
     scheme, colon, after = rest.partition(":")
     lowered = scheme.lower()
-    if not colon or lowered not in SCHEMES:
+    if not colon or lowered not in (*SCHEMES, "oras"):
         raise BadURL(f"not an http(s) URL (scheme {lowered or 'missing'!r})")
     if not after.startswith("/"):
         raise BadURL(f"{lowered}: must be followed by // and the host")
-    return f"{lowered}://{after[2:] if after.startswith('//') else after[1:]}"
+    url = f"{lowered}://{after[2:] if after.startswith('//') else after[1:]}"
+    if lowered == "oras":  # no client sends a fragment: the layer's name comes as %23
+        at = url.lower().find("%23")
+        url = f"{url[:at]}#{url[at + 3 :]}" if at >= 0 else url
+    return url
 
 
 def host_path_origin(scheme: str, rest: str) -> str:
@@ -201,12 +234,17 @@ def decode_token(token: str) -> str:
         url = raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise BadURL("token is not base64 of a UTF-8 URL") from None
-    check_origin(url)
+    check_url(url)
     return url
 
 
 def basename(url: str) -> str:
-    """The last path segment of the URL, as written (may be empty)."""
+    """The last path segment of the URL, as written (may be empty); an oras://
+    reference's file name."""
+    if is_reference(url):
+        from withcache import oras
+
+        return oras.parse(url).name
     return _path_and_query(url)[0].rsplit("/", 1)[-1]
 
 
@@ -217,6 +255,10 @@ def serve_path(url: str) -> str:
     `curl -O` and wget name the file as the origin would; the origin's query is
     repeated for the same reason (wget keeps it in the file name).
     """
+    if is_reference(url):
+        from urllib.parse import quote
+
+        return f"/b/{encode_token(url)}/{quote(basename(url))}"
     path, query = _path_and_query(url)
     served = f"/b/{encode_token(url)}/{path.rsplit('/', 1)[-1]}"
     return f"{served}?{query}" if query else served

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "again: 'already cached', exit 0); or every URL of a list (-f), or every file of a "
         "vendor's checksum file (--sums)",
     )  # fmt: skip
-    p.add_argument("url", nargs="?")
+    p.add_argument("url", nargs="?", help="an http(s) URL, or an oras:// reference to an OCI "
+                   "artifact's layer (docs/oci.md)")  # fmt: skip
     p.add_argument("--sha256", metavar="HEX", help="the expected SHA-256: other bytes fail")
     p.add_argument(
         "-f", "--file", metavar="FILE|-",

@@ -79,7 +79,7 @@ def connect(args: argparse.Namespace, env: Mapping[str, str], password_ok: bool 
 
 def check_url(url: str) -> None:
     try:
-        keys.check_origin(url)
+        keys.check_url(url)
     except keys.BadURL as err:
         raise CommandError(f"bad URL {url!r}: {err}", USAGE) from None
 

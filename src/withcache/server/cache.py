@@ -354,7 +354,7 @@ class Cache:
         known for it without reading the whole blob, so it is not checked.
         """  # fmt: skip
         try:
-            keys.check_origin(url)
+            keys.check_url(url)
         except keys.BadURL as err:
             raise BadInput(str(err)) from None
         if isinstance(expected, str):

@@ -170,6 +170,11 @@ _OPTIONS = [
         "the variable takes a comma-separated list)",
     ),
     Option(
+        "plain_http_registry", "list", (), "HOST[:PORT]",
+        "reach this OCI registry of oras:// references over plain http, not https, e.g. a "
+        "lab's own (repeatable; the variable takes a comma-separated list)",
+    ),
+    Option(
         "allow_private_origins", "flag", False, None,
         "allow fills from loopback, link-local and private addresses",
     ),
@@ -276,7 +281,8 @@ _OPTIONS = [
     ),
 ]  # fmt: skip
 # Flags whose Settings field has another name.
-_FIELDS = {"allow_origin": "allow_origins", "metadata": "metadata_url", "blobs": "blobs_url"}
+_FIELDS = {"allow_origin": "allow_origins", "metadata": "metadata_url", "blobs": "blobs_url",
+           "plain_http_registry": "plain_http_registries"}  # fmt: skip
 # The usual AWS variables, read when neither the flag nor its WITHCACHE_ twin is set.
 _AWS_FALLBACKS = {
     "s3_endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -342,6 +348,9 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             value = default
         values[_FIELDS.get(dest, dest)] = value
     values["allow_origins"] = tuple(values["allow_origins"])
+    values["plain_http_registries"] = tuple(
+        host.lower().removesuffix(":443") for host in values["plain_http_registries"]
+    )
     values["s3_region"] = values["s3_region"] or Settings.s3_region
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         raise UsageError("--tls-cert and --tls-key go together")

@@ -1,6 +1,7 @@
 """What the cache-host may fetch, and who may read what it fetched.
 
-Fetch policy (the SSRF guard): only http and https; by default never an
+Fetch policy (the SSRF guard): only http and https (an oras:// reference is
+judged by its registry's host); by default never an
 address that isn't globally routable, checked on the IP literal in a URL and
 on every DNS answer at connect time (so every redirect hop and a DNS record
 that changes between check and connect are covered); optionally only hosts
@@ -29,6 +30,7 @@ import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from withcache import keys, oras
 from withcache.keys import SCHEMES
 from withcache.server.records import PUBLIC
 from withcache.server.settings import Settings
@@ -141,7 +143,14 @@ class Policy:
     # -- fetch policy
 
     def refuse_reason(self, url: str) -> str | None:
-        """Why a fill from `url` is forbidden before any DNS lookup, or None."""
+        """Why a fill from `url` is forbidden before any DNS lookup, or None.
+        An oras:// reference is judged by its registry (each request a fill
+        makes to it, and every redirect, is judged again as it is made)."""
+        if keys.is_reference(url):
+            try:
+                url = oras.parse(url).url("")
+            except oras.BadReference as err:
+                return str(err)
         parts = urlsplit(url)
         if parts.scheme.lower() not in SCHEMES:
             return f"scheme {parts.scheme!r} is not fetched (http and https only)"

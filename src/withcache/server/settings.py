@@ -99,6 +99,7 @@ class Settings:
     keep_query: bool = False
     no_stream_fills: bool = False
     allow_origins: tuple[str, ...] = ()
+    plain_http_registries: tuple[str, ...] = ()  # oras:// registries reached over http
     allow_private_origins: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None

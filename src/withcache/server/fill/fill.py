@@ -214,6 +214,7 @@ class Fill:
         self._generation = 0
         self._path: Path | None = None
         self._here = False  # its transfer runs in this process
+        self._pinned = False  # the origin named the bytes' digest (an OCI layer's)
         self._started: float | None = None
         self._clients = 0
         self._rate = 0.0
@@ -290,6 +291,13 @@ class Fill:
         return self._result.done()
 
     @property
+    def checked_at_end(self) -> bool:
+        """Its bytes must match a digest, known only once all have arrived
+        (an expected one, or the OCI layer's): no client may have all of them
+        before."""
+        return self._record.expected is not None or self._pinned
+
+    @property
     def error(self) -> BaseException | None:
         """Why the fill ended badly; None while it runs and once it succeeded."""
         return self._result.exception() if self._result.done() else None
@@ -328,7 +336,7 @@ class Fill:
 
     def claimed(self, record: FillRecord) -> None:
         """This host has claimed the fill and runs its transfer now."""
-        self._record, self._here = record, True
+        self._record, self._here, self._pinned = record, True, False
         self._total, self._started = None, time.monotonic()
 
     def observed(self, record: FillRecord) -> None:
@@ -342,6 +350,10 @@ class Fill:
         """The transfer writes to `path`, which holds `size` bytes already (a resume)."""
         self._path, self._total = path, total
         self.advance(size)
+
+    def pin(self) -> None:
+        """The origin named the digest the bytes must have (checked at the end)."""
+        self._pinned = True
 
     def start(self, headers: Mapping[str, str], total: int | None) -> None:
         """The origin answered: its headers and the length it gave, if any."""
@@ -410,9 +422,16 @@ class FillReader:
         self.close()
 
     def available(self, end: int | None = None) -> int:
-        """How far the bytes written so far go (up to `end`)."""
-        done = self._fill.bytes_done
-        return done if end is None else min(done, end)
+        """How far the bytes written so far go (up to `end`). Of a fill
+        checked at its end, the last byte waits for the check: a client must
+        not have every byte of one that fails it."""
+        fill = self._fill
+        done = fill.bytes_done
+        if end is None:
+            return done
+        if fill.checked_at_end and not fill.finished:
+            return min(done, end - 1)
+        return min(done, end)
 
     @property
     def broken(self) -> bool:

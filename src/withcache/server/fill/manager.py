@@ -494,10 +494,11 @@ class FillManager:
                 received = await source.transfer(self._transfers, fill, writer, room, display)
             else:
                 received = await self._transfers.run(fill, writer, room, display, resume)
-            mismatch = digests.mismatch(record.expected, writer)
+            pinned = received.pinned
+            mismatch = digests.mismatch(record.expected, writer) or digests.mismatch(pinned, writer)
             if mismatch:
                 raise DigestMismatch(mismatch)
-            if received.unframed and not record.expected:
+            if received.unframed and not (record.expected or pinned):
                 raise FillError(UNFRAMED, delivered=True)
             handle.settled = True
             artifact = await self._commit(fill, writer, received.headers, display)

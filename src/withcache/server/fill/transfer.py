@@ -28,6 +28,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -40,6 +41,10 @@ from withcache.server.policy import OriginRefused, Policy
 from withcache.server.records import REPLAYED_HEADERS
 from withcache.server.settings import Settings, format_size
 from withcache.server.store import BlobWriter, Metadata
+
+if TYPE_CHECKING:
+    from withcache.server.digests import Digest
+    from withcache.server.registry import Blob
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
@@ -61,6 +66,8 @@ class Received:
 
     headers: Mapping[str, str]  # the replayed ones
     unframed: bool  # it ended where the origin closed: its end can't be checked
+    # The digest the origin named for the bytes (an OCI layer's), checked like an expected one.
+    pinned: Digest | None = None
 
 
 @dataclass(eq=False)
@@ -76,6 +83,7 @@ class _Run:
     headers: dict[str, str] | None = None
     unframed: bool = False
     checkpoint: asyncio.Future[None] | None = field(default=None, repr=False)
+    blob: Blob | None = None  # the layer an oras:// reference resolved to, pinned
 
 
 class Transfers:
@@ -125,7 +133,7 @@ class Transfers:
                 if run.checkpoint is not None:
                     await run.checkpoint  # no progress saved after the commit
                 assert run.headers is not None
-                return Received(run.headers, run.unframed)
+                return Received(run.headers, run.unframed, run.blob.expected if run.blob else None)
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
@@ -145,7 +153,7 @@ class Transfers:
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
             extra["If-Range"] = run.validator  # type: ignore[assignment]
-        response = await self._open(run.fill.record.url, run.fill.authorization, extra)
+        response = await self._request(run, extra)
         async with response:
             total = await self._accept(run, response, resuming)
             try:
@@ -157,6 +165,23 @@ class Transfers:
                 raise FillError(str(err), transient=True) from None
             if total is not None and writer.size != total:
                 raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
+
+    async def _request(self, run: _Run, extra: dict[str, str]) -> aiohttp.ClientResponse:
+        """The one place a fill's URL becomes a request: an http(s) URL is
+        asked as it is; an oras:// reference through its registry, resolved
+        to one layer at the transfer's first try and pinned (registry.py)."""
+        fill = run.fill
+        if not keys.is_reference(fill.record.url):
+            return await self.get(fill.record.url, fill.authorization, extra)
+        from withcache.server import registry  # (it raises this package's FillError)
+
+        if run.blob is None:
+            run.blob = await registry.resolve(
+                self.get, fill.record.url, fill.authorization, fill.record.expected,
+                self._settings.plain_http_registries,
+            )  # fmt: skip
+            fill.pin()
+        return await run.blob.open(extra)
 
     async def _accept(
         self, run: _Run, response: aiohttp.ClientResponse, resuming: bool
@@ -170,7 +195,7 @@ class Transfers:
                 await self._start_over(run)
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
             if run.headers is None:  # resumed after a restart: this answer describes it
-                run.headers = _replayed(response)
+                run.headers = _replayed(run, response)
             await run.room.claim(run.total, writer.size)
             run.fill.start(run.headers, run.total)
             return run.total
@@ -182,9 +207,12 @@ class Transfers:
             await self._start_over(run)
         run.validator = _validator(response)
         run.total = response.content_length
+        if run.blob and run.total not in (None, run.blob.layer.size):
+            raise FillError(f"the registry sent {run.total} bytes for a layer of "
+                            f"{run.blob.layer.size}")  # fmt: skip
         run.unframed = run.total is None and not _chunked(response)
         await run.room.claim(run.total)
-        run.headers = _replayed(response)
+        run.headers = _replayed(run, response)
         run.fill.start(run.headers, run.total)
         return run.total
 
@@ -212,20 +240,12 @@ class Transfers:
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
         fills are (the policy checked on every hop), at most `limit` bytes."""
-        response = await self._open(url, None, {"Accept-Encoding": "identity"})
+        response = await self.get(url, None, {"Accept-Encoding": "identity"})
         async with response:
             if response.status != 200:
                 reason = f"{response.status} {response.reason or ''}".strip()
                 raise FillError(f"origin answered {reason}")
-            body = bytearray()
-            try:
-                async for chunk in response.content.iter_any():
-                    body += chunk
-                    if len(body) > limit:
-                        raise FillError(f"it is larger than {format_size(limit)}", refused=True)
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
-            return bytes(body)
+            return await read_body(response, limit)
 
     async def _receive(self, run: _Run, chunks: AsyncIterator[bytes], total: int | None) -> None:
         """Write `chunks` (an origin's body, or an upload's) into the run's
@@ -288,7 +308,7 @@ class Transfers:
 
         run.checkpoint = asyncio.ensure_future(save())
 
-    async def _open(
+    async def get(
         self, url: str, authorization: str | None, extra: dict[str, str]
     ) -> aiohttp.ClientResponse:
         """GET `url`, following redirects with the policy checked on each hop."""
@@ -351,6 +371,19 @@ class _WriteBehind:
         self._fill.advance(self._writer.size)
 
 
+async def read_body(response: aiohttp.ClientResponse, limit: int, what: str = "it") -> bytes:
+    """A small body whole, at most `limit` bytes (FillError beyond)."""
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise FillError(f"{what} is larger than {format_size(limit)}", refused=True)
+    except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
+        raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+    return bytes(body)
+
+
 def _not_reached(err: BaseException) -> FillError:
     """Why the request never got an answer, and whether another try may help."""
     text = _describe(err)
@@ -379,8 +412,9 @@ def _validator(response: aiohttp.ClientResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _replayed(response: aiohttp.ClientResponse) -> dict[str, str]:
-    return {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+def _replayed(run: _Run, response: aiohttp.ClientResponse) -> dict[str, str]:
+    kept = {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers}
+    return {**kept, **run.blob.headers} if run.blob else kept
 
 
 def _chunked(response: aiohttp.ClientResponse) -> bool:

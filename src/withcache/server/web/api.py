@@ -432,7 +432,7 @@ def _offered(n: int, entry: Any) -> Offered:
         headers=entry.get("headers", {}), scope=entry.get("scope", PUBLIC),
     )  # fmt: skip
     try:
-        keys.check_origin(offered.url)
+        keys.check_url(offered.url)
     except keys.BadURL as err:
         raise web.HTTPBadRequest(text=f"{where}: bad url: {err}") from None
     problem = (

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 JSON_TYPES = {str: "string", bool: "boolean", int: "integer", list: "array", dict: "object"}
 # What the server accepts as an origin URL, narrowed to a shape a generator can
-# aim at: the server also takes IPv6 hosts and non-ASCII paths.
+# aim at: the server also takes IPv6 hosts, non-ASCII paths and oras://
+# references (docs/oci.md).
 URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[1-9][0-9]{0,3})?(/[!-~]*)?$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 SCOPE_PATTERN = r"^([0-9a-f]{64})?$"

@@ -156,7 +156,12 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
             cache.count_miss()
         return streamed
     cache.count_miss()  # the client goes to the origin (or fails)
-    return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
+    error = outcome.fill.error if outcome.fill else None
+    status = getattr(error, "status", None)
+    if status is not None:  # the fill found the request can't be met as asked
+        return bad_request(request, f"not fetched: {error}", status)
+    reason = f"fill failed: {error}" if error is not None else outcome.reason
+    return web.Response(status=404, text=f"not cached: {reason}\n")
 
 
 async def _send(

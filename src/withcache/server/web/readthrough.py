@@ -7,7 +7,8 @@ from the file, never from the fill's buffers: a slow client can't slow the
 fill or the others, and one that leaves doesn't stop it.
 
 Never a wrong or silently short byte: a client gets only bytes already
-written; if the fill fails, or starts over with bytes that may differ, every
+written (and, of a fill checked against a digest, the last one only once
+they matched); if the fill fails, or starts over with bytes that may differ, every
 client that got part of the old ones has its connection closed before the
 announced length, so curl and wget exit non-zero. The one exception is a
 body the origin framed only by closing the connection: it is not stored (its
