@@ -2,11 +2,11 @@
 origin download, as it arrives, and never a wrong or silently short file."""
 
 import os
-import subprocess
 import time
 
 import pytest
 from aiohttp import web
+from clients import finish, start_curls
 from conftest import curl
 from test_fills import rows, wait_fill_state
 
@@ -14,17 +14,6 @@ from withcache.server.web import readthrough
 
 pytestmark = pytest.mark.backends
 BODY = os.urandom(3_000_000)
-
-
-def start_curls(*args_lists, cwd=None):
-    return [
-        subprocess.Popen(["curl", "-sS", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for args in args_lists
-    ]
-
-
-def finish(procs, timeout=60):
-    return [(p.wait(timeout), p.stdout.read(), p.stderr.read()) for p in procs]
 
 
 def test_eight_clients_share_one_origin_download(origin, cache_host, tmp_path):

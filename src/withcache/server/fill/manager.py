@@ -184,6 +184,28 @@ class FillManager:
         handle = self._by_id.get(fill_id)
         return handle.fill if handle else None
 
+    async def result(self, fill_id: int) -> Artifact:
+        """Wait for a fill to end: its artifact, or the error it ended with
+        (raised). A fill no longer live here is read from the store (it ended
+        already, or runs on another host: followed until it ends)."""
+        while True:
+            fill = self.live(fill_id)
+            if fill is not None:
+                return await fill.result()
+            await self.recorded(fill_id)
+            record = await self._metadata.get_fill(fill_id)
+            if record is None or record.state not in ACTIVE_STATES:
+                break
+            await asyncio.sleep(WATCH_SECONDS)
+        stored = None
+        if record is not None and record.state is FillState.DONE:
+            stored = await self._metadata.find_artifact(record.key, (record.scope,))
+        ended = EndedElsewhere(record=record, stored=stored)
+        if ended.error is not None:
+            raise ended.error
+        assert ended.artifact is not None
+        return ended.artifact
+
     async def request(
         self,
         url: str,
