@@ -180,6 +180,32 @@ async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(
     assert await response.read() == BODY
 
 
+async def test_a_conditional_answer_from_a_fill_is_shaped_like_a_hit(
+    auto_core, origin, aiohttp_client
+):
+    """A 304 or 412 has no body, so it carries no content headers: the same
+    from a fill in progress as from a stored blob (one answer builder)."""
+    url = origin.add("/rt/conditional.bin", BODY, rate=1_000_000,
+                     headers={"Content-Type": "application/x-thing"})  # fmt: skip
+    outcome = await auto_core.miss(url, auto_core.key(url), None, waiting=True)
+
+    async def from_fill(request):
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
+
+    app = web.Application()
+    app.router.add_get("/", from_fill)
+    client = await aiohttp_client(app)
+    since = "Wed, 01 Jan 2025 00:00:00 GMT"  # after the origin's Last-Modified
+    unchanged = await client.get("/", headers={"If-Modified-Since": since})
+    assert unchanged.status == 304
+    assert "Content-Type" not in unchanged.headers
+    stale = await client.get("/", headers={"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert stale.status == 412
+    assert "Content-Type" not in stale.headers
+    assert not outcome.fill.finished  # both answered from the fill, as it ran
+    await outcome.fill.result()
+
+
 def test_no_stream_fills_gives_the_seed_behaviour(origin, cache_host):
     url = origin.add("/rt/seed.bin", BODY)
     host = cache_host("--no-stream-fills")

@@ -71,6 +71,7 @@ from withcache.server.store import Blobs, BlobWriter, Lease, Metadata
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
+CANCEL_RETRY_SECONDS = 0.2  # ... asking it again this often
 # Fills a waiting client may start at once beside the --workers: each would
 # otherwise be that client's own download from the origin. The bound keeps a
 # flood of probes from opening origin connections without end; probes (HEAD)
@@ -271,10 +272,15 @@ class FillManager:
         if handle and handle.task:
             handle.cancel_requested = True
             handle.cancelled_by = actor
-            handle.task.cancel()
             # Return once the fill has ended and its event is written, so the
-            # page the operator sees next already shows it cancelled.
-            await asyncio.wait([handle.task], timeout=CANCEL_WAIT_SECONDS)
+            # page the operator sees next already shows it cancelled. Asked
+            # again until the task ends: Python 3.11's wait_for (in the
+            # PostgreSQL pool) can swallow a cancellation racing its result.
+            task, deadline = handle.task, time.monotonic() + CANCEL_WAIT_SECONDS
+            while not task.done() and (left := deadline - time.monotonic()) > 0:
+                if not handle.settled:  # committing: it ends as stored
+                    task.cancel()
+                await asyncio.wait([task], timeout=min(CANCEL_RETRY_SECONDS, left))
             return True
         # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)
