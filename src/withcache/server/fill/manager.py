@@ -170,9 +170,12 @@ class FillManager:
         """Stop the workers. Running fills stay `running` in the store and are
         queued again at the next start (or taken over when their lease ends),
         resuming from their partial files."""
-        watchers = [h.watcher for h in self._by_id.values() if h.watcher]
-        await _cancel_all([*self._workers, *self._client_fills, *watchers])
-        await asyncio.gather(*self._ending, return_exceptions=True)
+        # The transfers too, not only through their workers: a cancellation a
+        # transfer swallowed (see cancel) would hold its worker until it ends.
+        tasks = [t for h in self._by_id.values() for t in (h.task, h.watcher) if t]
+        await _cancel_all([*self._workers, *self._client_fills, *tasks])
+        if self._ending:  # endings a done-callback started, bounded like a cancel
+            await asyncio.wait(self._ending, timeout=CANCEL_WAIT_SECONDS)
         await self._transfers.close()
 
     # -- what the rest of the cache-host calls
