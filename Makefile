@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SHIM_SOURCES := $(wildcard shim/*.zig) shim/build.py \
 	$(wildcard src/withcache/shim/*.py) src/withcache/cachehost.py src/withcache/keys.py
 
-.PHONY: run test deps lint format shim dist
+.PHONY: run test test-fast deps lint format shim dist
 
 # A cache-host to try things on: this machine only, the UI open (no password).
 RUN_FLAGS ?= --data-dir ./data --host 127.0.0.1 --port 3000
@@ -19,6 +19,11 @@ run: $(VENV)/.run
 # each test module stays in one worker (its module fixtures, whole-corpus checks).
 test: deps $(VENV)/.test zig-out/.built
 	$(BIN)/pytest -n 4 --dist loadfile
+
+# The unit and in-process tests only (no servers, tools, browsers or the
+# scale-out stores: tests/conftest.py marks those slow), in about a minute.
+test-fast: $(VENV)/.test
+	$(BIN)/pytest -n 4 -m "not slow"
 
 # The Debian packages the tests need (as root: installs the missing ones;
 # otherwise names them and stops with exit status 2).

@@ -1,5 +1,5 @@
-"""What the benchmarks share: a withcache-server process, nginx, hey, and
-/proc readings (CPU time, peak RSS)."""
+"""What the benchmarks share: a withcache-server process, nginx, hey, wrk,
+and /proc readings (CPU time, peak RSS)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,22 @@ def hey(url: str, requests: int, concurrency: int, method: str = "GET") -> dict[
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", out))
     return {"rps": rps, "errors": requests - ok}
+
+
+def wrk(url: str, seconds: float, connections: int = 32, threads: int = 2) -> dict[str, float]:
+    """Requests per second, requests and failed ones from one `wrk` run (GET
+    only: wrk waits for a body after a HEAD's Content-Length)."""
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", url],
+        capture_output=True, text=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                        out)  # fmt: skip
+    errors = (int(bad[1]) if bad else 0) + (sum(map(int, sockets.groups())) if sockets else 0)
+    return {"rps": rps, "requests": requests, "errors": errors}
 
 
 def cpu_seconds(pids: list[int]) -> float:

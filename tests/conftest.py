@@ -8,6 +8,7 @@ a real SeaweedFS, started once per session; see services.py, backends.py).
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import re
@@ -16,6 +17,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +64,47 @@ def origin(ca: trustme.CA) -> Iterator[Origin]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends: run on the embedded and the scale-out stores")
     config.addinivalue_line("markers", "soak: the fault-injection soak (WITHCACHE_SOAK_SECONDS)")
+    config.addinivalue_line(
+        "markers", "slow: starts servers, browsers, builds or benchmarks (`make test-fast` skips)"
+    )
+
+
+# What makes a test slow: the scale-out stores, and code (the test's or a
+# fixture's) that starts processes: cache-hosts, curl and wget, the shims,
+# browsers, builds, benchmarks. `make test-fast` leaves such tests out.
+SLOW_PARAMS = {"scale", "postgres", "s3", "az", "native"}
+SLOW_WORDS = (
+    "subprocess", "Popen", "curl(", "wget(", "shim(", "cache_host", "native_shim", "run_bench",
+    "chromium", "tmpfs", "Postgres(", "SeaweedFS(", "Azurite(",
+)  # fmt: skip
+_slow_code: dict[object, bool] = {}
+
+
+def _starts_processes(func: object, depth: int = 1) -> bool:
+    """Whether `func`, or a function of its module it calls, starts processes."""
+    if func not in _slow_code:
+        try:
+            source = inspect.getsource(func)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        _slow_code[func] = any(word in source for word in SLOW_WORDS)
+    if _slow_code[func] or depth == 0 or not inspect.isfunction(func):
+        return _slow_code[func]
+    module = sys.modules.get(func.__module__)
+    called = (getattr(module, name, None) for name in func.__code__.co_names)
+    return any(inspect.isfunction(f) and _starts_processes(f, depth - 1) for f in called)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = {str(v) for v in callspec.params.values()} if callspec else set()
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info else ()
+        fixtures = [d.func for found in defs for d in found]
+        code = [getattr(item, "function", None), *fixtures]
+        if params & SLOW_PARAMS or any(_starts_processes(f) for f in code if f is not None):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -223,6 +266,18 @@ class CacheHost:
     def blob_names(self) -> list[str]:
         """The SHA-256 names of the blobs in this host's blob store."""
         return self.backend.blob_names(self.data_dir)
+
+    def cached(self, origin: Origin, path: str, body: bytes, **options: object) -> str:
+        """An origin URL this host holds: `origin.add(path, body, **options)`,
+        fetched once through the host, then waited for until it is stored."""
+        url = origin.add(path, body, **options)
+        try:
+            with urllib.request.urlopen(self.blob_url(url), timeout=60, context=self.tls) as got:
+                got.read()
+        except urllib.error.HTTPError:
+            pass  # a probe-only miss (a fill that can't stream): wait_cached says
+        self.wait_cached(url)
+        return url
 
     def blob_url(self, origin_url: str) -> str:
         from urllib.parse import quote

@@ -21,7 +21,7 @@ async def test_add_by_url_fills_and_verifies(core, origin):
     url = origin.add("/core/add.bin", BODY)
     record = (await core.add(url, hashlib.sha256(BODY).hexdigest(), actor="operator")).fill
     assert record.requested_by == "operator"
-    artifact = await core.live_fill(record.id).result()
+    artifact = await core.fill_result(record.id)
     assert artifact.sha256 == hashlib.sha256(BODY).hexdigest()
     assert await core.lookup(core.key(url), None) == artifact
     (queued,) = (await core.list_events(kind="fill.queued")).rows
@@ -34,7 +34,7 @@ async def test_add_with_wrong_sha256_keeps_nothing(core, origin, backend):
     url = origin.add("/core/wrong.bin", BODY, rate=len(BODY) * 2)
     record = (await core.add(url, "0" * 64)).fill
     with pytest.raises(FillError, match="SHA-256 mismatch"):
-        await core.live_fill(record.id).result()
+        await core.fill_result(record.id)
     assert await core.lookup(core.key(url), None) is None
     assert backend.blob_names(core.settings.data_dir) == []
     assert (await core.fill(record.id)).record.state is FillState.FAILED
@@ -64,7 +64,7 @@ async def test_add_twice_while_running_joins_the_fill(core, origin):
 
 async def test_add_of_a_cached_url_fetches_nothing_unless_refresh(core, origin):
     url = origin.add("/core/seeded.bin", BODY)
-    await core.live_fill((await core.add(url)).fill.id).result()
+    await core.fill_result((await core.add(url)).fill.id)
     again = await core.add(url)
     assert again.artifact is not None and again.fill is None
     assert again.artifact.sha256 == hashlib.sha256(BODY).hexdigest()
@@ -73,7 +73,7 @@ async def test_add_of_a_cached_url_fetches_nothing_unless_refresh(core, origin):
     with pytest.raises(ActionError, match="cached already with other bytes"):
         await core.add(url, "ab" * 32)
     fresh = await core.add(url, refresh=True)
-    await core.live_fill(fresh.fill.id).result()
+    await core.fill_result(fresh.fill.id)
     assert origin.gets("/core/seeded.bin") == 2
 
 
@@ -82,7 +82,7 @@ async def test_approve_a_curated_miss(core, origin):
     outcome = await core.miss(url + "?token=t", core.key(url), None)
     assert outcome.fill is None
     record = await core.approve(core.key(url), actor="operator")
-    await core.live_fill(record.id).result()
+    await core.fill_result(record.id)
     assert origin.hits[-1].path == "/core/approve.bin"
     assert await core.get_miss(core.key(url)) is None  # settled by the fill
     artifact = await core.lookup(core.key(url), None)
@@ -155,12 +155,12 @@ async def test_retry_a_failed_fill(core, origin):
     url = origin.add("/core/retry.bin", BODY, status=404)
     record = (await core.add(url)).fill
     with pytest.raises(FillError):
-        await core.live_fill(record.id).result()
+        await core.fill_result(record.id)
     with pytest.raises(ActionError, match="not failed or cancelled"):
         await core.retry((await core.add(origin.add("/core/ok.bin", BODY))).fill.id)
     origin.resources["/core/retry.bin"].status = 200
     again = await core.retry(record.id)
-    await core.live_fill(again.id).result()
+    await core.fill_result(again.id)
     assert await core.lookup(core.key(url), None) is not None
 
 
@@ -168,7 +168,7 @@ async def test_a_failed_fill_can_be_retried_as_soon_as_its_waiters_know(core, or
     """Waiters learn of a failure before its row is written (a slow or full
     store must not keep them): an operator acting at once still finds the
     fill failed, not running."""
-    url = origin.add("/core/retry-at-once.bin", BODY, status=404)
+    url = origin.add("/core/retry-at-once.bin", BODY, status=404, delay=0.3)
     store = core._metadata
     finish_fill = store.finish_fill
 
@@ -178,11 +178,12 @@ async def test_a_failed_fill_can_be_retried_as_soon_as_its_waiters_know(core, or
 
     monkeypatch.setattr(store, "finish_fill", slow_finish_fill)
     record = (await core.add(url)).fill
+    fill = core.live_fill(record.id)  # the origin answers in 0.3 s: still live
     with pytest.raises(FillError):
-        await core.live_fill(record.id).result()
+        await fill.result()  # told as soon as it failed, before its row is written
     origin.resources["/core/retry-at-once.bin"].status = 200
     again = await core.retry(record.id)
-    await core.live_fill(again.id).result()
+    await core.fill_result(again.id)
     assert await core.lookup(core.key(url), None) is not None
 
 
@@ -190,7 +191,7 @@ async def test_delete_removes_row_and_unshared_blob(core, origin, backend):
     a = origin.add("/core/del-a.bin", BODY)
     b = origin.add("/core/del-b.bin", BODY)
     for url in (a, b):
-        await core.live_fill((await core.add(url)).fill.id).result()
+        await core.fill_result((await core.add(url)).fill.id)
     blob = hashlib.sha256(BODY).hexdigest()
     first = await core.lookup(core.key(a), None)
     await core.delete(first.id, actor="operator")
@@ -217,11 +218,11 @@ async def test_single_flight_joins_the_running_fill(auto_core, origin):
 
 async def test_a_fresh_fill_replaces_what_lookups_return_at_once(core, origin):
     url = origin.add("/core/refill.bin", b"first version")
-    await core.live_fill((await core.add(url)).fill.id).result()
+    await core.fill_result((await core.add(url)).fill.id)
     first = await core.lookup(core.key(url), None)
     assert first.sha256 == hashlib.sha256(b"first version").hexdigest()
     origin.resources["/core/refill.bin"].body = b"second version"
-    await core.live_fill((await core.add(url, refresh=True)).fill.id).result()
+    await core.fill_result((await core.add(url, refresh=True)).fill.id)
     second = await core.lookup(core.key(url), None)  # not the remembered first
     assert second.sha256 == hashlib.sha256(b"second version").hexdigest()
 
@@ -287,8 +288,8 @@ async def test_operators_ask_the_same_room_as_misses(make_core, origin):
     core = await make_core(max_bytes=len(BODY))
     failed = (await core.add(origin.add("/core/room-404.bin", BODY, status=404))).fill
     with pytest.raises(FillError):
-        await core.live_fill(failed.id).result()
-    await core.live_fill((await core.add(origin.add("/core/room-a.bin", BODY))).fill.id).result()
+        await core.fill_result(failed.id)
+    await core.fill_result((await core.add(origin.add("/core/room-a.bin", BODY))).fill.id)
     # The store is at --max-bytes now: no operator's fill starts, as no miss's would.
     url = origin.add("/core/room-b.bin", BODY)
     await core.miss(url, core.key(url), None)

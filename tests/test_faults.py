@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from clients import exit_codes, start, wait_until
 from conftest import curl
 from test_fills import miss, rows, wait_rows
 
@@ -31,27 +32,6 @@ MB = 1_000_000
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def start(*argvs: list[str]) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a in argvs]
-
-
-def finish(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
-    """Exit codes; a client still running after `timeout` seconds fails the test."""
-    deadline = time.monotonic() + timeout
-    codes = []
-    try:
-        for proc in procs:
-            codes.append(proc.wait(max(0.1, deadline - time.monotonic())))
-    except subprocess.TimeoutExpired:
-        raise AssertionError(f"a client hung for over {timeout} s") from None
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return codes
 
 
 def clients(host, url: str, folder: Path, curls: int = 2, wgets: int = 1, *extra: str):
@@ -74,16 +54,6 @@ def open_partials(pid: int) -> list[str]:
         if "/tmp/fill-" in target or target.endswith("(deleted)"):
             found.append(target)
     return found
-
-
-def wait_for(check, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"no {what} after {timeout} s")
 
 
 def events(host, kind: str) -> list[dict]:
@@ -148,10 +118,10 @@ def test_disk_full_mid_fill_closes_every_client_and_frees_the_disk(
     miss(host, small)
     host.wait_cached(small)
     started = time.monotonic()
-    codes = finish(clients(host, url, tmp_path), timeout=30)
+    codes = exit_codes(clients(host, url, tmp_path), timeout=30)
     assert all(code != 0 for code in codes), codes  # closed short: every tool fails
     assert time.monotonic() - started < 15
-    wait_for(lambda: not open_partials(host.proc.pid), 5, "closed partial files")
+    wait_until(lambda: not open_partials(host.proc.pid), 5, "closed partial files")
     (error,) = wait_rows(host, "SELECT error FROM fills WHERE state = 'failed'")[0]
     assert "No space left on device" in error
     assert [e["error"] for e in events(host, "fill.failed")] == [error]
@@ -180,7 +150,7 @@ def test_a_disk_kept_full_degrades_the_host_until_space_comes_back(
     filler = DiskFiller(disk).start()  # another writer takes the rest of the disk
     try:
         assert filler.full.wait(10)
-        codes = finish(procs, timeout=20)
+        codes = exit_codes(procs, timeout=20)
         assert all(code != 0 for code in codes), codes
         # While the disk stays full: hits work, misses are a 404 saying why
         # (so shims go to the origin), and /healthz says degraded.
@@ -194,14 +164,14 @@ def test_a_disk_kept_full_degrades_the_host_until_space_comes_back(
         health = host.health()
         assert health["status"] == "degraded"
         assert any("min-free" in problem for problem in health["problems"])
-        wait_for(lambda: not open_partials(host.proc.pid), 5, "closed partial files")
+        wait_until(lambda: not open_partials(host.proc.pid), 5, "closed partial files")
     finally:
         filler.stop()
     # Space is back: the failure is recorded, and the host is healthy again.
     (error,) = wait_rows(host, "SELECT error FROM fills WHERE state = 'failed'")[0]
     assert "No space left on device" in error or "disk" in error
-    wait_for(lambda: events(host, "fill.failed"), 10, "fill.failed event")
-    assert wait_for(lambda: host.health()["status"] == "ok", 10, "healthy host")
+    wait_until(lambda: events(host, "fill.failed"), 10, "fill.failed event")
+    assert wait_until(lambda: host.health()["status"] == "ok", 10, "healthy host")
     assert curl("-f", host.blob_url(other)).stdout == b"x" * 1000
     host.stop()  # flushes the hit counts: none was lost while they couldn't be written
     assert rows(host, f"SELECT hits FROM artifacts WHERE key = '{small}'") == [(3,)]
@@ -268,7 +238,7 @@ def test_a_resume_with_changed_content_starts_over(origin, cache_host, tmp_path,
                      rate=4 * MB)  # fmt: skip
     host = cache_host()
     procs = start(["curl", "-sS", "-o", str(tmp_path / "early"), host.blob_url(url)])
-    (code,) = finish(procs, timeout=30)
+    (code,) = exit_codes(procs, timeout=30)
     assert code != 0  # it got old bytes it can't be given the rest of
     host.wait_cached(url)
     assert host.blob_names() == [sha(new)]
@@ -299,8 +269,8 @@ def test_max_bytes_holds_across_fills_without_a_length(origin, cache_host, tmp_p
             for n in range(2)]  # fmt: skip
     host = cache_host("--max-bytes", "10M")
     procs = start(*[["curl", "-sS", "-o", os.devnull, host.blob_url(u)] for u in [*slow, fast]])
-    finish(procs, timeout=30)
-    wait_for(lambda: not rows(host, "SELECT id FROM fills WHERE state IN ('queued', 'running')"),
+    exit_codes(procs, timeout=30)
+    wait_until(lambda: not rows(host, "SELECT id FROM fills WHERE state IN ('queued', 'running')"),
              20, "fills to end")  # fmt: skip
     health = host.health()
     assert health["bytes_stored"] <= 10 << 20, health
@@ -317,9 +287,9 @@ def test_max_bytes_holds_across_hosts_sharing_a_store(origin, cache_host, backen
         ["curl", "-sS", "-o", os.devnull, h.blob_url(u)] for h, u in zip(hosts, urls, strict=True)
     ]
     procs = start(*argvs)
-    finish(procs, timeout=30)
+    exit_codes(procs, timeout=30)
     host = hosts[0]
-    wait_for(lambda: not rows(host, "SELECT id FROM fills WHERE state IN ('queued', 'running')"),
+    wait_until(lambda: not rows(host, "SELECT id FROM fills WHERE state IN ('queued', 'running')"),
              20, "fills to end")  # fmt: skip
     assert host.health()["bytes_stored"] <= 10 << 20
     (error,) = rows(host, "SELECT error FROM fills WHERE state = 'failed'")[0]
@@ -396,9 +366,9 @@ def test_the_scrub_finds_a_flipped_byte_in_a_big_blob(origin, cache_host, backen
     rotten = bytearray(body)
     rotten[2 * MB] ^= 0x80
     host.backend.replace_blob(host.data_dir, sha(body), bytes(rotten))
-    found = wait_for(lambda: events(host, "artifact.quarantined"), 30, "quarantine by the scrub")
+    found = wait_until(lambda: events(host, "artifact.quarantined"), 30, "quarantine by the scrub")
     assert found[0]["actor"] == "scrub" and "content" in found[0]["problem"]
-    finished = wait_for(lambda: [e for e in events(host, "verify.finished") if e["corrupt"]], 30,
+    finished = wait_until(lambda: [e for e in events(host, "verify.finished") if e["corrupt"]], 30,
                         "a scrub pass that found it")  # fmt: skip
     assert finished[0]["actor"] == "scrub"
     metrics = curl(host.url + "/metrics").stdout.decode()
@@ -435,11 +405,11 @@ async def test_an_expected_sha256_vouches_for_a_body_framed_by_close(core, origi
     cut = origin.add("/faults/close/vouched-cut.bin", body, close_delimited=True,
                      die_after=MB // 2, die_times=100)  # fmt: skip
     record = (await core.add(whole, expected=sha(body))).fill
-    artifact = await core.live_fill(record.id).result()
+    artifact = await core.fill_result(record.id)
     assert artifact.sha256 == sha(body)
     record = (await core.add(cut, expected=sha(body))).fill
     with pytest.raises(Exception, match="SHA-256 mismatch"):
-        await core.live_fill(record.id).result()
+        await core.fill_result(record.id)
 
 
 # -- 12 (last part). kill -9 mid-fill: resume from the partial file
@@ -454,7 +424,7 @@ def test_a_fill_resumes_after_kill_9(origin, cache_host, backend, changed):
     host = cache_host()
     miss(host, url)
     # Wait until a resume point is saved (the partial is synced every second).
-    wait_for(lambda: rows(host, "SELECT bytes_done FROM fills")[0][0] >= MB, 20, "progress")
+    wait_until(lambda: rows(host, "SELECT bytes_done FROM fills")[0][0] >= MB, 20, "progress")
     time.sleep(1.5)
     host.kill()
     new = os.urandom(3 * MB)
@@ -481,14 +451,14 @@ def test_sigterm_closes_streaming_clients_at_once_and_the_fill_resumes(
     url = origin.add("/faults/sigterm/slow.bin", body, etag='"t1"', rate=MB)
     host = cache_host()
     (proc,) = start(["curl", "-sS", "-o", str(tmp_path / "got"), host.blob_url(url)])
-    wait_for(lambda: (tmp_path / "got").exists() and (tmp_path / "got").stat().st_size > MB,
+    wait_until(lambda: (tmp_path / "got").exists() and (tmp_path / "got").stat().st_size > MB,
              20, "bytes streamed")  # fmt: skip
     time.sleep(1.2)  # a resume point is saved about every second
     stopping = time.monotonic()
     host.stop()
     assert time.monotonic() - stopping < 5  # not the server's 60 s shutdown timeout
     assert host.proc.returncode == 0
-    assert finish([proc], timeout=5) != [0]  # closed short: it fails, loudly
+    assert exit_codes([proc], timeout=5) != [0]  # closed short: it fails, loudly
     origin.resources["/faults/sigterm/slow.bin"].rate = None
     host.start()
     host.wait_cached(url)

@@ -21,7 +21,7 @@ from conftest import BIN, CacheHost
 
 from withcache import __version__
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]  # installs, builds, runs
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the README promises an install gives.

@@ -28,20 +28,13 @@ def host(cache_host):
     return cache_host()
 
 
-def cached(origin, host, path: str) -> str:
-    url = origin.add(path, BODY)
-    curl("-f", "-o", os.devnull, host.blob_url(url))
-    host.wait_cached(url)
-    return url
-
-
 def test_homebrew_artifact_domain_prefixes_the_url(origin, host, tmp_path):
     """Homebrew's env_config.rb, HOMEBREW_ARTIFACT_DOMAIN: "will cause a formula
     with the URL https://example.com/foo.tar.gz to instead download from
     http://localhost:8080/https://example.com/foo.tar.gz" (the domain's trailing
     slash chomped). CurlDownloadStrategy asks with a HEAD first, then downloads
     with --location --remote-time."""
-    url = cached(origin, host, "/tools/brew/foo-1.0.tar.gz")
+    url = host.cached(origin, "/tools/brew/foo-1.0.tar.gz", BODY)
     domain = host.url + "/"
     mirrored = f"{domain.rstrip('/')}/{url}"
     head = curl("--fail", "--location", "--head", "--silent", mirrored).stdout.decode().lower()
@@ -125,7 +118,7 @@ def test_pyenv_python_build_mirror_url(origin, host, tmp_path):
     with `curl -qsILf` (http_head_curl) and then fetched with
     `curl -q -o FILE -sSLf` (http_get_curl); a failed HEAD falls back to the
     package's own URL. PYTHON_BUILD_MIRROR_URL=<cache-host>/sha256."""
-    cached(origin, host, "/tools/pyenv/Python-3.12.0.tar.xz")
+    host.cached(origin, "/tools/pyenv/Python-3.12.0.tar.xz", BODY)
     mirror_url = f"{host.url}/sha256/{SHA}"
     assert subprocess.run(["curl", "-qsILf", mirror_url], capture_output=True).returncode == 0
     out = tmp_path / "Python-3.12.0.tar.xz"
@@ -139,7 +132,7 @@ def test_spack_source_cache_mirror(origin, host):
     """Spack's mirror layout (spack/mirrors/layout.py, default_mirror_layout, and
     URLFetchStrategy.mirror_id): `_source-cache/archive/<sha256[:2]>/<sha256>.<ext>`
     under the mirror's URL, which Spack fetches with urllib (or curl)."""
-    cached(origin, host, "/tools/spack/zlib-1.3.tar.gz")
+    host.cached(origin, "/tools/spack/zlib-1.3.tar.gz", BODY)
     url = f"{host.url}/_source-cache/archive/{SHA[:2]}/{SHA}.tar.gz"
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == BODY
@@ -154,7 +147,7 @@ def test_nix_hashed_mirrors_with_nix_itself(origin, host, tmp_path):
     The URL here is dead, so only the cache-host can answer; for a digest it
     does not hold, Nix goes on to the URL, and the cache-host fetches nothing."""
     assert shutil.which("nix-build"), "needs Debian's nix-bin (the test set-up installs it)"
-    cached(origin, host, "/tools/nix/hello-2.12.tar.gz")
+    host.cached(origin, "/tools/nix/hello-2.12.tar.gz", BODY)
     expression = tmp_path / "fetch.nix"
     expression.write_text(
         f'import <nix/fetchurl.nix> {{ url = "http://127.0.0.1:1/gone/hello-2.12.tar.gz"; '

@@ -31,6 +31,8 @@ from withcache.shim import curl, wget
 BODY = bytes(range(256)) * 40
 DATE = re.compile(rb"(?im)^date: [^\r\n]*")
 
+pytestmark = pytest.mark.slow  # builds the native shim, runs both on ~300 lines
+
 
 @dataclass(frozen=True)
 class Case:

@@ -15,11 +15,9 @@ BODY = os.urandom(300_000)
 
 
 def cached(origin, cache_host, path, body=BODY, **options):
-    url = origin.add(path, body, **options)
+    """A fresh cache-host holding `path`: (host, url)."""
     host = cache_host()
-    curl("-o", os.devnull, host.blob_url(url))
-    host.wait_cached(url)
-    return host, url
+    return host, host.cached(origin, path, body, **options)
 
 
 def headers_of(result: subprocess.CompletedProcess) -> dict[str, str]:

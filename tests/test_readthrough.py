@@ -2,11 +2,11 @@
 origin download, as it arrives, and never a wrong or silently short file."""
 
 import os
-import subprocess
 import time
 
 import pytest
 from aiohttp import web
+from clients import finish, start_curls
 from conftest import curl
 from test_fills import rows, wait_fill_state
 
@@ -14,17 +14,6 @@ from withcache.server.web import readthrough
 
 pytestmark = pytest.mark.backends
 BODY = os.urandom(3_000_000)
-
-
-def start_curls(*args_lists, cwd=None):
-    return [
-        subprocess.Popen(["curl", "-sS", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for args in args_lists
-    ]
-
-
-def finish(procs, timeout=60):
-    return [(p.wait(timeout), p.stdout.read(), p.stderr.read()) for p in procs]
 
 
 def test_eight_clients_share_one_origin_download(origin, cache_host, tmp_path):
@@ -189,6 +178,32 @@ async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(
     response = await (await aiohttp_client(app)).get("/")
     assert response.status == 200
     assert await response.read() == BODY
+
+
+async def test_a_conditional_answer_from_a_fill_is_shaped_like_a_hit(
+    auto_core, origin, aiohttp_client
+):
+    """A 304 or 412 has no body, so it carries no content headers: the same
+    from a fill in progress as from a stored blob (one answer builder)."""
+    url = origin.add("/rt/conditional.bin", BODY, rate=1_000_000,
+                     headers={"Content-Type": "application/x-thing"})  # fmt: skip
+    outcome = await auto_core.miss(url, auto_core.key(url), None, waiting=True)
+
+    async def from_fill(request):
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
+
+    app = web.Application()
+    app.router.add_get("/", from_fill)
+    client = await aiohttp_client(app)
+    since = "Wed, 01 Jan 2025 00:00:00 GMT"  # after the origin's Last-Modified
+    unchanged = await client.get("/", headers={"If-Modified-Since": since})
+    assert unchanged.status == 304
+    assert "Content-Type" not in unchanged.headers
+    stale = await client.get("/", headers={"If-Unmodified-Since": "Mon, 01 Jan 2001 00:00:00 GMT"})
+    assert stale.status == 412
+    assert "Content-Type" not in stale.headers
+    assert not outcome.fill.finished  # both answered from the fill, as it ran
+    await outcome.fill.result()
 
 
 def test_no_stream_fills_gives_the_seed_behaviour(origin, cache_host):

@@ -3,10 +3,10 @@ download across hosts, takeover when a host dies, hits anywhere, redirects."""
 
 import hashlib
 import os
-import subprocess
 import time
 
 import pytest
+from clients import finish, start_curls, wait_until
 from conftest import curl
 from page_client import PageClient
 from test_fills import miss, wait_fill_state
@@ -15,31 +15,13 @@ pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 BODY = os.urandom(3_000_000)
 
 
-def start_curls(*args_lists):
-    return [
-        subprocess.Popen(["curl", "-sS", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for args in args_lists
-    ]
-
-
-def finish(procs, timeout=60):
-    return [(p.wait(timeout), p.stderr.read()) for p in procs]
-
-
-def wait_until(check, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
-
-
 def test_eight_clients_on_two_hosts_cost_one_origin_download(origin, cache_host, tmp_path):
     url = origin.add("/scale/eight.bin", BODY, rate=4_000_000)
     hosts = [cache_host(name="a"), cache_host(name="b")]
     procs = start_curls(
         *[["-f", "-o", str(tmp_path / f"c{n}"), hosts[n % 2].blob_url(url)] for n in range(8)]
     )
-    for code, err in finish(procs):
+    for code, _, err in finish(procs):
         assert code == 0, err
     for n in range(8):
         assert (tmp_path / f"c{n}").read_bytes() == BODY
@@ -70,10 +52,10 @@ def test_kill_9_of_the_filling_host_the_other_finishes(origin, cache_host, tmp_p
     time.sleep(0.3)  # b's clients are waiting for a's fill
     a.kill()
     origin.resources["/scale/killed.bin"].rate = None
-    (code_a, _), *from_b = finish([on_a, *on_b])
+    (code_a, _, _), *from_b = finish([on_a, *on_b])
     assert code_a != 0  # a's client saw its host die: never a silently short file
     assert len((tmp_path / "got-a").read_bytes()) < len(BODY)
-    for code, err in from_b:
+    for code, _, err in from_b:
         assert code == 0, err + b.log()[-3000:].encode()
     for n in range(3):
         assert (tmp_path / f"b{n}").read_bytes() == BODY

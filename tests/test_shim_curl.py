@@ -14,13 +14,6 @@ def debug_lines(result):
     return [line for line in result.stderr.splitlines() if line.startswith("withcache: curl:")]
 
 
-def cached(origin, host, path, body=BODY, **options):
-    """An origin URL the cache-host already holds."""
-    url = origin.add(path, body, **options)
-    host.wait_cached(url)
-    return url
-
-
 def test_unset_runs_curl_untouched(origin, tmp_path):
     url = origin.add("/curl/unset.bin", BODY)
     result = shim("curl", "-sS", "-o", str(tmp_path / "out"), url)
@@ -55,7 +48,7 @@ def test_unreachable_cache_runs_curl_against_the_origin(origin, tmp_path, free_p
 
 
 def test_url_looking_option_arguments_stay_put(origin, shared_cache_host, tmp_path):
-    url = cached(origin, shared_cache_host, "/curl/forms.bin")
+    url = shared_cache_host.cached(origin, "/curl/forms.bin", BODY)
     result = shim(
         "curl", "-sSf", "-e", "https://referer.example/", "--referer", "https://r2.example/",
         "-H", "X-Mirror: https://mirror.example/x", "-x", "", "-A", "https://agent.example/",
@@ -71,9 +64,9 @@ def test_several_urls_hits_and_misses_keep_their_output_pairing(
     origin, shared_cache_host, tmp_path
 ):
     host = shared_cache_host
-    one = cached(origin, host, "/curl/multi/one.bin", b"one" * 1000)
+    one = host.cached(origin, "/curl/multi/one.bin", b"one" * 1000)
     two = origin.add("/curl/multi/two.bin", b"two" * 1000)
-    three = cached(origin, host, "/curl/multi/three.bin", b"three" * 1000)
+    three = host.cached(origin, "/curl/multi/three.bin", b"three" * 1000)
     result = shim(
         "curl", "-fsS", "-O", one, "-O", two, "-o", "third", "--url", three, "ftp://127.0.0.1:1/x",
         "--no-progress-meter", server=host.url, cwd=tmp_path,
@@ -90,7 +83,7 @@ def test_several_urls_hits_and_misses_keep_their_output_pairing(
 def test_globs_pass_through_unless_globoff(origin, shared_cache_host, tmp_path):
     host = shared_cache_host
     for n in (1, 2):
-        cached(origin, host, f"/curl/glob/p{n}.bin", b"%d" % n * 100)
+        host.cached(origin, f"/curl/glob/p{n}.bin", b"%d" % n * 100)
     base = origin.url("/curl/glob/")
     result = shim(
         "curl", "-fsS", "-o", "#1.out", base + "p[1-2].bin", server=host.url, cwd=tmp_path
@@ -137,16 +130,14 @@ def compare(tmp_path, args, url, server, prepare=lambda folder: None):
     ],
 )
 def test_a_hit_names_the_file_as_the_origin_does(origin, shared_cache_host, tmp_path, args):
-    url = cached(
-        origin, shared_cache_host, "/curl/names/tool-1.2.run",
-        headers={"Content-Disposition": 'attachment; filename="named-by-origin.run"'},
-    )  # fmt: skip
+    disposition = {"Content-Disposition": 'attachment; filename="named-by-origin.run"'}
+    url = shared_cache_host.cached(origin, "/curl/names/tool-1.2.run", BODY, headers=disposition)
     returncode, files, _ = compare(tmp_path, args, url, shared_cache_host.url)
     assert returncode == 0 and BODY in files.values()
 
 
 def test_resume_with_continue_at_dash(origin, shared_cache_host, tmp_path):
-    url = cached(origin, shared_cache_host, "/curl/resume.bin")
+    url = shared_cache_host.cached(origin, "/curl/resume.bin", BODY)
 
     def partial(folder):
         (folder / "resume.bin").write_bytes(BODY[:1000])
@@ -156,7 +147,7 @@ def test_resume_with_continue_at_dash(origin, shared_cache_host, tmp_path):
 
 
 def test_time_condition_skips_a_newer_local_file(origin, shared_cache_host, tmp_path):
-    url = cached(origin, shared_cache_host, "/curl/timecond.bin")
+    url = shared_cache_host.cached(origin, "/curl/timecond.bin", BODY)
 
     def newer(folder):
         (folder / "timecond.bin").write_bytes(b"local")
@@ -256,7 +247,7 @@ def test_basic_credentials_from_user_option(origin, shared_cache_host, tmp_path)
 
 
 def test_per_tool_server_overrides(origin, shared_cache_host, tmp_path, free_port):
-    url = cached(origin, shared_cache_host, "/curl/override.bin")
+    url = shared_cache_host.cached(origin, "/curl/override.bin", BODY)
     dead = f"127.0.0.1:{free_port}"
     env = shim_env(dead, CURLWITHCACHE_SERVER=shared_cache_host.url)
     hit = shim("curl", "-fsS", "-o", "a", url, env=env, cwd=tmp_path)

@@ -16,12 +16,6 @@ def states(result):
     return [line.split()[2] for line in debug_lines(result)]
 
 
-def cached(origin, host, path, body=BODY, **options):
-    url = origin.add(path, body, **options)
-    host.wait_cached(url)
-    return url
-
-
 def test_unset_runs_wget_untouched(origin, tmp_path):
     url = origin.add("/wget/unset.bin", BODY)
     result = shim("wget", "-q", url, cwd=tmp_path)
@@ -90,23 +84,21 @@ def compare(tmp_path, args, url, server, prepare=lambda folder: None):
     ],
 )
 def test_a_hit_names_the_file_as_the_origin_does(origin, shared_cache_host, tmp_path, args):
-    url = cached(
-        origin, shared_cache_host, "/wget/names/tool-1.2.run",
-        headers={"Content-Disposition": 'attachment; filename="named-by-origin.run"'},
-    )  # fmt: skip
+    disposition = {"Content-Disposition": 'attachment; filename="named-by-origin.run"'}
+    url = shared_cache_host.cached(origin, "/wget/names/tool-1.2.run", BODY, headers=disposition)
     returncode, files, _ = compare(tmp_path, args, url, shared_cache_host.url)
     assert returncode == 0 and BODY in files.values()
 
 
 def test_a_query_stays_in_the_default_file_name(origin, shared_cache_host, tmp_path):
-    url = cached(origin, shared_cache_host, "/wget/query.tar") + "?version=3"
+    url = shared_cache_host.cached(origin, "/wget/query.tar", BODY) + "?version=3"
     shared_cache_host.wait_cached(url)
     _, files, _ = compare(tmp_path, ["-q"], url, shared_cache_host.url)
     assert list(files) == ["query.tar?version=3"]
 
 
 def test_continue_resumes_a_partial_file(origin, shared_cache_host, tmp_path):
-    url = cached(origin, shared_cache_host, "/wget/continue.bin")
+    url = shared_cache_host.cached(origin, "/wget/continue.bin", BODY)
 
     def partial(folder):
         (folder / "continue.bin").write_bytes(BODY[:1000])
@@ -124,8 +116,8 @@ def test_a_404_keeps_wget_exit_8(origin, shared_cache_host, tmp_path):
 
 
 def test_input_list_urls_pass_through(origin, shared_cache_host, tmp_path):
-    listed = cached(origin, shared_cache_host, "/wget/listed.bin")
-    direct = cached(origin, shared_cache_host, "/wget/direct.bin")
+    listed = shared_cache_host.cached(origin, "/wget/listed.bin", BODY)
+    direct = shared_cache_host.cached(origin, "/wget/direct.bin", BODY)
     (tmp_path / "list.txt").write_text(listed + "\n")
     gets = origin.gets("/wget/listed.bin")
     result = shim(
@@ -161,7 +153,7 @@ def test_credentials_sent_without_challenge_reach_the_probe(origin, shared_cache
 
 
 def test_wget_server_override(origin, shared_cache_host, tmp_path, free_port):
-    url = cached(origin, shared_cache_host, "/wget/override.bin")
+    url = shared_cache_host.cached(origin, "/wget/override.bin", BODY)
     env = shim_env(f"127.0.0.1:{free_port}", WGETWITHCACHE_SERVER=shared_cache_host.url)
     result = shim("wget", "-q", url, env=env, cwd=tmp_path)
     assert states(result) == ["hit"], result.stderr

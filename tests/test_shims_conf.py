@@ -51,9 +51,7 @@ def installed(request):
 def cached(origin, shared_cache_host):
     """A URL the cache-host holds, and a function: GETs the origin has served for it."""
     path = "/conf/cuda.run"
-    url = origin.add(path, BODY)
-    subprocess.run(["curl", "-sS", "-o", os.devnull, shared_cache_host.blob_url(url)], check=True)
-    shared_cache_host.wait_cached(url)
+    url = shared_cache_host.cached(origin, path, BODY)
     return url, lambda: origin.gets(path)
 
 

@@ -486,6 +486,11 @@ class Cache:
         record = await self._metadata.get_fill(fill_id)
         return self.fill_row(record) if record else None
 
+    async def fill_result(self, fill_id: int) -> Artifact:
+        """Wait for a fill to end: its artifact, or the error it ended with
+        (FillError, CancelledByOperator); one that ended already is read back."""
+        return await self._fills.result(fill_id)
+
     def live_fill(self, fill_id: int) -> Fill | None:
         """The fill queued or running in this process, to follow as it goes."""
         return self._fills.live(fill_id)

@@ -77,6 +77,7 @@ from withcache.server.tasks import cancel_all
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
+CANCEL_RETRY_SECONDS = 0.2  # ... asking it again this often
 # Fills a waiting client may start at once beside the --workers: each would
 # otherwise be that client's own download from the origin. The bound keeps a
 # flood of probes from opening origin connections without end; probes (HEAD)
@@ -197,9 +198,12 @@ class FillManager:
         """Stop the workers. Running fills stay `running` in the store and are
         queued again at the next start (or taken over when their lease ends),
         resuming from their partial files."""
-        watchers = [h.watcher for h in self._by_id.values() if h.watcher]
-        await cancel_all([*self._workers, *self._client_fills, *watchers], "fills")
-        await asyncio.gather(*self._ending, return_exceptions=True)
+        # The transfers too, not only through their workers: a cancellation a
+        # transfer swallowed (see cancel) would hold its worker until it ends.
+        tasks = [t for h in self._by_id.values() for t in (h.task, h.watcher) if t]
+        await cancel_all([*self._workers, *self._client_fills, *tasks], "fills")
+        if self._ending:  # endings a done-callback started, bounded like a cancel
+            await asyncio.wait(self._ending, timeout=CANCEL_WAIT_SECONDS)
         await self._transfers.close()
 
     # -- what the rest of the cache-host calls
@@ -211,6 +215,28 @@ class FillManager:
     def live(self, fill_id: int) -> Fill | None:
         handle = self._by_id.get(fill_id)
         return handle.fill if handle else None
+
+    async def result(self, fill_id: int) -> Artifact:
+        """Wait for a fill to end: its artifact, or the error it ended with
+        (raised). A fill no longer live here is read from the store (it ended
+        already, or runs on another host: followed until it ends)."""
+        while True:
+            fill = self.live(fill_id)
+            if fill is not None:
+                return await fill.result()
+            await self.recorded(fill_id)
+            record = await self._metadata.get_fill(fill_id)
+            if record is None or record.state not in ACTIVE_STATES:
+                break
+            await asyncio.sleep(WATCH_SECONDS)
+        stored = None
+        if record is not None and record.state is FillState.DONE:
+            stored = await self._metadata.find_artifact(record.key, (record.scope,))
+        ended = EndedElsewhere(record=record, stored=stored)
+        if ended.error is not None:
+            raise ended.error
+        assert ended.artifact is not None
+        return ended.artifact
 
     async def request(
         self,
@@ -302,10 +328,15 @@ class FillManager:
         if handle and handle.task:
             handle.cancel_requested = True
             handle.cancelled_by = actor
-            handle.task.cancel()
             # Return once the fill has ended and its event is written, so the
-            # page the operator sees next already shows it cancelled.
-            await asyncio.wait([handle.task], timeout=CANCEL_WAIT_SECONDS)
+            # page the operator sees next already shows it cancelled. Asked
+            # again until the task ends: Python 3.11's wait_for (in the
+            # PostgreSQL pool) can swallow a cancellation racing its result.
+            task, deadline = handle.task, time.monotonic() + CANCEL_WAIT_SECONDS
+            while not task.done() and (left := deadline - time.monotonic()) > 0:
+                if not handle.settled:  # committing: it ends as stored
+                    task.cancel()
+                await asyncio.wait([task], timeout=min(CANCEL_RETRY_SECONDS, left))
             return True
         # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)

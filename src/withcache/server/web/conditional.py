@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
+from types import MappingProxyType
 
 _ETAG_RE = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -32,6 +33,18 @@ class Representation:
     size: int | None  # None: not known yet (a fill whose origin gave no length)
     headers: Mapping[str, str] = field(default_factory=dict)  # what a 200 carries
 
+    @functools.cached_property
+    def whole(self) -> Answer:
+        """The answer to a request that asks nothing but the bytes (made once:
+        a stored artifact's Representation is kept while it is looked up)."""
+        assert self.size is not None
+        headers = MappingProxyType({**self.headers, "Accept-Ranges": "bytes"})
+        return Answer(200, 0, self.size, headers)
+
+
+# The request headers that can make an answer other than the whole 200.
+_ASKS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Range")
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -46,6 +59,8 @@ def answer(method: str, request_headers: Mapping[str, str], rep: Representation)
     (`evaluate`), and its headers: `rep`'s, with Accept-Ranges when the size
     is known, Content-Range on a 206 or a 416, and no content headers on a
     304 or a 412. A representation of unknown size is sent whole, as it comes."""
+    if rep.size is not None and not any(name in request_headers for name in _ASKS):
+        return rep.whole  # the common hit: nothing asked but the bytes
     headers = dict(rep.headers)
     if rep.size is None:
         return Answer(200, headers=headers)
