@@ -46,10 +46,35 @@ class Artifact:
     misses: int = 0  # times it was asked for before it was cached
     last_hit: float | None = None
     imported: bool = False  # its bytes were uploaded (withcache import), not fetched
+    pinned: bool = False  # never evicted, never revalidated but by an operator
+    validated_at: float | None = None  # the origin last said these bytes are current
 
     @property
     def scoped(self) -> bool:
         return self.scope != PUBLIC
+
+    @property
+    def last_used(self) -> float:
+        """When it was last hit, or else stored: what eviction orders by."""
+        return self.last_hit if self.last_hit is not None else self.fetched_at
+
+    @property
+    def current_since(self) -> float:
+        """When the origin last vouched for its bytes (fetched or revalidated)."""
+        return self.validated_at if self.validated_at is not None else self.fetched_at
+
+
+@dataclass(frozen=True)
+class EvictionCandidate:
+    """An unpinned artifact as eviction weighs it: its blob's bytes come free
+    only once all `refs` artifacts that use the blob are gone."""
+
+    id: int
+    key: str
+    sha256: str
+    size: int
+    last_used: float  # last hit, or when it was stored
+    refs: int  # artifacts using its blob, pinned ones included
 
 
 class FillState(StrEnum):
@@ -277,7 +302,32 @@ class Metadata(Protocol):
         descending: bool = True,
         offset: int = 0,
         limit: int = 50,
-    ) -> Page: ...
+        pinned: bool = False,
+    ) -> Page:
+        """A page of artifacts (with `pinned`, pinned ones only)."""
+        ...
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        """Pin or unpin an artifact; None if there is no such artifact."""
+        ...
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        """Unpinned artifacts, least recently used first (oldest hit, else
+        oldest stored; then lowest id); with `used_before`, only those not
+        used since then."""
+        ...
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        """Take the artifact's revalidation until `until`, unless another
+        (on any host) holds it; False if one does."""
+        ...
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        """Give the revalidation up; with `validated_at`, the origin said the
+        bytes are current then."""
+        ...
 
     # -- misses
     async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:

@@ -30,6 +30,7 @@ from withcache.server.store import (
     MAX_LISTS,
     Artifact,
     EventRecord,
+    EvictionCandidate,
     FillRecord,
     FillState,
     Lease,
@@ -46,16 +47,21 @@ from withcache.server.store import (
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    CANDIDATE_COLUMNS,
+    CANDIDATE_ORDER,
+    CANDIDATES,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
     ITEMS_JOINED,
+    LAST_USED,
     LIST_COLUMNS,
     RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
+    as_candidate,
     as_fill,
     as_item,
     as_list,
@@ -225,6 +231,14 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Mutable URLs and a full cache: pins, when the origin last vouched for an
+    # artifact's bytes and who is asking it now, and eviction's order.
+    """
+    ALTER TABLE artifacts ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE artifacts ADD COLUMN validated_at DOUBLE PRECISION;
+    ALTER TABLE artifacts ADD COLUMN revalidating_until DOUBLE PRECISION;
+    CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
+    """,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
@@ -391,15 +405,17 @@ class PostgresMetadata:
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
-        offset: int = 0, limit: int = 50,
+        offset: int = 0, limit: int = 50, pinned: bool = False,
     ) -> Page:  # fmt: skip
         if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
-        where, args = (
-            ("WHERE key LIKE %s ESCAPE '\\' OR sha256 = %s", [like_pattern(search), search])
-            if search
-            else ("", [])
-        )
+        clauses, args = [], []
+        if search:
+            clauses.append("(key LIKE %s ESCAPE '\\' OR sha256 = %s)")
+            args += [like_pattern(search), search]
+        if pinned:
+            clauses.append("pinned")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         nulls = "NULLS LAST" if descending else "NULLS FIRST"  # where SQLite puts them
         order = f"{sort} {'DESC' if descending else 'ASC'} {nulls}, id DESC"
         rows = await self._all(
@@ -408,6 +424,40 @@ class PostgresMetadata:
         )
         total = (await self._one(f"SELECT count(*) FROM artifacts {where}", args))[0]
         return Page([as_artifact(r) for r in rows], total)
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        row = await self._one(
+            f"UPDATE artifacts SET pinned = %s WHERE id = %s RETURNING {ARTIFACT_COLUMNS}",
+            (pinned, artifact_id),
+        )
+        return as_artifact(row) if row else None
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        rows = await self._all(
+            f"SELECT {CANDIDATE_COLUMNS} FROM {CANDIDATES} "
+            f"AND (%(before)s::float8 IS NULL OR {LAST_USED} < %(before)s) "
+            f"{CANDIDATE_ORDER} LIMIT %(limit)s",
+            {"before": used_before, "limit": limit},
+        )
+        return [as_candidate(r) for r in rows]
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        # One statement: the row lock makes hosts racing for it take turns.
+        claimed = await self._run(
+            "UPDATE artifacts SET revalidating_until = %s WHERE id = %s "
+            "AND coalesce(revalidating_until, 0) < %s",
+            (until, artifact_id, now),
+        )
+        return claimed == 1
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        await self._run(
+            "UPDATE artifacts SET revalidating_until = NULL, "
+            "validated_at = coalesce(%s, validated_at) WHERE id = %s",
+            (validated_at, artifact_id),
+        )
 
     # -- misses
 
@@ -580,7 +630,8 @@ class PostgresMetadata:
                     "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
                     "size = excluded.size, headers = excluded.headers, "
                     "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
-                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported "
+                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported, "
+                    "validated_at = NULL, revalidating_until = NULL "
                     f"RETURNING {ARTIFACT_COLUMNS}",
                     values,
                 )

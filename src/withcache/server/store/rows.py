@@ -10,6 +10,7 @@ from typing import Any
 from withcache.server.digests import Digest
 from withcache.server.store import (
     Artifact,
+    EvictionCandidate,
     FillRecord,
     FillState,
     ListItem,
@@ -21,8 +22,15 @@ from withcache.server.store import (
 
 ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
 ARTIFACT_COLUMNS = (
-    "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported"
+    "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported, "
+    "pinned, validated_at"
 )
+# Eviction's order: unpinned artifacts by their last use (the last hit, else
+# when stored), each with the number of artifacts sharing its blob.
+LAST_USED = "coalesce(a.last_hit, a.fetched_at)"
+CANDIDATE_COLUMNS = f"a.id, a.key, a.sha256, a.size, {LAST_USED}, r.refs"
+CANDIDATES = "artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE NOT a.pinned"
+CANDIDATE_ORDER = f"ORDER BY {LAST_USED}, a.id"
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_digest, credentialed, "
@@ -71,8 +79,12 @@ def as_artifact(row: Sequence[Any]) -> Artifact:
     return Artifact(
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
         headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
-        last_hit=row[9], imported=bool(row[10]),
+        last_hit=row[9], imported=bool(row[10]), pinned=bool(row[11]), validated_at=row[12],
     )  # fmt: skip
+
+
+def as_candidate(row: Sequence[Any]) -> EvictionCandidate:
+    return EvictionCandidate(*row)
 
 
 def as_fill(row: Sequence[Any]) -> FillRecord:

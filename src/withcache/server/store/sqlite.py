@@ -27,6 +27,7 @@ from withcache.server.store import (
     MAX_LISTS,
     Artifact,
     EventRecord,
+    EvictionCandidate,
     FillRecord,
     FillState,
     Lease,
@@ -42,16 +43,21 @@ from withcache.server.store import (
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    CANDIDATE_COLUMNS,
+    CANDIDATE_ORDER,
+    CANDIDATES,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
     ITEMS_JOINED,
+    LAST_USED,
     LIST_COLUMNS,
     RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
+    as_candidate,
     as_fill,
     as_item,
     as_list,
@@ -218,6 +224,14 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Mutable URLs and a full cache: pins, when the origin last vouched for an
+    # artifact's bytes and who is asking it now, and eviction's order.
+    """
+    ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE artifacts ADD COLUMN validated_at REAL;
+    ALTER TABLE artifacts ADD COLUMN revalidating_until REAL;
+    CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
+    """,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
@@ -364,15 +378,17 @@ class SQLiteMetadata:
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
-        offset: int = 0, limit: int = 50,
+        offset: int = 0, limit: int = 50, pinned: bool = False,
     ) -> Page:  # fmt: skip
         if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
-        where, args = (
-            ("WHERE key LIKE ? ESCAPE '\\' OR sha256 = ?", [like_pattern(search), search])
-            if (search)
-            else ("", [])
-        )
+        clauses, args = [], []
+        if search:
+            clauses.append("(key LIKE ? ESCAPE '\\' OR sha256 = ?)")
+            args += [like_pattern(search), search]
+        if pinned:
+            clauses.append("pinned")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order = f"{sort} {'DESC' if descending else 'ASC'}, id DESC"
         rows = self._db.execute(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT ? OFFSET ?",
@@ -380,6 +396,35 @@ class SQLiteMetadata:
         ).fetchall()
         total = self._db.execute(f"SELECT count(*) FROM artifacts {where}", args).fetchone()[0]
         return Page([as_artifact(r) for r in rows], total)
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        self._db.execute("UPDATE artifacts SET pinned = ? WHERE id = ?", (pinned, artifact_id))
+        return await self.get_artifact(artifact_id)
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        rows = self._db.execute(
+            f"SELECT {CANDIDATE_COLUMNS} FROM {CANDIDATES} "
+            f"AND (:before IS NULL OR {LAST_USED} < :before) {CANDIDATE_ORDER} LIMIT :limit",
+            {"before": used_before, "limit": limit},
+        ).fetchall()
+        return [as_candidate(r) for r in rows]
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        cursor = self._db.execute(
+            "UPDATE artifacts SET revalidating_until = ? WHERE id = ? "
+            "AND coalesce(revalidating_until, 0) < ?",
+            (until, artifact_id, now),
+        )
+        return cursor.rowcount == 1
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        self._db.execute(
+            "UPDATE artifacts SET revalidating_until = NULL, "
+            "validated_at = coalesce(?, validated_at) WHERE id = ?",
+            (validated_at, artifact_id),
+        )
 
     # -- misses
 
@@ -539,7 +584,8 @@ class SQLiteMetadata:
                 "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
                 "headers = excluded.headers, fetched_at = excluded.fetched_at, "
                 "misses = misses + excluded.misses, checked_at = excluded.checked_at, "
-                "imported = excluded.imported RETURNING id",
+                "imported = excluded.imported, validated_at = NULL, revalidating_until = NULL "
+                "RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
                  miss.count if miss else 0, now, fill.requested_by == IMPORTED),
             )  # fmt: skip
