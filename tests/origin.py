@@ -71,6 +71,12 @@ class Origin:
         self.body_bytes.pop(path, None)
         return self.url(path)
 
+    def remove(self, path: str) -> str:
+        """Take a resource away (the origin answers 404 for it); its URL."""
+        self.add(path)
+        del self.resources[path]
+        return self.url(path)
+
     def url(self, path: str, tls: bool = False) -> str:
         if tls:
             return f"https://localhost:{self.tls_port}{path}"

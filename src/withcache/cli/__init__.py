@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--asc", action="store_true", help="ascending")
     order.add_argument("--desc", action="store_true", help="descending")
     p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
+    p.add_argument("--pinned", action="store_true", help="only pinned artifacts")
 
     p = command(
         "add", commands.add,
@@ -150,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(check=imports.check_export)
 
     p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
+    p.add_argument("targets", nargs="+", metavar="ID|URL")
+    p.set_defaults(check=commands.check_targets)
+
+    p = command(
+        "pin", commands.pin,
+        "pin cached artifacts, by id or by URL: never evicted, never revalidated but when "
+        "asked (withcache refresh)",
+    )  # fmt: skip
+    p.add_argument("targets", nargs="+", metavar="ID|URL")
+    p.set_defaults(check=commands.check_targets)
+
+    p = command("unpin", commands.unpin, "unpin cached artifacts, by id or by URL")
     p.add_argument("targets", nargs="+", metavar="ID|URL")
     p.set_defaults(check=commands.check_targets)
 

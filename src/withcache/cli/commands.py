@@ -146,17 +146,21 @@ def print_json(data: Any) -> None:
 
 def ls(api: Api, args: argparse.Namespace) -> int:
     order = "asc" if args.asc else "desc" if args.desc else None
-    listing = api.get("/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit)
+    listing = api.get(
+        "/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit,
+        pinned="true" if args.pinned else None,
+    )  # fmt: skip
     if args.json:
         print_json(listing)
         return 0
     # FROM: "import" when the bytes were uploaded (withcache import): no origin vouched for them.
     rows = [
         (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]),
+         _when(a["last_hit"]), "pinned" if a["pinned"] else "-",
          "import" if a["imported"] else "origin", a["url"])
         for a in listing["items"]
     ]  # fmt: skip
-    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"))
+    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "LAST HIT", "PIN", "FROM", "URL"))
     _shown(listing, "artifacts")
     return 0
 
@@ -216,7 +220,40 @@ def _wait_fill(api: Api, fill_id: int, as_json: bool) -> int:
 
 def rm(api: Api, args: argparse.Namespace) -> int:
     """Delete artifacts named by id or by URL (every credential scope of it)."""
-    missing, deleted = [], []
+
+    def delete(artifact_id: int) -> dict[str, Any]:
+        gone = api.delete(f"/artifacts/{artifact_id}")
+        if not args.json:
+            print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
+        return gone
+
+    return _each_artifact(api, args, delete)
+
+
+def pin(api: Api, args: argparse.Namespace) -> int:
+    def pin_one(artifact_id: int) -> dict[str, Any]:
+        pinned = api.post(f"/artifacts/{artifact_id}/pin", {})
+        if not args.json:
+            print(f"pinned {pinned['id']}: {pinned['url']}")
+        return pinned
+
+    return _each_artifact(api, args, pin_one)
+
+
+def unpin(api: Api, args: argparse.Namespace) -> int:
+    def unpin_one(artifact_id: int) -> dict[str, Any]:
+        unpinned = api.delete(f"/artifacts/{artifact_id}/pin")
+        if not args.json:
+            print(f"unpinned {unpinned['id']}: {unpinned['url']}")
+        return unpinned
+
+    return _each_artifact(api, args, unpin_one)
+
+
+def _each_artifact(api: Api, args: argparse.Namespace, act: Callable[[int], dict[str, Any]]) -> int:
+    """Act on the artifacts args.targets name, by id or by URL (every
+    credential scope of it); exit 1 naming the targets that are not cached."""
+    missing, done = [], []
     for target in args.targets:
         if target.isascii() and target.isdigit():
             found = [{"id": int(target)}]
@@ -226,17 +263,13 @@ def rm(api: Api, args: argparse.Namespace) -> int:
                 missing.append(target)
         for artifact in found:
             try:
-                gone = api.delete(f"/artifacts/{artifact['id']}")
+                done.append(act(artifact["id"]))
             except CommandError as err:
                 if err.status != 1:
                     raise
                 missing.append(f"{target} ({err})")
-                continue
-            deleted.append(gone)
-            if not args.json:
-                print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
     if args.json:
-        print_json(deleted)
+        print_json(done)
     if missing:
         raise CommandError("not cached: " + ", ".join(missing))
     return 0

@@ -19,7 +19,9 @@ from withcache.server import events, log, metrics, tokens, verify
 from withcache.server.backlog import Backlog
 from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.fills import Fill, FillManager
+from withcache.server.origins import Unhealthy
 from withcache.server.policy import Policy
+from withcache.server.reclaim import Reclaim
 from withcache.server.retention import (
     DAY,
     MAX_EVENT_TEXT,
@@ -33,6 +35,7 @@ from withcache.server.store import (
     PUBLIC,
     Artifact,
     Blobs,
+    EvictionCandidate,
     FillRecord,
     FillState,
     Metadata,
@@ -104,6 +107,7 @@ class Cache:
         days = settings.scrub_every
         self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
         self.read_checks = ReadChecks()  # small blobs the read path hashed lately
+        self.reclaim = Reclaim(metadata, blobs, self.record)
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
@@ -128,6 +132,9 @@ class Cache:
         ]
         if self.scrub is not None:
             self._tasks.append(asyncio.create_task(self.scrub.run(self), name="scrub"))
+        if self.settings.evict_unused is not None:
+            unused = self._every(DAY, self.evict_unused, at_start=True)
+            self._tasks.append(asyncio.create_task(unused, name="evict-unused"))
 
     async def stop(self) -> None:
         await cancel_all(self._tasks, "cache")
@@ -140,9 +147,11 @@ class Cache:
         await self.blobs.close()
         await self.metadata.close()
 
-    async def _every(self, seconds: float, job: Any) -> None:
+    async def _every(self, seconds: float, job: Any, at_start: bool = False) -> None:
         while True:
-            await asyncio.sleep(seconds)
+            if not at_start:
+                await asyncio.sleep(seconds)
+            at_start = False
             try:
                 await job()
             except Exception:
@@ -396,6 +405,8 @@ class Cache:
             raise ActionError("this fill used a client's credentials; the client must ask again")
         if record.imported:
             raise ActionError("an import's bytes came from its uploader: import it again")
+        # Asked again: what the last failure said of the URL no longer holds.
+        self.fills.admission.forget(record.key, record.scope)
         fill, _ = await self.fills.request(
             record.url, record.key, record.scope, None, "operator", record.expected, actor
         )
@@ -405,15 +416,47 @@ class Cache:
         artifact = await self.metadata.delete_artifact(artifact_id)
         if artifact is None:
             raise NotFound("no such artifact")
-        async with self.metadata.blob_lock(artifact.sha256):
-            if not await self.metadata.sha_in_use(artifact.sha256):
-                await self.blobs.delete(artifact.sha256)
+        await self.reclaim.release(artifact.sha256)
         await self.record(
             events.ArtifactDeleted(
                 url=artifact.key, actor=actor, sha256=artifact.sha256, size=artifact.size
             )
         )
         return artifact
+
+    async def pin(self, artifact_id: int, pinned: bool, actor: str | None = None) -> Artifact:
+        """Pin an artifact (never evicted, never revalidated but when an
+        operator asks), or unpin it."""
+        artifact = await self.metadata.set_pinned(artifact_id, pinned)
+        if artifact is None:
+            raise NotFound("no such artifact")
+        self._forget(artifact.key)
+        kind = events.ArtifactPinned if pinned else events.ArtifactUnpinned
+        await self.record(kind(url=artifact.key, actor=actor, artifact_id=artifact.id))
+        return artifact
+
+    def origins(self) -> list[Unhealthy]:
+        """The origins misses leave alone, or whose last fill failed."""
+        return self.fills.admission.origins.unhealthy()
+
+    async def unblock(self, origin: str, actor: str | None = None) -> Unhealthy:
+        """Let misses try an unhealthy origin again now."""
+        found = self.fills.admission.origins.unblock(origin)
+        if found is None:
+            raise NotFound(f"{origin} is not marked unhealthy")
+        await self.record(events.OriginUnblocked(actor=actor, origin=origin))
+        return found
+
+    async def eviction_next(self, limit: int) -> list[EvictionCandidate]:
+        """The unpinned artifacts eviction would take first (the least recently used)."""
+        return await self.metadata.eviction_candidates(limit)
+
+    async def evict_unused(self) -> int:
+        """--evict-unused: evict unpinned artifacts not hit for that many days."""
+        days = self.settings.evict_unused
+        if days is None:
+            return 0
+        return await self.reclaim.evict_unused(time.time() - days * DAY)
 
     async def clear_finished(self, actor: str | None = None) -> int:
         count = await self.metadata.clear_finished_fills()
@@ -505,6 +548,7 @@ class Cache:
             "verified_at": verified.finished_at if verified else None,
             "verified_blobs": verified.checked if verified else None,
             "bad_blobs": len(verified.corrupt) if verified else None,
+            "origins_up": self.fills.admission.origins.states(),
         }
 
     async def record(self, event: events.Event) -> None:
@@ -527,7 +571,9 @@ class Cache:
         await self.backlog.write(event.kind, add)
         if isinstance(event, events.FillFailed) and event.url:
             key = self.key(event.url)
-            reason = clip(f"fill failed: {event.error}", MAX_REASON)
+            absent = self.fills.admission.absent.get(key, PUBLIC)
+            said = absent.describe() if absent else f"fill failed: {event.error}"
+            reason = clip(said, MAX_REASON)
             await self.backlog.write("miss reason", lambda: md.set_miss_reason(key, reason))
 
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (one Cache per process)

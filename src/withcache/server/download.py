@@ -67,11 +67,16 @@ class FillError(Exception):
         self, message: str, transient: bool = False, refused: bool = False,
         unreachable: bool = False,
         delivered: bool = False,
+        status: int | None = None,
+        timed_out: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.transient = transient
         self.refused = refused  # the policy or the cap said no: nothing was fetched
         self.unreachable = unreachable  # no connection to the origin at all
+        self.status = status  # the origin's answer, when it answered with an error
+        # The origin itself is failing (not this URL): unreachable, silent, or a 5xx.
+        self.origin_fault = unreachable or timed_out or (status or 0) >= 500
         # The whole body, as far as the origin said, was received; only storing
         # it was refused: clients of the fill get all of it, as from the origin.
         self.delivered = delivered
@@ -144,7 +149,10 @@ class Downloader:
             try:
                 await self.receive(fill, writer, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+                raise FillError(
+                    f"transfer broke off: {_describe(err)}", transient=True,
+                    timed_out=isinstance(err, TimeoutError),
+                ) from None  # fmt: skip
             except _Overlong as err:
                 await self._start_over(fill, writer)
                 raise FillError(str(err), transient=True) from None
@@ -170,7 +178,10 @@ class Downloader:
             return fill.total
         if status != 200:
             transient = status in TRANSIENT_STATUSES
-            raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
+            raise FillError(
+                f"origin answered {status} {response.reason or ''}".strip(), transient,
+                status=status,
+            )  # fmt: skip
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
             await self._start_over(fill, writer)
@@ -386,7 +397,10 @@ def _not_reached(err: BaseException) -> FillError:
         definite = getattr(err.os_error, "errno", None) in _NO_SUCH_HOST
         return FillError(f"origin unreachable: {text}", transient=not definite, unreachable=True)
     unreachable = isinstance(err, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
-    return FillError(f"origin unreachable: {text}", transient=True, unreachable=unreachable)
+    return FillError(
+        f"origin unreachable: {text}", transient=True, unreachable=unreachable,
+        timed_out=isinstance(err, TimeoutError),
+    )  # fmt: skip
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

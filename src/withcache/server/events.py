@@ -179,8 +179,57 @@ class VerifyFinished(Event):
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ArtifactPinned(Event):
+    """An operator pinned the artifact: never evicted, never revalidated on its own."""
+
+    kind: ClassVar[str] = "artifact.pinned"
+    url: str
+    actor: str | None
+    artifact_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactUnpinned(Event):
+    kind: ClassVar[str] = "artifact.unpinned"
+    url: str
+    actor: str | None
+    artifact_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactEvicted(Event):
+    """Eviction deleted the artifact: `reason` "room" (a fill needed the room,
+    --evict lru) or "unused" (not hit for --evict-unused days)."""
+
+    kind: ClassVar[str] = "artifact.evicted"
+    url: str
+    sha256: str
+    size: int
+    last_used: float
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class OriginUnhealthy(Event):
+    """Fills from an origin kept failing: misses leave it alone for a while."""
+
+    kind: ClassVar[str] = "origin.unhealthy"
+    origin: str
+    error: str
+    failures: int
+    seconds: float  # how long misses leave it alone
+
+
+@dataclass(frozen=True, kw_only=True)
+class OriginUnblocked(Event):
+    kind: ClassVar[str] = "origin.unblocked"
+    actor: str | None
+    origin: str
+
+
 # Events after which an artifact's key no longer serves what it did.
-ARTIFACT_REMOVED = (ArtifactDeleted, ArtifactQuarantined)
+ARTIFACT_REMOVED = (ArtifactDeleted, ArtifactQuarantined, ArtifactEvicted)
 
 
 def kinds() -> list[str]:

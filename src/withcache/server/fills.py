@@ -514,17 +514,31 @@ class FillManager:
             if not isinstance(err, FillError):
                 log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
                 err = FillError(f"internal error: {type(err).__name__}: {err}")
+            unhealthy = None
             if not (record.credentialed and fill.authorization is None) and not record.imported:
                 # (A fill that lost its credentials says nothing of the URL:
                 # the client's next request, with them, starts afresh. An
                 # import's failure says nothing of the origin.)
-                self.admission.failed(
-                    record.key, record.scope, str(err), err.transient, err.unreachable
+                unhealthy = self.admission.failed(
+                    record.key,
+                    record.scope,
+                    str(err),
+                    err.transient,
+                    err.origin_fault,
+                    err.status,
                 )
             # Everyone waiting learns first: recording it may have to wait for
             # the store (a full disk), and a client must never hang on that.
             fill._end(None, err)
             refused = [events.FillRefused(url=display, reason=str(err))] if err.refused else []
+            if unhealthy is not None:
+                refused.append(
+                    events.OriginUnhealthy(
+                        origin=unhealthy.origin, error=unhealthy.error,
+                        failures=unhealthy.failures,
+                        seconds=round(unhealthy.until - time.time(), 1),
+                    )
+                )  # fmt: skip
             await self._record_end(
                 record, FillState.FAILED, str(err), display, *refused,
                 events.FillFailed(url=display, fill_id=record.id, error=str(err)),

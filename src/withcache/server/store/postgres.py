@@ -364,9 +364,11 @@ class PostgresMetadata:
         )
         return [as_artifact(r) for r in rows]
 
-    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+    async def delete_artifact(self, artifact_id: int, unpinned: bool = False) -> Artifact | None:
         row = await self._one(
-            f"DELETE FROM artifacts WHERE id = %s RETURNING {ARTIFACT_COLUMNS}", (artifact_id,)
+            f"DELETE FROM artifacts WHERE id = %s AND NOT (%s AND pinned) "
+            f"RETURNING {ARTIFACT_COLUMNS}",
+            (artifact_id, unpinned),
         )
         return as_artifact(row) if row else None
 

@@ -338,12 +338,13 @@ class SQLiteMetadata:
         ).fetchall()
         return [as_artifact(r) for r in rows]
 
-    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+    async def delete_artifact(self, artifact_id: int, unpinned: bool = False) -> Artifact | None:
         with self._transaction():
             found = await self.get_artifact(artifact_id)
-            if found:
+            if found and not (unpinned and found.pinned):
                 self._db.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
-            return found
+                return found
+            return None
 
     async def sha_in_use(self, sha256: str) -> bool:
         row = self._db.execute("SELECT 1 FROM blob_refs WHERE sha256 = ?", (sha256,))

@@ -11,6 +11,7 @@ the audit log is `api:<token name>`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from withcache.server.imports import (
     uploaded,
 )
 from withcache.server.lists import ListProgress, Lists
+from withcache.server.origins import Unhealthy
 from withcache.server.store import (
     ITEM_STATES,
     PUBLIC,
@@ -67,7 +69,15 @@ def artifact_json(a: Artifact) -> dict[str, Any]:
     return {
         "id": a.id, "url": a.key, "sha256": a.sha256, "size": a.size,
         "fetched_at": a.fetched_at, "hits": a.hits, "misses": a.misses, "last_hit": a.last_hit,
-        "scoped": a.scoped, "imported": a.imported, "serve_path": keys.serve_path(a.key),
+        "scoped": a.scoped, "imported": a.imported, "pinned": a.pinned,
+        "validated_at": a.validated_at, "serve_path": keys.serve_path(a.key),
+    }  # fmt: skip
+
+
+def origin_json(u: Unhealthy) -> dict[str, Any]:
+    return {
+        "origin": u.origin, "error": u.error, "failures": u.failures, "since": u.since,
+        "until": u.until, "blocked": u.blocking(time.time()),
     }  # fmt: skip
 
 
@@ -267,7 +277,10 @@ async def list_artifacts(request: web.Request) -> web.Response:
         found = await cache.metadata.find_artifacts(_key(cache, _short_text(request, "url")))
         rows = [artifact_json(a) for a in found[offset : offset + limit]]
         return _listing(rows, len(found), offset, limit)
-    page = await cache.metadata.list_artifacts(search, sort, order == "desc", offset, limit)
+    pinned = _flag(request, "pinned")
+    page = await cache.metadata.list_artifacts(
+        search, sort, order == "desc", offset, limit, pinned=pinned
+    )
     return _listing([artifact_json(a) for a in page.rows], page.total, offset, limit)
 
 
@@ -284,6 +297,38 @@ async def delete_artifact(request: web.Request) -> web.Response:
     except ActionError as err:
         raise _acted(err) from None
     return _json(artifact_json(artifact))
+
+
+async def pin_artifact(request: web.Request) -> web.Response:
+    return await _pin(request, True)
+
+
+async def unpin_artifact(request: web.Request) -> web.Response:
+    return await _pin(request, False)
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.Response:
+    try:
+        artifact = await _cache(request).pin(_id(request), pinned, _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(artifact_json(artifact))
+
+
+async def list_origins(request: web.Request) -> web.Response:
+    found = _cache(request).origins()
+    offset, limit = _paging(request)
+    rows = [origin_json(u) for u in found[offset : offset + limit]]
+    return _listing(rows, len(found), offset, limit)
+
+
+async def unblock_origin(request: web.Request) -> web.Response:
+    body = await _body(request, {"origin": str}, {"origin"})
+    try:
+        found = await _cache(request).unblock(body["origin"], _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    return _json(origin_json(found))
 
 
 async def list_misses(request: web.Request) -> web.Response:
@@ -631,6 +676,10 @@ ROUTES = [
     Route("GET", "/artifacts", list_artifacts, READ),
     Route("GET", "/artifacts/{id}", get_artifact, READ),
     Route("DELETE", "/artifacts/{id}", delete_artifact, ADMIN),
+    Route("POST", "/artifacts/{id}/pin", pin_artifact, ADMIN),
+    Route("DELETE", "/artifacts/{id}/pin", unpin_artifact, ADMIN),
+    Route("GET", "/origins", list_origins, READ),
+    Route("POST", "/origins/unblock", unblock_origin, ADMIN),
     Route("GET", "/misses", list_misses, READ),
     Route("POST", "/misses/approve", approve_miss, ADMIN),
     Route("POST", "/misses/dismiss", dismiss_miss, ADMIN),

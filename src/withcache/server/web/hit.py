@@ -78,22 +78,24 @@ async def send_blob(
             return web.Response(
                 status=302, headers={"Location": location, "Cache-Control": "no-store"}
             )
-    try:
-        reader = await cache.blobs.open(artifact.sha256, artifact.size)
-    except BlobGone:
-        return None
-    except BlobDamaged as err:
-        await cache.blob_damaged(artifact, err.problem)
-        return None
-    try:
-        return await _send(request, cache, artifact, reader, answer, headers)
-    except BlobGone:
-        return None
-    except BlobDamaged as err:
-        await cache.blob_damaged(artifact, err.problem)
-        return None
-    finally:
-        await reader.close()
+    # While it is read, an eviction or delete of the blob waits (reclaim.py).
+    async with cache.reclaim.reading(artifact.sha256):
+        try:
+            reader = await cache.blobs.open(artifact.sha256, artifact.size)
+        except BlobGone:
+            return None
+        except BlobDamaged as err:
+            await cache.blob_damaged(artifact, err.problem)
+            return None
+        try:
+            return await _send(request, cache, artifact, reader, answer, headers)
+        except BlobGone:
+            return None
+        except BlobDamaged as err:
+            await cache.blob_damaged(artifact, err.problem)
+            return None
+        finally:
+            await reader.close()
 
 
 async def _send(
