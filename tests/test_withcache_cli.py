@@ -275,7 +275,7 @@ def test_every_subcommand_answers_json(origin, cache_host):
     artifact = answer("add", url)  # cached already: the artifact
     assert artifact["sha256"] == hashlib.sha256(BODY).hexdigest()
     assert artifact["size"] == len(BODY)
-    assert answer("ls")["items"] == [artifact]
+    assert answer("ls")["items"] == [{**artifact, "stale": None}]  # listings say if stale
     assert answer("verify")["state"] == "done"
     assert answer("verify", "--status")["corrupt"] == []
     made = answer("token", "create", "reader")

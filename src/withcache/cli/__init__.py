@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="ID|URL")
     p.set_defaults(check=commands.check_targets)
 
+    p = command(
+        "refresh", commands.refresh,
+        "ask the origins of cached artifacts (by id or URL) now whether they changed, and "
+        "fetch the new bytes if they did: fresh, changed or stale-served (exit 1)",
+    )  # fmt: skip
+    p.add_argument("targets", nargs="+", metavar="ID|URL")
+    p.set_defaults(check=commands.check_targets)
+
     p = command("misses", commands.misses, "list URLs asked for and not cached")
     p.add_argument("query", nargs="?", help="only URLs containing this")
     p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")

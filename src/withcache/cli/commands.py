@@ -250,6 +250,28 @@ def unpin(api: Api, args: argparse.Namespace) -> int:
     return _each_artifact(api, args, unpin_one)
 
 
+def refresh(api: Api, args: argparse.Namespace) -> int:
+    stale = []
+
+    def refresh_one(artifact_id: int) -> dict[str, Any]:
+        done = api.post(f"/artifacts/{artifact_id}/refresh", {})
+        artifact, outcome = done["artifact"], done["outcome"]
+        if outcome == "stale-served":
+            stale.append(f"{artifact['url']} ({done['error']})")
+        elif args.json:
+            pass
+        elif outcome == "running":
+            print(f"changed, the new bytes are being fetched: {artifact['url']}")
+        else:
+            print(f"{outcome}: {artifact['sha256']}  {artifact['size']}  {artifact['url']}")
+        return done
+
+    _each_artifact(api, args, refresh_one)
+    if stale:
+        raise CommandError("the origin could not say, the cached bytes stay: " + ", ".join(stale))
+    return 0
+
+
 def _each_artifact(api: Api, args: argparse.Namespace, act: Callable[[int], dict[str, Any]]) -> int:
     """Act on the artifacts args.targets name, by id or by URL (every
     credential scope of it); exit 1 naming the targets that are not cached."""

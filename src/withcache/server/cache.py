@@ -16,6 +16,7 @@ from typing import Any
 
 from withcache import __version__, keys
 from withcache.server import events, log, metrics, tokens, verify
+from withcache.server.admission import origin_of
 from withcache.server.backlog import Backlog
 from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.fills import Fill, FillManager
@@ -30,9 +31,11 @@ from withcache.server.retention import (
     clip,
     clip_detail,
 )
+from withcache.server.revalidation import ConditionalGet, Outcome, Revalidator
 from withcache.server.settings import Settings
 from withcache.server.store import (
     PUBLIC,
+    REVALIDATION,
     Artifact,
     Blobs,
     EvictionCandidate,
@@ -53,6 +56,7 @@ LOOKUP_ENTRIES = 4096
 PRUNE_SECONDS = 600.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
+REFRESH_WAIT_SECONDS = 10.0  # an operator's refresh answers within this
 AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
 
 
@@ -108,6 +112,10 @@ class Cache:
         self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
         self.read_checks = ReadChecks()  # small blobs the read path hashed lately
         self.reclaim = Reclaim(metadata, blobs, self.record)
+        self.revalidator = Revalidator(
+            settings, metadata, ConditionalGet(self.fills.downloader.open_get), self._refill,
+            self.record, self._forget, self._origin_blocked, self._origin_failed,
+        )  # fmt: skip
         self._hits: dict[int, tuple[int, float]] = {}
         # (key, scope) -> (remembered until, artifact): see lookup().
         self._recent: dict[tuple[str, str], tuple[float, Artifact]] = {}
@@ -138,6 +146,7 @@ class Cache:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks, "cache")
+        await self.revalidator.stop()
         await self.fills.stop()
         await self.flush_hits()
         await self.backlog.flush()
@@ -178,6 +187,7 @@ class Cache:
             if len(self._recent) >= LOOKUP_ENTRIES:
                 self._recent.clear()
             self._recent[(key, scope)] = (now + LOOKUP_SECONDS, artifact)
+            self.revalidator.kick(artifact)
         return artifact
 
     async def lookup_digest(self, sha256: str, authorization: str | None) -> Artifact | None:
@@ -450,6 +460,50 @@ class Cache:
     async def eviction_next(self, limit: int) -> list[EvictionCandidate]:
         """The unpinned artifacts eviction would take first (the least recently used)."""
         return await self.metadata.eviction_candidates(limit)
+
+    async def refresh(self, artifact_id: int, actor: str | None = None) -> Outcome:
+        """Ask the artifact's origin now whether it changed (and fetch it if
+        it did), pinned or not; what came of it, or "running" if the new bytes
+        take longer than REFRESH_WAIT_SECONDS to fetch."""
+        artifact = await self.metadata.get_artifact(artifact_id)
+        if artifact is None:
+            raise NotFound("no such artifact")
+        if artifact.scoped:
+            raise ActionError("a credential-scoped artifact is fetched only with its credentials")
+        if artifact.imported:
+            raise ActionError("an import has no origin to ask: import it again")
+        try:
+            outcome = await asyncio.wait_for(
+                self.revalidator.revalidate(artifact, actor), REFRESH_WAIT_SECONDS
+            )
+        except TimeoutError:  # new bytes are being fetched: it goes on
+            return Outcome("running", artifact)
+        if outcome.outcome == "busy":
+            raise ActionError("it is being revalidated already (here or by another host)")
+        return outcome
+
+    async def _refill(self, artifact: Artifact) -> Artifact:
+        """Fetch the new bytes of a changed artifact; the old blob is deleted
+        once no artifact uses it (and no read of it is in flight)."""
+        fill, _ = await self.fills.request(
+            artifact.key, artifact.key, artifact.scope, None, REVALIDATION
+        )
+        fresh = await fill.result()
+        if fresh.sha256 != artifact.sha256:
+            await self.reclaim.release(artifact.sha256)
+        return fresh
+
+    def _origin_blocked(self, key: str) -> bool:
+        return self.fills.admission.origins.blocked(origin_of(key)) is not None
+
+    async def _origin_failed(self, key: str, error: str) -> None:
+        unhealthy = self.fills.admission.origins.failed(origin_of(key), error)
+        await self.record(
+            events.OriginUnhealthy(
+                origin=unhealthy.origin, error=error, failures=unhealthy.failures,
+                seconds=round(unhealthy.until - time.time(), 1),
+            )
+        )  # fmt: skip
 
     async def evict_unused(self) -> int:
         """--evict-unused: evict unpinned artifacts not hit for that many days."""

@@ -143,7 +143,7 @@ class Downloader:
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
             extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self._open(fill.record.url, fill.authorization, extra)
+        response = await self.open_get(fill.record.url, fill.authorization, extra)
         async with response:
             total = await self._accept(fill, writer, response, resuming)
             try:
@@ -173,6 +173,7 @@ class Downloader:
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
             if fill.headers is None:  # resumed after a restart: this answer describes it
                 fill.headers = _replayed(response)
+                fill.etag = response.headers.get("ETag")
             await self.claim_room(fill, writer, fill.total, writer.size)
             fill._wake()
             return fill.total
@@ -186,6 +187,7 @@ class Downloader:
             # The origin ignored the resume (or the artifact changed): start over.
             await self._start_over(fill, writer)
         fill.validator = _validator(response)
+        fill.etag = response.headers.get("ETag")
         fill.total = response.content_length
         fill.unframed = fill.total is None and not _chunked(response)
         await self.claim_room(fill, writer, fill.total)
@@ -307,7 +309,7 @@ class Downloader:
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
         fills are (the policy checked on every hop), at most `limit` bytes."""
-        response = await self._open(url, None, {"Accept-Encoding": "identity"})
+        response = await self.open_get(url, None, {"Accept-Encoding": "identity"})
         async with response:
             if response.status != 200:
                 reason = f"{response.status} {response.reason or ''}".strip()
@@ -322,10 +324,11 @@ class Downloader:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             return bytes(body)
 
-    async def _open(
+    async def open_get(
         self, url: str, authorization: str | None, extra: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        """GET `url`, following redirects with the policy checked on each hop."""
+        """GET `url`, following redirects with the policy checked on each hop
+        (a FillError if it can't be asked); the caller reads and releases it."""
         assert self._session is not None
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):

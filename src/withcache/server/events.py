@@ -211,6 +211,22 @@ class ArtifactEvicted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ArtifactRevalidated(Event):
+    """The origin was asked whether a cached artifact is current (--revalidate,
+    or an operator's refresh): `outcome` fresh (304), changed (new bytes
+    stored: `sha256`, where they were `previous`) or stale-served (the origin
+    could not say, `error`: the old bytes go on being served)."""
+
+    kind: ClassVar[str] = "artifact.revalidated"
+    url: str
+    actor: str | None
+    outcome: str
+    sha256: str
+    previous: str
+    error: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
 class OriginUnhealthy(Event):
     """Fills from an origin kept failing: misses leave it alone for a while."""
 

@@ -117,6 +117,7 @@ class Fill:
     started: float | None = None
     clients: int = 0  # requests streaming from this fill (read-through)
     validator: str | None = None  # origin's ETag or Last-Modified, for resuming
+    etag: str | None = None  # origin's ETag, kept with the artifact to revalidate with
     source: Source | None = None  # an import's bytes (None: the origin's)
     unframed: bool = False  # the body ends where the origin closes: its end can't be checked
     reserved: int = 0  # bytes of --max-bytes the store has promised this fill
@@ -585,7 +586,14 @@ class FillManager:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
             try:
                 artifact = await self._metadata.commit_artifact(
-                    fill.record, sha, writer.size, headers, display, time.time(), self.holder
+                    fill.record,
+                    sha,
+                    writer.size,
+                    headers,
+                    display,
+                    time.time(),
+                    self.holder,
+                    fill.etag,
                 )
             except Exception as err:
                 with contextlib.suppress(Exception):  # no row points at it: don't keep it

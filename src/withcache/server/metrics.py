@@ -142,6 +142,8 @@ class Tally:
             self.quarantined += 1
         elif isinstance(event, events.ArtifactEvicted):
             self.evicted[event.reason] += 1
+        elif isinstance(event, events.ArtifactRevalidated):
+            self.revalidated[event.outcome] += 1
 
 
 class _Snapshot(Collector):
@@ -196,6 +198,14 @@ class _Snapshot(Collector):
         for reason, count in sorted(t.evicted.items()):
             evicted.add_metric([reason], count)
         yield evicted
+        revalidated = CounterMetricFamily(
+            "withcache_revalidations",
+            "Revalidations (--revalidate, refresh), by outcome (fresh, changed, stale-served)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(t.revalidated.items()):
+            revalidated.add_metric([outcome], count)
+        yield revalidated
         yield GaugeMetricFamily("withcache_artifacts", "Cached artifacts", h["artifacts"])
         yield GaugeMetricFamily(
             "withcache_stored_bytes", "Bytes stored (shared blobs counted once)", h["bytes_stored"]

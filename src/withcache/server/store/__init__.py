@@ -28,6 +28,8 @@ PUBLIC = ""  # the scope of an artifact fetched without credentials
 # A fill's `requested_by` when its bytes were uploaded to this host (an import),
 # not fetched from the origin: no origin vouched for them.
 IMPORTED = "import"
+# A fill's `requested_by` when a revalidation found other bytes at the origin.
+REVALIDATION = "revalidation"
 MAX_LISTS = 1000  # lists kept (older ones go first), besides their age limit
 
 
@@ -48,6 +50,7 @@ class Artifact:
     imported: bool = False  # its bytes were uploaded (withcache import), not fetched
     pinned: bool = False  # never evicted, never revalidated but by an operator
     validated_at: float | None = None  # the origin last said these bytes are current
+    etag: str | None = None  # the origin's ETag for these bytes (to revalidate with)
 
     @property
     def scoped(self) -> bool:
@@ -98,7 +101,7 @@ class FillRecord:
     scope: str
     url: str
     state: FillState
-    requested_by: str  # "miss", "operator", or IMPORTED (bytes uploaded, not fetched)
+    requested_by: str  # "miss", "operator", REVALIDATION or IMPORTED (bytes uploaded)
     expected: Digest | None = None  # the bytes must hash to this, or the fill fails
     credentialed: bool = False  # the request's Authorization is forwarded
     bytes_done: int = 0
@@ -435,8 +438,10 @@ class Metadata(Protocol):
         display_url: str,
         now: float,
         holder: str,
+        etag: str | None = None,
     ) -> Artifact | None:
-        """Atomically: store the artifact, finish the fill, settle its miss.
+        """Atomically: store the artifact (`etag`: the origin's, kept to
+        revalidate with), finish the fill, settle its miss.
         None (and nothing changed) if `holder` no longer holds the fill."""
         ...
 

@@ -232,11 +232,13 @@ MIGRATIONS = [
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
     # Mutable URLs and a full cache: pins, when the origin last vouched for an
-    # artifact's bytes and who is asking it now, and eviction's order.
+    # artifact's bytes and who is asking it now, the origin's ETag to ask
+    # with, and eviction's order.
     """
     ALTER TABLE artifacts ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
     ALTER TABLE artifacts ADD COLUMN validated_at DOUBLE PRECISION;
     ALTER TABLE artifacts ADD COLUMN revalidating_until DOUBLE PRECISION;
+    ALTER TABLE artifacts ADD COLUMN etag TEXT;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
     """,
 ]
@@ -605,7 +607,7 @@ class PostgresMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, etag: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
             done = await conn.execute(
@@ -622,18 +624,18 @@ class PostgresMetadata:
             ).fetchone()
             values = (
                 fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                miss[0] if miss else 0, now, fill.requested_by == IMPORTED,
+                miss[0] if miss else 0, now, fill.requested_by == IMPORTED, etag,
             )  # fmt: skip
             # Hashed as it arrived: the blob counts as checked now.
             row = await (
                 await conn.execute(
                     "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                    "checked_at, imported) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "checked_at, imported, etag) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
                     "size = excluded.size, headers = excluded.headers, "
                     "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
                     "misses = artifacts.misses + excluded.misses, imported = excluded.imported, "
-                    "validated_at = NULL, revalidating_until = NULL "
+                    "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
                     f"RETURNING {ARTIFACT_COLUMNS}",
                     values,
                 )

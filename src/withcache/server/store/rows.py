@@ -23,7 +23,7 @@ from withcache.server.store import (
 ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
 ARTIFACT_COLUMNS = (
     "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported, "
-    "pinned, validated_at"
+    "pinned, validated_at, etag"
 )
 # Eviction's order: unpinned artifacts by their last use (the last hit, else
 # when stored), each with the number of artifacts sharing its blob.
@@ -80,6 +80,7 @@ def as_artifact(row: Sequence[Any]) -> Artifact:
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
         headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
         last_hit=row[9], imported=bool(row[10]), pinned=bool(row[11]), validated_at=row[12],
+        etag=row[13],
     )  # fmt: skip
 
 

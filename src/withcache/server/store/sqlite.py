@@ -225,11 +225,13 @@ MIGRATIONS = [
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
     # Mutable URLs and a full cache: pins, when the origin last vouched for an
-    # artifact's bytes and who is asking it now, and eviction's order.
+    # artifact's bytes and who is asking it now, the origin's ETag to ask
+    # with, and eviction's order.
     """
     ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE artifacts ADD COLUMN validated_at REAL;
     ALTER TABLE artifacts ADD COLUMN revalidating_until REAL;
+    ALTER TABLE artifacts ADD COLUMN etag TEXT;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
     """,
 ]
@@ -567,7 +569,7 @@ class SQLiteMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, etag: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         with self._transaction():
             done = self._db.execute(
@@ -581,14 +583,15 @@ class SQLiteMetadata:
             # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
                 "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                "checked_at, imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) "
-                "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
-                "headers = excluded.headers, fetched_at = excluded.fetched_at, "
-                "misses = misses + excluded.misses, checked_at = excluded.checked_at, "
-                "imported = excluded.imported, validated_at = NULL, revalidating_until = NULL "
+                "checked_at, imported, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
+                "size = excluded.size, headers = excluded.headers, "
+                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
+                "checked_at = excluded.checked_at, imported = excluded.imported, "
+                "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
                 "RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0, now, fill.requested_by == IMPORTED),
+                 miss.count if miss else 0, now, fill.requested_by == IMPORTED, etag),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
             artifact = await self.get_artifact(artifact_id)

@@ -275,20 +275,26 @@ async def list_artifacts(request: web.Request) -> web.Response:
     if "url" in request.query:
         # One key has a handful of artifacts at most (one per credential scope).
         found = await cache.metadata.find_artifacts(_key(cache, _short_text(request, "url")))
-        rows = [artifact_json(a) for a in found[offset : offset + limit]]
+        rows = [_looked_at(cache, a) for a in found[offset : offset + limit]]
         return _listing(rows, len(found), offset, limit)
     pinned = _flag(request, "pinned")
     page = await cache.metadata.list_artifacts(
         search, sort, order == "desc", offset, limit, pinned=pinned
     )
-    return _listing([artifact_json(a) for a in page.rows], page.total, offset, limit)
+    return _listing([_looked_at(cache, a) for a in page.rows], page.total, offset, limit)
+
+
+def _looked_at(cache: Cache, artifact: Artifact) -> dict[str, Any]:
+    """An artifact as listings show it: with why it is served stale, if it is."""
+    return {**artifact_json(artifact), "stale": cache.revalidator.stale(artifact)}
 
 
 async def get_artifact(request: web.Request) -> web.Response:
-    artifact = await _cache(request).metadata.get_artifact(_id(request))
+    cache = _cache(request)
+    artifact = await cache.metadata.get_artifact(_id(request))
     if artifact is None:
         raise web.HTTPNotFound(text="no such artifact")
-    return _json(artifact_json(artifact))
+    return _json(_looked_at(cache, artifact))
 
 
 async def delete_artifact(request: web.Request) -> web.Response:
@@ -313,6 +319,19 @@ async def _pin(request: web.Request, pinned: bool) -> web.Response:
     except ActionError as err:
         raise _acted(err) from None
     return _json(artifact_json(artifact))
+
+
+async def refresh_artifact(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    try:
+        outcome = await cache.refresh(_id(request), _actor(request))
+    except ActionError as err:
+        raise _acted(err) from None
+    body = {"outcome": outcome.outcome, "error": outcome.error,
+            "artifact": artifact_json(outcome.artifact)}  # fmt: skip
+    if outcome.outcome == "running":  # where to look for the new bytes
+        return _json(body, 202, {"Location": f"{PREFIX}/artifacts/{outcome.artifact.id}"})
+    return _json(body)
 
 
 async def list_origins(request: web.Request) -> web.Response:
@@ -678,6 +697,7 @@ ROUTES = [
     Route("DELETE", "/artifacts/{id}", delete_artifact, ADMIN),
     Route("POST", "/artifacts/{id}/pin", pin_artifact, ADMIN),
     Route("DELETE", "/artifacts/{id}/pin", unpin_artifact, ADMIN),
+    Route("POST", "/artifacts/{id}/refresh", refresh_artifact, ADMIN),
     Route("GET", "/origins", list_origins, READ),
     Route("POST", "/origins/unblock", unblock_origin, ADMIN),
     Route("GET", "/misses", list_misses, READ),

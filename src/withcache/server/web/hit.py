@@ -26,6 +26,7 @@ import struct
 from aiohttp import web
 
 from withcache.server.cache import Cache
+from withcache.server.revalidation import STALE_HEADER
 from withcache.server.store import Artifact, BlobDamaged, BlobGone, BlobReader
 from withcache.server.web import conditional
 
@@ -49,6 +50,9 @@ async def send_blob(
     """Answer from a stored blob; None if the blob vanished (deleted
     meanwhile) or was found damaged before anything was sent."""
     headers = _headers(artifact)
+    stale = cache.revalidator.stale(artifact)
+    if stale:  # served although its origin could not confirm it (stale-if-error)
+        headers[STALE_HEADER] = stale
     rep = conditional.Representation(
         etag=headers["ETag"],
         last_modified=conditional.http_date(headers.get("Last-Modified")),

@@ -103,7 +103,9 @@ SCHEMAS: dict[str, Any] = {
         "validated_at": _nullable("number", description="when the origin last said its "
                                   "bytes are current (--revalidate); null: when fetched"),
         "serve_path": {"type": "string", "description": "where the cache-host serves it"},
-    }),
+        "stale": _nullable("string", description="listings and GET only: why this host "
+                           "serves it without its origin's word (its revalidation failed)"),
+    }, optional=["stale"]),
     "Origin": _object({
         "origin": {"type": "string", "description": "scheme://host[:port]"},
         "error": {"type": "string", "description": "the last failure"},
@@ -218,6 +220,11 @@ SCHEMAS: dict[str, Any] = {
     }),
     "ArtifactList": _listing("Artifact"),
     "OriginList": _listing("Origin"),
+    "Refreshed": _object({
+        "outcome": {"type": "string", "enum": ["fresh", "changed", "stale-served", "running"]},
+        "error": _nullable("string", description="why the origin could not say"),
+        "artifact": _ref("Artifact"),
+    }),
     "ListList": _listing("List"),
     "ListItemList": _listing("ListItem"),
     "MissList": _listing("Miss"),
@@ -316,6 +323,16 @@ def _operations() -> dict[str, dict[str, Any]]:
         "pin-artifact": {
             "summary": "Pin an artifact: never evicted, never revalidated but when asked",
             "parameters": [object_id], "ok": (200, _ref("Artifact")), "errors": [404],
+        },
+        "refresh-artifact": {
+            "summary": "Ask the artifact's origin now whether it changed (a conditional "
+            "GET), and fetch the new bytes if it did",
+            "description": "Waits up to 10 s for the outcome; 202 (`running`) if the new "
+            "bytes take longer: the fill goes on.",
+            "parameters": [object_id],
+            "ok": (200, _ref("Refreshed")),
+            "also": {202: ("New bytes are being fetched", _ref("Refreshed"))},
+            "errors": [404, 409],
         },
         "unpin-artifact": {
             "summary": "Unpin an artifact", "parameters": [object_id],

@@ -226,6 +226,7 @@ async def cached_page(request: web.Request) -> web.Response:
         request, "cached.html", section="cached", artifacts=found, q=search, sort=sort,
         order=order, pages=_pages(found.total, page), ascending_first=params.ASCENDING_FIRST,
         eviction=await _eviction(cache),
+        stale={a.id: cache.revalidator.stale(a) for a in found.rows},
     )  # fmt: skip
 
 
@@ -347,6 +348,20 @@ async def _pin(request: web.Request, pinned: bool) -> web.StreamResponse:
         await cache.pin(int(request.match_info["id"]), pinned, auth.actor(request))
     except ActionError as err:
         return await _failed(request, [str(err)], back, params.refusal_status(err))
+    raise web.HTTPSeeOther(back)
+
+
+async def refresh_artifact(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await params.read_form(request)
+    back = _next(form, "/cached")
+    try:
+        outcome = await cache.refresh(int(request.match_info["id"]), auth.actor(request))
+    except ActionError as err:
+        return await _failed(request, [str(err)], back, params.refusal_status(err))
+    if outcome.outcome == "stale-served":
+        said = f"the origin could not say ({outcome.error}); the cached bytes stay"
+        return await _failed(request, [said], back)
     raise web.HTTPSeeOther(back)
 
 
@@ -534,6 +549,7 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         (f"/cached/{object_id}/delete", delete_artifact),
         (f"/cached/{object_id}/pin", pin_artifact),
         (f"/cached/{object_id}/unpin", unpin_artifact),
+        (f"/cached/{object_id}/refresh", refresh_artifact),
         ("/downloads/origins/unblock", unblock_origin),
         ("/add", add_action),
         ("/add/list", add_list_action),
