@@ -112,6 +112,10 @@ class Cache:
         self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
         self.read_checks = ReadChecks()  # small blobs the read path hashed lately
         self.reclaim = Reclaim(metadata, blobs, self.record)
+        if settings.evict == "lru":
+            self.fills.downloader.evict = self.reclaim.make_room
+            # Local blobs live on the data dir's disk: deleting them makes room there.
+            self.fills.downloader.evict_frees_disk = blobs.free_bytes() is not None
         self.revalidator = Revalidator(
             settings, metadata, ConditionalGet(self.fills.downloader.open_get), self._refill,
             self.record, self._forget, self._origin_blocked, self._origin_failed,
@@ -308,11 +312,12 @@ class Cache:
     async def _no_room(self) -> str | None:
         """Why no fill may start now: the disk below --min-free, or the store
         at --max-bytes (stored plus promised to running fills)."""
-        low = self.fills.downloader.disk.low()
-        if low:
+        downloader = self.fills.downloader
+        low = downloader.disk.low()
+        if low and not (downloader.evict and downloader.evict_frees_disk):
             return low
         cap = self.settings.max_bytes
-        if cap is None:
+        if cap is None or downloader.evict is not None:  # the fill evicts to fit, or is refused
             return None
         _, stored = await self.metadata.totals()
         if stored + await self.metadata.reserved_bytes() >= cap:

@@ -170,7 +170,8 @@ _OPTIONS = [
     Option("curate", "flag", False, None, "fetch nothing until an operator approves the miss"),
     Option(
         "max_bytes", _typed(parse_size, "size"), None, "SIZE",
-        "cap on stored bytes, e.g. 500G; fills that would cross it are refused (no eviction)",
+        "cap on stored bytes, e.g. 500G; fills that would cross it are refused (unless "
+        "--evict lru makes room)",
     ),
     Option(
         "min_free", _typed(MinFree.parse, "size"), Settings.min_free, "SIZE|N%",

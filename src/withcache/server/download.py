@@ -97,6 +97,11 @@ class Downloader:
         self._holder = holder
         self._promised = promised  # bytes other fills here will still write to the disk
         self.disk = Disk(settings.data_dir, settings.min_free)
+        # --evict lru: frees at least the bytes asked (least recently used first);
+        # the bytes it freed. Set by the core; None: a fill that doesn't fit is refused.
+        self.evict: Callable[[int], Awaitable[int]] | None = None
+        # Whether deleting blobs frees room on the data dir's disk (local blobs).
+        self.evict_frees_disk = False
         self._session: aiohttp.ClientSession | None = None
 
     def open(self) -> None:
@@ -204,9 +209,10 @@ class Downloader:
         self, fill: Fill, writer: BlobWriter, total: int | None, received: int = 0
     ) -> None:
         """Refuse a fill whose bytes (`total`, else the `received` so far) would
-        take the store past --max-bytes, or the disk below --min-free."""
+        take the store past --max-bytes, or the disk below --min-free (unless
+        eviction can make the room)."""
         await self._claim_cap(fill, total, received)
-        self._check_disk(fill, writer, total)
+        await self._claim_disk(fill, writer, total)
 
     async def _claim_cap(self, fill: Fill, total: int | None, received: int) -> None:
         cap = self._settings.max_bytes
@@ -220,12 +226,26 @@ class Downloader:
             return
         _, stored = await self._metadata.totals()
         others = await self._metadata.reserved_bytes() - fill.reserved
+        if self.evict is not None and await self.evict(stored + others + size - cap):
+            if await self._reserve(fill, size, cap):
+                return
+            _, stored = await self._metadata.totals()
+            others = await self._metadata.reserved_bytes() - fill.reserved
         what = "is" if total is not None else "grew past"
         raise FillError(
             f"artifact {what} {format_size(size)}; with {format_size(stored + others)} "
             f"stored or reserved it would exceed --max-bytes {format_size(cap)}",
             refused=True,
         )
+
+    async def _claim_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
+        """The disk check, evicting first (with local blobs) if it would fail."""
+        due = max(0, total - writer.size) if total is not None else 0
+        if self.evict is not None and self.evict_frees_disk:
+            short = self.disk.shortfall(due, self._promised(fill))
+            if short:
+                await self.evict(short)
+        self._check_disk(fill, writer, total)
 
     def _check_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
         due = max(0, total - writer.size) if total is not None else 0
@@ -270,7 +290,7 @@ class Downloader:
                     pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
-                        self._check_disk(fill, writer, total)
+                        await self._claim_disk(fill, writer, total)
                         self._checkpoint(fill, writer, total)
                         last_save = now
         finally:
