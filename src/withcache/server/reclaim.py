@@ -79,7 +79,8 @@ class Reclaim:
             choice = await self.plan(need)
             freed = 0
             for victim in choice.victims:
-                freed += await self._evict(victim, "room")
+                freed += await self._evict(victim, "room") or 0
+                await asyncio.sleep(0)
             if choice.victims:
                 log.info("evict.room", need=need, artifacts=len(choice.victims), freed=freed)
             return freed
@@ -94,6 +95,7 @@ class Reclaim:
                     return count
                 for victim in batch:
                     count += await self._evict(victim, "unused") is not None
+                    await asyncio.sleep(0)  # the embedded store's calls don't yield
 
     async def _evict(self, victim: EvictionCandidate, reason: str) -> int | None:
         """Delete the artifact unless it was pinned (or deleted) meanwhile;

@@ -29,7 +29,8 @@ ARTIFACT_COLUMNS = (
 # when stored), each with the number of artifacts sharing its blob.
 LAST_USED = "coalesce(a.last_hit, a.fetched_at)"
 CANDIDATE_COLUMNS = f"a.id, a.key, a.sha256, a.size, {LAST_USED}, r.refs"
-CANDIDATES = "artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE NOT a.pinned"
+# (`= FALSE`, not `NOT`: SQLite then walks the artifacts_last_used index.)
+CANDIDATES = "artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE a.pinned = FALSE"
 CANDIDATE_ORDER = f"ORDER BY {LAST_USED}, a.id"
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
