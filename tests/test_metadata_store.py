@@ -318,3 +318,20 @@ async def test_hosts_racing_for_one_revalidation_get_it_once(meta):
     a = await add(meta, "https://h/a", "a" * 64, 10)
     won = await asyncio.gather(*(meta.claim_revalidation(a.id, 5.0, 35.0) for _ in range(8)))
     assert sorted(won) == [False] * 7 + [True]
+
+
+async def test_a_deferred_fill_waits_until_its_time_or_its_origin_is_unblocked(meta):
+    fill, _ = await meta.enqueue_fill("https://h:8443/a", "", "https://h:8443/a", "miss", 1.0)
+    other, _ = await meta.enqueue_fill("https://h2/b", "", "https://h2/b", "miss", 1.0)
+    claimed = await meta.claim_fill(2.0, HOLDER)
+    assert claimed.id == fill.id
+    assert await meta.defer_fill(fill.id, HOLDER.holder, until=100.0)
+    assert not await meta.defer_fill(fill.id, HOLDER.holder, until=100.0)  # queued now
+    assert (await meta.get_fill(fill.id)).state is FillState.QUEUED
+    assert (await meta.claim_fill(3.0, HOLDER)).id == other.id  # the deferred one waits
+    assert await meta.claim_fill(4.0, HOLDER) is None
+    assert (await meta.claim_fill(100.0, HOLDER, fill.id)).id == fill.id  # its time came
+    assert await meta.defer_fill(fill.id, HOLDER.holder, until=1e9)
+    assert await meta.undefer_fills("https://h") == 0  # another origin (no port)
+    assert await meta.undefer_fills("https://h:8443") == 1
+    assert (await meta.claim_fill(5.0, HOLDER)).id == fill.id

@@ -198,3 +198,61 @@ def test_the_negative_cache_holds_for_its_ttl_and_is_forgotten_on_request():
     assert absent.get("https://h/x", "", now=1300.0) is None
     absent.remember("https://h/x", "", 410, now=2000.0)
     assert absent.forget("https://h/x", "") and not absent.forget("https://h/x", "")
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """503 until `healthy` is set; counts the GETs."""
+
+    healthy = threading.Event()
+    gets = 0
+
+    def do_GET(self) -> None:
+        type(self).gets += 1
+        if not self.healthy.is_set():
+            time.sleep(2.0)  # slow to fail: the misses after the first queue fills
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.backends
+def test_queued_fills_for_an_unhealthy_origin_wait_and_run_once_unblocked(cache_host, free_port):
+    """Before: fills queued for an origin that had just failed were each run
+    in turn against it, every one failing the same way."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    flaky = f"http://127.0.0.1:{free_port}"
+    try:
+        host, api = start(
+            cache_host, "--workers", "1", "--fill-attempts", "1", "--no-stream-fills",
+        )  # fmt: skip
+        # Three misses queue three fills before the first has failed.
+        for n in range(3):
+            assert probe(host, f"{flaky}/q{n}.bin")[0] == 404
+        wait_fill_state(host, "failed")
+        time.sleep(1.0)  # the worker claims the others, and puts them back
+        states = dict(rows(host, "SELECT key, state FROM fills"))
+        assert sorted(states.values()) == ["failed", "queued", "queued"], states
+        assert _Flaky.gets == 1  # only the first asked the failing origin
+        assert "fill.deferred" in host.log()
+        _Flaky.healthy.set()
+        assert api.post("/origins/unblock", {"origin": flaky}).status == 200
+        deadline = time.monotonic() + 20
+        while sorted(s for _, s in rows(host, "SELECT key, state FROM fills")) != [
+            "done", "done", "failed"]:  # fmt: skip
+            assert time.monotonic() < deadline, rows(host, "SELECT key, state, error FROM fills")
+            time.sleep(0.05)
+        assert _Flaky.gets == 3
+    finally:
+        _Flaky.healthy.clear()
+        _Flaky.gets = 0
+        server.shutdown()
+        server.server_close()

@@ -459,6 +459,7 @@ class Cache:
         found = self.fills.admission.origins.unblock(origin)
         if found is None:
             raise NotFound(f"{origin} is not marked unhealthy")
+        await self.fills.origin_unblocked(origin)
         await self.record(events.OriginUnblocked(actor=actor, origin=origin))
         return found
 

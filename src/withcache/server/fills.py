@@ -44,7 +44,7 @@ from typing import Protocol
 
 from withcache import keys
 from withcache.server import digests, events, log
-from withcache.server.admission import Admission
+from withcache.server.admission import Admission, origin_of
 from withcache.server.backlog import Backlog
 from withcache.server.digests import Digest
 from withcache.server.download import Downloader, Emit, FillError
@@ -407,6 +407,8 @@ class FillManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
                 continue
+            if await self._deferred(record):
+                continue
             task = self._launch(record)
             try:
                 await asyncio.wait([task])
@@ -415,6 +417,23 @@ class FillManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 raise
+
+    async def _deferred(self, record: FillRecord) -> bool:
+        """Put a fill a miss queued for an unhealthy origin back in the queue
+        until the origin may be tried again (operators' fills run anyway)."""
+        if record.requested_by == "operator":
+            return False
+        blocked = self.admission.origins.blocked(origin_of(record.key))
+        if blocked is None:
+            return False
+        await self._metadata.defer_fill(record.id, self.holder, blocked.until)
+        log.info("fill.deferred", fill_id=record.id, origin=blocked.origin, until=blocked.until)
+        return True
+
+    async def origin_unblocked(self, origin: str) -> None:
+        """Queued fills that waited for `origin` may run now."""
+        if await self._metadata.undefer_fills(origin):
+            self._wakeup.set()
 
     def _launch(self, record: FillRecord) -> asyncio.Task[None]:
         """Run a fill this host has just claimed."""

@@ -384,6 +384,16 @@ class Metadata(Protocol):
         is one of those."""
         ...
 
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        """Put a fill `holder` has just claimed back in the queue, not to be
+        claimed before `until` (its origin is unhealthy); False if not held."""
+        ...
+
+    async def undefer_fills(self, origin: str) -> int:
+        """Let the queued fills of `origin` (scheme://host[:port]) deferred
+        until later be claimed now; how many."""
+        ...
+
     async def renew_lease(self, lease: Lease) -> set[int]:
         """Extend the holder's lease on its active fills; return their ids.
         A fill missing from the answer was cancelled or taken over elsewhere."""

@@ -50,6 +50,7 @@ from withcache.server.store.rows import (
     CANDIDATE_COLUMNS,
     CANDIDATE_ORDER,
     CANDIDATES,
+    DEFER,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
@@ -68,6 +69,7 @@ from withcache.server.store.rows import (
     as_token,
     item_values,
     like_pattern,
+    like_prefix,
     reserve_sql,
     tally,
 )
@@ -233,12 +235,13 @@ MIGRATIONS = [
     """,
     # Mutable URLs and a full cache: pins, when the origin last vouched for an
     # artifact's bytes and who is asking it now, the origin's ETag to ask
-    # with, and eviction's order.
+    # with, eviction's order; when a fill for an unhealthy origin may run.
     """
     ALTER TABLE artifacts ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
     ALTER TABLE artifacts ADD COLUMN validated_at DOUBLE PRECISION;
     ALTER TABLE artifacts ADD COLUMN revalidating_until DOUBLE PRECISION;
     ALTER TABLE artifacts ADD COLUMN etag TEXT;
+    ALTER TABLE fills ADD COLUMN not_before DOUBLE PRECISION;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
     """,
 ]
@@ -539,7 +542,8 @@ class PostgresMetadata:
             "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
             "total = NULL, reserved = 0, holder = %(holder)s, lease_until = %(until)s "
             "WHERE id = (SELECT id FROM fills WHERE "
-            "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
+            "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s) "
+            "AND (not_before IS NULL OR not_before <= %(now)s)) OR "
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
             "AND holder <> %(holder)s)) "
             "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
@@ -548,6 +552,21 @@ class PostgresMetadata:
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         )
         return as_fill(row) if row else None
+
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        deferred = await self._run(
+            f"UPDATE fills SET {DEFER.format('%s')} "
+            "WHERE id = %s AND holder = %s AND state = 'running'",
+            (until, fill_id, holder),
+        )
+        return deferred == 1
+
+    async def undefer_fills(self, origin: str) -> int:
+        return await self._run(
+            "UPDATE fills SET not_before = NULL WHERE state = 'queued' "
+            "AND not_before IS NOT NULL AND key LIKE %s ESCAPE '\\'",
+            (like_prefix(origin + "/"),),
+        )
 
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = await self._all(

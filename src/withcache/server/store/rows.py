@@ -130,6 +130,20 @@ def as_token(row: Sequence[Any]) -> TokenRecord:
     )  # fmt: skip
 
 
+# A claimed fill put back in the queue until a time ({} is its parameter,
+# as the driver marks it); one a client's credentials came with stays with
+# the host that has them.
+DEFER = (
+    "state = 'queued', not_before = {}, started_at = NULL, "
+    "holder = CASE WHEN credentialed THEN holder ELSE NULL END"
+)
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') that finds what starts with `text`, literally."""
+    return like_pattern(text)[1:]
+
+
 def like_pattern(text: str) -> str:
     """A LIKE pattern (with ESCAPE '\\') that finds `text` anywhere, literally."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

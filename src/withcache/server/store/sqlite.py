@@ -46,6 +46,7 @@ from withcache.server.store.rows import (
     CANDIDATE_COLUMNS,
     CANDIDATE_ORDER,
     CANDIDATES,
+    DEFER,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
@@ -64,6 +65,7 @@ from withcache.server.store.rows import (
     as_token,
     item_values,
     like_pattern,
+    like_prefix,
     reserve_sql,
     tally,
 )
@@ -226,12 +228,13 @@ MIGRATIONS = [
     """,
     # Mutable URLs and a full cache: pins, when the origin last vouched for an
     # artifact's bytes and who is asking it now, the origin's ETag to ask
-    # with, and eviction's order.
+    # with, eviction's order; when a fill for an unhealthy origin may run.
     """
     ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE artifacts ADD COLUMN validated_at REAL;
     ALTER TABLE artifacts ADD COLUMN revalidating_until REAL;
     ALTER TABLE artifacts ADD COLUMN etag TEXT;
+    ALTER TABLE fills ADD COLUMN not_before REAL;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
     """,
 ]
@@ -243,7 +246,8 @@ RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
-    "(state = 'queued' AND (holder IS NULL OR holder = :holder)) OR "
+    "(state = 'queued' AND (holder IS NULL OR holder = :holder) "
+    "AND (not_before IS NULL OR not_before <= :now)) OR "
     "(state = 'running' AND lease_until < :now AND NOT credentialed AND holder != :holder)"
 )
 
@@ -513,6 +517,22 @@ class SQLiteMetadata:
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         ).fetchone()
         return as_fill(row) if row else None
+
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        cursor = self._db.execute(
+            f"UPDATE fills SET {DEFER.format('?')} WHERE id = ? AND holder = ? "
+            "AND state = 'running'",
+            (until, fill_id, holder),
+        )
+        return cursor.rowcount == 1
+
+    async def undefer_fills(self, origin: str) -> int:
+        cursor = self._db.execute(
+            "UPDATE fills SET not_before = NULL WHERE state = 'queued' "
+            "AND not_before IS NOT NULL AND key LIKE ? ESCAPE '\\'",
+            (like_prefix(origin + "/"),),
+        )
+        return cursor.rowcount
 
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = self._db.execute(
