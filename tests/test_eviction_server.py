@@ -120,3 +120,21 @@ def test_unused_artifacts_are_evicted_at_start_and_daily_pins_excepted(origin, c
     (event,) = api.get("/events", kind="artifact.evicted").body["items"]
     assert event["url"] == gone and event["detail"]["reason"] == "unused"
     assert sha(OTHER) not in host.blob_names()
+
+
+@pytest.mark.backends
+def test_a_refetch_with_new_bytes_deletes_the_old_blob_once_unused(origin, cache_host):
+    """Before: `withcache add --refresh` (and an import with refresh) pointed
+    the key at the new blob and left the old one in the store for good."""
+    path = "/evict/refetched.bin"
+    url = origin.add(path, SMALL)
+    host, api = start(cache_host)
+    assert add(api, url)["state"] == "done"
+    origin.add(path, OTHER)
+    made = api.post("/fills", {"url": url, "refresh": True})
+    assert made.status == 201 and wait_fill(api, made.body["id"])["state"] == "done"
+    assert curl("-f", host.blob_url(url)).stdout == OTHER
+    deadline = time.monotonic() + 10
+    while host.blob_names() != [sha(OTHER)]:
+        assert time.monotonic() < deadline, host.blob_names()
+        time.sleep(0.05)

@@ -112,6 +112,7 @@ class Cache:
         self.scrub: Scrub | None = Scrub(days * DAY) if days > 0 else None
         self.read_checks = ReadChecks()  # small blobs the read path hashed lately
         self.reclaim = Reclaim(metadata, blobs, self.record)
+        self.fills.replaced = self.reclaim.release
         if settings.evict == "lru":
             self.fills.downloader.evict = self.reclaim.make_room
             # Local blobs live on the data dir's disk: deleting them makes room there.
@@ -489,15 +490,12 @@ class Cache:
         return outcome
 
     async def _refill(self, artifact: Artifact) -> Artifact:
-        """Fetch the new bytes of a changed artifact; the old blob is deleted
-        once no artifact uses it (and no read of it is in flight)."""
+        """Fetch the new bytes of a changed artifact (the fill's commit has the
+        old blob deleted once no artifact uses it and no read of it is in flight)."""
         fill, _ = await self.fills.request(
             artifact.key, artifact.key, artifact.scope, None, REVALIDATION
         )
-        fresh = await fill.result()
-        if fresh.sha256 != artifact.sha256:
-            await self.reclaim.release(artifact.sha256)
-        return fresh
+        return await fill.result()
 
     def _origin_blocked(self, key: str) -> bool:
         return self.fills.admission.origins.blocked(origin_of(key)) is not None

@@ -37,7 +37,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -217,6 +217,9 @@ class FillManager:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.downloader = Downloader(settings, metadata, policy, emit, self.holder, self._promised)
         self.admission = Admission(settings)
+        # Called with the SHA-256 of a blob a key stopped serving (the core
+        # deletes it once unused and unread).
+        self.replaced: Callable[[str], Awaitable[object]] | None = None
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._client_fills: set[asyncio.Task[None]] = set()
@@ -596,8 +599,11 @@ class FillManager:
     async def _commit(
         self, fill: Fill, writer: BlobWriter, headers: Mapping[str, str], display: str
     ) -> Artifact:
-        """Store the blob, then its row; FillLost if another host holds the fill now."""
+        """Store the blob, then its row; FillLost if another host holds the fill
+        now. A blob the key served before goes once no artifact uses it."""
         sha = writer.hexdigest()
+        record = fill.record
+        before = await self._metadata.find_artifact(record.key, (record.scope,))
         async with self._metadata.blob_lock(sha):
             try:
                 await writer.commit()
@@ -623,6 +629,8 @@ class FillManager:
                 await self._blobs.delete(sha)
         if artifact is None:
             raise FillLost()
+        if before is not None and before.sha256 != sha and self.replaced is not None:
+            await self.replaced(before.sha256)
         return artifact
 
     async def _lose(self, fill: Fill) -> None:
