@@ -9,7 +9,7 @@ makes it due on every probe (`*=1s`: each probe is answered from the blob
 while the origin is asked, at most once a second, in the background). Each
 probe is what a shim sends: a new connection, `HEAD`, the status line and
 headers read. The hosts take turns in rounds (so a burst of load from
-elsewhere lands on all of them); prints the medians in microseconds and the
+elsewhere lands on all of them, probes interleaved); prints the medians in microseconds and the
 ratios to the host without --revalidate, and writes bench/results/revalidation.json.
 """
 
@@ -82,9 +82,14 @@ def main() -> None:
                 servers.append(server)
                 wait_cached(server.blob_url(url))
             times: dict[str, list[float]] = {name: [] for name, _ in CASES}
-            for _ in range(args.rounds):
-                for (name, _), server in zip(CASES, servers, strict=True):
-                    times[name] += [probe(server.port, path) for _ in range(args.probes)]
+            pairs = list(zip(CASES, servers, strict=True))
+            for round_ in range(args.rounds):
+                # Probes interleaved, and each round starting with another host,
+                # so that no host always runs first or last.
+                turn = pairs[round_ % len(pairs) :] + pairs[: round_ % len(pairs)]
+                for _ in range(args.probes):
+                    for (name, _), server in turn:
+                        times[name].append(probe(server.port, path))
         finally:
             for server in servers:
                 server.stop()

@@ -272,12 +272,13 @@ async def list_artifacts(request: web.Request) -> web.Response:
     sort = params.choice(request, "sort", params.ARTIFACT_SORTS, "fetched_at")
     default_order = "asc" if sort in params.ASCENDING_FIRST else "desc"
     order = params.choice(request, "order", ("asc", "desc"), default_order)
+    pinned = _flag(request, "pinned")
     if "url" in request.query:
         # One key has a handful of artifacts at most (one per credential scope).
         found = await cache.metadata.find_artifacts(_key(cache, _short_text(request, "url")))
+        found = [a for a in found if a.pinned or not pinned]
         rows = [_looked_at(cache, a) for a in found[offset : offset + limit]]
         return _listing(rows, len(found), offset, limit)
-    pinned = _flag(request, "pinned")
     page = await cache.metadata.list_artifacts(
         search, sort, order == "desc", offset, limit, pinned=pinned
     )
