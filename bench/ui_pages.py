@@ -26,7 +26,8 @@ from urllib.parse import urlencode
 
 from common import Server
 
-from withcache.server.store import Artifact, Lease
+from withcache.server.records import Artifact
+from withcache.server.store import Lease
 from withcache.server.store.sqlite import SQLiteMetadata
 
 TARGET_MS = 200.0

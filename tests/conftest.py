@@ -114,16 +114,41 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
-async def core(tmp_path: Path, ca_file: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend):
-    """The cache-host's core in this process (curate mode: nothing fills unasked)."""
+async def make_core(
+    tmp_path: Path, ca_file: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend
+):
+    """Factory: `await make_core(curate=False, max_bytes=...)` starts the cache-host's
+    core in this process on the test's stores (curate mode unless said); all stop
+    at teardown."""
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    settings = backend.settings(
-        data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05, curate=True
-    )
-    cache = await Cache.open(settings)
-    await cache.start()
-    yield cache
-    await cache.stop()
+    made: list[Cache] = []
+
+    async def make(**settings: object) -> Cache:
+        settings = {"curate": True, **settings}
+        cache = await Cache.open(
+            backend.settings(
+                data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05, **settings
+            )
+        )
+        made.append(cache)
+        await cache.start()
+        return cache
+
+    yield make
+    for cache in made:
+        await cache.stop()
+
+
+@pytest.fixture
+async def core(make_core):
+    """The cache-host's core in this process (curate mode: nothing fills unasked)."""
+    return await make_core()
+
+
+@pytest.fixture
+async def auto_core(make_core):
+    """The core in auto mode: a miss starts its fill (and its client may stream it)."""
+    return await make_core(curate=False)
 
 
 class CacheHost:

@@ -1,10 +1,12 @@
 """The docs keep up with the code: every server flag, every environment
 variable the code reads, every API route and every `withcache` subcommand
-appears in README.md or docs/*.md, and the OpenAPI document describes
-exactly the routes the server has."""
+appears in README.md or docs/*.md, every event kind (with its detail) in
+docs/architecture.md, and the OpenAPI document describes exactly the routes
+the server has."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,6 +14,7 @@ from types import SimpleNamespace
 from aiohttp import web
 
 from withcache.cli import build_parser as cli_parser
+from withcache.server import events
 from withcache.server.cli import _OPTIONS, env_name
 from withcache.server.web import api, openapi
 
@@ -98,3 +101,19 @@ def test_openapi_describes_exactly_the_routes_the_server_has():
     described = {(m.upper(), path) for path, ops in document["paths"].items() for m in ops}
     assert served == described
     assert len(described) == len(api.ROUTES)
+
+
+def documented_events(root: Path = ROOT) -> dict[str, set[str]]:
+    """kind -> its detail fields, from the table in docs/architecture.md."""
+    text = (root / "docs" / "architecture.md").read_text()
+    section = text.split("## The audit trail", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z.]+)` \|[^|]*\|([^|]*)\|$", section, re.M)
+    return {kind: set(re.findall(r"`(\w+)`", fields)) for kind, fields in rows}
+
+
+def test_every_event_kind_and_its_detail_is_documented():
+    documented = documented_events()
+    assert sorted(documented) == events.kinds()
+    for cls in events._all_subclasses(events.Event):
+        names = {f.name for f in dataclasses.fields(cls)} - {"url", "actor"}
+        assert documented[cls.kind] == names, cls.kind

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from withcache.server.eviction import choose
-from withcache.server.store import EvictionCandidate
+from withcache.server.records import EvictionCandidate
 
 # One artifact: which blob (of 6), its last use, whether pinned.
 ARTIFACTS = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 50), st.booleans()), max_size=30)

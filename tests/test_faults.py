@@ -435,11 +435,11 @@ async def test_an_expected_sha256_vouches_for_a_body_framed_by_close(core, origi
     cut = origin.add("/faults/close/vouched-cut.bin", body, close_delimited=True,
                      die_after=MB // 2, die_times=100)  # fmt: skip
     record = (await core.add(whole, expected=sha(body))).fill
-    artifact = await core.fills.live(record.id).result()
+    artifact = await core.live_fill(record.id).result()
     assert artifact.sha256 == sha(body)
     record = (await core.add(cut, expected=sha(body))).fill
     with pytest.raises(Exception, match="SHA-256 mismatch"):
-        await core.fills.live(record.id).result()
+        await core.live_fill(record.id).result()
 
 
 # -- 12 (last part). kill -9 mid-fill: resume from the partial file

@@ -25,7 +25,7 @@ from test_api import start, wait_fill
 from test_fills import rows, wait_fill_state, wait_rows
 
 from withcache.server.admission import origin_of
-from withcache.server.store import MISS_KEY_CHARS
+from withcache.server.records import MISS_KEY_CHARS
 from withcache.server.store import sqlite as sqlite_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

@@ -7,7 +7,8 @@ import sqlite3
 import pytest
 
 from withcache.server.digests import Digest
-from withcache.server.store import MAX_LISTS, FillState, ItemState, Lease, ListItem
+from withcache.server.records import FillState, ItemState, ListItem
+from withcache.server.store import MAX_LISTS, Lease
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)

@@ -171,16 +171,18 @@ def test_misses_are_served_at_once_while_every_worker_is_busy(origin, cache_host
         assert origin.gets(f"/rt/busy{n}.bin") == 1
 
 
-async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(core, origin, aiohttp_client):
+async def test_a_get_that_joins_a_fill_as_it_is_stored_gets_the_blob(
+    auto_core, origin, aiohttp_client
+):
     """Once stored, a fill's partial file is gone (moved into the store): a GET
     that joined the fill just before is answered from the store, not a 404."""
     url = origin.add("/rt/just-stored.bin", BODY)
-    fill, _ = await core.fills.request(url, core.key(url), "", None, "miss")
-    await fill.result()
-    assert not fill.path.exists()
+    outcome = await auto_core.miss(url, auto_core.key(url), None)
+    await outcome.fill.result()
+    assert not outcome.fill.path.exists()
 
     async def joined_late(request):
-        return await readthrough.serve_from_fill(request, core, fill)
+        return await readthrough.serve_from_fill(request, auto_core, outcome)
 
     app = web.Application()
     app.router.add_get("/", joined_late)

@@ -37,6 +37,10 @@ class BadURL(ValueError):
     """The string can't be an artifact's origin URL; the message says why."""
 
 
+class URLTooLong(BadURL):
+    """The URL is longer than MAX_URL_BYTES (HTTP's 414, not a 400)."""
+
+
 def check_origin(url: str) -> SplitResult:
     """Return the parts of an http(s) origin URL, or raise BadURL saying why."""
     if not url:
@@ -46,7 +50,7 @@ def check_origin(url: str) -> SplitResult:
     except UnicodeEncodeError:
         raise BadURL("URL is not valid Unicode text (a lone surrogate)") from None
     if size > MAX_URL_BYTES:
-        raise BadURL(f"URL longer than {MAX_URL_BYTES} bytes")
+        raise URLTooLong(f"URL longer than {MAX_URL_BYTES} bytes")
     if not _FORBIDDEN_CHARS.isdisjoint(url):
         raise BadURL("URL contains a control character or a space")
     from urllib.parse import urlsplit
@@ -188,7 +192,7 @@ def encode_token(url: str) -> str:
 def decode_token(token: str) -> str:
     """The origin URL inside a /b/ token; BadURL if it is not a valid one."""
     if len(token) > (MAX_URL_BYTES + 2) // 3 * 4:
-        raise BadURL(f"URL longer than {MAX_URL_BYTES} bytes")
+        raise URLTooLong(f"URL longer than {MAX_URL_BYTES} bytes")
     if not token or not _TOKEN_CHARS.issuperset(token):
         raise BadURL("token is not unpadded URL-safe base64")
     try:

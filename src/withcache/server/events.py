@@ -1,9 +1,13 @@
 """The audit trail's vocabulary: one typed record per thing that happened.
 
 An event says who did what to which URL; it is appended to the metadata
-store's event log and written as one log line. URLs in events are always the
-display form (no query unless --keep-query), and no event ever carries an
-Authorization value, a password or a cookie.
+store's event log and written as one log line. Every field an event has is
+given where it is made (keyword arguments only, none defaulted but `actor`
+on what the cache-host does by itself), so an event can't be recorded half
+filled in. URLs in events are always the display form (no query unless
+--keep-query), and no event ever carries an Authorization value, a password
+or a cookie. The events record what happened; nothing reads them back to
+decide what to do (the metrics count them, as an observer).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Event:
     kind: ClassVar[str]
-    url: str | None = None
-    actor: str | None = None  # "operator", "api:<token name>", a client address, ...
+    url: str | None = None  # an event about one artifact says which (its display URL)
+    # Who did it: "ui:<address>", "api:<token name>", "scrub"...; None: the
+    # cache-host on its own (a fill a miss started, a retry).
+    actor: str | None = None
 
     def detail(self) -> dict[str, Any]:
         fields = asdict(self)
@@ -25,158 +31,183 @@ class Event:
         return fields
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillQueued(Event):
     kind: ClassVar[str] = "fill.queued"
-    requested_by: str = "miss"
+    url: str
+    actor: str | None
+    requested_by: str  # "miss" or "operator"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillStarted(Event):
     kind: ClassVar[str] = "fill.started"
-    fill_id: int = 0
-    resume_from: int = 0  # bytes of a partial file it goes on from (after a restart)
+    url: str
+    fill_id: int
+    resume_from: int  # bytes of a partial file it goes on from (after a restart)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillRetrying(Event):
     kind: ClassVar[str] = "fill.retrying"
-    fill_id: int = 0
-    error: str = ""
-    attempt: int = 0
-    resume_from: int = 0
+    url: str
+    fill_id: int
+    error: str
+    attempt: int
+    resume_from: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillFinished(Event):
     kind: ClassVar[str] = "fill.finished"
-    fill_id: int = 0
-    sha256: str = ""
-    size: int = 0
-    seconds: float = 0.0
-    imported: bool = False  # the bytes were uploaded, not fetched from the origin
+    url: str
+    fill_id: int
+    sha256: str
+    size: int
+    seconds: float
+    imported: bool  # the bytes were uploaded, not fetched from the origin
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillFailed(Event):
     kind: ClassVar[str] = "fill.failed"
-    fill_id: int = 0
-    error: str = ""
+    url: str
+    fill_id: int
+    error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillCancelled(Event):
     kind: ClassVar[str] = "fill.cancelled"
-    fill_id: int = 0
+    url: str
+    actor: str | None
+    fill_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FillRefused(Event):
     """The policy or the cap kept a fill from starting."""
 
     kind: ClassVar[str] = "fill.refused"
-    reason: str = ""
+    url: str
+    reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactDeleted(Event):
     kind: ClassVar[str] = "artifact.deleted"
-    sha256: str = ""
-    size: int = 0
+    url: str
+    actor: str | None
+    sha256: str
+    size: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactImported(Event):
     """Bytes uploaded by an operator (`withcache import`) became the artifact
     of a URL, without its origin: `how` is "upload", or "stored" when the
     cache-host had those bytes already (under another URL)."""
 
     kind: ClassVar[str] = "artifact.imported"
-    sha256: str = ""
-    size: int = 0
-    how: str = "upload"
-    scoped: bool = False
+    url: str
+    actor: str | None
+    sha256: str
+    size: int
+    how: str
+    scoped: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactsExported(Event):
     """A bundle of artifacts was streamed out (`withcache export`)."""
 
     kind: ClassVar[str] = "artifacts.exported"
-    artifacts: int = 0
-    size: int = 0
-    scoped: int = 0  # credential-scoped artifacts included (--include-scoped)
-    selection: str = ""
+    actor: str | None
+    artifacts: int
+    size: int
+    scoped: int  # credential-scoped artifacts included (--include-scoped)
+    selection: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ListAdded(Event):
     """Artifacts were added together from a list or a checksum file."""
 
     kind: ClassVar[str] = "list.added"
-    list_id: int = 0
-    lines: int = 0
-    queued: int = 0
-    cached: int = 0
-    refused: int = 0
+    actor: str | None
+    list_id: int
+    lines: int
+    queued: int
+    cached: int
+    refused: int
 
 
-@dataclass(frozen=True)
-class MissDismissed(Event):
-    kind: ClassVar[str] = "miss.dismissed"
-
-
-@dataclass(frozen=True)
-class FillsCleared(Event):
-    kind: ClassVar[str] = "fills.cleared"
-    count: int = 0
-
-
-@dataclass(frozen=True)
-class LoginSucceeded(Event):
-    kind: ClassVar[str] = "login.succeeded"
-
-
-@dataclass(frozen=True)
-class LoginFailed(Event):
-    kind: ClassVar[str] = "login.failed"
-
-
-@dataclass(frozen=True)
-class TokenCreated(Event):
-    """An API token was made (its value is never recorded)."""
-
-    kind: ClassVar[str] = "token.created"
-    name: str = ""
-    scope: str = ""
-
-
-@dataclass(frozen=True)
-class TokenRevoked(Event):
-    kind: ClassVar[str] = "token.revoked"
-    name: str = ""
-    scope: str = ""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ArtifactQuarantined(Event):
     """The artifact's blob was found corrupt or missing (by `verify
     --quarantine`, the scrub, or a read) and taken out of service."""
 
     kind: ClassVar[str] = "artifact.quarantined"
-    sha256: str = ""
-    problem: str = ""
+    url: str
+    actor: str | None
+    sha256: str
+    problem: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class MissDismissed(Event):
+    kind: ClassVar[str] = "miss.dismissed"
+    url: str
+    actor: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FillsCleared(Event):
+    kind: ClassVar[str] = "fills.cleared"
+    actor: str | None
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginSucceeded(Event):
+    kind: ClassVar[str] = "login.succeeded"
+    actor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoginFailed(Event):
+    kind: ClassVar[str] = "login.failed"
+    actor: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenCreated(Event):
+    """An API token was made (its value is never recorded)."""
+
+    kind: ClassVar[str] = "token.created"
+    actor: str | None
+    name: str
+    scope: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenRevoked(Event):
+    kind: ClassVar[str] = "token.revoked"
+    actor: str | None
+    name: str
+    scope: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class VerifyFinished(Event):
     """A verification run ended: `verify`, or a pass of the scrub (actor "scrub")."""
 
     kind: ClassVar[str] = "verify.finished"
-    blobs: int = 0
-    corrupt: int = 0
-    quarantined: int = 0
-    seconds: float = 0.0
+    actor: str | None
+    blobs: int
+    corrupt: int
+    quarantined: int
+    seconds: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,10 +273,6 @@ class OriginUnblocked(Event):
     kind: ClassVar[str] = "origin.unblocked"
     actor: str | None
     origin: str
-
-
-# Events after which an artifact's key no longer serves what it did.
-ARTIFACT_REMOVED = (ArtifactDeleted, ArtifactQuarantined, ArtifactEvicted)
 
 
 def kinds() -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from withcache.server.store import EvictionCandidate
+from withcache.server.records import EvictionCandidate
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,17 @@ import fnmatch
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from withcache import bundle
 from withcache.server import events
-from withcache.server.cache import ActionError, Cache, NotFound
-from withcache.server.store import Artifact
+from withcache.server.actions import ActionError, NotFound
+from withcache.server.policy import Policy
+from withcache.server.records import Artifact
+from withcache.server.store import BlobDamaged, BlobGone, Blobs, Metadata
+
+if TYPE_CHECKING:
+    from withcache.server.cache import Cache
 
 PAGE = 1000  # artifacts read per query while choosing
 
@@ -54,8 +60,12 @@ class Selection:
 class Export:
     """A bundle ready to stream: its items, and its exact length."""
 
-    def __init__(self, cache: Cache, artifacts: list[Artifact], selection: Selection) -> None:
+    def __init__(
+        self, cache: Cache, store: Blobs, scope_key: str | None, artifacts: list[Artifact],
+        selection: Selection,
+    ) -> None:  # fmt: skip
         self._cache = cache
+        self._store = store
         self.selection = selection
         self.artifacts = artifacts
         paths: dict[str, str] = {}
@@ -69,8 +79,7 @@ class Export:
         ]  # fmt: skip
         now = time.time()
         self.scoped = sum(1 for a in artifacts if a.scoped)
-        scope_key = cache.policy.scope_key() if self.scoped else None
-        manifest = bundle.manifest_bytes(self.items, now, scope_key)
+        manifest = bundle.manifest_bytes(self.items, now, scope_key if self.scoped else None)
         sums = bundle.sums_bytes(self.items)
         self._head = b"".join(
             bundle.header(name, len(data), now) + data + bundle.padding(len(data))
@@ -95,12 +104,15 @@ class Export:
         return sum(size for _, _, size in self._blobs)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The bundle's bytes; OSError, BlobGone or BlobDamaged (the answer must
-        then be cut short) if a blob went missing or changed meanwhile."""
+        """The bundle's bytes; OSError (the answer must then be cut short) if
+        a blob went missing or changed meanwhile."""
         yield self._head
         for head, sha256, size in self._blobs:
             yield head
-            reader = await self._cache.blobs.open(sha256, size)
+            try:
+                reader = await self._store.open(sha256, size)
+            except (BlobGone, BlobDamaged) as err:
+                raise OSError(f"blob {sha256} can't be read: {err}") from None
             try:
                 sent = 0
                 async for chunk in reader.chunks(0, size):
@@ -122,9 +134,10 @@ class Export:
         )  # fmt: skip
 
 
-async def prepare(cache: Cache, selection: Selection) -> Export:
-    """The bundle of the artifacts `selection` keeps, oldest first."""
-    md = cache.metadata
+async def prepare_export(
+    cache: Cache, md: Metadata, store: Blobs, policy: Policy, selection: Selection
+) -> Export:
+    """The bundle of the artifacts `selection` keeps, oldest first (`Cache.export`)."""
     chosen: dict[int, Artifact] = {}
     if selection.ids:
         for artifact_id in selection.ids:
@@ -150,4 +163,4 @@ async def prepare(cache: Cache, selection: Selection) -> Export:
             if offset >= page.total or not page.rows:
                 break
     ordered = sorted(chosen.values(), key=lambda a: (a.fetched_at, a.id))
-    return Export(cache, ordered, selection)
+    return Export(cache, store, policy.scope_key(), ordered, selection)

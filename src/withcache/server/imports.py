@@ -3,7 +3,7 @@ without touching its origin (`withcache import`: a file, a directory with a
 manifest, a bundle exported by another cache-host).
 
 An import is a fill whose bytes come from the upload instead of the origin
-(a fills.Source): the same blob writer (a temp file, hashed on the way), the
+(a fill.manager.Source): the same blob writer (a temp file, hashed on the way), the
 same expected-digest check, the same commit (fsync, rename, then the row),
 the same room claimed under --max-bytes, the same progress on the Downloads
 page. Only the host receiving the bytes runs it. Bytes the store holds
@@ -32,14 +32,18 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from withcache import keys
 from withcache.server import events
-from withcache.server.cache import ActionError, BadInput, Cache, readable
+from withcache.server.actions import ActionError, BadInput
+from withcache.server.cap import Room
 from withcache.server.digests import BLOB_ALGORITHM, Digest
-from withcache.server.download import REPLAYED_HEADERS, FillError
-from withcache.server.fills import DigestMismatch, FillCancelled
-from withcache.server.store import PUBLIC, Artifact, Blobs, BlobWriter, Metadata
+from withcache.server.fill.fill import CancelledByOperator, Fill, FillError
+from withcache.server.fill.manager import DigestMismatch, FillManager
+from withcache.server.fill.transfer import Received, Transfers
+from withcache.server.policy import Policy
+from withcache.server.records import PUBLIC, REPLAYED_HEADERS, Artifact, readable
+from withcache.server.store import Blobs, BlobWriter, Metadata
 
 if TYPE_CHECKING:
-    from withcache.server.fills import Fill
+    from withcache.server.cache import Cache
 
 MAX_OFFERED = 1000  # artifacts offered in one call
 MAX_HEADER_VALUE = 1000
@@ -69,8 +73,15 @@ class Outcome:
 
 
 class Imports:
-    def __init__(self, cache: Cache) -> None:
+    """Imports through the core; the core makes one (`Cache.imports`)."""
+
+    def __init__(
+        self, cache: Cache, metadata: Metadata, policy: Policy, fills: FillManager
+    ) -> None:
         self._cache = cache
+        self._metadata = metadata
+        self._policy = policy
+        self._fills = fills
 
     async def upload(
         self, url: str, chunks: AsyncIterator[bytes], size: int | None, expected: Digest | None,
@@ -81,12 +92,12 @@ class Imports:
         only once all `size` of them arrived and match `expected`)."""
         key = self._check(url, headers, scope, scope_key)
         if not refresh:
-            cached = await self._cache.metadata.find_artifact(key, (scope,))
+            cached = await self._metadata.find_artifact(key, (scope,))
             if cached is not None:
                 raise ActionError(
                     f"cached already (SHA-256 {cached.sha256}); send refresh to replace it"
                 )
-        upload = _Upload(self._cache, chunks, size, headers)
+        upload = _Upload(chunks, size, headers)
         return await self._run(url, key, scope, upload, expected, actor, "upload")
 
     async def offer(
@@ -114,7 +125,7 @@ class Imports:
             expected = Digest.sha256(one.sha256)
         except ValueError as err:
             raise BadInput(str(err)) from None
-        md = self._cache.metadata
+        md = self._metadata
         cached = await md.find_artifact(key, (one.scope,))
         if cached is not None and cached.sha256 == expected.hex:
             return Outcome(one.url, CACHED, artifact=cached)
@@ -143,7 +154,7 @@ class Imports:
         problem = bad_headers(headers) or bad_scope(scope)
         if problem:
             raise BadInput(problem)
-        if scope != PUBLIC and scope_key != self._cache.policy.scope_key():
+        if scope != PUBLIC and scope_key != self._policy.scope_key():
             raise ActionError(
                 "credential-scoped, with another cache-host's scope secret: no credential "
                 "could read it here"
@@ -155,14 +166,14 @@ class Imports:
         actor: str | None, how: str,
     ) -> Artifact:  # fmt: skip
         cache = self._cache
-        fill = await cache.fills.start_import(url, key, scope, source, expected, actor)
+        fill = await self._fills.start_import(url, key, scope, source, expected, actor)
         if fill is None:
             raise ActionError("a fill for this URL is queued or running; wait for it or cancel it")
         try:
             artifact = await fill.result()
         except DigestMismatch as err:
             raise ActionError(f"{err}: nothing was stored") from None
-        except (FillCancelled, FillError) as err:
+        except (CancelledByOperator, FillError) as err:
             raise ActionError(f"not stored: {err}") from None
         await cache.record(
             events.ArtifactImported(
@@ -204,10 +215,8 @@ class _Upload:
     """An import's bytes from its request body."""
 
     def __init__(
-        self, cache: Cache, chunks: AsyncIterator[bytes], size: int | None,
-        headers: Mapping[str, str],
-    ) -> None:  # fmt: skip
-        self._downloader = cache.fills.downloader
+        self, chunks: AsyncIterator[bytes], size: int | None, headers: Mapping[str, str]
+    ) -> None:
         self._chunks = chunks
         self._size = size
         self._headers = dict(headers)
@@ -215,21 +224,19 @@ class _Upload:
     def begin(self, blobs: Blobs, also: Collection[str]) -> BlobWriter:
         return blobs.begin(also)
 
-    async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
-        fill.total = self._size
-        fill.headers = dict(self._headers)
-        await self._downloader.claim_room(fill, writer, self._size)
-        fill._wake()
+    async def transfer(
+        self, transfers: Transfers, fill: Fill, writer: BlobWriter, room: Room, display: str
+    ) -> Received:
         try:
-            await self._downloader.receive(fill, writer, self._chunks, self._size)
+            received = await transfers.upload(
+                fill, writer, room, display, self._chunks, self._size, self._headers
+            )
         except (OSError, TimeoutError, HttpProcessingError) as err:
             reason = "the uploader went silent" if isinstance(err, TimeoutError) else str(err)
             raise FillError(f"the upload broke off after {writer.size} bytes ({reason})") from None
-        finally:
-            await self._downloader.settled(fill)
         if self._size is not None and writer.size != self._size:
             raise FillError(f"the upload ended after {writer.size} of {self._size} bytes")
-        return dict(self._headers)
+        return received
 
 
 class _Stored:
@@ -245,8 +252,10 @@ class _Stored:
     def begin(self, blobs: Blobs, also: Collection[str]) -> BlobWriter:
         return self._blob
 
-    async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
-        return dict(self._headers)
+    async def transfer(
+        self, transfers: Transfers, fill: Fill, writer: BlobWriter, room: Room, display: str
+    ) -> Received:
+        return Received(dict(self._headers), unframed=False)
 
 
 class _StoredBlob:

@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from withcache import keys
 from withcache.server import checksums, events
-from withcache.server.cache import ActionError, BadInput, Cache
+from withcache.server.actions import ActionError, BadInput
 from withcache.server.checksums import BadLine, Entry
 from withcache.server.digests import BLOB_ALGORITHM, Digest
-from withcache.server.download import FillError
-from withcache.server.store import ItemState, ListItem, ListRecord, ListTally
+from withcache.server.fill.fill import FillError
+from withcache.server.fill.manager import FillManager
+from withcache.server.policy import Policy
+from withcache.server.records import ItemState, ListItem, ListRecord, ListTally, Page
+from withcache.server.store import Metadata
+
+if TYPE_CHECKING:
+    from withcache.server.cache import Cache
 
 MAX_LINES = 10_000  # items in one list (split bigger ones): each is added at once
 MAX_SUMS_BYTES = 4 << 20  # the largest checksum file fetched
@@ -103,10 +111,16 @@ class ListProgress:
 
 
 class Lists:
-    """Adds lists through the core and reports on them."""
+    """Adds lists through the core (each line as `Cache.add` adds one URL)
+    and reports on them; the core makes one (`Cache.lists`)."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(
+        self, cache: Cache, metadata: Metadata, policy: Policy, fills: FillManager
+    ) -> None:
         self._cache = cache
+        self._metadata = metadata
+        self._policy = policy
+        self._fills = fills
 
     async def add_text(
         self, text: str, source: str, actor: str | None = None, refresh: bool = False
@@ -126,13 +140,13 @@ class Lists:
             keys.check_origin(url)
         except keys.BadURL as err:
             raise BadInput(f"bad checksum file URL: {err}") from None
-        refusal = self._cache.policy.refuse_reason(url)
+        refusal = self._policy.refuse_reason(url)
         if refusal:
             raise ActionError(f"checksum file not fetched: {refusal}")
         shown = self._cache.display(url)
         try:
             async with asyncio.timeout(SUMS_SECONDS):
-                body = await self._cache.fills.downloader.fetch_small(url, MAX_SUMS_BYTES)
+                body = await self._fills.fetch_small(url, MAX_SUMS_BYTES)
         except FillError as err:
             raise ActionError(f"cannot fetch the checksum file {shown}: {err}") from None
         except TimeoutError:
@@ -154,7 +168,7 @@ class Lists:
     ) -> ListRecord:  # fmt: skip
         if len(read) > MAX_LINES:
             raise BadInput(f"a list may have at most {MAX_LINES} lines; this one has {len(read)}")
-        md = self._cache.metadata
+        md = self._metadata
         list_id = await md.add_list(source, kind, actor, time.time())
         items: list[ListItem] = []
         seen: dict[str, tuple[int, Digest | None]] = {}
@@ -220,11 +234,24 @@ class Lists:
         fill = added.fill
         return ListItem(found.line, shown, fill.state.value, fill.id, total=fill.total, note=note)
 
+    async def listing(self, offset: int = 0, limit: int = 50) -> Page:
+        """A page of lists, newest first."""
+        return await self._metadata.list_lists(offset, limit)
+
+    async def get(self, list_id: int) -> ListRecord | None:
+        return await self._metadata.get_list(list_id)
+
+    async def items(
+        self, list_id: int, states: Sequence[str] = (), offset: int = 0, limit: int = 50
+    ) -> Page:
+        """A page of a list's items, in the states given (all if none)."""
+        return await self._metadata.list_items(list_id, states, offset, limit)
+
     async def progress(self, record: ListRecord) -> ListProgress:
-        tally = await self._cache.metadata.tally_list(record.id)
+        tally = await self._metadata.tally_list(record.id)
         rate = 0.0
         for fill_id in tally.running:
-            live = self._cache.fills.live(fill_id)
+            live = self._fills.live(fill_id)
             if live is not None and not live.elsewhere:
                 rate += live.rate
         return ListProgress(record, tally, rate)

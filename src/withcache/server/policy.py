@@ -30,8 +30,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from withcache.keys import SCHEMES
+from withcache.server.records import PUBLIC
 from withcache.server.settings import Settings
-from withcache.server.store import PUBLIC
 
 
 class OriginRefused(Exception):

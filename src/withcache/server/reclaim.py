@@ -13,13 +13,13 @@ pinned one say, is never deleted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from withcache.server import events, log
 from withcache.server.eviction import Choice, choose
-from withcache.server.store import Blobs, EvictionCandidate, Metadata
+from withcache.server.records import EvictionCandidate
+from withcache.server.store import Blobs, Metadata
 
 FIRST_BATCH = 1000  # candidates read for a choice; more if they don't free enough
 UNUSED_BATCH = 500  # artifacts deleted per round of the unused pass
@@ -36,19 +36,18 @@ class Reclaim:
         self._doomed: set[str] = set()  # blobs to delete once their last read ends
         self._lock = asyncio.Lock()  # one eviction at a time on this host
 
-    @contextlib.asynccontextmanager
-    async def reading(self, sha256: str) -> AsyncIterator[None]:
-        """Held while a blob is read for a client: its delete waits."""
+    def opened(self, sha256: str) -> None:
+        """A blob is being read for a client: its delete waits until closed()."""
         self._reading[sha256] += 1
-        try:
-            yield
-        finally:
-            self._reading[sha256] -= 1
-            if not self._reading[sha256]:
-                del self._reading[sha256]
-                if sha256 in self._doomed:
-                    self._doomed.discard(sha256)
-                    await self.release(sha256)
+
+    async def closed(self, sha256: str) -> None:
+        """A read opened() ended: a delete that waited for it happens now."""
+        self._reading[sha256] -= 1
+        if not self._reading[sha256]:
+            del self._reading[sha256]
+            if sha256 in self._doomed:
+                self._doomed.discard(sha256)
+                await self.release(sha256)
 
     async def release(self, sha256: str) -> bool:
         """Delete the blob if no artifact uses it (now, or once the reads of

@@ -37,12 +37,14 @@ from typing import Protocol
 import aiohttp
 
 from withcache.server import events, log
-from withcache.server.download import FillError
+from withcache.server.fill.fill import FillError
+from withcache.server.records import Artifact
 from withcache.server.settings import Settings
-from withcache.server.store import Artifact, Metadata
+from withcache.server.store import Metadata
 
 CLAIM_SECONDS = 120.0  # a host's hold on an artifact's revalidation (renewed by none)
 RETRY_SECONDS = 60.0  # after a failed one, this host leaves the artifact alone this long
+BUSY_SECONDS = 5.0  # after finding another host at it, hits here don't ask again for this long
 MAX_FAILED = 10_000  # failed revalidations remembered (the oldest go first)
 STALE_HEADER = "Withcache-Stale"
 STALE_NOTE_CHARS = 200
@@ -139,6 +141,7 @@ class Revalidator:
         self._origin_failed = origin_failed
         self._running: dict[int, asyncio.Task[Outcome]] = {}
         self._failed: OrderedDict[int, _Failed] = OrderedDict()
+        self._busy: dict[int, float] = {}  # artifact id -> until when another host has it
         self._max_age: dict[str, float | None] = {}  # key -> its rule's maximum age
 
     def add_check(self, matches: Callable[[str], bool], check: OriginCheck) -> None:
@@ -181,6 +184,8 @@ class Revalidator:
         failed = self._failed.get(artifact.id)
         if failed is not None and now - failed.at < RETRY_SECONDS:
             return
+        if self._busy.get(artifact.id, 0.0) > now:
+            return
         if self._blocked(artifact.key):
             return
         self._start(artifact, None)
@@ -208,7 +213,11 @@ class Revalidator:
     async def _run(self, artifact: Artifact, actor: str | None) -> Outcome:
         now = time.time()
         if not await self._metadata.claim_revalidation(artifact.id, now, now + CLAIM_SECONDS):
+            if len(self._busy) >= MAX_FAILED:
+                self._busy.clear()
+            self._busy[artifact.id] = now + BUSY_SECONDS
             return Outcome("busy", artifact)
+        self._busy.pop(artifact.id, None)
         try:
             outcome = await self._ask(artifact)
         except BaseException:

@@ -23,15 +23,15 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from withcache.server import events, log
-from withcache.server.store import Artifact, BlobDamaged, BlobGone, Blobs
+from withcache.server.records import Artifact
+from withcache.server.store import BlobDamaged, BlobGone, Blobs, Metadata
 
-if TYPE_CHECKING:
-    from withcache.server.cache import Cache
+Emit = Callable[[events.Event], Awaitable[None]]
 
 READ_BYTES = 1 << 20
 LIST_PAGE = 1000
@@ -42,35 +42,6 @@ SCRUB_BATCH = 100  # blobs listed per query
 # passes (and their events) come a few times a period, not one per blob.
 SCRUB_SLACK = 0.1
 SCRUB_IDLE_MAX = 3600.0  # longest sleep between looks for due blobs
-# A small blob read again within this long, with its file unchanged, is not
-# re-hashed: hashing 64 KiB costs a third of answering it.
-READ_RECHECK_SECONDS = 60.0
-READ_CHECKS = 4096  # blobs remembered as checked (the memo is cleared when full)
-
-
-class ReadChecks:
-    """Which small blobs the read path hashed lately, and their files then.
-
-    A file changed since (another inode, a write: its size or modification
-    time moves) is hashed again on its next read; an unchanged one once a
-    minute, so rot that the page cache hid shows within a minute of reads
-    (and the scrub finds it in any blob)."""
-
-    def __init__(self) -> None:
-        self._checked: dict[str, tuple[tuple[int, ...], float]] = {}
-
-    def due(self, sha256: str, stamp: tuple[int, ...] | None) -> bool:
-        if stamp is None:
-            return True  # the store can't say whether the bytes changed
-        found = self._checked.get(sha256)
-        return found is None or found[0] != stamp or found[1] < time.monotonic()
-
-    def passed(self, sha256: str, stamp: tuple[int, ...] | None) -> None:
-        if stamp is None:
-            return
-        if len(self._checked) >= READ_CHECKS:
-            self._checked.clear()
-        self._checked[sha256] = (stamp, time.monotonic() + READ_RECHECK_SECONDS)
 
 
 @dataclass
@@ -130,45 +101,45 @@ class Verification:
     def by_scrub(self) -> bool:
         return self.actor == SCRUB_ACTOR
 
-    async def run(self, cache: Cache) -> None:
+    async def run(self, verifier: Verifier) -> None:
         """Check every stored blob (what `verify` does)."""
         started = time.monotonic()
         try:
-            by_blob = await _artifacts_by_blob(cache)
+            by_blob = await _artifacts_by_blob(verifier)
             self.blobs = len(by_blob)
             self.bytes_total = sum(found[0].size for found in by_blob.values())
             for sha256, artifacts in by_blob.items():
-                await self.check(cache, sha256, artifacts[0].size)
+                await self.check(verifier, sha256, artifacts[0].size)
         except Exception as err:
             log.error("verify.crashed", exc_info=True)
             self.error = f"{type(err).__name__}: {err}"
         finally:
             self.finished_at = time.time()
-        await self.report(cache, started)
+        await self.report(verifier, started)
 
-    async def check(self, cache: Cache, sha256: str, size: int, marked: bool = False) -> None:
+    async def check(self, verifier: Verifier, sha256: str, size: int, marked: bool = False) -> None:
         """Check one blob; mark it checked in the store (unless `marked` already)."""
         done_before = self.bytes_checked
 
         def progress(n: int) -> None:
             self.bytes_checked = done_before + n
 
-        problem = await _inspect(cache.blobs, sha256, size, progress, self.pace)
+        problem = await _inspect(verifier.blobs, sha256, size, progress, self.pace)
         self.bytes_checked = done_before + size
         self.checked += 1
         if problem is None:
             if not marked:
                 try:
-                    await cache.metadata.mark_checked(sha256, time.time())
-                except cache.metadata.unavailable as err:  # only the scrub's order suffers
+                    await verifier.metadata.mark_checked(sha256, time.time())
+                except verifier.metadata.unavailable as err:  # only the scrub's order suffers
                     log.warning("verify.unmarked", sha256=sha256, error=str(err))
             return
-        corrupt = await confirm(cache, sha256, size, self.actor, self.quarantine)
+        corrupt = await verifier.confirm(sha256, size, self.actor, self.quarantine)
         if corrupt is not None:
             self.corrupt.append(corrupt)
 
-    async def report(self, cache: Cache, started: float) -> None:
-        await cache.record(
+    async def report(self, verifier: Verifier, started: float) -> None:
+        await verifier.emit(
             events.VerifyFinished(
                 actor=self.actor, blobs=self.checked, corrupt=len(self.corrupt),
                 quarantined=sum(c.quarantined for c in self.corrupt),
@@ -177,37 +148,50 @@ class Verification:
         )  # fmt: skip
 
 
-async def confirm(
-    cache: Cache, sha256: str, size: int, actor: str | None, quarantine: bool = True
-) -> Corrupt | None:
-    """Check a blob found bad again, under its blob lock, and (if it still is,
-    and `quarantine`) take it out of service; what was found, or None."""
-    async with cache.metadata.blob_lock(sha256):
-        problem = await _inspect(cache.blobs, sha256, size, lambda n: None, Pace())
-        if problem is None:
-            return None  # stored afresh meanwhile, or a read that broke off
-        found = await cache.metadata.list_artifacts(search=sha256, limit=LIST_PAGE)
-        corrupt = Corrupt(sha256, problem, [a for a in found.rows if a.sha256 == sha256])
-        log.warning(
-            "verify.corrupt", sha256=sha256, problem=problem, artifacts=len(corrupt.artifacts),
-            by=actor,
-        )  # fmt: skip
-        if quarantine:
-            await _quarantine(cache, corrupt, actor)
-        return corrupt
+class Verifier:
+    """What every check shares: the stores, the audit trail, and the lookup
+    memo's `forget` (a quarantined artifact's key serves nothing now)."""
 
+    def __init__(
+        self, metadata: Metadata, blobs: Blobs, emit: Emit, forget: Callable[[str], None]
+    ) -> None:
+        self.metadata = metadata
+        self.blobs = blobs
+        self.emit = emit
+        self._forget = forget
 
-async def _quarantine(cache: Cache, corrupt: Corrupt, actor: str | None) -> None:
-    for artifact in corrupt.artifacts:
-        if await cache.metadata.delete_artifact(artifact.id) is None:
-            continue
-        await cache.record(
-            events.ArtifactQuarantined(
-                url=artifact.key, actor=actor, sha256=corrupt.sha256, problem=corrupt.problem
-            )
-        )
-    await cache.blobs.quarantine(corrupt.sha256)
-    corrupt.quarantined = True
+    async def confirm(
+        self, sha256: str, size: int, actor: str | None, quarantine: bool = True
+    ) -> Corrupt | None:
+        """Check a blob found bad again, under its blob lock, and (if it still
+        is, and `quarantine`) take it out of service; what was found, or None."""
+        async with self.metadata.blob_lock(sha256):
+            problem = await _inspect(self.blobs, sha256, size, lambda n: None, Pace())
+            if problem is None:
+                return None  # stored afresh meanwhile, or a read that broke off
+            found = await self.metadata.list_artifacts(search=sha256, limit=LIST_PAGE)
+            corrupt = Corrupt(sha256, problem, [a for a in found.rows if a.sha256 == sha256])
+            log.warning(
+                "verify.corrupt", sha256=sha256, problem=problem,
+                artifacts=len(corrupt.artifacts), by=actor,
+            )  # fmt: skip
+            if quarantine:
+                await self._quarantine(corrupt, actor)
+            return corrupt
+
+    async def _quarantine(self, corrupt: Corrupt, actor: str | None) -> None:
+        for artifact in corrupt.artifacts:
+            if await self.metadata.delete_artifact(artifact.id) is None:
+                continue
+            self._forget(artifact.key)
+            await self.emit(
+                events.ArtifactQuarantined(
+                    url=artifact.key, actor=actor, sha256=corrupt.sha256,
+                    problem=corrupt.problem,
+                )
+            )  # fmt: skip
+        await self.blobs.quarantine(corrupt.sha256)
+        corrupt.quarantined = True
 
 
 class Scrub:
@@ -228,24 +212,24 @@ class Scrub:
             return 1.0
         return max(0.0, 1 - self.unchecked_bytes / self.stored_bytes)
 
-    async def run(self, cache: Cache) -> None:
+    async def run(self, verifier: Verifier) -> None:
         idle = min(max(self.period * SCRUB_SLACK, 1.0), SCRUB_IDLE_MAX)
         while True:
             try:
-                if await self._pass(cache):
+                if await self._pass(verifier):
                     continue
             except Exception:
                 log.error("scrub.failed", exc_info=True)
             await asyncio.sleep(idle)
 
-    async def _pass(self, cache: Cache) -> bool:
+    async def _pass(self, verifier: Verifier) -> bool:
         """Check the blobs that are due, if any; whether it checked some and
         may go on at once (not after an error: the store may be unwritable)."""
         now = time.time()
         due_before = now - self.period * (1 - SCRUB_SLACK)
-        _, self.stored_bytes = await cache.metadata.totals()
-        _, self.unchecked_bytes = await cache.metadata.unchecked_totals(now - self.period)
-        blobs, size = await cache.metadata.unchecked_totals(due_before)
+        _, self.stored_bytes = await verifier.metadata.totals()
+        _, self.unchecked_bytes = await verifier.metadata.unchecked_totals(now - self.period)
+        blobs, size = await verifier.metadata.unchecked_totals(due_before)
         if not blobs:
             return False
         rate = max(2 * (self.stored_bytes or 0) / self.period, SCRUB_MIN_RATE)
@@ -254,11 +238,11 @@ class Scrub:
         )
         self.current, started = run, time.monotonic()
         try:
-            while batch := await cache.metadata.blobs_to_check(due_before, SCRUB_BATCH):
+            while batch := await verifier.metadata.blobs_to_check(due_before, SCRUB_BATCH):
                 for sha256, blob_size in batch:
                     # Claimed first: a host sharing the store takes other blobs.
-                    if await cache.metadata.mark_checked(sha256, time.time(), due_before):
-                        await run.check(cache, sha256, blob_size, marked=True)
+                    if await verifier.metadata.mark_checked(sha256, time.time(), due_before):
+                        await run.check(verifier, sha256, blob_size, marked=True)
                         self.unchecked_bytes = max(0, self.unchecked_bytes - blob_size)
         except Exception as err:
             log.error("scrub.crashed", exc_info=True)
@@ -267,17 +251,17 @@ class Scrub:
             run.finished_at = time.time()
             self.current, self.last = None, run
         if run.checked:
-            await run.report(cache, started)
+            await run.report(verifier, started)
         return bool(run.checked) and run.error is None
 
 
-async def _artifacts_by_blob(cache: Cache) -> dict[str, list[Artifact]]:
+async def _artifacts_by_blob(verifier: Verifier) -> dict[str, list[Artifact]]:
     """Every artifact, grouped by blob; read whole first, so that deletes
     made while blobs are hashed can't shift the pages."""
     found: dict[str, list[Artifact]] = {}
     offset = 0
     while True:
-        page = await cache.metadata.list_artifacts(
+        page = await verifier.metadata.list_artifacts(
             sort="sha256", descending=False, offset=offset, limit=LIST_PAGE
         )
         for artifact in page.rows:

@@ -25,25 +25,23 @@ from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from withcache.server.digests import Digest
-from withcache.server.store import (
+from withcache.server.records import (
     IMPORTED,
-    MAX_LISTS,
     Artifact,
     EventRecord,
     EvictionCandidate,
     FillRecord,
     FillState,
-    Lease,
     ListItem,
     ListRecord,
     ListTally,
     Miss,
     Page,
-    StoreError,
     TokenRecord,
     TokenScope,
     miss_key,
 )
+from withcache.server.store import MAX_LISTS, Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from withcache.server.digests import Digest
-from withcache.server.store import (
+from withcache.server.records import (
     Artifact,
     EvictionCandidate,
     FillRecord,

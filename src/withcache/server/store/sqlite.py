@@ -22,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from withcache.server.digests import Digest
-from withcache.server.store import (
+from withcache.server.records import (
     IMPORTED,
-    MAX_LISTS,
     Artifact,
     EventRecord,
     EvictionCandidate,
     FillRecord,
     FillState,
-    Lease,
     ListItem,
     ListRecord,
     ListTally,
@@ -40,6 +38,7 @@ from withcache.server.store import (
     TokenScope,
     miss_key,
 )
+from withcache.server.store import MAX_LISTS, Lease
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,

@@ -19,7 +19,7 @@ def make_app(cache: Cache) -> web.Application:
         # Before the server waits for open requests to end: a client streaming
         # a fill is closed short now (its fill resumes at the next start), not
         # after the shutdown timeout.
-        await cache.fills.stop()
+        await cache.stop_fills()
 
     app.on_shutdown.append(end_fills)
     return app

@@ -3,7 +3,8 @@
 Handlers map requests onto the core (`Cache`) exactly as the UI does, and say
 what they send in openapi.py; `ROUTES` is the one list of operations both the
 router and the OpenAPI document are built from. Every answer is JSON; errors
-are `{"error": "<one line>"}` with a 4xx, never a 5xx for bad input. Callers
+are `{"error": "<one line>"}` with a 4xx, never a 5xx for bad input (the
+middleware `json_errors` makes them so, an action the core refused included). Callers
 authenticate with a bearer token (web.auth.api_gate); the actor recorded in
 the audit log is `api:<token name>`.
 """
@@ -19,27 +20,17 @@ from typing import Any
 from aiohttp import web
 
 from withcache import keys
-from withcache.server import events, export, log, metrics
-from withcache.server.cache import ActionError, Cache
+from withcache.server import events, log, metrics
+from withcache.server.cache import ActionError, Cache, FillRow, Unhealthy
 from withcache.server.digests import BLOB_ALGORITHM, SHA256_RE, BadDigest, Digest
-from withcache.server.download import REPLAYED_HEADERS
-from withcache.server.imports import (
-    MAX_OFFERED,
-    Imports,
-    Offered,
-    Outcome,
-    bad_headers,
-    bad_scope,
-    uploaded,
-)
-from withcache.server.lists import ListProgress, Lists
-from withcache.server.origins import Unhealthy
-from withcache.server.store import (
+from withcache.server.export import Selection
+from withcache.server.imports import MAX_OFFERED, Offered, Outcome, bad_headers, bad_scope, uploaded
+from withcache.server.lists import ListProgress
+from withcache.server.records import (
     ITEM_STATES,
     PUBLIC,
+    REPLAYED_HEADERS,
     Artifact,
-    BlobDamaged,
-    BlobGone,
     EventRecord,
     ListItem,
     Miss,
@@ -48,7 +39,6 @@ from withcache.server.store import (
 )
 from withcache.server.verify import Verification
 from withcache.server.web import auth, openapi, params
-from withcache.server.web.progress import FillRow, fill_rows
 from withcache.server.web.read import CACHE_KEY
 
 PREFIX = "/api/v1"
@@ -184,17 +174,6 @@ def _paging(request: web.Request) -> tuple[int, int]:
     return offset, limit
 
 
-def _short_text(request: web.Request, name: str) -> str:
-    value = request.query.get(name, "")
-    if len(value) > params.MAX_SEARCH:
-        raise web.HTTPBadRequest(text=f"bad {name}: longer than {params.MAX_SEARCH} characters")
-    return params.text(value, name)
-
-
-def _search(request: web.Request) -> str:
-    return _short_text(request, "q")
-
-
 def _id(request: web.Request) -> int:
     return params.number(request.match_info["id"], "id", 1, params.MAX_ID)
 
@@ -246,14 +225,6 @@ def _flag(request: web.Request, name: str) -> bool:
     return params.choice(request, name, ("true", "false", "1", "0"), "false") in ("true", "1")
 
 
-def _acted(err: ActionError) -> web.HTTPException:
-    """An operator mistake the core refused, as the API's status for it."""
-    return _HTTP_ERRORS[params.refusal_status(err)](text=str(err))
-
-
-_HTTP_ERRORS = {400: web.HTTPBadRequest, 404: web.HTTPNotFound, 409: web.HTTPConflict}
-
-
 # -- handlers
 
 
@@ -268,41 +239,34 @@ async def get_status(request: web.Request) -> web.Response:
 async def list_artifacts(request: web.Request) -> web.Response:
     cache = _cache(request)
     offset, limit = _paging(request)
-    search = _search(request)
-    sort = params.choice(request, "sort", params.ARTIFACT_SORTS, "fetched_at")
-    default_order = "asc" if sort in params.ASCENDING_FIRST else "desc"
-    order = params.choice(request, "order", ("asc", "desc"), default_order)
+    search = params.search(request)
+    sort, order = params.artifact_order(request)
     pinned = _flag(request, "pinned")
     if "url" in request.query:
         # One key has a handful of artifacts at most (one per credential scope).
-        found = await cache.metadata.find_artifacts(_key(cache, _short_text(request, "url")))
+        found = await cache.artifacts_of(params.search(request, "url"))
         found = [a for a in found if a.pinned or not pinned]
         rows = [_looked_at(cache, a) for a in found[offset : offset + limit]]
         return _listing(rows, len(found), offset, limit)
-    page = await cache.metadata.list_artifacts(
-        search, sort, order == "desc", offset, limit, pinned=pinned
-    )
+    page = await cache.list_artifacts(search, sort, order == "desc", offset, limit, pinned)
     return _listing([_looked_at(cache, a) for a in page.rows], page.total, offset, limit)
 
 
 def _looked_at(cache: Cache, artifact: Artifact) -> dict[str, Any]:
     """An artifact as listings show it: with why it is served stale, if it is."""
-    return {**artifact_json(artifact), "stale": cache.revalidator.stale(artifact)}
+    return {**artifact_json(artifact), "stale": cache.stale(artifact)}
 
 
 async def get_artifact(request: web.Request) -> web.Response:
     cache = _cache(request)
-    artifact = await cache.metadata.get_artifact(_id(request))
+    artifact = await cache.artifact(_id(request))
     if artifact is None:
         raise web.HTTPNotFound(text="no such artifact")
     return _json(_looked_at(cache, artifact))
 
 
 async def delete_artifact(request: web.Request) -> web.Response:
-    try:
-        artifact = await _cache(request).delete(_id(request), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    artifact = await _cache(request).delete(_id(request), _actor(request))
     return _json(artifact_json(artifact))
 
 
@@ -315,19 +279,13 @@ async def unpin_artifact(request: web.Request) -> web.Response:
 
 
 async def _pin(request: web.Request, pinned: bool) -> web.Response:
-    try:
-        artifact = await _cache(request).pin(_id(request), pinned, _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    artifact = await _cache(request).pin(_id(request), pinned, _actor(request))
     return _json(artifact_json(artifact))
 
 
 async def refresh_artifact(request: web.Request) -> web.Response:
     cache = _cache(request)
-    try:
-        outcome = await cache.refresh(_id(request), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    outcome = await cache.refresh(_id(request), _actor(request))
     body = {"outcome": outcome.outcome, "error": outcome.error,
             "artifact": artifact_json(outcome.artifact)}  # fmt: skip
     if outcome.outcome == "running":  # where to look for the new bytes
@@ -344,90 +302,68 @@ async def list_origins(request: web.Request) -> web.Response:
 
 async def unblock_origin(request: web.Request) -> web.Response:
     body = await _body(request, {"origin": str}, {"origin"})
-    try:
-        found = await _cache(request).unblock(body["origin"], _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    found = await _cache(request).unblock(body["origin"], _actor(request))
     return _json(origin_json(found))
 
 
 async def list_misses(request: web.Request) -> web.Response:
     offset, limit = _paging(request)
-    page = await _cache(request).metadata.list_misses(_search(request), offset, limit)
+    page = await _cache(request).list_misses(params.search(request), offset, limit)
     return _listing([miss_json(m) for m in page.rows], page.total, offset, limit)
 
 
 async def approve_miss(request: web.Request) -> web.Response:
     cache = _cache(request)
     body = await _body(request, {"url": str}, {"url"})
-    try:
-        record = await cache.approve(_key(cache, body["url"]), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
-    return _json(fill_json(fill_rows(cache, [record])[0]))
+    record = await cache.approve(_key(cache, body["url"]), _actor(request))
+    return _json(fill_json(cache.fill_row(record)))
 
 
 async def dismiss_miss(request: web.Request) -> web.Response:
     cache = _cache(request)
     body = await _body(request, {"url": str}, {"url"})
-    try:
-        await cache.dismiss(_key(cache, body["url"]), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    await cache.dismiss(_key(cache, body["url"]), _actor(request))
     return web.Response(status=204)
 
 
 async def list_fills(request: web.Request) -> web.Response:
-    cache = _cache(request)
     offset, limit = _paging(request)
-    state = params.choice(request, "state", params.FILL_STATES, "")
-    page = await cache.metadata.list_fills(params.FILL_STATES.get(state, ()), offset, limit)
-    rows = [fill_json(r) for r in fill_rows(cache, list(page.rows))]
-    return _listing(rows, page.total, offset, limit)
+    page = await _cache(request).list_fills(params.fill_states(request)[1], offset, limit)
+    return _listing([fill_json(r) for r in page.rows], page.total, offset, limit)
 
 
 async def add_fill(request: web.Request) -> web.Response:
     cache = _cache(request)
     body = await _body(request, {"url": str, "sha256": str, "refresh": bool}, {"url"})
-    try:
-        added = await cache.add(
-            body["url"], body.get("sha256"), _actor(request), bool(body.get("refresh"))
-        )
-    except ActionError as err:
-        raise _acted(err) from None
+    added = await cache.add(
+        body["url"], body.get("sha256"), _actor(request), bool(body.get("refresh"))
+    )
     if added.artifact is not None:  # cached already: nothing fetched
         location = f"{PREFIX}/artifacts/{added.artifact.id}"
         return _json(artifact_json(added.artifact), 200, {"Location": location})
     assert added.fill is not None
-    row = fill_rows(cache, [added.fill])[0]
     # 201: a new fill; 202: the one already under way for this URL.
     status = 201 if added.created else 202
-    return _json(fill_json(row), status, {"Location": f"{PREFIX}/fills/{added.fill.id}"})
+    location = f"{PREFIX}/fills/{added.fill.id}"
+    return _json(fill_json(cache.fill_row(added.fill)), status, {"Location": location})
 
 
 async def get_fill(request: web.Request) -> web.Response:
-    cache = _cache(request)
-    record = await cache.metadata.get_fill(_id(request))
-    if record is None:
+    row = await _cache(request).fill(_id(request))
+    if row is None:
         raise web.HTTPNotFound(text="no such fill")
-    return _json(fill_json(fill_rows(cache, [record])[0]))
+    return _json(fill_json(row))
 
 
 async def cancel_fill(request: web.Request) -> web.Response:
-    try:
-        await _cache(request).cancel(_id(request), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    await _cache(request).cancel(_id(request), _actor(request))
     return web.Response(status=204)
 
 
 async def retry_fill(request: web.Request) -> web.Response:
     cache = _cache(request)
-    try:
-        record = await cache.retry(_id(request), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
-    return _json(fill_json(fill_rows(cache, [record])[0]))
+    record = await cache.retry(_id(request), _actor(request))
+    return _json(fill_json(cache.fill_row(record)))
 
 
 async def clear_finished(request: web.Request) -> web.Response:
@@ -441,19 +377,16 @@ async def add_list(request: web.Request) -> web.Response:
     text, sums = body.get("text"), body.get("sums")
     if (text is None) == (sums is None):
         raise web.HTTPBadRequest(text="give either text (the list) or sums (a checksum file's URL)")
-    lists = Lists(cache)
+    lists = cache.lists
     refresh = bool(body.get("refresh"))
-    try:
-        if sums is not None:
-            match = body.get("match") or None
-            record = await lists.add_sums(sums, match, _actor(request), refresh)
-        else:
-            source = body.get("source") or "-"
-            if len(source) > MAX_SOURCE:
-                raise web.HTTPBadRequest(text=f"bad source: at most {MAX_SOURCE} characters")
-            record = await lists.add_text(text or "", source, _actor(request), refresh)
-    except ActionError as err:
-        raise _acted(err) from None
+    if sums is not None:
+        match = body.get("match") or None
+        record = await lists.add_sums(sums, match, _actor(request), refresh)
+    else:
+        source = body.get("source") or "-"
+        if len(source) > MAX_SOURCE:
+            raise web.HTTPBadRequest(text=f"bad source: at most {MAX_SOURCE} characters")
+        record = await lists.add_text(text or "", source, _actor(request), refresh)
     location = {"Location": f"{PREFIX}/lists/{record.id}"}
     return _json(list_json(await lists.progress(record)), 201, location)
 
@@ -461,15 +394,14 @@ async def add_list(request: web.Request) -> web.Response:
 async def list_lists(request: web.Request) -> web.Response:
     cache = _cache(request)
     offset, limit = _paging(request)
-    page = await cache.metadata.list_lists(offset, limit)
-    lists = Lists(cache)
-    rows = [list_json(await lists.progress(r)) for r in page.rows]
+    page = await cache.lists.listing(offset, limit)
+    rows = [list_json(await cache.lists.progress(r)) for r in page.rows]
     return _listing(rows, page.total, offset, limit)
 
 
 async def _list(request: web.Request) -> tuple[Cache, Any]:
     cache = _cache(request)
-    record = await cache.metadata.get_list(_id(request))
+    record = await cache.lists.get(_id(request))
     if record is None:
         raise web.HTTPNotFound(text="no such list")
     return cache, record
@@ -477,14 +409,14 @@ async def _list(request: web.Request) -> tuple[Cache, Any]:
 
 async def get_list(request: web.Request) -> web.Response:
     cache, record = await _list(request)
-    return _json(list_json(await Lists(cache).progress(record)))
+    return _json(list_json(await cache.lists.progress(record)))
 
 
 async def list_items(request: web.Request) -> web.Response:
     cache, record = await _list(request)
     offset, limit = _paging(request)
     state = params.choice(request, "state", ITEM_STATES, "")
-    page = await cache.metadata.list_items(record.id, (state,) if state else (), offset, limit)
+    page = await cache.lists.items(record.id, (state,) if state else (), offset, limit)
     return _listing([item_json(i) for i in page.rows], page.total, offset, limit)
 
 
@@ -507,13 +439,10 @@ async def import_artifact(request: web.Request) -> web.Response:
         if value:
             headers[name] = value
     chunks = uploaded(request.content, cache.settings.origin_timeout)
-    try:
-        artifact = await Imports(cache).upload(
-            url, chunks, request.content_length, expected, headers, _actor(request),
-            query.get("scope", PUBLIC), query.get("scope_key"), _flag(request, "refresh"),
-        )  # fmt: skip
-    except ActionError as err:
-        raise _acted(err) from None
+    artifact = await cache.imports.upload(
+        url, chunks, request.content_length, expected, headers, _actor(request),
+        query.get("scope", PUBLIC), query.get("scope_key"), _flag(request, "refresh"),
+    )  # fmt: skip
     location = {"Location": f"{PREFIX}/artifacts/{artifact.id}"}
     return _json(artifact_json(artifact), 201, location)
 
@@ -532,12 +461,9 @@ async def offer_imports(request: web.Request) -> web.Response:
     if len(body["artifacts"]) > MAX_OFFERED:
         raise web.HTTPBadRequest(text=f"bad artifacts: offer at most {MAX_OFFERED} at once")
     offered = [_offered(n, entry) for n, entry in enumerate(body["artifacts"])]
-    try:
-        outcomes = await Imports(cache).offer(
-            offered, _actor(request), body.get("scope_key"), bool(body.get("refresh"))
-        )
-    except ActionError as err:
-        raise _acted(err) from None
+    outcomes = await cache.imports.offer(
+        offered, _actor(request), body.get("scope_key"), bool(body.get("refresh"))
+    )
     return _json({"items": [outcome_json(o) for o in outcomes]})
 
 
@@ -575,14 +501,11 @@ def _offered(n: int, entry: Any) -> Offered:
 async def export_bundle(request: web.Request) -> web.StreamResponse:
     """A bundle (a tar file) of the artifacts chosen, streamed from the stores."""
     cache = _cache(request)
-    try:
-        selection = export.Selection(
-            match=_short_text(request, "match") or None, since=_since(request),
-            ids=_ids(request), include_scoped=_flag(request, "include_scoped"),
-        )  # fmt: skip
-        bundle = await export.prepare(cache, selection)
-    except ActionError as err:
-        raise _acted(err) from None
+    selection = Selection(
+        match=params.search(request, "match") or None, since=_since(request),
+        ids=_ids(request), include_scoped=_flag(request, "include_scoped"),
+    )  # fmt: skip
+    bundle = await cache.export(selection)
     response = web.StreamResponse(headers={
         "Content-Type": "application/x-tar",
         "Content-Disposition": 'attachment; filename="withcache-bundle.tar"',
@@ -594,7 +517,7 @@ async def export_bundle(request: web.Request) -> web.StreamResponse:
     try:
         async for chunk in bundle.chunks():
             await response.write(chunk)
-    except (OSError, BlobGone, BlobDamaged) as err:
+    except OSError as err:
         log.error("export.broke_off", error=str(err) or type(err).__name__)
         if request.transport is not None:
             request.transport.close()  # short of Content-Length: the client knows it failed
@@ -626,12 +549,12 @@ def _ids(request: web.Request) -> tuple[int, ...]:
 async def list_events(request: web.Request) -> web.Response:
     offset, limit = _paging(request)
     kind = params.choice(request, "kind", events.kinds(), "")
-    page = await _cache(request).metadata.list_events(kind, _search(request), offset, limit)
+    page = await _cache(request).list_events(kind, params.search(request), offset, limit)
     return _listing([event_json(e) for e in page.rows], page.total, offset, limit)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    found = await _cache(request).metadata.list_tokens()
+    found = await _cache(request).list_tokens()
     return _json({"items": [token_json(t) for t in found], "total": len(found)})
 
 
@@ -642,30 +565,21 @@ async def create_token(request: web.Request) -> web.Response:
         scope = TokenScope.READ.value
     if scope not in TokenScope.__members__.values():
         raise web.HTTPBadRequest(text="bad scope: choose 'read' or 'admin'")
-    try:
-        record, secret = await _cache(request).create_token(
-            body["name"], TokenScope(scope), _actor(request)
-        )
-    except ActionError as err:
-        raise _acted(err) from None
+    record, secret = await _cache(request).create_token(
+        body["name"], TokenScope(scope), _actor(request)
+    )
     # The only time the token is ever shown: it is not stored, only its digest.
     return _json({**token_json(record), "token": secret}, 201)
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    try:
-        await _cache(request).revoke_token(request.match_info["name"], _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    await _cache(request).revoke_token(request.match_info["name"], _actor(request))
     return web.Response(status=204)
 
 
 async def start_verify(request: web.Request) -> web.Response:
     body = await _body(request, {"quarantine": bool}, set())
-    try:
-        run = await _cache(request).verify(bool(body.get("quarantine")), _actor(request))
-    except ActionError as err:
-        raise _acted(err) from None
+    run = await _cache(request).verify(bool(body.get("quarantine")), _actor(request))
     return _json(verification_json(run), 202)
 
 
@@ -733,6 +647,8 @@ ROUTES = [
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except ActionError as err:  # an operator mistake the core refused
+        return _json({"error": str(err)}, params.refusal_status(err))
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -751,9 +667,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def metrics_handler(cache: Cache) -> Handler:
     async def serve_metrics(request: web.Request) -> web.Response:
-        body = metrics.exposition(
-            cache.tally, await cache.health(), await cache.work(), cache.integrity()
-        )
+        body = await cache.metrics_text()
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     if cache.settings.private_metrics:

@@ -44,7 +44,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from withcache.server import events, log
-from withcache.server.store import TokenScope
+from withcache.server.records import TokenScope
 from withcache.server.web import params
 from withcache.server.web.read import CACHE_KEY
 

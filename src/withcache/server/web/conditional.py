@@ -1,9 +1,11 @@
-"""Conditional and range requests on a stored blob (RFC 9110, sections 13-14).
+"""Conditional and range requests (RFC 9110, sections 13-14), and the one
+answer built from them: the status, the byte range and the headers.
 
-A pure function of the request headers and the blob's validators, so that the
-rules (which header wins, when Range is ignored, what is unsatisfiable) are
-tested on their own. Multi-range requests are answered with the whole body,
-which the RFC allows.
+Pure functions of the request headers and a Representation (a stored blob's,
+or a fill's as it arrives), so that the rules (which header wins, when Range
+is ignored, what is unsatisfiable, what a 304 carries) are tested on their
+own and every answer of the read path follows them alike. Multi-range
+requests are answered with the whole body, which the RFC allows.
 """
 
 from __future__ import annotations
@@ -11,25 +13,53 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 
 _ETAG_RE = re.compile(r'\s*(W/)?("[^"]*")\s*(?:,|$)')
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
+# What describes the body rather than the resource: not on a 304 or a 412,
+# which have none (RFC 9110, 15.4.5).
+CONTENT_HEADERS = ("Content-Type", "Content-Encoding", "Content-Disposition")
+
+
 @dataclass(frozen=True)
 class Representation:
-    etag: str  # a strong entity tag, quoted
+    etag: str  # a strong entity tag, quoted (compared only: sent if it is in `headers`)
     last_modified: float | None  # seconds since the epoch, whole seconds
-    size: int
+    size: int | None  # None: not known yet (a fill whose origin gave no length)
+    headers: Mapping[str, str] = field(default_factory=dict)  # what a 200 carries
 
 
 @dataclass(frozen=True)
 class Answer:
     status: int  # 200, 206, 304, 412 or 416
     start: int = 0
-    length: int = 0  # bytes of body to send
+    length: int = 0  # bytes of body to send (all there will be, if the size is unknown)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def answer(method: str, request_headers: Mapping[str, str], rep: Representation) -> Answer:
+    """The answer to a GET or HEAD for `rep`: its status and byte range
+    (`evaluate`), and its headers: `rep`'s, with Accept-Ranges when the size
+    is known, Content-Range on a 206 or a 416, and no content headers on a
+    304 or a 412. A representation of unknown size is sent whole, as it comes."""
+    headers = dict(rep.headers)
+    if rep.size is None:
+        return Answer(200, headers=headers)
+    headers["Accept-Ranges"] = "bytes"
+    decided = evaluate(method, request_headers, rep)
+    if decided.status in (304, 412):
+        for name in CONTENT_HEADERS:
+            headers.pop(name, None)
+    elif decided.status == 416:
+        headers["Content-Range"] = f"bytes */{rep.size}"
+    elif decided.status == 206:
+        end = decided.start + decided.length - 1
+        headers["Content-Range"] = f"bytes {decided.start}-{end}/{rep.size}"
+    return replace(decided, headers=headers)
 
 
 @functools.lru_cache(maxsize=1024)  # the same few Last-Modified values, on every hit
@@ -88,7 +118,9 @@ def _range(value: str, size: int) -> tuple[int, int] | str | None:
 
 
 def evaluate(method: str, headers: Mapping[str, str], rep: Representation) -> Answer:
-    """How to answer a GET or HEAD for `rep` given the request's headers."""
+    """How to answer a GET or HEAD for `rep` (of known size) given the
+    request's headers: the status and the byte range, no headers yet."""
+    assert rep.size is not None
     whole = Answer(200, 0, rep.size)
     if_match = headers.get("If-Match")
     if if_match is not None:

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 from withcache import __version__, keys
 from withcache.server import events, tokens
 from withcache.server.digests import ALGORITHMS
-from withcache.server.download import REPLAYED_HEADERS
 from withcache.server.imports import MAX_HEADER_VALUE, MAX_OFFERED
 from withcache.server.lists import MAX_LINES
-from withcache.server.store import IMPORTED, ITEM_STATES, FillState, TokenScope
+from withcache.server.records import IMPORTED, ITEM_STATES, REPLAYED_HEADERS, FillState, TokenScope
 from withcache.server.web import params
 
 if TYPE_CHECKING:

@@ -1,7 +1,10 @@
-"""Request input shared by the UI and the API, checked in one place.
+"""Request input shared by the UI and the API, checked in one place, and
+what an operator's refused action answers on either.
 
 Bad input raises HTTPBadRequest with a one-line reason: the UI sends it as
-text, the API wraps it in its JSON error body. Never a 5xx for bad input:
+text, the API wraps it in its JSON error body. Both read their search text,
+fill-state filters and artifact sort order here, with the same defaults and
+limits, and map the core's refusals (ActionError) to one status each. Never a 5xx for bad input:
 text that isn't valid Unicode (a lone surrogate from a JSON escape), a body
 that breaks off, arrives too slowly or names an unknown charset, and a
 redirect target that a browser would read as another site are all refused
@@ -19,13 +22,13 @@ from aiohttp import web
 from multidict import MultiDictProxy
 
 from withcache.server.cache import ActionError, BadInput, NotFound
-from withcache.server.store import ACTIVE_STATES, FillState
+from withcache.server.records import ACTIVE_STATES, FillState
 from withcache.server.web.read import CACHE_KEY, is_utf8
 
 T = TypeVar("T")
 
 MAX_PAGE = 1_000_000  # keeps offsets inside SQLite's integers
-MAX_TEXT = 8192  # longest filter or URL accepted from a form or query
+MAX_TEXT = 8192  # longest text (a URL) accepted from a form or a JSON body
 ARTIFACT_SORTS = ("key", "size", "hits", "misses", "sha256", "fetched_at", "last_hit")
 ASCENDING_FIRST = {"key", "sha256"}  # columns whose natural first order is A-Z
 # The API pages by offset and limit; ids are SQLite's 64-bit integers.
@@ -33,9 +36,10 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_OFFSET = 1_000_000_000
 MAX_ID = 2**63 - 1
-# Longest search text or URL filter in an API query: percent-encoded, even 1000
-# four-byte characters stay inside the server's 16 KiB request line.
+# Longest search text or URL filter in a query string: percent-encoded, even
+# 1000 four-byte characters stay inside the server's 16 KiB request line.
 MAX_SEARCH = 1000
+# The fill listings' filters (absent or empty: every fill).
 FILL_STATES = {"active": ACTIVE_STATES, **{state.value: (state,) for state in FillState}}
 # What browsers do to a URL before they read it (WHATWG URL standard): strip
 # C0 controls and spaces at both ends, drop tabs and newlines anywhere, and
@@ -67,8 +71,29 @@ def check_unicode(value: str, what: str) -> str:
     return value
 
 
-def query_text(request: web.Request, name: str) -> str:
-    return text(request.query.get(name, ""), name)
+def search(request: web.Request, name: str = "q") -> str:
+    """A query parameter that filters a listing (search text, a URL)."""
+    value = request.query.get(name, "")
+    if len(value) > MAX_SEARCH:
+        raise web.HTTPBadRequest(text=f"bad {name}: longer than {MAX_SEARCH} characters\n")
+    return text(value, name)
+
+
+def fill_states(request: web.Request) -> tuple[str, tuple[FillState, ...]]:
+    """The `state` filter of a fill listing: its name and the states it shows."""
+    name = request.query.get("state") or ""
+    if name and name not in FILL_STATES:
+        shown = ", ".join(repr(state) for state in FILL_STATES)
+        raise web.HTTPBadRequest(text=f"bad state: choose one of {shown}\n")
+    return name, tuple(FILL_STATES.get(name, ()))
+
+
+def artifact_order(request: web.Request) -> tuple[str, str]:
+    """The artifact listing's `sort` column and `order` ("asc" or "desc"):
+    newest first, unless the column reads best from A."""
+    sort = choice(request, "sort", ARTIFACT_SORTS, "fetched_at")
+    default = "asc" if sort in ASCENDING_FIRST else "desc"
+    return sort, choice(request, "order", ("asc", "desc"), default)
 
 
 def choice(request: web.Request, name: str, choices: Any, default: str) -> str:

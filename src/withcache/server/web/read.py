@@ -30,7 +30,7 @@ from aiohttp import web
 from withcache import keys
 from withcache.server import log
 from withcache.server.cache import Cache
-from withcache.server.store import Artifact
+from withcache.server.records import Artifact
 from withcache.server.web import readthrough
 from withcache.server.web.hit import send_blob
 
@@ -59,7 +59,7 @@ def _token_url(request: web.Request) -> str:
     try:
         return keys.decode_token(request.match_info["token"])
     except keys.BadURL as err:
-        raise keys.BadURL(f"bad token: {err}") from None
+        raise type(err)(f"bad token: {err}") from None
 
 
 def _query_url(request: web.Request) -> str:
@@ -93,7 +93,7 @@ def _source_cache_digest(request: web.Request) -> str:
 
 
 def _status_for(err: keys.BadURL) -> int:
-    return 414 if "longer than" in str(err) else 400
+    return 414 if isinstance(err, keys.URLTooLong) else 400
 
 
 # -- answering
@@ -149,13 +149,13 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     if response is not None:
         return response
     outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
-    if outcome.fill is not None and cache.settings.stream_fills:
-        streamed = await readthrough.serve_from_fill(request, cache, outcome.fill)
-        if streamed is not None:
-            # A probe answered from the fill is counted once, by the GET that follows it.
-            cache.tally.misses += request.method == "GET"
-            return streamed
-    cache.tally.misses += 1  # the client goes to the origin (or fails)
+    streamed = await readthrough.serve_from_fill(request, cache, outcome)
+    if streamed is not None:
+        # A probe answered from the fill is counted once, by the GET that follows it.
+        if request.method == "GET":
+            cache.count_miss()
+        return streamed
+    cache.count_miss()  # the client goes to the origin (or fails)
     return web.Response(status=404, text=f"not cached: {outcome.reason}\n")
 
 

@@ -1,28 +1,30 @@
 """The operator UI: pages that show the cache and forms that steer it.
 
-Every handler maps a request onto the core (`Cache`, its `Metadata` listings
-and live fills) and renders a template; no SQL or file access here. Every
-action is a plain HTML form (POST, CSRF token, then a 303 back to the page),
-so the UI works without JavaScript; htmx boosts links and forms and polls the
+Every handler maps a request onto the core (`Cache`: its listings, its
+actions) and renders a template; no SQL or file access here. Every action
+is a plain HTML form (POST, CSRF token, then a 303 back to the page), so the
+UI works without JavaScript; htmx boosts links and forms and polls the
 progress table. Input is checked here: bad input gets a 4xx, never a 5xx.
+An action the core refuses (ActionError) is answered in one place
+(`refusals`): its form shown again with the reason, or the error page.
 """
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from withcache.server import events, metrics
-from withcache.server.cache import ActionError, Cache
-from withcache.server.lists import Lists
-from withcache.server.store import ACTIVE_STATES, FillState, TokenScope
+from withcache.server import events
+from withcache.server.cache import ActionError, BadInput, Cache
+from withcache.server.records import ACTIVE_STATES, TokenScope
 from withcache.server.web import auth, params, render
-from withcache.server.web.progress import fill_rows
 from withcache.server.web.read import CACHE_KEY
 
 PAGE_SIZE = 50
@@ -44,14 +46,6 @@ LIST_VIEWS = {
 }
 ADD_DEFAULTS = {"url": "", "sha256": "", "error": None, "cached": None, "lines": "", "sums": "",
                 "match": "", "list_error": None}  # fmt: skip
-
-FILL_VIEWS = {
-    "": (),
-    "active": ACTIVE_STATES,
-    "done": (FillState.DONE,),
-    "failed": (FillState.FAILED,),
-    "cancelled": (FillState.CANCELLED,),
-}
 
 
 # -- input
@@ -105,6 +99,31 @@ async def _failed(request: web.Request, errors: list[str], back: str, status: in
     return await _show(request, "error.html", status, errors=errors, back=back)
 
 
+FormPage = Callable[[web.Request, str], Awaitable[web.Response]]
+
+
+def refusals(back: str, form: FormPage | None = None) -> Callable[[auth.Handler], auth.Handler]:
+    """The UI's one answer to an action the core refused (ActionError): with
+    `form`, that form shown again with the reason (a 400: mend it and send it
+    again); else the error page, with the way `back` (or the form's `next`)
+    and the refusal's status."""
+
+    def wrap(handler: auth.Handler) -> auth.Handler:
+        @functools.wraps(handler)
+        async def answered(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except ActionError as err:
+                if form is not None:
+                    return await form(request, str(err))
+                way = _next(await params.read_form(request), back)
+                return await _failed(request, [str(err)], way, params.refusal_status(err))
+
+        return answered
+
+    return wrap
+
+
 # -- pages
 
 
@@ -113,18 +132,15 @@ async def overview(request: web.Request) -> web.Response:
     against the bytes fetched, what waits, then the lists; on an empty
     cache-host, how to point clients at it."""
     cache = request.app[CACHE_KEY]
-    md = cache.metadata
-    misses = await md.list_misses(limit=OVERVIEW_ROWS)
-    fills = await md.list_fills(ACTIVE_STATES, limit=OVERVIEW_ROWS)
-    recent = await md.list_artifacts(limit=OVERVIEW_ROWS)
-    tally = cache.tally
-    figures = [("Last 24 hours", tally.window(metrics.DAY)), ("Since start", tally.window(None))]
+    misses = await cache.list_misses(limit=OVERVIEW_ROWS)
+    fills = await cache.list_fills(ACTIVE_STATES, limit=OVERVIEW_ROWS)
+    recent = await cache.list_artifacts(limit=OVERVIEW_ROWS)
     return await _show(
         request, "overview.html", section="overview", misses=misses,
-        fills=fill_rows(cache, list(fills.rows)), fills_total=fills.total,
+        fills=list(fills.rows), fills_total=fills.total,
         poll=f"/downloads/table?state=active&limit={OVERVIEW_ROWS}",
-        artifacts=recent, curate=cache.settings.curate, q="", figures=figures,
-        integrity=cache.integrity(), started=tally.started, uptime=time.time() - tally.started,
+        artifacts=recent, curate=cache.settings.curate, q="", figures=cache.figures(),
+        integrity=cache.integrity(), started=cache.started, uptime=time.time() - cache.started,
         work=await cache.work(),
         empty=not (recent.total or misses.total or fills.total),
         client_url=str(request.url.origin()),
@@ -133,8 +149,8 @@ async def overview(request: web.Request) -> web.Response:
 
 async def misses_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
-    search, page = params.query_text(request, "q"), _page(request)
-    found = await cache.metadata.list_misses(search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    search, page = params.search(request), _page(request)
+    found = await cache.list_misses(search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return await _show(
         request, "misses.html", section="misses", misses=found, q=search,
         pages=_pages(found.total, page), curate=cache.settings.curate,
@@ -142,8 +158,8 @@ async def misses_page(request: web.Request) -> web.Response:
 
 
 async def downloads_page(request: web.Request) -> web.Response:
-    view, page = params.choice(request, "state", FILL_VIEWS, ""), _page(request)
-    table = await _fills_table(request, view, page, PAGE_SIZE)
+    view, page = params.fill_states(request)[0], _page(request)
+    table = await _fills_table(request, page, PAGE_SIZE)
     return await _show(
         request, "downloads.html", section="downloads", view=view, **table,
         **await _lists_table(request), origins=request.app[CACHE_KEY].origins(), now=time.time(),
@@ -156,9 +172,8 @@ async def downloads_lists(request: web.Request) -> web.Response:
 
 
 async def _lists_table(request: web.Request) -> dict[str, Any]:
-    cache = request.app[CACHE_KEY]
-    found = await cache.metadata.list_lists(0, LISTS_SHOWN)
-    lists = Lists(cache)
+    lists = request.app[CACHE_KEY].lists
+    found = await lists.listing(0, LISTS_SHOWN)
     shown = [await lists.progress(record) for record in found.rows]
     return {"lists": shown, "lists_total": found.total, "lists_poll": "/downloads/lists"}
 
@@ -177,15 +192,15 @@ async def list_table(request: web.Request) -> web.Response:
 
 
 async def _list_table(request: web.Request, view: str) -> dict[str, Any]:
-    cache = request.app[CACHE_KEY]
+    lists = request.app[CACHE_KEY].lists
     list_id, page = int(request.match_info["id"]), _page(request)
-    record = await cache.metadata.get_list(list_id)
+    record = await lists.get(list_id)
     if record is None:
         raise web.HTTPNotFound(text="no such list\n")
     states = LIST_VIEWS[view][1]
-    items = await cache.metadata.list_items(list_id, states, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    items = await lists.items(list_id, states, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return {
-        "p": await Lists(cache).progress(record), "items": items,
+        "p": await lists.progress(record), "items": items,
         "pages": _pages(items.total, page),
         "poll": f"/lists/{list_id}/table?state={view}&page={page}",
     }  # fmt: skip
@@ -193,40 +208,36 @@ async def _list_table(request: web.Request, view: str) -> dict[str, Any]:
 
 async def downloads_table(request: web.Request) -> web.Response:
     """The progress table alone, polled by htmx so bars move without a reload."""
-    view, page = params.choice(request, "state", FILL_VIEWS, ""), _page(request)
     limit = params.number(request.query.get("limit", str(PAGE_SIZE)), "limit", 1, PAGE_SIZE)
-    table = await _fills_table(request, view, page, limit)
+    table = await _fills_table(request, _page(request), limit)
     # The forms in the table return to the page that shows it (overview or Downloads).
     shown = urlsplit(request.headers.get("HX-Current-URL", ""))
     here = params.local_path(shown.path + (f"?{shown.query}" if shown.query else ""), "/downloads")
     return _fragment(request, "_fills.html", here=here, **table)
 
 
-async def _fills_table(request: web.Request, view: str, page: int, limit: int) -> dict[str, Any]:
-    cache = request.app[CACHE_KEY]
-    found = await cache.metadata.list_fills(FILL_VIEWS[view], (page - 1) * limit, limit)
-    rows = fill_rows(cache, list(found.rows))
-    poll = f"/downloads/table?state={view}&page={page}&limit={limit}"
+async def _fills_table(request: web.Request, page: int, limit: int) -> dict[str, Any]:
+    view, states = params.fill_states(request)
+    found = await request.app[CACHE_KEY].list_fills(states, (page - 1) * limit, limit)
+    poll = "/downloads/table?" + urlencode({"state": view, "page": page, "limit": limit})
     return {
-        "fills": rows, "fills_total": found.total, "poll": poll,
+        "fills": list(found.rows), "fills_total": found.total, "poll": poll,
         "pages": _pages(found.total, page) if limit == PAGE_SIZE else None,
     }  # fmt: skip
 
 
 async def cached_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
-    search, page = params.query_text(request, "q"), _page(request)
-    sort = params.choice(request, "sort", params.ARTIFACT_SORTS, "fetched_at")
-    default_order = "asc" if sort in params.ASCENDING_FIRST else "desc"
-    order = params.choice(request, "order", ("asc", "desc"), default_order)
-    found = await cache.metadata.list_artifacts(
+    search, page = params.search(request), _page(request)
+    sort, order = params.artifact_order(request)
+    found = await cache.list_artifacts(
         search, sort, order == "desc", (page - 1) * PAGE_SIZE, PAGE_SIZE
     )
     return await _show(
         request, "cached.html", section="cached", artifacts=found, q=search, sort=sort,
         order=order, pages=_pages(found.total, page), ascending_first=params.ASCENDING_FIRST,
         eviction=await _eviction(cache),
-        stale={a.id: cache.revalidator.stale(a) for a in found.rows},
+        stale={a.id: cache.stale(a) for a in found.rows},
     )  # fmt: skip
 
 
@@ -243,7 +254,7 @@ async def _eviction(cache: Cache) -> dict[str, Any] | None:
 
 async def confirm_delete(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
-    artifact = await cache.metadata.get_artifact(int(request.match_info["id"]))
+    artifact = await cache.artifact(int(request.match_info["id"]))
     if artifact is None:
         return await _failed(request, ["no such artifact (deleted already?)"], "/cached", 404)
     back = _next(request.query, "/cached")
@@ -258,8 +269,8 @@ async def events_page(request: web.Request) -> web.Response:
     cache = request.app[CACHE_KEY]
     kinds = events.kinds()
     kind = params.choice(request, "kind", ["", *kinds], "")
-    search, page = params.query_text(request, "q"), _page(request)
-    found = await cache.metadata.list_events(kind, search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    search, page = params.search(request), _page(request)
+    found = await cache.list_events(kind, search, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     return await _show(
         request, "events.html", section="events", events=found, kinds=kinds, kind=kind,
         q=search, pages=_pages(found.total, page),
@@ -288,30 +299,28 @@ async def misses_action(request: web.Request) -> web.StreamResponse:
     if len(chosen) > MAX_SELECTION:
         raise web.HTTPBadRequest(text=f"select at most {MAX_SELECTION} misses at once\n")
     act = cache.approve if verb == "download" else cache.dismiss
-    errors = []
-    for key in chosen:
+    refused: list[tuple[str, ActionError]] = []
+    for key in chosen:  # each on its own: one refusal does not stop the rest
         try:
             await act(key, auth.actor(request))
         except ActionError as err:
-            errors.append(f"{cache.display(key)}: {err}")
-    if errors:
-        return await _failed(request, errors, back)
+            refused.append((key, err))
+    if refused:
+        errors = [f"{cache.display(key)}: {err}" for key, err in refused]
+        return await _failed(request, errors, back, params.refusal_status(refused[0][1]))
     raise web.HTTPSeeOther("/downloads" if verb == "download" and back == "/misses" else back)
 
 
+@refusals("/downloads")
 async def fill_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
-    back = _next(form, "/downloads")
     fill_id = int(request.match_info["id"])
-    try:
-        if request.match_info["verb"] == "cancel":
-            await cache.cancel(fill_id, auth.actor(request))
-        else:
-            await cache.retry(fill_id, auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], back, params.refusal_status(err))
-    raise web.HTTPSeeOther(back)
+    if request.match_info["verb"] == "cancel":
+        await cache.cancel(fill_id, auth.actor(request))
+    else:
+        await cache.retry(fill_id, auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
 async def clear_finished(request: web.Request) -> web.StreamResponse:
@@ -321,21 +330,20 @@ async def clear_finished(request: web.Request) -> web.StreamResponse:
     raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
+@refusals("/cached")
 async def delete_artifact(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
-    back = _next(form, "/cached")
-    try:
-        await cache.delete(int(request.match_info["id"]), auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], back, params.refusal_status(err))
-    raise web.HTTPSeeOther(back)
+    await cache.delete(int(request.match_info["id"]), auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/cached"))
 
 
+@refusals("/cached")
 async def pin_artifact(request: web.Request) -> web.StreamResponse:
     return await _pin(request, True)
 
 
+@refusals("/cached")
 async def unpin_artifact(request: web.Request) -> web.StreamResponse:
     return await _pin(request, False)
 
@@ -343,53 +351,49 @@ async def unpin_artifact(request: web.Request) -> web.StreamResponse:
 async def _pin(request: web.Request, pinned: bool) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
-    back = _next(form, "/cached")
-    try:
-        await cache.pin(int(request.match_info["id"]), pinned, auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], back, params.refusal_status(err))
-    raise web.HTTPSeeOther(back)
+    await cache.pin(int(request.match_info["id"]), pinned, auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/cached"))
 
 
+@refusals("/cached")
 async def refresh_artifact(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
     back = _next(form, "/cached")
-    try:
-        outcome = await cache.refresh(int(request.match_info["id"]), auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], back, params.refusal_status(err))
+    outcome = await cache.refresh(int(request.match_info["id"]), auth.actor(request))
     if outcome.outcome == "stale-served":
         said = f"the origin could not say ({outcome.error}); the cached bytes stay"
         return await _failed(request, [said], back)
     raise web.HTTPSeeOther(back)
 
 
+@refusals("/downloads")
 async def unblock_origin(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
-    back = _next(form, "/downloads")
-    try:
-        await cache.unblock(params.text(form.get("origin", ""), "origin"), auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], back, params.refusal_status(err))
-    raise web.HTTPSeeOther(back)
+    await cache.unblock(params.text(form.get("origin", ""), "origin"), auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
+async def _add_form(request: web.Request, error: str) -> web.Response:
+    form = await params.read_form(request)
+    url = params.text(form.get("url", ""), "url")
+    sha256 = params.text(form.get("sha256", ""), "sha256")
+    return await _show(
+        request, "add.html", 400, section="add",
+        **{**ADD_DEFAULTS, "url": url, "sha256": sha256, "error": error},
+    )  # fmt: skip
+
+
+@refusals("/add", _add_form)
 async def add_action(request: web.Request) -> web.StreamResponse:
     cache = request.app[CACHE_KEY]
     form = await params.read_form(request)
     url = params.text(form.get("url", ""), "url")
     sha256 = params.text(form.get("sha256", ""), "sha256")
-    try:
-        if not url:
-            raise ActionError("give the URL to fetch")
-        added = await cache.add(url, sha256 or None, auth.actor(request), "refresh" in form)
-    except ActionError as err:
-        return await _show(
-            request, "add.html", 400, section="add",
-            **{**ADD_DEFAULTS, "url": url, "sha256": sha256, "error": str(err)},
-        )  # fmt: skip
+    if not url:
+        raise BadInput("give the URL to fetch")
+    added = await cache.add(url, sha256 or None, auth.actor(request), "refresh" in form)
     if added.artifact is not None:
         return await _show(
             request, "add.html", section="add",
@@ -408,7 +412,7 @@ async def add_list_action(request: web.Request) -> web.StreamResponse:
     params.check_unicode(lines, "lines")
     sums = params.text(form.get("sums", ""), "sums")
     match = params.text(form.get("match", ""), "match")
-    lists, refresh, actor = Lists(cache), "refresh" in form, auth.actor(request)
+    lists, refresh, actor = cache.lists, "refresh" in form, auth.actor(request)
     try:
         if lines.strip() and sums:
             raise ActionError("give the list or a checksum file's URL, not both")
@@ -434,31 +438,37 @@ async def tokens_page(request: web.Request) -> web.Response:
 async def _tokens(request: web.Request, status: int = 200, **context: Any) -> web.Response:
     defaults = {"made": None, "secret": None, "error": None, "token_name": "", "scope": "read"}
     context = {**defaults, **context}
-    found = await request.app[CACHE_KEY].metadata.list_tokens()
+    found = await request.app[CACHE_KEY].list_tokens()
     return await _show(request, "tokens.html", status, section="tokens", tokens=found, **context)
 
 
-async def create_token(request: web.Request) -> web.StreamResponse:
+async def _token_form(request: web.Request, error: str) -> web.Response:
     form = await params.read_form(request)
-    name = params.text(form.get("name", ""), "name")
-    scope = params.text(form.get("scope", "read"), "scope")
+    name, scope = _token_fields(form)
+    return await _tokens(request, 400, error=error, token_name=name, scope=scope)
+
+
+def _token_fields(form: MultiDictProxy[Any]) -> tuple[str, str]:
+    return params.text(form.get("name", ""), "name"), params.text(
+        form.get("scope", "read"), "scope"
+    )
+
+
+@refusals("/tokens", _token_form)
+async def create_token(request: web.Request) -> web.StreamResponse:
+    name, scope = _token_fields(await params.read_form(request))
     if scope not in TokenScope.__members__.values():
         raise web.HTTPBadRequest(text="bad scope: choose read or admin\n")
-    try:
-        made, secret = await request.app[CACHE_KEY].create_token(
-            name, TokenScope(scope), auth.actor(request)
-        )
-    except ActionError as err:
-        return await _tokens(request, 400, error=str(err), token_name=name, scope=scope)
+    made, secret = await request.app[CACHE_KEY].create_token(
+        name, TokenScope(scope), auth.actor(request)
+    )
     # Shown on this answer only (no redirect: the token must not sit in a URL or history).
     return await _tokens(request, made=made, secret=secret)
 
 
+@refusals("/tokens")
 async def revoke_token(request: web.Request) -> web.StreamResponse:
-    try:
-        await request.app[CACHE_KEY].revoke_token(request.match_info["name"], auth.actor(request))
-    except ActionError as err:
-        return await _failed(request, [str(err)], "/tokens", params.refusal_status(err))
+    await request.app[CACHE_KEY].revoke_token(request.match_info["name"], auth.actor(request))
     raise web.HTTPSeeOther("/tokens")
 
 
@@ -519,14 +529,7 @@ def _timed(handler: auth.Handler) -> auth.Handler:
 def add_routes(app: web.Application, cache: Cache) -> None:
     app[TEMPLATES_KEY] = render.templates()
     static = app[STATIC_KEY] = render.StaticFiles()
-    settings = cache.settings
-
-    async def secret() -> bytes:
-        if settings.session_secret:
-            return settings.session_secret.encode()
-        return await cache.metadata.secret("session")
-
-    auth.setup(app, settings.admin_password, secret)
+    auth.setup(app, cache.settings.admin_password, cache.session_secret)
     object_id = r"{id:\d{1,18}}"
     pages = [
         ("/", overview),

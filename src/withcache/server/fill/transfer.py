@@ -1,4 +1,4 @@
-"""One fill's download from its origin into a BlobWriter.
+"""One fill's transfer from its origin into a BlobWriter.
 
 Redirects are followed here, with the policy checked on every hop (and on
 every DNS answer, by its resolver). Transient errors are retried with
@@ -8,15 +8,16 @@ validator and total; an origin that ignores the resume, or whose content
 changed meanwhile, starts the blob over (and the fill's generation with it,
 so read-through clients of the old bytes fail).
 
-The length is checked against Content-Length. Room is claimed before the
-body where the length is known, else as it grows: --max-bytes through the
-metadata store's reservations (so it holds across fills and hosts), and the
-disk's --min-free floor. A body framed by neither a length nor chunked
-encoding is marked unframed: its end can't be told from a break-off.
+The length is checked against Content-Length. Room is claimed through the
+fill's cap.Room before the body where the length is known, else as it
+grows. A body framed by neither a length nor chunked encoding is marked
+unframed: its end can't be told from a break-off.
 
 Bytes are hashed and written behind the transfer, one block in flight; about
 every second the partial file is synced and its length saved with the
-validator, so a fill interrupted by a crash resumes from there.
+validator, so a fill interrupted by a crash resumes from there. What the
+transfer learns it tells the Fill through its writer side (start, restart,
+advance), so readers of the fill follow it.
 """
 
 from __future__ import annotations
@@ -25,34 +26,28 @@ import asyncio
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from withcache import __version__, keys
 from withcache.server import events, log
-from withcache.server.disk import Disk
+from withcache.server.cap import Room
+from withcache.server.fill.fill import Fill, FillError
 from withcache.server.policy import OriginRefused, Policy
+from withcache.server.records import REPLAYED_HEADERS
 from withcache.server.settings import Settings, format_size
 from withcache.server.store import BlobWriter, Metadata
-
-if TYPE_CHECKING:
-    from withcache.server.fills import Fill
 
 MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 # Statuses worth another try: the origin or something before it is struggling.
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
-# Response headers kept with the artifact and replayed on every hit.
-REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
 FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
 PROGRESS_SECONDS = 1.0  # how often progress (and a resume point) is saved
-# A fill of unknown length claims --max-bytes room this far ahead of its bytes:
-# one reservation in the store per step, not one per chunk.
-RESERVE_STEP = 4 << 20
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 # getaddrinfo's "no such host" answers (a lookup that timed out is EAI_AGAIN).
 _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
@@ -60,48 +55,39 @@ _NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NON
 Emit = Callable[[events.Event], Awaitable[None]]
 
 
-class FillError(Exception):
-    """A fill went wrong; `transient` says whether another try may succeed."""
+@dataclass(frozen=True)
+class Received:
+    """A whole body, as the origin sent it."""
 
-    def __init__(
-        self, message: str, transient: bool = False, refused: bool = False,
-        unreachable: bool = False,
-        delivered: bool = False,
-        status: int | None = None,
-        timed_out: bool = False,
-    ) -> None:  # fmt: skip
-        super().__init__(message)
-        self.transient = transient
-        self.refused = refused  # the policy or the cap said no: nothing was fetched
-        self.unreachable = unreachable  # no connection to the origin at all
-        self.status = status  # the origin's answer, when it answered with an error
-        # The origin itself is failing (not this URL): unreachable, silent, or a 5xx.
-        self.origin_fault = unreachable or timed_out or (status or 0) >= 500
-        # The whole body, as far as the origin said, was received; only storing
-        # it was refused: clients of the fill get all of it, as from the origin.
-        self.delivered = delivered
+    headers: Mapping[str, str]  # the replayed ones
+    unframed: bool  # it ended where the origin closed: its end can't be checked
+    etag: str | None = None  # the origin's, kept with the artifact to revalidate with
 
 
-class Downloader:
-    """The origin side of the fills: one HTTP client session, and the room
-    each fill claims (the cap's reservations, the disk's floor)."""
+@dataclass(eq=False)
+class _Run:
+    """One fill's transfer on this host: what it has learnt of the origin's answer."""
 
-    def __init__(
-        self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit,
-        holder: str, promised: Callable[[Fill], int],
-    ) -> None:  # fmt: skip
+    fill: Fill
+    writer: BlobWriter
+    room: Room
+    display: str
+    validator: str | None = None  # the origin's ETag or Last-Modified, to resume against
+    total: int | None = None
+    headers: dict[str, str] | None = None
+    etag: str | None = None  # the origin's ETag
+    unframed: bool = False
+    checkpoint: asyncio.Future[None] | None = field(default=None, repr=False)
+
+
+class Transfers:
+    """The origin side of the fills: one HTTP client session for them all."""
+
+    def __init__(self, settings: Settings, metadata: Metadata, policy: Policy, emit: Emit) -> None:
         self._settings = settings
         self._metadata = metadata
         self._policy = policy
         self._emit = emit
-        self._holder = holder
-        self._promised = promised  # bytes other fills here will still write to the disk
-        self.disk = Disk(settings.data_dir, settings.min_free)
-        # --evict lru: frees at least the bytes asked (least recently used first);
-        # the bytes it freed. Set by the core; None: a fill that doesn't fit is refused.
-        self.evict: Callable[[int], Awaitable[int]] | None = None
-        # Whether deleting blobs frees room on the data dir's disk (local blobs).
-        self.evict_frees_disk = False
         self._session: aiohttp.ClientSession | None = None
 
     def open(self) -> None:
@@ -122,14 +108,26 @@ class Downloader:
         if self._session:
             await self._session.close()
 
-    async def download(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
-        """Transfer the whole body into `writer`, retrying and resuming as needed."""
+    async def run(
+        self, fill: Fill, writer: BlobWriter, room: Room, display: str,
+        resume: Mapping[str, object] | None = None,
+    ) -> Received:  # fmt: skip
+        """Transfer the whole body into `writer` (going on from its bytes with
+        `resume`, a saved resume point), retrying and resuming as needed."""
+        run = _Run(fill, writer, room, display)
+        if resume is not None:
+            run.validator = str(resume["validator"])
+            total = resume.get("total")
+            run.total = int(total) if isinstance(total, int) else None
+        fill.spooling(writer.path, writer.size, run.total)
         attempt = 1
         while True:
             try:
-                headers = await self._transfer(fill, writer)
-                await self.settled(fill)
-                return headers
+                await self._transfer(run)
+                if run.checkpoint is not None:
+                    await run.checkpoint  # no progress saved after the commit
+                assert run.headers is not None
+                return Received(run.headers, run.unframed, run.etag)
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
@@ -142,46 +140,46 @@ class Downloader:
                 await asyncio.sleep(self._settings.retry_delay * 2 ** (attempt - 1))
                 attempt += 1
 
-    async def _transfer(self, fill: Fill, writer: BlobWriter) -> dict[str, str]:
+    async def _transfer(self, run: _Run) -> None:
         extra = {"Accept-Encoding": "identity"}
-        resuming = writer.size > 0 and fill.validator is not None
+        writer = run.writer
+        resuming = writer.size > 0 and run.validator is not None
         if resuming:
             extra["Range"] = f"bytes={writer.size}-"
-            extra["If-Range"] = fill.validator  # type: ignore[assignment]
-        response = await self.open_get(fill.record.url, fill.authorization, extra)
+            extra["If-Range"] = run.validator  # type: ignore[assignment]
+        response = await self.open_get(run.fill.record.url, run.fill.authorization, extra)
         async with response:
-            total = await self._accept(fill, writer, response, resuming)
+            total = await self._accept(run, response, resuming)
             try:
-                await self.receive(fill, writer, response.content.iter_any(), total)
+                await self._receive(run, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(
                     f"transfer broke off: {_describe(err)}", transient=True,
                     timed_out=isinstance(err, TimeoutError),
                 ) from None  # fmt: skip
             except _Overlong as err:
-                await self._start_over(fill, writer)
+                await self._start_over(run)
                 raise FillError(str(err), transient=True) from None
             if total is not None and writer.size != total:
                 raise FillError(f"origin sent {writer.size} of {total} bytes", transient=True)
-            assert fill.headers is not None
-            return dict(fill.headers)
 
     async def _accept(
-        self, fill: Fill, writer: BlobWriter, response: aiohttp.ClientResponse, resuming: bool
+        self, run: _Run, response: aiohttp.ClientResponse, resuming: bool
     ) -> int | None:
         """Check a response's status and size; return the artifact's total length."""
         status = response.status
+        writer = run.writer
         if status == 206 and resuming:
-            changed = _changed(fill, writer.size, response)
+            changed = _changed(run, writer.size, response)
             if changed:
-                await self._start_over(fill, writer)
+                await self._start_over(run)
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
-            if fill.headers is None:  # resumed after a restart: this answer describes it
-                fill.headers = _replayed(response)
-                fill.etag = response.headers.get("ETag")
-            await self.claim_room(fill, writer, fill.total, writer.size)
-            fill._wake()
-            return fill.total
+            if run.headers is None:  # resumed after a restart: this answer describes it
+                run.headers = _replayed(response)
+                run.etag = response.headers.get("ETag")
+            await run.room.claim(run.total, writer.size)
+            run.fill.start(run.headers, run.total)
+            return run.total
         if status != 200:
             transient = status in TRANSIENT_STATUSES
             raise FillError(
@@ -190,141 +188,36 @@ class Downloader:
             )  # fmt: skip
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
-            await self._start_over(fill, writer)
-        fill.validator = _validator(response)
-        fill.etag = response.headers.get("ETag")
-        fill.total = response.content_length
-        fill.unframed = fill.total is None and not _chunked(response)
-        await self.claim_room(fill, writer, fill.total)
-        fill.headers = _replayed(response)
-        fill._wake()
-        return fill.total
+            await self._start_over(run)
+        run.validator = _validator(response)
+        run.etag = response.headers.get("ETag")
+        run.total = response.content_length
+        run.unframed = run.total is None and not _chunked(response)
+        await run.room.claim(run.total)
+        run.headers = _replayed(response)
+        run.fill.start(run.headers, run.total)
+        return run.total
 
-    async def _start_over(self, fill: Fill, writer: BlobWriter) -> None:
-        await writer.restart()
-        fill.generation += 1
-        fill._advance(0)
+    async def _start_over(self, run: _Run) -> None:
+        await run.writer.restart()
+        run.fill.restart()
 
-    async def claim_room(
-        self, fill: Fill, writer: BlobWriter, total: int | None, received: int = 0
-    ) -> None:
-        """Refuse a fill whose bytes (`total`, else the `received` so far) would
-        take the store past --max-bytes, or the disk below --min-free (unless
-        eviction can make the room)."""
-        await self._claim_cap(fill, total, received)
-        await self._claim_disk(fill, writer, total)
-
-    async def _claim_cap(self, fill: Fill, total: int | None, received: int) -> None:
-        cap = self._settings.max_bytes
-        size = received if total is None else total
-        if cap is None or size <= fill.reserved:
-            return
-        ahead = size if total is not None else size + RESERVE_STEP
-        if await self._reserve(fill, ahead, cap):
-            return
-        if ahead != size and await self._reserve(fill, size, cap):
-            return
-        _, stored = await self._metadata.totals()
-        others = await self._metadata.reserved_bytes() - fill.reserved
-        if self.evict is not None and await self.evict(stored + others + size - cap):
-            if await self._reserve(fill, size, cap):
-                return
-            _, stored = await self._metadata.totals()
-            others = await self._metadata.reserved_bytes() - fill.reserved
-        what = "is" if total is not None else "grew past"
-        raise FillError(
-            f"artifact {what} {format_size(size)}; with {format_size(stored + others)} "
-            f"stored or reserved it would exceed --max-bytes {format_size(cap)}",
-            refused=True,
-        )
-
-    async def _claim_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
-        """The disk check, evicting first (with local blobs) if it would fail."""
-        due = max(0, total - writer.size) if total is not None else 0
-        if self.evict is not None and self.evict_frees_disk:
-            short = self.disk.shortfall(due, self._promised(fill))
-            if short:
-                await self.evict(short)
-        self._check_disk(fill, writer, total)
-
-    def _check_disk(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
-        due = max(0, total - writer.size) if total is not None else 0
-        refused = self.disk.refuse(due, self._promised(fill))
-        if refused:
-            raise FillError(refused, refused=writer.size == 0)
-
-    async def _reserve(self, fill: Fill, size: int, cap: int) -> bool:
-        if await self._metadata.reserve_bytes(fill.id, self._holder, size, cap):
-            fill.reserved = size
-            return True
-        return False
-
-    async def receive(
-        self, fill: Fill, writer: BlobWriter, chunks: AsyncIterator[bytes], total: int | None
-    ) -> None:
-        """Write `chunks` (an origin's body, or an upload's) into `writer`,
-        behind the transfer, claiming room and saving progress as it goes."""
-        blocks = _WriteBehind(fill, writer)
-        pieces: list[bytes] = []
-        pending = 0
-        last_flush = time.monotonic()
-        # The first flush saves progress too: other hosts answer probes for this
-        # fill with its length once they see it. (Not before reading: aiohttp
-        # drops what it buffered if the origin hangs up before it is read.)
-        last_save = 0.0
-        received = writer.size
-        capped = self._settings.max_bytes is not None
+    async def upload(
+        self, fill: Fill, writer: BlobWriter, room: Room, display: str,
+        chunks: AsyncIterator[bytes], total: int | None, headers: Mapping[str, str],
+    ) -> Received:  # fmt: skip
+        """Write an upload's `chunks` (an import) into `writer` as an origin's
+        body would be: room claimed, progress saved, readers following."""
+        run = _Run(fill, writer, room, display, total=total, headers=dict(headers))
+        fill.spooling(writer.path, writer.size, total)
+        await room.claim(total)
+        fill.start(dict(headers), total)
         try:
-            async for chunk in chunks:
-                received += len(chunk)
-                if total is not None and received > total:
-                    raise _Overlong(f"origin sent more than the {total} bytes it announced")
-                pieces.append(chunk)
-                pending += len(chunk)
-                if total is None and capped and received > fill.reserved:
-                    await self._claim_cap(fill, None, received)
-                now = time.monotonic()
-                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
-                    await blocks.put(b"".join(pieces))
-                    pieces.clear()
-                    pending = 0
-                    last_flush = now
-                    if now - last_save >= PROGRESS_SECONDS:
-                        await self._claim_disk(fill, writer, total)
-                        self._checkpoint(fill, writer, total)
-                        last_save = now
+            await self._receive(run, chunks, total)
         finally:
-            # Bytes received before a break-off are good: keep them to resume from.
-            if pieces:
-                await blocks.put(b"".join(pieces))
-            await blocks.drain()
-
-    async def settled(self, fill: Fill) -> None:
-        """Wait for the fill's last progress save: none may land after its commit."""
-        if fill._checkpoint is not None:
-            await fill._checkpoint
-
-    def _checkpoint(self, fill: Fill, writer: BlobWriter, total: int | None) -> None:
-        """Save progress, and (once the bytes so far are synced) a point the
-        fill can resume from after a crash; in the background, one at a time."""
-        if fill._checkpoint is not None and not fill._checkpoint.done():
-            return
-        size, generation = writer.size, fill.generation
-        resume = None
-        if fill.validator is not None:
-            resume = {"file": writer.path.name, "bytes": size, "validator": fill.validator,
-                      "total": total}  # fmt: skip
-
-        async def save() -> None:
-            try:
-                if resume is not None:
-                    await writer.sync()
-                if fill.generation == generation and not fill._settled:
-                    await self._metadata.save_progress(fill.id, fill.bytes_done, total, resume)
-            except Exception as err:  # the next checkpoint tries again
-                log.warning("fill.checkpoint_failed", fill_id=fill.id, error=_describe(err))
-
-        fill._checkpoint = asyncio.ensure_future(save())
+            if run.checkpoint is not None:
+                await run.checkpoint
+        return Received(dict(headers), unframed=False)
 
     async def fetch_small(self, url: str, limit: int) -> bytes:
         """The body of a small document (a vendor's checksum file), fetched as
@@ -343,6 +236,67 @@ class Downloader:
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
                 raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
             return bytes(body)
+
+    async def _receive(self, run: _Run, chunks: AsyncIterator[bytes], total: int | None) -> None:
+        """Write `chunks` (an origin's body, or an upload's) into the run's
+        writer, behind the transfer, claiming room and saving progress."""
+        writer = run.writer
+        blocks = _WriteBehind(run.fill, writer)
+        pieces: list[bytes] = []
+        pending = 0
+        last_flush = time.monotonic()
+        # The first flush saves progress too: other hosts answer probes for this
+        # fill with its length once they see it. (Not before reading: aiohttp
+        # drops what it buffered if the origin hangs up before it is read.)
+        last_save = 0.0
+        received = writer.size
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                if total is not None and received > total:
+                    raise _Overlong(f"origin sent more than the {total} bytes it announced")
+                pieces.append(chunk)
+                pending += len(chunk)
+                if total is None:
+                    await run.room.grew(received)
+                now = time.monotonic()
+                if pending >= FLUSH_BYTES or now - last_flush >= FLUSH_SECONDS:
+                    await blocks.put(b"".join(pieces))
+                    pieces.clear()
+                    pending = 0
+                    last_flush = now
+                    if now - last_save >= PROGRESS_SECONDS:
+                        await run.room.claim_disk(total, writer.size)
+                        self._checkpoint(run, total)
+                        last_save = now
+        finally:
+            # Bytes received before a break-off are good: keep them to resume from.
+            if pieces:
+                await blocks.put(b"".join(pieces))
+            await blocks.drain()
+
+    def _checkpoint(self, run: _Run, total: int | None) -> None:
+        """Save progress, and (once the bytes so far are synced) a point the
+        fill can resume from after a crash; in the background, one at a time."""
+        if run.checkpoint is not None and not run.checkpoint.done():
+            return
+        fill, writer = run.fill, run.writer
+        size, generation = writer.size, fill.generation
+        resume = None
+        if run.validator is not None:
+            resume = {"file": writer.path.name, "bytes": size, "validator": run.validator,
+                      "total": total}  # fmt: skip
+
+        async def save() -> None:
+            try:
+                if resume is not None:
+                    await writer.sync()
+                if fill.generation == generation and not fill.finished:
+                    await self._metadata.save_progress(fill.id, fill.bytes_done, total, resume)
+            except Exception as err:  # the next checkpoint tries again
+                log.warning("fill.checkpoint_failed", fill_id=fill.id, error=_describe(err))
+
+        run.checkpoint = asyncio.ensure_future(save())
 
     async def open_get(
         self, url: str, authorization: str | None, extra: dict[str, str]
@@ -405,7 +359,7 @@ class _WriteBehind:
             await self._writer.write(data)
         except OSError as err:
             raise FillError(f"cannot write the blob: {err.strerror or err}") from None
-        self._fill._advance(self._writer.size)
+        self._fill.advance(self._writer.size)
 
 
 def _not_reached(err: BaseException) -> FillError:
@@ -447,24 +401,24 @@ def _chunked(response: aiohttp.ClientResponse) -> bool:
     return "chunked" in response.headers.get("Transfer-Encoding", "").lower()
 
 
-def _changed(fill: Fill, size: int, response: aiohttp.ClientResponse) -> str | None:
+def _changed(run: _Run, size: int, response: aiohttp.ClientResponse) -> str | None:
     """Why a 206 can't continue the bytes received so far, if it can't: it
     must start where they end and carry the first answer's validator, total
-    and encoding. (Sets the fill's total if the first answer had none.)"""
+    and encoding. (Sets the run's total if the first answer had none.)"""
     match = _CONTENT_RANGE_RE.fullmatch(response.headers.get("Content-Range", ""))
     if not match or match[3] == "*":
         return "the origin's resume has no usable Content-Range"
     if int(match[1]) != size:
         return f"the origin resumed at byte {match[1]}, not {size}"
     total, validator = int(match[3]), _validator(response)
-    if fill.total is not None and total != fill.total:
-        return f"the origin's content changed (its length, {fill.total} -> {total})"
-    if validator != fill.validator:
-        return f"the origin's content changed (its validator, {fill.validator} -> {validator})"
-    encoding = (fill.headers or {}).get("Content-Encoding")
-    if fill.headers is not None and response.headers.get("Content-Encoding") != encoding:
+    if run.total is not None and total != run.total:
+        return f"the origin's content changed (its length, {run.total} -> {total})"
+    if validator != run.validator:
+        return f"the origin's content changed (its validator, {run.validator} -> {validator})"
+    encoding = (run.headers or {}).get("Content-Encoding")
+    if run.headers is not None and response.headers.get("Content-Encoding") != encoding:
         return "the origin's content changed (its Content-Encoding)"
-    fill.total = total
+    run.total = total
     return None
 
 

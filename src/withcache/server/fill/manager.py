@@ -1,4 +1,5 @@
-"""The fill manager: the queue of fills and the workers that run them.
+"""The fill manager: the queue of fills, the workers that run them, and the
+one way every fill ends (`finish`).
 
 The queue lives in the metadata store, so queued and interrupted fills survive
 a restart. `--workers` tasks claim fills one at a time. There is at most one
@@ -12,13 +13,19 @@ finds its lease gone (taken over, or cancelled elsewhere) drops its transfer,
 and its commit is refused. In a shared store, a fill not running here is
 watched through the store, so its waiters here learn when it ends.
 
-The transfer itself is download.py's; here a fill's bytes are checked against
+The transfer itself is transfer.py's; here a fill's bytes are checked against
 any expected digest and only then committed, blob first, then its row. A
 body whose end can't be checked (no length, no chunked framing) is not
 stored unless an expected digest vouches for it. Whatever goes wrong, a
-failed or cancelled fill leaves neither blob nor row, and everyone waiting on
-it learns at once; recording the failure may wait (backlog.py) for a store
-that can't be written just now (a full disk).
+failed or cancelled fill leaves neither blob nor row.
+
+Every ending (done, failed, cancelled, lost to another host, stopped by a
+shutdown, ended on another host) is an Outcome passed to `finish`, which
+does everything an ending means in one order: no new request joins the
+fill, admission learns how it went, everyone waiting learns at once, the
+lookup memo forgets the key, and then the row, the events and the miss's
+reason are written (through backlog.py: a store that can't be written just
+now, a full disk, never keeps a client waiting).
 
 A fill interrupted by a crash or a restart goes on from its partial file,
 which start-up keeps (instead of removing it with the other leftovers) while
@@ -37,30 +44,36 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
 
 from withcache import keys
 from withcache.server import digests, events, log
 from withcache.server.admission import Admission, origin_of
 from withcache.server.backlog import Backlog
+from withcache.server.cap import Cap, Room
 from withcache.server.digests import Digest
-from withcache.server.download import Downloader, Emit, FillError
-from withcache.server.policy import Policy
-from withcache.server.settings import Settings
-from withcache.server.store import (
-    ACTIVE_STATES,
-    IMPORTED,
-    Artifact,
-    Blobs,
-    BlobWriter,
-    FillRecord,
-    FillState,
-    Lease,
-    Metadata,
+from withcache.server.fill.fill import (
+    Cancelled,
+    Done,
+    EndedElsewhere,
+    Failed,
+    Fill,
+    FillError,
+    Lost,
+    Outcome,
+    Stopped,
 )
+from withcache.server.fill.transfer import Received, Transfers
+from withcache.server.lookup import Lookups
+from withcache.server.policy import Policy
+from withcache.server.records import ACTIVE_STATES, IMPORTED, Artifact, FillRecord, FillState
+from withcache.server.retention import MAX_REASON, clip
+from withcache.server.settings import Settings
+from withcache.server.store import Blobs, BlobWriter, Lease, Metadata
 from withcache.server.tasks import cancel_all
 
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
@@ -75,15 +88,18 @@ PROBE_FILLS = CLIENT_FILLS // 2
 ACTIVE_PAGE = 1000  # active fills read per query at start, for their resume points
 UNFRAMED = (
     "the origin sent neither a length nor chunked framing, so a body cut short can't be "
-    "told from a whole one: not stored (add the URL with its expected SHA-256 to cache it)"
+    "told from a whole one: not stored (add the URL with its expected digest to cache it)"
+)
+CREDENTIALS_LOST = "the request's credentials are not kept across a restart; ask again"
+ORPHANED = "the cache-host holding the request's credentials stopped; ask again"
+IMPORT_CUT_OFF = (
+    "the import was cut off (its bytes were on a cache-host that stopped); import it again"
 )
 
-
-class FillCancelled(Exception):
-    """The fill was cancelled by an operator."""
+Emit = Callable[[events.Event], Awaitable[None]]
 
 
-class FillLost(Exception):
+class _Lost(Exception):
     """This host's lease on the fill is gone: another host took it over."""
 
 
@@ -98,132 +114,57 @@ class Source(Protocol):
         """The writer the bytes go to (`Blobs.begin`, unless they are stored already)."""
         ...
 
-    async def transfer(self, fill: Fill, writer: BlobWriter, display: str) -> dict[str, str]:
+    async def transfer(
+        self, transfers: Transfers, fill: Fill, writer: BlobWriter, room: Room, display: str
+    ) -> Received:
         """Write the whole artifact into `writer`; the headers to replay on hits."""
         ...
 
 
 @dataclass(eq=False)
-class Fill:
-    """A fill queued or running in this process, shared by all who wait on it."""
+class _Handle:
+    """What the manager keeps beside a Fill: the task running it here, or the
+    one following it through the store, and what the heartbeat found."""
 
-    record: FillRecord
-    authorization: str | None = field(default=None, repr=False)
-    bytes_done: int = 0  # bytes written to `path` so far, readable by others
-    total: int | None = None
-    path: Path | None = None  # the partial blob's local file, once the transfer runs
-    headers: Mapping[str, str] | None = None  # the origin's replayed headers, once it answered
-    generation: int = 0  # bumped when the transfer starts over from byte 0
-    started: float | None = None
-    clients: int = 0  # requests streaming from this fill (read-through)
-    validator: str | None = None  # origin's ETag or Last-Modified, for resuming
-    etag: str | None = None  # origin's ETag, kept with the artifact to revalidate with
+    fill: Fill
+    task: asyncio.Task[None] | None = None  # the transfer, when it runs on this host
+    watcher: asyncio.Task[None] | None = None  # looks at the store while it doesn't
+    cancel_requested: bool = False
+    cancelled_by: str | None = None
+    lost: bool = False  # the heartbeat found the lease gone
+    settled: bool = False  # committing or ending: the heartbeat leaves it alone
     source: Source | None = None  # an import's bytes (None: the origin's)
-    unframed: bool = False  # the body ends where the origin closes: its end can't be checked
-    reserved: int = 0  # bytes of --max-bytes the store has promised this fill
-    _checkpoint: asyncio.Future[None] | None = None  # saving a resume point
-    _cancel_requested: bool = False
-    _cancelled_by: str | None = None
-    _lost: bool = False  # the heartbeat found the lease gone
-    _settled: bool = False  # committing or ending: the heartbeat leaves it alone
-    _task: asyncio.Task[None] | None = None  # the transfer, when it runs on this host
-    _watcher: asyncio.Task[None] | None = None  # looks at the store while it doesn't
-    _result: asyncio.Future[Artifact] = field(default_factory=lambda: _new_future())
-    _progressed: asyncio.Future[None] = field(default_factory=lambda: _new_future())
-    _rate_mark: tuple[float, int] = (0.0, 0)
-    rate: float = 0.0  # bytes per second, smoothed
-
-    @property
-    def id(self) -> int:
-        return self.record.id
-
-    async def result(self) -> Artifact:
-        """Wait for the fill; the artifact, or the FillError/FillCancelled it ended with."""
-        return await asyncio.shield(self._result)
-
-    async def progressed(self) -> None:
-        """Wait until more bytes are readable or the fill ended."""
-        await asyncio.shield(self._progressed)
-
-    @property
-    def finished(self) -> bool:
-        return self._result.done()
-
-    @property
-    def elsewhere(self) -> bool:
-        """Running on another cache-host: its bytes can't be read here."""
-        return self._task is None and self.record.state is FillState.RUNNING
-
-    @property
-    def error(self) -> BaseException | None:
-        """Why the fill ended badly; None while it runs and once it succeeded."""
-        return self._result.exception() if self._result.done() else None
-
-    async def wait_started(self, timeout: float) -> bool:
-        """Wait until the origin answered (True), or the fill ended, runs on
-        another host, or the time ran out."""
-        deadline = time.monotonic() + timeout
-        while self.headers is None and not self.finished and not self.elsewhere:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.progressed(), remaining)
-        return self.headers is not None and self.error is None
-
-    def _advance(self, bytes_done: int) -> None:
-        self.bytes_done = bytes_done
-        now = time.monotonic()
-        mark_time, mark_bytes = self._rate_mark
-        if now - mark_time >= 1.0:
-            if mark_time:
-                sample = (bytes_done - mark_bytes) / (now - mark_time)
-                self.rate = sample if not self.rate else 0.5 * self.rate + 0.5 * sample
-            self._rate_mark = (now, bytes_done)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiting, self._progressed = self._progressed, _new_future()
-        waiting.set_result(None)
-
-    def _end(self, artifact: Artifact | None, error: BaseException | None) -> None:
-        if not self._result.done():
-            if error is None:
-                self._result.set_result(artifact)  # type: ignore[arg-type]
-            else:
-                self._result.set_exception(error)
-                self._result.exception()  # nobody waiting is fine: don't warn
-        self._wake()
-
-
-def _new_future() -> asyncio.Future:  # type: ignore[type-arg]
-    return asyncio.get_running_loop().create_future()
 
 
 class FillManager:
     def __init__(
         self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit,
-        backlog: Backlog,
+        backlog: Backlog, cap: Cap, lookups: Lookups,
+        replaced: Callable[[str], Awaitable[object]],
     ) -> None:  # fmt: skip
         self._settings = settings
-        self._metadata = metadata
-        self._blobs = blobs
-        self._policy = policy
-        self._emit = emit
-        self._backlog = backlog
-        self._by_key: dict[tuple[str, str], Fill] = {}
-        self._by_id: dict[int, Fill] = {}
-        # This process, as the holder of leases in a store other hosts may share.
-        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.downloader = Downloader(settings, metadata, policy, emit, self.holder, self._promised)
-        self.admission = Admission(settings)
         # Called with the SHA-256 of a blob a key stopped serving (the core
         # deletes it once unused and unread).
-        self.replaced: Callable[[str], Awaitable[object]] | None = None
+        self._replaced = replaced
+        self._metadata = metadata
+        self._blobs = blobs
+        self._emit = emit
+        self._backlog = backlog
+        self._cap = cap
+        self._lookups = lookups
+        self._by_key: dict[tuple[str, str], _Handle] = {}
+        self._by_id: dict[int, _Handle] = {}
+        # This process, as the holder of leases in a store other hosts may share.
+        self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._transfers = Transfers(settings, metadata, policy, emit)
+        self.admission = Admission(settings)
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._client_fills: set[asyncio.Task[None]] = set()
         self._probe_fills: set[asyncio.Task[None]] = set()
+        self._ending: set[asyncio.Task[None]] = set()  # finishes a done-callback started
+        # Fills whose finish has woken their waiters but not yet written their row.
+        self._recording: dict[int, asyncio.Event] = {}
         self._kept: dict[str, int] = {}  # partial files kept at start -> their fill's id
 
     def _lease(self) -> Lease:
@@ -238,7 +179,7 @@ class FillManager:
                 "fills.recovered", requeued=interrupted, partial_blobs_removed=cleaned,
                 partial_blobs_kept=len(self._kept),
             )  # fmt: skip
-        self.downloader.open()
+        self._transfers.open()
         self._workers = [
             asyncio.create_task(self._work(), name=f"fill-worker-{n}")
             for n in range(self._settings.workers)
@@ -258,29 +199,24 @@ class FillManager:
             if offset >= page.total or not page.rows:
                 return found
 
-    def _promised(self, fill: Fill) -> int:
-        """The bytes the other fills running here still have to write to the disk."""
-        return sum(
-            max(0, other.total - other.bytes_done)
-            for other in self._by_id.values()
-            if other is not fill and other._task is not None and other.total is not None
-        )
-
     async def stop(self) -> None:
         """Stop the workers. Running fills stay `running` in the store and are
         queued again at the next start (or taken over when their lease ends),
         resuming from their partial files."""
-        watchers = [f._watcher for f in self._by_id.values() if f._watcher]
+        watchers = [h.watcher for h in self._by_id.values() if h.watcher]
         await cancel_all([*self._workers, *self._client_fills, *watchers], "fills")
-        await self.downloader.close()
+        await asyncio.gather(*self._ending, return_exceptions=True)
+        await self._transfers.close()
 
     # -- what the rest of the cache-host calls
 
     def active(self, key: str, scope: str) -> Fill | None:
-        return self._by_key.get((key, scope))
+        handle = self._by_key.get((key, scope))
+        return handle.fill if handle else None
 
     def live(self, fill_id: int) -> Fill | None:
-        return self._by_id.get(fill_id)
+        handle = self._by_id.get(fill_id)
+        return handle.fill if handle else None
 
     async def request(
         self,
@@ -295,30 +231,40 @@ class FillManager:
         """Queue a fill for `url`, or join the one under way; (fill, created)."""
         existing = self._by_key.get((key, scope))
         if existing:
-            return existing, False
+            return existing.fill, False
         # Credentials live only in this process: only this host may run the fill.
         lease = self._lease() if authorization is not None else None
         record, created = await self._metadata.enqueue_fill(
             key, scope, url, requested_by, time.time(),
             expected=expected, credentialed=authorization is not None, lease=lease,
         )  # fmt: skip
-        fill = self._by_id.get(record.id)
-        if fill is None:
-            fill = self._adopt(record)
+        handle = self._by_id.get(record.id)
+        if handle is None:
+            handle = self._adopt(record, authorization if created else None)
             if self._metadata.shared:
                 # Until a worker here claims it, the fill may run (or end) elsewhere.
-                fill._watcher = asyncio.create_task(
-                    self._watch(fill), name=f"fill-watch-{record.id}"
+                handle.watcher = asyncio.create_task(
+                    self._watch(handle), name=f"fill-watch-{record.id}"
                 )
         if created:
-            fill.authorization = authorization
             if requested_by == "miss":
                 self.admission.count(record.id, key)
             self._wakeup.set()
             await self._emit(
                 events.FillQueued(url=self._display(url), actor=actor, requested_by=requested_by)
             )
-        return fill, created
+        return handle.fill, created
+
+    async def fetch_small(self, url: str, limit: int) -> bytes:
+        """A small document from an origin (a checksum file), fetched as fills are."""
+        return await self._transfers.fetch_small(url, limit)
+
+    async def open_get(
+        self, url: str, authorization: str | None, extra: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """A GET of `url` as fills make them (the policy checked on every hop),
+        for revalidation's conditional requests; the caller releases it."""
+        return await self._transfers.open_get(url, authorization, extra)
 
     async def start_import(
         self, url: str, key: str, scope: str, source: Source, expected: Digest | None,
@@ -333,21 +279,24 @@ class FillManager:
         )  # fmt: skip
         if not created:
             return None
-        fill = self._adopt(record)
-        fill.source = source
+        handle = self._adopt(record)
+        handle.source = source
         await self._emit(
             events.FillQueued(url=self._display(url), actor=actor, requested_by=IMPORTED)
         )
         self._launch(record)
-        return fill
+        return handle.fill
 
     async def start_for_client(self, fill: Fill, probe: bool = False) -> None:
         """Start a queued fill now, without waiting for a worker, because a
         client is waiting for its bytes: if the fill waited, that client would
         fetch the artifact from the origin itself, a second download.
         `probe`: the client only asked whether it is there (HEAD)."""
-        if fill._task or fill.elsewhere or fill.finished or len(self._client_fills) >= CLIENT_FILLS:
-            return  # running here or on another host, ended, or too many already
+        handle = self._by_id.get(fill.id)
+        if handle is None or handle.task or fill.elsewhere or fill.finished:
+            return  # ended, or running here or on another host
+        if len(self._client_fills) >= CLIENT_FILLS:
+            return  # too many already: it waits for a worker
         if probe and len(self._probe_fills) >= PROBE_FILLS:
             return  # the rest is kept for clients that GET
         record = await self._metadata.claim_fill(time.time(), self._lease(), fill.id)
@@ -361,14 +310,15 @@ class FillManager:
             task.add_done_callback(self._probe_fills.discard)
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> bool:
-        fill = self._by_id.get(fill_id)
-        if fill and fill._task:
-            fill._cancel_requested = True
-            fill._cancelled_by = actor
-            fill._task.cancel()
+        await self.recorded(fill_id)  # ending here already: its row says how
+        handle = self._by_id.get(fill_id)
+        if handle and handle.task:
+            handle.cancel_requested = True
+            handle.cancelled_by = actor
+            handle.task.cancel()
             # Return once the fill has ended and its event is written, so the
             # page the operator sees next already shows it cancelled.
-            await asyncio.wait([fill._task], timeout=CANCEL_WAIT_SECONDS)
+            await asyncio.wait([handle.task], timeout=CANCEL_WAIT_SECONDS)
             return True
         # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)
@@ -379,24 +329,112 @@ class FillManager:
         )
         if ended is None:
             return False
-        if fill:
-            self._forget(fill)
-            fill._end(None, FillCancelled("cancelled by an operator"))
-        await self._emit(events.FillCancelled(url=ended.url, actor=actor, fill_id=fill_id))
+        cancelled = Cancelled(actor=actor, written=True)
+        await self.finish(handle.fill if handle else Fill(ended), cancelled)
         return True
+
+    # -- the one ending
+
+    async def finish(self, fill: Fill, outcome: Outcome) -> None:
+        """End `fill` as `outcome` says; every fill ends here, once."""
+        if fill.finished:
+            return
+        record = fill.record
+        self._forget(fill)
+        unhealthy = None
+        match outcome:
+            case Done() if not record.imported:  # an import says nothing of its origin
+                self.admission.succeeded(record.key, record.scope)
+            case Failed(failure=err, remembered=True):
+                unhealthy = self.admission.failed(
+                    record.key,
+                    record.scope,
+                    str(err),
+                    err.transient,
+                    err.origin_fault,
+                    err.status,
+                )
+        # Everyone waiting learns first: recording it may have to wait for the
+        # store (a full disk), and a client must never hang on that.
+        recorded = self._recording[fill.id] = asyncio.Event()
+        fill.end(outcome)
+        self._lookups.forget(record.key)
+        try:
+            await self._record(fill, outcome)
+        finally:
+            recorded.set()
+            if self._recording.get(fill.id) is recorded:
+                del self._recording[fill.id]
+        if unhealthy is not None:
+            await self._emit(
+                events.OriginUnhealthy(
+                    origin=unhealthy.origin, error=unhealthy.error, failures=unhealthy.failures,
+                    seconds=round(unhealthy.until - time.time(), 1),
+                )
+            )  # fmt: skip
+
+    async def recorded(self, fill_id: int) -> None:
+        """Wait (a bounded while) until a fill this host is ending has its
+        end written, so an operator's next action reads the row as it ends."""
+        recording = self._recording.get(fill_id)
+        if recording is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recording.wait(), CANCEL_WAIT_SECONDS)
+
+    async def _record(self, fill: Fill, outcome: Outcome) -> None:
+        """Write a fill's end: its row (unless written already), its events,
+        its miss's reason; now, or once the store takes writes again."""
+        record = fill.record
+        display = self._display(record.url)
+        now = time.time()
+        state = outcome.state
+        if state is not None and not outcome.written:
+            text = outcome.row_error
+
+            async def write_end() -> None:
+                await self._metadata.finish_fill(record.id, state, text, display, now, self.holder)
+
+            await self._backlog.write(f"fill {record.id} {state}", write_end)
+        for event in outcome.events(fill, display):
+            await self._emit(event)
+        await self._write_miss_reason(fill)
+
+    async def noting(self, fill: Fill, note: Callable[[], Awaitable[None]]) -> None:
+        """Run `note`, which writes that `fill`'s miss is being fetched. The
+        fill's ending owns the miss's reason from then on: if the fill ended
+        while the note was on its way (a slow store), the ending's reason is
+        written again after it, so the note never lands over it."""
+        await note()
+        if fill.finished:
+            await self._write_miss_reason(fill)
+
+    async def _write_miss_reason(self, fill: Fill) -> None:
+        """What the fill's miss says now it ended, if its outcome changes that."""
+        reason = fill.outcome.miss_reason() if fill.outcome else None
+        absent = self.admission.absent.get(fill.record.key, fill.record.scope)
+        if isinstance(fill.outcome, Failed) and absent is not None:
+            reason = absent.describe()  # the origin says it is not there, until when
+        if reason is not None:
+            key, clipped = fill.record.key, clip(reason, MAX_REASON)
+            await self._backlog.write(
+                "miss reason", lambda: self._metadata.set_miss_reason(key, clipped)
+            )
 
     # -- workers
 
-    def _adopt(self, record: FillRecord) -> Fill:
-        fill = Fill(record, total=record.total)  # known if another host runs it
-        self._by_key[(record.key, record.scope)] = fill
-        self._by_id[record.id] = fill
-        return fill
+    def _adopt(self, record: FillRecord, authorization: str | None = None) -> _Handle:
+        handle = _Handle(Fill(record, authorization))
+        self._by_key[(record.key, record.scope)] = handle
+        self._by_id[record.id] = handle
+        return handle
 
     def _forget(self, fill: Fill) -> None:
-        if self._by_key.get((fill.record.key, fill.record.scope)) is fill:
+        """No request joins the fill any more."""
+        handle = self._by_key.get((fill.record.key, fill.record.scope))
+        if handle is not None and handle.fill is fill:
             del self._by_key[(fill.record.key, fill.record.scope)]
-        self._by_id.pop(fill.id, None)
+        if (found := self._by_id.get(fill.id)) is not None and found.fill is fill:
+            del self._by_id[fill.id]
         self.admission.release(fill.id)
 
     async def _work(self) -> None:
@@ -440,167 +478,120 @@ class FillManager:
 
     def _launch(self, record: FillRecord) -> asyncio.Task[None]:
         """Run a fill this host has just claimed."""
-        fill = self._by_id.get(record.id) or self._adopt(record)
-        if fill._watcher:
-            fill._watcher.cancel()
-            fill._watcher = None
-        fill.record = record
-        fill.total, fill.reserved, fill.unframed = None, 0, False
-        fill._task = asyncio.create_task(self._run(fill), name=f"fill-{record.id}")
-        fill._task.add_done_callback(lambda task: self._ended(fill, task))
-        return fill._task
+        handle = self._by_id.get(record.id) or self._adopt(record)
+        if handle.watcher:
+            handle.watcher.cancel()
+            handle.watcher = None
+        handle.fill.claimed(record)
+        task = handle.task = asyncio.create_task(self._run(handle), name=f"fill-{record.id}")
+        task.add_done_callback(lambda task: self._ended(handle, task))
+        return task
 
-    def _ended(self, fill: Fill, task: asyncio.Task[None]) -> None:
+    def _ended(self, handle: _Handle, task: asyncio.Task[None]) -> None:
         """Whatever stopped a fill's task, no one may be left waiting on the fill."""
-        if fill.finished:
+        if handle.fill.finished:
             return
+        outcome: Outcome = Stopped()  # cancelled before it ever ran
         if not task.cancelled() and task.exception() is not None:
-            log.error("fill.crashed", exc_info=task.exception(), fill_id=fill.id)
-        self._forget(fill)
-        fill._end(None, FillError("the fill stopped unexpectedly", transient=True))
+            log.error("fill.crashed", exc_info=task.exception(), fill_id=handle.fill.id)
+            outcome = Failed(failure=FillError("the fill stopped unexpectedly", transient=True))
+        self._spawn(self.finish(handle.fill, outcome))
 
-    async def _open_writer(self, fill: Fill, also: Collection[str]) -> BlobWriter:
-        """A writer going on from the fill's resume point, if this host kept
-        the partial file it names; else a new one. Either hashes `also` too."""
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _open_writer(
+        self, fill: Fill, also: Collection[str]
+    ) -> tuple[BlobWriter, Mapping[str, Any] | None]:
+        """A writer going on from the fill's resume point (returned too), if
+        this host kept the partial file it names; else a new one. Either
+        hashes `also` too."""
         resume = fill.record.resume or {}
         name = str(resume.get("file", ""))
         if not resume.get("validator") or self._kept.pop(name, None) != fill.id:
-            return self._blobs.begin(also)
+            return self._blobs.begin(also), None
         writer = await self._blobs.resume(name, int(resume.get("bytes", 0)), also)
         if writer is None:
-            return self._blobs.begin(also)
-        fill.validator, fill.total = str(resume["validator"]), resume.get("total")
-        fill._advance(writer.size)
+            return self._blobs.begin(also), None
         log.info("fill.resuming", fill_id=fill.id, resume_from=writer.size)
-        return writer
+        return writer, resume
 
-    async def _run(self, fill: Fill) -> None:
+    async def _run(self, handle: _Handle) -> None:
+        fill = handle.fill
         record = fill.record
         display = self._display(record.url)
-        fill.started = time.monotonic()
         writer: BlobWriter | None = None
+        room = self._cap.room(fill, self.holder)
         try:
             if record.credentialed and fill.authorization is None:
-                raise FillError(
-                    "the request's credentials are not kept across a restart; ask again"
-                )
-            if record.imported and fill.source is None:  # never fetch an import from its origin
-                raise FillError("the import was cut off (its bytes were on a cache-host that "
-                                "stopped); import it again")  # fmt: skip
-            also, source = digests.extra(record.expected), fill.source
+                raise FillError(CREDENTIALS_LOST)
+            source = handle.source
+            if record.imported and source is None:  # never fetch an import from its origin
+                raise FillError(IMPORT_CUT_OFF)
+            also = digests.extra(record.expected)
             if source is not None:
-                writer = source.begin(self._blobs, also)
+                writer, resume = source.begin(self._blobs, also), None
             else:
-                writer = await self._open_writer(fill, also)
-            fill.path = writer.path
+                writer, resume = await self._open_writer(fill, also)
             await self._emit(
                 events.FillStarted(url=display, fill_id=record.id, resume_from=writer.size)
             )
-            transfer = source.transfer if source else self.downloader.download
-            headers = await transfer(fill, writer, display)
+            if source is not None:
+                received = await source.transfer(self._transfers, fill, writer, room, display)
+            else:
+                received = await self._transfers.run(fill, writer, room, display, resume)
             mismatch = digests.mismatch(record.expected, writer)
             if mismatch:
                 raise DigestMismatch(mismatch)
-            if fill.unframed and not record.expected:
+            if received.unframed and not record.expected:
                 raise FillError(UNFRAMED, delivered=True)
-            fill._settled = True
-            artifact = await self._commit(fill, writer, headers, display)
+            handle.settled = True
+            artifact, replaced = await self._commit(fill, writer, received, display)
             writer = None
         except asyncio.CancelledError:
-            if fill._lost:
-                if writer:
-                    await writer.abort()
-                await self._lose(fill)
-                return
-            if not fill._cancel_requested:  # shutting down: the fill resumes at next start
+            if not (handle.lost or handle.cancel_requested):
+                # Shutting down: the fill resumes from its partial file at the next start.
                 if writer:
                     await writer.suspend()
-                fill._end(None, FillError("the cache-host is shutting down", transient=True))
+                await self.finish(fill, Stopped())
                 raise
             if writer:
                 await writer.abort()
-            self._forget(fill)
-            fill._end(None, FillCancelled("cancelled by an operator"))
-            await self._record_end(
-                record, FillState.CANCELLED, "cancelled", display,
-                events.FillCancelled(url=display, actor=fill._cancelled_by, fill_id=record.id),
-            )  # fmt: skip
+            if handle.lost:
+                await self._lose(handle)
+            else:
+                await self.finish(fill, Cancelled(actor=handle.cancelled_by))
             return
-        except FillLost:
-            await self._lose(fill)
+        except _Lost:
+            await self._lose(handle)
             return
         except Exception as err:
-            fill._settled = True
+            handle.settled = True
             if writer:
                 await writer.abort()
-            self._forget(fill)
             if not isinstance(err, FillError):
                 log.error("fill.crashed", exc_info=True, url=display, fill_id=record.id)
                 err = FillError(f"internal error: {type(err).__name__}: {err}")
-            unhealthy = None
-            if not (record.credentialed and fill.authorization is None) and not record.imported:
-                # (A fill that lost its credentials says nothing of the URL:
-                # the client's next request, with them, starts afresh. An
-                # import's failure says nothing of the origin.)
-                unhealthy = self.admission.failed(
-                    record.key,
-                    record.scope,
-                    str(err),
-                    err.transient,
-                    err.origin_fault,
-                    err.status,
-                )
-            # Everyone waiting learns first: recording it may have to wait for
-            # the store (a full disk), and a client must never hang on that.
-            fill._end(None, err)
-            refused = [events.FillRefused(url=display, reason=str(err))] if err.refused else []
-            if unhealthy is not None:
-                refused.append(
-                    events.OriginUnhealthy(
-                        origin=unhealthy.origin, error=unhealthy.error,
-                        failures=unhealthy.failures,
-                        seconds=round(unhealthy.until - time.time(), 1),
-                    )
-                )  # fmt: skip
-            await self._record_end(
-                record, FillState.FAILED, str(err), display, *refused,
-                events.FillFailed(url=display, fill_id=record.id, error=str(err)),
-            )  # fmt: skip
+            # A fill that lost its credentials says nothing of the URL: the
+            # client's next request, with them, starts afresh. An import's
+            # failure says nothing of the origin.
+            lost_credentials = record.credentialed and fill.authorization is None
+            remembered = not (lost_credentials or record.imported)
+            await self.finish(fill, Failed(failure=err, remembered=remembered))
             return
-        self._forget(fill)
-        if not record.imported:  # it says nothing of whether the origin is reachable
-            self.admission.succeeded(record.key, record.scope)
-        fill._end(artifact, None)
-        await self._emit(
-            events.FillFinished(
-                url=display,
-                fill_id=record.id,
-                sha256=artifact.sha256,
-                size=artifact.size,
-                seconds=round(time.monotonic() - fill.started, 3),
-                imported=record.imported,
-            )
-        )
-
-    async def _record_end(
-        self, record: FillRecord, state: FillState, error: str, display: str,
-        *ended: events.Event,
-    ) -> None:  # fmt: skip
-        """Write a fill's end and its events, now or once the store takes writes."""
-        now = time.time()
-
-        async def finish() -> None:
-            await self._metadata.finish_fill(record.id, state, error, display, now, self.holder)
-
-        await self._backlog.write(f"fill {record.id} {state}", finish)
-        for event in ended:
-            await self._emit(event)
+        finally:
+            room.close()
+        await self.finish(fill, Done(stored=artifact))
+        if replaced is not None:
+            await self._replaced(replaced)
 
     async def _commit(
-        self, fill: Fill, writer: BlobWriter, headers: Mapping[str, str], display: str
-    ) -> Artifact:
-        """Store the blob, then its row; FillLost if another host holds the fill
-        now. A blob the key served before goes once no artifact uses it."""
+        self, fill: Fill, writer: BlobWriter, received: Received, display: str
+    ) -> tuple[Artifact, str | None]:
+        """Store the blob, then its row; _Lost if another host holds the fill
+        now. With the artifact, the blob the key served before, if it changed."""
         sha = writer.hexdigest()
         record = fill.record
         before = await self._metadata.find_artifact(record.key, (record.scope,))
@@ -611,14 +602,14 @@ class FillManager:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
             try:
                 artifact = await self._metadata.commit_artifact(
-                    fill.record,
+                    record,
                     sha,
                     writer.size,
-                    headers,
+                    received.headers,
                     display,
                     time.time(),
                     self.holder,
-                    fill.etag,
+                    received.etag,
                 )
             except Exception as err:
                 with contextlib.suppress(Exception):  # no row points at it: don't keep it
@@ -628,20 +619,17 @@ class FillManager:
             if artifact is None and not await self._metadata.sha_in_use(sha):
                 await self._blobs.delete(sha)
         if artifact is None:
-            raise FillLost()
-        if before is not None and before.sha256 != sha and self.replaced is not None:
-            await self.replaced(before.sha256)
-        return artifact
+            raise _Lost()
+        return artifact, before.sha256 if before and before.sha256 != sha else None
 
-    async def _lose(self, fill: Fill) -> None:
+    async def _lose(self, handle: _Handle) -> None:
         """End a fill this host no longer holds, without touching its row."""
-        self._forget(fill)
+        fill = handle.fill
+        self._forget(fill)  # before the store is asked: nothing new joins meanwhile
         record = await self._metadata.get_fill(fill.id)
-        if record is not None and record.state is FillState.CANCELLED:
-            fill._end(None, FillCancelled("cancelled by an operator"))
-        else:
-            fill._end(None, FillError("another cache-host took the fill over", transient=True))
         log.info("fill.lost", url=self._display(fill.record.url), fill_id=fill.id)
+        cancelled = record is not None and record.state is FillState.CANCELLED
+        await self.finish(fill, Lost(cancelled=cancelled))
 
     async def _keep_leases(self) -> None:
         """Renew this host's lease; drop transfers whose lease is gone; fail
@@ -650,12 +638,12 @@ class FillManager:
         while True:
             await asyncio.sleep(every)
             try:
-                running = [f for f in self._by_id.values() if f._task and not f._settled]
+                running = [h for h in self._by_id.values() if h.task and not h.settled]
                 held = await self._metadata.renew_lease(self._lease())
-                for fill in running:
-                    if fill.id not in held and not fill._settled and fill._task:
-                        fill._lost = True
-                        fill._task.cancel()
+                for handle in running:
+                    if handle.fill.id not in held and not handle.settled and handle.task:
+                        handle.lost = True
+                        handle.task.cancel()
                 for record in await self._metadata.orphaned_fills(time.time()):
                     await self._fail_orphan(record)
                 await self._drop_stale_partials()
@@ -676,47 +664,37 @@ class FillManager:
                 await self._blobs.discard_partial(name)
 
     async def _fail_orphan(self, record: FillRecord) -> None:
-        error = "the cache-host holding the request's credentials stopped; ask again"
-        display = self._display(record.url)
         ended = await self._metadata.finish_fill(
-            record.id, FillState.FAILED, error, display, time.time(), record.holder
-        )
+            record.id, FillState.FAILED, ORPHANED, self._display(record.url), time.time(),
+            record.holder,
+        )  # fmt: skip
         if ended is not None:
-            await self._emit(events.FillFailed(url=display, fill_id=record.id, error=error))
+            handle = self._by_id.get(record.id)
+            failure = FillError(ORPHANED)
+            outcome = Failed(failure=failure, remembered=False, written=True)
+            await self.finish(handle.fill if handle else Fill(ended), outcome)
 
-    async def _watch(self, fill: Fill) -> None:
+    async def _watch(self, handle: _Handle) -> None:
         """Follow a fill that is not running here until it ends or a worker here claims it."""
-        while fill._task is None and not fill.finished:
+        fill = handle.fill
+        while handle.task is None and not fill.finished:
             try:
                 record = await self._metadata.get_fill(fill.id)
             except Exception:
                 log.error("fill.watch_failed", exc_info=True, fill_id=fill.id)
                 record = fill.record
-            if fill._task is not None:
+            if handle.task is not None:
                 return  # claimed here meanwhile
-            if record is None:
-                self._forget(fill)
-                fill._end(None, FillError("the fill vanished from the store"))
-                return
-            if record.state in ACTIVE_STATES:
-                changed = (record.state, record.total) != (fill.record.state, fill.total)
-                fill.record, fill.total = record, record.total
-                if changed:
-                    fill._wake()
+            if record is not None and record.state in ACTIVE_STATES:
+                fill.observed(record)
                 await asyncio.sleep(WATCH_SECONDS)
                 continue
-            self._forget(fill)
-            fill.record = record
-            if record.state is FillState.DONE:
-                artifact = await self._metadata.find_artifact(record.key, (record.scope,))
-                if artifact is None:
-                    fill._end(None, FillError("the artifact was deleted as soon as it was stored"))
-                else:
-                    fill._end(artifact, None)
-            elif record.state is FillState.CANCELLED:
-                fill._end(None, FillCancelled("cancelled by an operator"))
-            else:
-                fill._end(None, FillError(record.error or "the fill failed"))
+            stored = None
+            if record is not None:
+                fill.observed(record)
+                if record.state is FillState.DONE:
+                    stored = await self._metadata.find_artifact(record.key, (record.scope,))
+            await self.finish(fill, EndedElsewhere(record=record, stored=stored))
             return
 
     def _display(self, url: str) -> str:

@@ -3,10 +3,11 @@ progress of the process running it (bytes, rate, readers)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from withcache.server.cache import Cache
-from withcache.server.store import ACTIVE_STATES, FillRecord, FillState
+from withcache.server.fill.fill import Fill
+from withcache.server.records import ACTIVE_STATES, FillRecord, FillState
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,23 @@ class FillRow:
         return max(0.0, (self.total - self.bytes_done) / self.rate)
 
 
-def fill_rows(cache: Cache, records: list[FillRecord]) -> list[FillRow]:
+def fill_rows(
+    records: list[FillRecord], live: Callable[[int], Fill | None], display: Callable[[str], str]
+) -> list[FillRow]:
+    """The records with the progress of those running here (`live`)."""
     rows = []
     for record in records:
-        live = cache.fills.live(record.id) if record.state in ACTIVE_STATES else None
-        if live and live.elsewhere:
-            live = None  # another host runs it: its saved progress is the news
+        fill = live(record.id) if record.state in ACTIVE_STATES else None
+        if fill and fill.elsewhere:
+            fill = None  # another host runs it: its saved progress is the news
         rows.append(
             FillRow(
                 record=record,
-                url=cache.display(record.url),  # an active fill's URL may hold a signed query
-                bytes_done=live.bytes_done if live else record.bytes_done,
-                total=(live.total if live and live.total is not None else record.total),
-                rate=live.rate if live else 0.0,
-                clients=live.clients if live else 0,
+                url=display(record.url),  # an active fill's URL may hold a signed query
+                bytes_done=fill.bytes_done if fill else record.bytes_done,
+                total=(fill.total if fill and fill.total is not None else record.total),
+                rate=fill.rate if fill else 0.0,
+                clients=fill.clients if fill else 0,
             )
         )
     return rows
