@@ -71,36 +71,24 @@ async def _noop(event: Event) -> None:
     pass
 
 
-async def choose_only(path: Path, need: int) -> tuple[float, int]:
+async def timed(path: Path, job: str, need: int) -> tuple[float, int]:
+    """Seconds `job` takes on the store at `path`, and what it counts: the
+    artifacts chosen ("choice"), left ("make_room") or evicted ("evict_unused")."""
     meta = SQLiteMetadata(path)
     try:
         reclaim = Reclaim(meta, LocalBlobs(path.parent / "data"), _noop)
         started = time.perf_counter()
-        choice = await reclaim.plan(need)
-        return time.perf_counter() - started, len(choice.victims)
-    finally:
-        await meta.close()
-
-
-async def make_room(path: Path, need: int) -> tuple[float, int]:
-    meta = SQLiteMetadata(path)
-    try:
-        reclaim = Reclaim(meta, LocalBlobs(path.parent / "data"), _noop)
-        started = time.perf_counter()
-        freed = await reclaim.make_room(need)
-        assert freed >= need, (freed, need)
-        return time.perf_counter() - started, (await meta.totals())[0]
-    finally:
-        await meta.close()
-
-
-async def evict_unused(path: Path) -> tuple[float, int]:
-    meta = SQLiteMetadata(path)
-    try:
-        reclaim = Reclaim(meta, LocalBlobs(path.parent / "data"), _noop)
-        started = time.perf_counter()
-        count = await reclaim.evict_unused(NOW - 180 * DAY)
-        return time.perf_counter() - started, count
+        if job == "choice":
+            count = len((await reclaim.plan(need)).victims)
+        elif job == "make_room":
+            freed = await reclaim.make_room(need)
+            assert freed >= need, (freed, need)
+        else:
+            count = await reclaim.evict_unused(NOW - 180 * DAY)
+        seconds = time.perf_counter() - started
+        if job == "make_room":
+            count = (await meta.totals())[0]
+        return seconds, count
     finally:
         await meta.close()
 
@@ -119,12 +107,10 @@ def main() -> None:
         figures: dict[str, list[float]] = {"choice": [], "make_room": [], "evict_unused": []}
         details: dict[str, int] = {}
         for run in range(args.runs):
-            for name, job in (("choice", lambda p: choose_only(p, need)),
-                              ("make_room", lambda p: make_room(p, need)),
-                              ("evict_unused", evict_unused)):  # fmt: skip
+            for name in figures:
                 copy = folder / f"run{run}-{name}.db"
                 shutil.copy(template, copy)
-                seconds, count = asyncio.run(job(copy))
+                seconds, count = asyncio.run(timed(copy, name, need))
                 figures[name].append(seconds)
                 details[name] = count
                 copy.unlink()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import curl
+from port_origin import PortOrigin
 from test_api import start, wait_fill
 from test_fills import rows, wait_fill_state, wait_rows
 from test_metrics import scrape
@@ -94,17 +93,6 @@ def test_a_410_is_remembered_and_other_4xx_only_for_a_minute_as_before(origin, c
     assert code == 404 and b"origin says 410 (until " in body
 
 
-class _Recovered(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.backends
 def test_an_origin_that_refuses_connections_is_unhealthy_until_unblocked(
     origin, cache_host, free_port
@@ -135,9 +123,7 @@ def test_an_origin_that_refuses_connections_is_unhealthy_until_unblocked(
     assert m[f"withcache_origin_up{{host={down}}}"] == 0
     assert m[f"withcache_origin_up{{host={origin.url('')}}}"] == 1
     # The origin comes back; an operator unblocks it and misses fill from it again.
-    server = ThreadingHTTPServer(("127.0.0.1", free_port), _Recovered)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with PortOrigin(free_port, BODY):
         assert get(host, f"{down}/fourth.bin")[0] == 404  # still blocked
         unblocked = api.post("/origins/unblock", {"origin": down})
         assert unblocked.status == 200 and unblocked.body["origin"] == down
@@ -148,9 +134,6 @@ def test_an_origin_that_refuses_connections_is_unhealthy_until_unblocked(
         assert scrape(host)[f"withcache_origin_up{{host={down}}}"] == 1
         kinds = [e["kind"] for e in api.get("/events").body["items"]]
         assert "origin.unhealthy" in kinds and "origin.unblocked" in kinds
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_silent_origin_and_a_5xx_make_their_origin_unhealthy(origin, cache_host):
@@ -200,37 +183,13 @@ def test_the_negative_cache_holds_for_its_ttl_and_is_forgotten_on_request():
     assert absent.forget("https://h/x", "") and not absent.forget("https://h/x", "")
 
 
-class _Flaky(BaseHTTPRequestHandler):
-    """503 until `healthy` is set; counts the GETs."""
-
-    healthy = threading.Event()
-    gets = 0
-
-    def do_GET(self) -> None:
-        type(self).gets += 1
-        if not self.healthy.is_set():
-            time.sleep(2.0)  # slow to fail: the misses after the first queue fills
-            self.send_response(503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(BODY)))
-        self.end_headers()
-        self.wfile.write(BODY)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.backends
 def test_queued_fills_for_an_unhealthy_origin_wait_and_run_once_unblocked(cache_host, free_port):
     """Before: fills queued for an origin that had just failed were each run
     in turn against it, every one failing the same way."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port), _Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    flaky = f"http://127.0.0.1:{free_port}"
-    try:
+    # Slow to answer 503: the misses after the first queue fills meanwhile.
+    with PortOrigin(free_port, BODY, status=503, delay=2.0) as server:
+        flaky = server.url
         host, api = start(
             cache_host, "--workers", "1", "--fill-attempts", "1", "--no-stream-fills",
         )  # fmt: skip
@@ -241,18 +200,13 @@ def test_queued_fills_for_an_unhealthy_origin_wait_and_run_once_unblocked(cache_
         time.sleep(1.0)  # the worker claims the others, and puts them back
         states = dict(rows(host, "SELECT key, state FROM fills"))
         assert sorted(states.values()) == ["failed", "queued", "queued"], states
-        assert _Flaky.gets == 1  # only the first asked the failing origin
+        assert server.gets == 1  # only the first asked the failing origin
         assert "fill.deferred" in host.log()
-        _Flaky.healthy.set()
+        server.status, server.delay = 200, 0.0
         assert api.post("/origins/unblock", {"origin": flaky}).status == 200
         deadline = time.monotonic() + 20
         while sorted(s for _, s in rows(host, "SELECT key, state FROM fills")) != [
             "done", "done", "failed"]:  # fmt: skip
             assert time.monotonic() < deadline, rows(host, "SELECT key, state, error FROM fills")
             time.sleep(0.05)
-        assert _Flaky.gets == 3
-    finally:
-        _Flaky.healthy.clear()
-        _Flaky.gets = 0
-        server.shutdown()
-        server.server_close()
+        assert server.gets == 3

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import curl
+from port_origin import PortOrigin
 from test_api import start
 from test_metrics import scrape
 from test_withcache_cli import env_for, withcache
@@ -130,30 +129,13 @@ def test_changed_bytes_are_fetched_while_a_client_streams_the_old_ones(
     assert host.blob_names() == [sha(V2)]
 
 
-class _Serving(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(V2)))
-        self.send_header("ETag", '"once"')
-        self.end_headers()
-        self.wfile.write(V2)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.mark.backends
 def test_an_origin_gone_down_leaves_the_stale_bytes_served_and_said_so(cache_host, free_port):
-    server = ThreadingHTTPServer(("127.0.0.1", free_port), _Serving)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{free_port}/latest/firmware.bin"
     host, api = start(cache_host, "--revalidate", "*/latest/*=1s")
-    try:
+    with PortOrigin(free_port, V2, etag='"once"'):  # then it goes away
         assert curl("-f", host.blob_url(url)).stdout == V2
         host.wait_cached(url)
-    finally:
-        server.shutdown()
-        server.server_close()
     time.sleep(1.1)
     head(host, url)  # due: the revalidation finds the origin down
     (event,) = revalidations(api, "stale-served")

@@ -8,6 +8,7 @@ import re
 
 from conftest import curl
 from playwright.sync_api import expect
+from port_origin import PortOrigin
 
 PASSWORD = "browser pass"
 LOCKED = {"WITHCACHE_ADMIN_PASSWORD": PASSWORD}
@@ -183,32 +184,12 @@ def test_the_overview_leads_with_hit_ratio_and_bytes_and_greets_an_empty_host(
 
 
 def test_pin_refresh_and_a_stale_artifact_on_the_cached_page(origin, cache_host, page, free_port):
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     body = os.urandom(50_000)
-
-    class Latest(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("ETag", '"l1"')
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port), Latest)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{free_port}/latest/notes.txt"
     host = cache_host("--revalidate", "*/latest/*=1s", "--evict", "lru", env=LOCKED)
-    try:
+    with PortOrigin(free_port, body, etag='"l1"'):  # then it goes away
         assert curl("-f", host.blob_url(url)).stdout == body
         host.wait_cached(url)
-    finally:
-        server.shutdown()
-        server.server_close()
     _log_in(page, host)
     page.goto(host.url + "/cached")
     artifact = _row(page, url)

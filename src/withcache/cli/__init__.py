@@ -154,25 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="ID|URL")
     p.set_defaults(check=commands.check_targets)
 
-    p = command(
-        "pin", commands.pin,
-        "pin cached artifacts, by id or by URL: never evicted, never revalidated but when "
-        "asked (withcache refresh)",
-    )  # fmt: skip
-    p.add_argument("targets", nargs="+", metavar="ID|URL")
-    p.set_defaults(check=commands.check_targets)
-
-    p = command("unpin", commands.unpin, "unpin cached artifacts, by id or by URL")
-    p.add_argument("targets", nargs="+", metavar="ID|URL")
-    p.set_defaults(check=commands.check_targets)
-
-    p = command(
-        "refresh", commands.refresh,
-        "ask the origins of cached artifacts (by id or URL) now whether they changed, and "
-        "fetch the new bytes if they did: fresh, changed or stale-served (exit 1)",
-    )  # fmt: skip
-    p.add_argument("targets", nargs="+", metavar="ID|URL")
-    p.set_defaults(check=commands.check_targets)
+    for name, run, text in (
+        ("pin", commands.pin, "pin cached artifacts, by id or by URL: never evicted, never "
+         "revalidated but when asked (withcache refresh)"),
+        ("unpin", commands.unpin, "unpin cached artifacts, by id or by URL"),
+        ("refresh", commands.refresh, "ask the origins of cached artifacts (by id or URL) now "
+         "whether they changed, and fetch the new bytes if they did: fresh, changed or "
+         "stale-served (exit 1)"),
+    ):  # fmt: skip
+        p = command(name, run, text)
+        p.add_argument("targets", nargs="+", metavar="ID|URL")
+        p.set_defaults(check=commands.check_targets)
 
     p = command("misses", commands.misses, "list URLs asked for and not cached")
     p.add_argument("query", nargs="?", help="only URLs containing this")

@@ -231,23 +231,22 @@ def rm(api: Api, args: argparse.Namespace) -> int:
 
 
 def pin(api: Api, args: argparse.Namespace) -> int:
-    def pin_one(artifact_id: int) -> dict[str, Any]:
-        pinned = api.post(f"/artifacts/{artifact_id}/pin", {})
-        if not args.json:
-            print(f"pinned {pinned['id']}: {pinned['url']}")
-        return pinned
-
-    return _each_artifact(api, args, pin_one)
+    return _pinning(api, args, True)
 
 
 def unpin(api: Api, args: argparse.Namespace) -> int:
-    def unpin_one(artifact_id: int) -> dict[str, Any]:
-        unpinned = api.delete(f"/artifacts/{artifact_id}/pin")
-        if not args.json:
-            print(f"unpinned {unpinned['id']}: {unpinned['url']}")
-        return unpinned
+    return _pinning(api, args, False)
 
-    return _each_artifact(api, args, unpin_one)
+
+def _pinning(api: Api, args: argparse.Namespace, pinned: bool) -> int:
+    def act(artifact_id: int) -> dict[str, Any]:
+        path = f"/artifacts/{artifact_id}/pin"
+        done = api.post(path, {}) if pinned else api.delete(path)
+        if not args.json:
+            print(f"{'pinned' if pinned else 'unpinned'} {done['id']}: {done['url']}")
+        return done
+
+    return _each_artifact(api, args, act)
 
 
 def refresh(api: Api, args: argparse.Namespace) -> int:
