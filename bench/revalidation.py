@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
 
-from common import Server, wait_cached, write_results
+from common import Server, static_origin, wait_cached, write_results
 
 ARTIFACT_BYTES = 64 * 1024
 CASES = (
@@ -62,39 +59,26 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-revalidation-") as tmp:
         folder = Path(tmp)
-        (folder / "origin").mkdir()
-        (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
-        origin = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory",
-             str(folder / "origin")],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
         servers: list[Server] = []
-        try:
-            assert origin.stdout is not None
-            port = re.search(rb"port (\d+)", origin.stdout.readline())
-            if port is None:
-                raise SystemExit("the origin did not start")
-            url = f"http://127.0.0.1:{int(port[1])}/artifact.bin"
-            path = f"/blob?url={quote(url, safe='')}"
-            for n, (_, flags) in enumerate(CASES):
-                server = Server(folder / f"host{n}", "--allow-private-origins", *flags)
-                servers.append(server)
-                wait_cached(server.blob_url(url))
-            times: dict[str, list[float]] = {name: [] for name, _ in CASES}
-            pairs = list(zip(CASES, servers, strict=True))
-            for round_ in range(args.rounds):
-                # Probes interleaved, and each round starting with another host,
-                # so that no host always runs first or last.
-                turn = pairs[round_ % len(pairs) :] + pairs[: round_ % len(pairs)]
-                for _ in range(args.probes):
-                    for (name, _), server in turn:
-                        times[name].append(probe(server.port, path))
-        finally:
-            for server in servers:
-                server.stop()
-            origin.terminate()
-            origin.wait(10)
+        with static_origin(folder, "artifact.bin", os.urandom(ARTIFACT_BYTES)) as url:
+            try:
+                path = f"/blob?url={quote(url, safe='')}"
+                for n, (_, flags) in enumerate(CASES):
+                    server = Server(folder / f"host{n}", "--allow-private-origins", *flags)
+                    servers.append(server)
+                    wait_cached(server.blob_url(url))
+                times: dict[str, list[float]] = {name: [] for name, _ in CASES}
+                pairs = list(zip(CASES, servers, strict=True))
+                for round_ in range(args.rounds):
+                    # Probes interleaved, and each round starting with another host,
+                    # so that no host always runs first or last.
+                    turn = pairs[round_ % len(pairs) :] + pairs[: round_ % len(pairs)]
+                    for _ in range(args.probes):
+                        for (name, _), server in turn:
+                            times[name].append(probe(server.port, path))
+            finally:
+                for server in servers:
+                    server.stop()
     base = statistics.median(times[CASES[0][0]])
     results = {}
     print(f"HEAD probe of a 64 KiB hit, new connection each, {args.rounds} x {args.probes}:")
