@@ -13,6 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -111,6 +113,29 @@ http {{
     proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(work)])
     wait_http(f"http://127.0.0.1:{port}/", any_status=True)
     return Nginx(root, port, proc)
+
+
+@contextmanager
+def static_origin(folder: Path, name: str, data: bytes) -> Iterator[str]:
+    """A stdlib HTTP origin on a free loopback port serving `data` as `name`
+    (from folder/origin); yields its URL."""
+    (folder / "origin").mkdir()
+    (folder / "origin" / name).write_bytes(data)
+    origin = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory",
+         str(folder / "origin")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert origin.stdout is not None
+        line = origin.stdout.readline().decode()
+        match = re.search(r"port (\d+)", line)
+        if not match:
+            raise SystemExit(f"origin did not start: {line!r}")
+        yield f"http://127.0.0.1:{match[1]}/{name}"
+    finally:
+        origin.terminate()
+        origin.wait(10)
 
 
 def wait_http(url: str, any_status: bool = False, timeout: float = 20.0) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import RESULTS, Server, wait_cached
+from common import RESULTS, Server, static_origin, wait_cached
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -43,29 +42,13 @@ def hosts(folder: Path) -> Iterator[tuple[str, Server, Server]]:
     """A stdlib origin holding a 64 KiB artifact (its URL is yielded), an
     auto-mode cache-host that already holds it (every probe a hit) and a
     --curate one (every probe a miss, nothing ever fetched)."""
-    (folder / "origin").mkdir()
-    (folder / "origin" / "artifact.bin").write_bytes(os.urandom(ARTIFACT_BYTES))
-    origin = subprocess.Popen(
-        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory",
-         str(folder / "origin")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        assert origin.stdout is not None
-        line = origin.stdout.readline().decode()
-        match = re.search(r"port (\d+)", line)
-        if not match:
-            raise SystemExit(f"origin did not start: {line!r}")
-        url = f"http://127.0.0.1:{match[1]}/artifact.bin"
-        with (
-            Server(folder / "auto", "--allow-private-origins") as hit,
-            Server(folder / "curate", "--allow-private-origins", "--curate") as miss,
-        ):
-            wait_cached(hit.blob_url(url))
-            yield url, hit, miss
-    finally:
-        origin.terminate()
-        origin.wait(10)
+    with (
+        static_origin(folder, "artifact.bin", os.urandom(ARTIFACT_BYTES)) as url,
+        Server(folder / "auto", "--allow-private-origins") as hit,
+        Server(folder / "curate", "--allow-private-origins", "--curate") as miss,
+    ):
+        wait_cached(hit.blob_url(url))
+        yield url, hit, miss
 
 
 def timing_args(doc: str) -> argparse.Namespace:

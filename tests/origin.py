@@ -15,7 +15,7 @@ import ssl
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from email.utils import formatdate
+from email.utils import formatdate, parsedate_to_datetime
 
 from aiohttp import web
 
@@ -35,6 +35,7 @@ class Resource:
     require_auth: str | None = None  # the Authorization value it demands
     redirect: str | None = None  # answer 302 to this location
     delay: float = 0.0  # seconds before answering
+    conditional: bool = True  # answer If-None-Match / If-Modified-Since with 304
     # Lies and changes:
     if_range: bool = True  # honour If-Range (a liar answers 206 whatever the validator)
     range_total: int | None = None  # the total its 206 answers claim, if not the body's
@@ -69,6 +70,12 @@ class Origin:
         self.resources[path] = Resource(body=body, **options)  # type: ignore[arg-type]
         self.hits = [hit for hit in self.hits if hit.path != path]
         self.body_bytes.pop(path, None)
+        return self.url(path)
+
+    def remove(self, path: str) -> str:
+        """Take a resource away (the origin answers 404 for it); its URL."""
+        self.add(path)
+        del self.resources[path]
         return self.url(path)
 
     def url(self, path: str, tls: bool = False) -> str:
@@ -125,6 +132,8 @@ class Origin:
             headers["Last-Modified"] = formatdate(res.last_modified, usegmt=True)
         if res.etag:
             headers["ETag"] = res.etag
+        if res.conditional and res.status == 200 and _not_modified(request, res):
+            return web.Response(status=304, headers=headers)
         start, body, status = 0, res.body, res.status
         if res.ranges:
             headers["Accept-Ranges"] = "bytes"
@@ -177,3 +186,17 @@ class Origin:
             request.transport.close()
             return
         await response.write_eof()
+
+
+def _not_modified(request: web.Request, res: Resource) -> bool:
+    """RFC 9110's order: If-None-Match if sent, else If-Modified-Since."""
+    match = request.headers.get("If-None-Match")
+    if match is not None:
+        return res.etag is not None and res.etag in (t.strip() for t in match.split(","))
+    since = request.headers.get("If-Modified-Since")
+    if since is None or res.last_modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(since).timestamp() >= int(res.last_modified)
+    except (TypeError, ValueError):
+        return False

@@ -87,3 +87,16 @@ def test_import_export(tmp_path):
             if len(row) == 3 and row[0] in ("import", "export", "stream", "cp", "tar")}  # fmt: skip
     assert all(mib_s > 0 for mib_s in rows.values()) and len(rows) == 5
     assert (tmp_path / "import_export.json").exists()
+
+
+def test_revalidation(tmp_path):
+    out = run_bench(tmp_path, "revalidation.py", "--rounds", "1", "--probes", "20")
+    rows = [line for line in out.splitlines() if "median" in line]
+    assert len(rows) == 3 and rows[0].split()[-1] == "1.00x"
+    assert (tmp_path / "revalidation.json").exists()
+
+
+def test_eviction(tmp_path):
+    out = run_bench(tmp_path, "eviction.py", "--artifacts", "1000", "--runs", "1")
+    assert "--evict lru making that room" in out and "--evict-unused pass" in out
+    assert (tmp_path / "eviction.json").exists()

@@ -42,6 +42,14 @@ def test_help_lists_every_flag_with_default_and_env():
         ([], {"WITHCACHE_PORT": "http"}, "WITHCACHE_PORT: invalid port"),
         ([], {"WITHCACHE_CURATE": "maybe"}, "WITHCACHE_CURATE='maybe' is not a boolean"),
         ([], {"WITHCACHE_MAX_BYTES": "lots"}, "WITHCACHE_MAX_BYTES: invalid size"),
+        (["--revalidate", "*/latest/*=soon"], {}, "invalid --revalidate '*/latest/*=soon'"),
+        (["--revalidate", "=1h"], {}, "give a URL glob"),
+        (["--revalidate", "*=0s"], {}, "the maximum age must be above 0"),
+        ([], {"WITHCACHE_REVALIDATE": "*SUMS*,*x=2w"}, "invalid --revalidate '*x=2w'"),
+        (["--negative-ttl", "5 minutes"], {}, "invalid duration '5 minutes'"),
+        (["--negative-ttl", "0"], {}, "it must be above 0"),
+        (["--evict", "lfu"], {}, "invalid eviction policy 'lfu': the one policy is lru"),
+        (["--evict-unused", "0"], {}, "not a positive number"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(args, env, message):
@@ -120,3 +128,39 @@ def test_secrets_come_only_from_env_and_are_not_in_repr():
     settings = settings_from([], {"WITHCACHE_ADMIN_PASSWORD": "hunter2"})
     assert settings.admin_password == "hunter2"
     assert "hunter2" not in repr(settings)
+
+
+def test_durations_and_revalidation_rules():
+    from withcache.server.settings import RevalidateRule, parse_duration
+
+    assert [parse_duration(t) for t in ("30s", "10m", "1h", "7d", "90", "1.5h", " 2D ")] == [
+        30, 600, 3600, 7 * 86400, 90, 5400, 2 * 86400]  # fmt: skip
+    for bad in ("", "m", "10w", "-5s", "1h30m"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+    assert RevalidateRule.parse("*/latest/*") == RevalidateRule("*/latest/*", 3600.0)
+    assert RevalidateRule.parse("*SUMS*=10m") == RevalidateRule("*SUMS*", 600.0)
+    # The age follows the last `=`: a glob holding one is written with its age.
+    assert RevalidateRule.parse("*?v=1=30s") == RevalidateRule("*?v=1", 30.0)
+    with pytest.raises(ValueError, match="use a number"):
+        RevalidateRule.parse("*?v=stable")
+
+
+def test_revalidation_and_eviction_settings_from_flags_and_env():
+    default = settings_from([], {})
+    assert default.revalidate == () and default.negative_ttl == 300.0
+    assert default.evict is None and default.evict_unused is None
+    assert default.revalidate_after("https://h/latest/x") is None
+    env = {"WITHCACHE_REVALIDATE": "*SHA256SUMS*=10m, */latest/*",
+           "WITHCACHE_NEGATIVE_TTL": "1m", "WITHCACHE_EVICT": "lru",
+           "WITHCACHE_EVICT_UNUSED": "30"}  # fmt: skip
+    s = settings_from([], env)
+    assert [str(r) for r in s.revalidate] == ["*SHA256SUMS*=600s", "*/latest/*=3600s"]
+    assert s.negative_ttl == 60.0 and s.evict == "lru" and s.evict_unused == 30.0
+    assert s.revalidate_after("https://dl.example/cuda/SHA256SUMS.txt") == 600.0
+    assert s.revalidate_after("https://dl.example/latest/x.run") == 3600.0
+    assert s.revalidate_after("https://dl.example/12.4/x.run") is None
+    # The flag (repeatable) beats the variable, in its order: the first match counts.
+    s = settings_from(["--revalidate", "*.deb=7d", "--revalidate", "*=30s"], env)
+    assert [r.max_age for r in s.revalidate] == [7 * 86400, 30]
+    assert s.revalidate_after("https://h/a/cuda-keyring_1.1.deb") == 7 * 86400

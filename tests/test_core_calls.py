@@ -319,7 +319,8 @@ async def test_a_miss_that_joins_a_fill_as_it_fails_keeps_the_failure(
     while that note is on its way to the store (a slow PostgreSQL), the note
     must not land over the reason the failure wrote."""
     core = auto_core
-    url = origin.add("/core/join-failing.bin", status=404, delay=0.5)
+    # (A 403, not a 404: a 404 says "origin says 404 (until ...)", negative.py.)
+    url = origin.add("/core/join-failing.bin", status=403, delay=0.5)
     key = core.key(url)
     first = await core.miss(url, key, None)
     store = core._metadata
@@ -338,4 +339,4 @@ async def test_a_miss_that_joins_a_fill_as_it_fails_keeps_the_failure(
     assert joined.fill is first.fill
     monkeypatch.setattr(store, "record_miss", record_miss)
     miss = await core.get_miss(key)
-    assert miss.reason.startswith("fill failed: ") and "404" in miss.reason
+    assert miss.reason.startswith("fill failed: ") and "403" in miss.reason

@@ -75,7 +75,7 @@ def test_a_name_that_does_not_resolve_fails_at_once_and_is_remembered(cache_host
     assert time.monotonic() - started < 5
     assert "fill.retrying" not in host.log()
     answer = curl(host.blob_url(f"http://{name}/b.bin")).stdout
-    assert b"could not be reached just now" in answer, answer
+    assert b"is failing: origin unreachable" in answer, answer
     assert rows(host, "SELECT count(*) FROM fills") == [(1,)]
 
 
@@ -168,7 +168,7 @@ def test_an_origin_that_refuses_connections_turns_its_other_urls_away(cache_host
     curl(host.blob_url(f"http://127.0.0.1:{free_port}/a.bin"))
     wait_fill_state(host, "failed")
     answer = curl(host.blob_url(f"http://127.0.0.1:{free_port}/b.bin")).stdout
-    assert b"could not be reached just now" in answer, answer
+    assert b"is failing: origin unreachable" in answer, answer
     assert rows(host, "SELECT count(*) FROM fills") == [(1,)]
 
 

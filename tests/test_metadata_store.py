@@ -269,3 +269,70 @@ async def test_a_resume_point_outlives_a_claim(meta):
     assert record.resume == resume
     if record.state is FillState.QUEUED:  # SQLite: queued again at start
         assert (await meta.claim_fill(2.0, HOLDER)).resume == resume
+
+
+async def test_pins_and_eviction_order_least_recently_used_first(meta):
+    a = await add(meta, "https://h/a", "a" * 64, 10, now=1.0)
+    b = await add(meta, "https://h/b", "b" * 64, 20, now=2.0)
+    c = await add(meta, "https://h/c", "c" * 64, 30, now=3.0)
+    d = await add(meta, "https://h/d", "b" * 64, 20, now=4.0)  # shares b's blob
+    await meta.add_hits({a.id: (1, 9.0)})  # a was hit last: it goes last
+    order = await meta.eviction_candidates(10)
+    assert [x.id for x in order] == [b.id, c.id, d.id, a.id]
+    assert [x.refs for x in order] == [2, 1, 2, 1]
+    assert [x.last_used for x in order] == [2.0, 3.0, 4.0, 9.0]
+    pinned = await meta.set_pinned(c.id, True)
+    assert pinned.pinned and not (await meta.get_artifact(b.id)).pinned
+    assert [x.id for x in await meta.eviction_candidates(10)] == [b.id, d.id, a.id]
+    assert [x.id for x in await meta.eviction_candidates(10, used_before=4.0)] == [b.id]
+    assert [x.id for x in await meta.eviction_candidates(1)] == [b.id]
+    page = await meta.list_artifacts(pinned=True)
+    assert [x.id for x in page.rows] == [c.id] and page.total == 1
+    assert (await meta.list_artifacts(search="https://h/c", pinned=True)).total == 1
+    assert (await meta.list_artifacts(search="https://h/a", pinned=True)).total == 0
+    # A pinned artifact keeps its pin when it is fetched again with new bytes.
+    again = await add(meta, "https://h/c", "e" * 64, 5, now=10.0)
+    assert again.id == c.id and again.pinned and again.sha256 == "e" * 64
+    assert (await meta.set_pinned(c.id, False)).pinned is False
+    assert await meta.set_pinned(999_999, True) is None
+
+
+async def test_one_revalidation_per_artifact_at_a_time(meta):
+    a = await add(meta, "https://h/a", "a" * 64, 10, now=1.0)
+    assert a.validated_at is None and a.current_since == 1.0
+    assert await meta.claim_revalidation(a.id, now=5.0, until=35.0)
+    assert not await meta.claim_revalidation(a.id, now=6.0, until=36.0)  # another host
+    await meta.end_revalidation(a.id, validated_at=7.0)
+    assert (await meta.get_artifact(a.id)).current_since == 7.0
+    assert await meta.claim_revalidation(a.id, now=8.0, until=38.0)
+    # A claim whose holder vanished runs out.
+    assert await meta.claim_revalidation(a.id, now=39.0, until=69.0)
+    await meta.end_revalidation(a.id, validated_at=None)  # the origin could not say
+    assert (await meta.get_artifact(a.id)).current_since == 7.0
+    # New bytes start afresh: fetched now, no claim held.
+    again = await add(meta, "https://h/a", "b" * 64, 10, now=50.0)
+    assert again.validated_at is None and again.current_since == 50.0
+    assert await meta.claim_revalidation(a.id, now=51.0, until=81.0)
+
+
+async def test_hosts_racing_for_one_revalidation_get_it_once(meta):
+    a = await add(meta, "https://h/a", "a" * 64, 10)
+    won = await asyncio.gather(*(meta.claim_revalidation(a.id, 5.0, 35.0) for _ in range(8)))
+    assert sorted(won) == [False] * 7 + [True]
+
+
+async def test_a_deferred_fill_waits_until_its_time_or_its_origin_is_unblocked(meta):
+    fill, _ = await meta.enqueue_fill("https://h:8443/a", "", "https://h:8443/a", "miss", 1.0)
+    other, _ = await meta.enqueue_fill("https://h2/b", "", "https://h2/b", "miss", 1.0)
+    claimed = await meta.claim_fill(2.0, HOLDER)
+    assert claimed.id == fill.id
+    assert await meta.defer_fill(fill.id, HOLDER.holder, until=100.0)
+    assert not await meta.defer_fill(fill.id, HOLDER.holder, until=100.0)  # queued now
+    assert (await meta.get_fill(fill.id)).state is FillState.QUEUED
+    assert (await meta.claim_fill(3.0, HOLDER)).id == other.id  # the deferred one waits
+    assert await meta.claim_fill(4.0, HOLDER) is None
+    assert (await meta.claim_fill(100.0, HOLDER, fill.id)).id == fill.id  # its time came
+    assert await meta.defer_fill(fill.id, HOLDER.holder, until=1e9)
+    assert await meta.undefer_fills("https://h") == 0  # another origin (no port)
+    assert await meta.undefer_fills("https://h:8443") == 1
+    assert (await meta.claim_fill(5.0, HOLDER)).id == fill.id

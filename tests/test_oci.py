@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import ssl
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -334,3 +335,31 @@ def test_the_client_library_falls_back_to_the_registry(registry, ca_file, tmp_pa
         client.fetch(None, reference.partition("#")[0], tmp_path / "which.bin", headers=secret)
     with pytest.raises(client.FetchError, match="HTTP Error 401"):
         client.fetch(None, reference, tmp_path / "anonymous.bin")
+
+
+def test_a_tag_under_revalidate_follows_its_registry(cache_host, registry):
+    """A moved tag is found by one manifest request once the artifact is due
+    (before: only `add --refresh` saw it); a digest reference is never asked."""
+    manifest, blobs = artifact([("fw.bin", FW)])
+    first_digest = registry.put("lab/tool", "latest", manifest, blobs)
+    host = cache_host("--revalidate", "oras://*=1s")
+    tag = f"oras://{registry.host}/lab/tool:latest"
+    pinned = f"oras://{registry.host}/lab/tool@{first_digest}"
+    for reference in (tag, pinned):
+        assert get(host, reference)[::2] == (200, FW)
+        host.wait_cached(reference)
+    moved, moved_blobs = artifact([("fw.bin", OTHER)])
+    second_digest = registry.put("lab/tool", "latest", moved, moved_blobs)
+    time.sleep(1.1)
+    asked = len(registry.hits)
+    # Due: the hit is answered from the old layer at once; the registry is asked behind it.
+    assert get(host, tag)[::2] == (200, FW)
+    assert get(host, pinned)[::2] == (200, FW)
+    deadline = time.monotonic() + 20
+    while (found := get(host, tag))[2] != OTHER:
+        assert time.monotonic() < deadline, "the moved tag was never followed"
+        time.sleep(0.1)
+    assert found[1]["Withcache-Manifest-Digest"] == second_digest
+    manifests = [h for h in registry.hits[asked:] if "/manifests/" in h.path]
+    assert manifests and all("latest" in h.path for h in manifests)  # never the digest's
+    assert get(host, pinned)[::2] == (200, FW)

@@ -8,6 +8,7 @@ import re
 
 from conftest import curl
 from playwright.sync_api import expect
+from port_origin import PortOrigin
 
 PASSWORD = "browser pass"
 LOCKED = {"WITHCACHE_ADMIN_PASSWORD": PASSWORD}
@@ -180,3 +181,27 @@ def test_the_overview_leads_with_hit_ratio_and_bytes_and_greets_an_empty_host(
     expect(page.locator("#work")).to_contain_text("0 downloading, 0 queued")
     if SCREENSHOTS:
         page.screenshot(path=f"{SCREENSHOTS}/ui-overview.png")
+
+
+def test_pin_refresh_and_a_stale_artifact_on_the_cached_page(origin, cache_host, page, free_port):
+    body = os.urandom(50_000)
+    url = f"http://127.0.0.1:{free_port}/latest/notes.txt"
+    host = cache_host("--revalidate", "*/latest/*=1s", "--evict", "lru", env=LOCKED)
+    with PortOrigin(free_port, body, etag='"l1"'):  # then it goes away
+        assert curl("-f", host.blob_url(url)).stdout == body
+        host.wait_cached(url)
+    _log_in(page, host)
+    page.goto(host.url + "/cached")
+    artifact = _row(page, url)
+    expect(page.locator("#eviction-next")).to_contain_text(url)
+    artifact.get_by_role("button", name="Pin").click()
+    expect(_row(page, url).locator(".pinned")).to_have_text("pinned")
+    expect(page.locator("#eviction-next")).to_contain_text("Nothing")
+    # The origin is gone: Refresh says so, and the artifact is marked stale.
+    _row(page, url).get_by_role("button", name="Refresh").click()
+    expect(page.locator(".problem")).to_contain_text("the origin could not say")
+    page.goto(host.url + "/cached")
+    expect(_row(page, url).locator(".stale")).to_contain_text("stale")
+    assert curl("-f", host.blob_url(url)).stdout == body  # still served
+    _row(page, url).get_by_role("button", name="Unpin").click()
+    expect(_row(page, url).locator(".pinned")).to_have_count(0)

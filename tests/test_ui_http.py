@@ -334,3 +334,45 @@ def test_ui_and_api_answer_the_same_status_for_a_missing_thing(cache_host):
     assert client.post("/downloads/999/retry", {"csrf": token}).status == 404
     assert client.post("/downloads/999/cancel", {"csrf": token}).status == 404
     assert client.post("/cached/999/delete", {"csrf": token}).status == 404
+
+
+def test_pin_unpin_unblock_and_what_eviction_takes_next(origin, cache_host, free_port):
+    old = origin.add("/http/evict-old.bin", b"o" * 5000)
+    new = origin.add("/http/evict-new.bin", b"n" * 7000)
+    host = cache_host("--evict-unused", "30", env=LOCKED)
+    client = PageClient(host.url)
+    client.login(PASSWORD)
+    for url in (old, new):
+        _miss(host, url)
+        host.wait_cached(url)
+    assert curl("-f", "-o", "/dev/null", host.blob_url(new)).returncode == 0  # new: hit later
+    time.sleep(2.5)  # hits reach the store in batches
+    page = client.get("/cached").text
+    section = page[page.index('id="eviction-next"') :]
+    assert "--evict-unused 30" in section
+    assert section.index("evict-old.bin") < section.index("evict-new.bin")
+    (old_id,) = host.rows(f"SELECT id FROM artifacts WHERE key = '{old}'")[0]
+    pinned = client.post(f"/cached/{old_id}/pin", {"csrf": client.csrf(), "next": "/cached"})
+    assert pinned.status == 303 and pinned.location == "/cached"
+    page = client.get("/cached").text
+    assert 'class="pinned"' in page and "Unpin" in page
+    assert "evict-old.bin" not in page[page.index('id="eviction-next"') :]
+    assert client.post(f"/cached/{old_id}/unpin", {"csrf": client.csrf()}).status == 303
+    assert host.rows(f"SELECT pinned FROM artifacts WHERE id = {old_id}") == [(0,)]
+    # A forged form (no CSRF token) changes nothing.
+    assert client.post(f"/cached/{old_id}/pin", {"csrf": "forged"}).status == 403
+    assert host.rows(f"SELECT pinned FROM artifacts WHERE id = {old_id}") == [(0,)]
+    assert client.post("/cached/999999/pin", {"csrf": client.csrf()}).status == 404
+    # An origin that refuses connections is listed on Downloads with Unblock.
+    down = f"http://127.0.0.1:{free_port}"
+    _miss(host, f"{down}/x.bin")
+    deadline = time.monotonic() + 20
+    while "unhealthy-origins" not in (page := client.get("/downloads").text):
+        assert time.monotonic() < deadline, page
+        time.sleep(0.1)
+    assert down in page and "origin unreachable" in page
+    unblocked = client.post("/downloads/origins/unblock", {"csrf": client.csrf(), "origin": down})
+    assert unblocked.status == 303
+    assert "unhealthy-origins" not in client.get("/downloads").text
+    again = client.post("/downloads/origins/unblock", {"csrf": client.csrf(), "origin": down})
+    assert again.status == 404 and "is not marked unhealthy" in again.text

@@ -152,10 +152,21 @@ def test_misses_approve_ls_rm_under_curate(origin, cache_host):
     assert approved.returncode == 0 and approved.stdout.startswith("fill ")
     server.wait_cached(url)
     shown = withcache("ls", "curated", env=env)
-    assert shown.stdout.splitlines()[0].split() == ["ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"]
-    assert shown.stdout.splitlines()[1].split()[-2] == "origin"
-    assert url in shown.stdout
+    assert shown.stdout.splitlines()[0].split() == [
+        "ID", "SIZE", "HITS", "FETCHED", "LAST", "HIT", "PIN", "FROM", "URL"]  # fmt: skip
+    assert shown.stdout.splitlines()[1].split()[-3:] == ["-", "origin", url]
     assert withcache("ls", "--json", env=env).stdout.count('"sha256"') == 1
+    # Pins, by URL or id; ls --pinned shows only them.
+    assert withcache("ls", "--pinned", env=env).stdout.splitlines()[1:] == []
+    pinned = withcache("pin", url, env=env)
+    assert pinned.returncode == 0 and pinned.stdout.startswith("pinned ") and url in pinned.stdout
+    (row,) = withcache("ls", "--pinned", env=env).stdout.splitlines()[1:]
+    assert row.split()[-3:] == ["pinned", "origin", url]
+    artifact_id = row.split()[0]
+    unpinned = withcache("unpin", artifact_id, "--json", env=env)
+    assert unpinned.returncode == 0 and json.loads(unpinned.stdout)[0]["pinned"] is False
+    missing = withcache("pin", "999999", env=env)
+    assert missing.returncode == 1 and "not cached: 999999" in one_error_line(missing)
     removed = withcache("rm", url, env=env)
     assert removed.returncode == 0 and removed.stdout.startswith("deleted ")
     again = withcache("rm", url, env=env)
@@ -264,7 +275,7 @@ def test_every_subcommand_answers_json(origin, cache_host):
     artifact = answer("add", url)  # cached already: the artifact
     assert artifact["sha256"] == hashlib.sha256(BODY).hexdigest()
     assert artifact["size"] == len(BODY)
-    assert answer("ls")["items"] == [artifact]
+    assert answer("ls")["items"] == [{**artifact, "stale": None}]  # listings say if stale
     assert answer("verify")["state"] == "done"
     assert answer("verify", "--status")["corrupt"] == []
     made = answer("token", "create", "reader")

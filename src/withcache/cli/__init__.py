@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     order.add_argument("--asc", action="store_true", help="ascending")
     order.add_argument("--desc", action="store_true", help="descending")
     p.add_argument("--limit", type=_limit, default=50, help="rows to show (default 50)")
+    p.add_argument("--pinned", action="store_true", help="only pinned artifacts")
 
     p = command(
         "add", commands.add,
@@ -153,6 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rm", commands.rm, "delete cached artifacts, by id or by URL")
     p.add_argument("targets", nargs="+", metavar="ID|URL")
     p.set_defaults(check=commands.check_targets)
+
+    for name, run, text in (
+        ("pin", commands.pin, "pin cached artifacts, by id or by URL: never evicted, never "
+         "revalidated but when asked (withcache refresh)"),
+        ("unpin", commands.unpin, "unpin cached artifacts, by id or by URL"),
+        ("refresh", commands.refresh, "ask the origins of cached artifacts (by id or URL) now "
+         "whether they changed, and fetch the new bytes if they did: fresh, changed or "
+         "stale-served (exit 1)"),
+    ):  # fmt: skip
+        p = command(name, run, text)
+        p.add_argument("targets", nargs="+", metavar="ID|URL")
+        p.set_defaults(check=commands.check_targets)
 
     p = command("misses", commands.misses, "list URLs asked for and not cached")
     p.add_argument("query", nargs="?", help="only URLs containing this")

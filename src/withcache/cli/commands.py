@@ -146,17 +146,21 @@ def print_json(data: Any) -> None:
 
 def ls(api: Api, args: argparse.Namespace) -> int:
     order = "asc" if args.asc else "desc" if args.desc else None
-    listing = api.get("/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit)
+    listing = api.get(
+        "/artifacts", q=args.query, sort=args.sort, order=order, limit=args.limit,
+        pinned="true" if args.pinned else None,
+    )  # fmt: skip
     if args.json:
         print_json(listing)
         return 0
     # FROM: "import" when the bytes were uploaded (withcache import): no origin vouched for them.
     rows = [
         (a["id"], format_size(a["size"]), a["hits"], _when(a["fetched_at"]),
+         _when(a["last_hit"]), "pinned" if a["pinned"] else "-",
          "import" if a["imported"] else "origin", a["url"])
         for a in listing["items"]
     ]  # fmt: skip
-    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "FROM", "URL"))
+    _table(rows, ("ID", "SIZE", "HITS", "FETCHED", "LAST HIT", "PIN", "FROM", "URL"))
     _shown(listing, "artifacts")
     return 0
 
@@ -216,7 +220,61 @@ def _wait_fill(api: Api, fill_id: int, as_json: bool) -> int:
 
 def rm(api: Api, args: argparse.Namespace) -> int:
     """Delete artifacts named by id or by URL (every credential scope of it)."""
-    missing, deleted = [], []
+
+    def delete(artifact_id: int) -> dict[str, Any]:
+        gone = api.delete(f"/artifacts/{artifact_id}")
+        if not args.json:
+            print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
+        return gone
+
+    return _each_artifact(api, args, delete)
+
+
+def pin(api: Api, args: argparse.Namespace) -> int:
+    return _pinning(api, args, True)
+
+
+def unpin(api: Api, args: argparse.Namespace) -> int:
+    return _pinning(api, args, False)
+
+
+def _pinning(api: Api, args: argparse.Namespace, pinned: bool) -> int:
+    def act(artifact_id: int) -> dict[str, Any]:
+        path = f"/artifacts/{artifact_id}/pin"
+        done = api.post(path, {}) if pinned else api.delete(path)
+        if not args.json:
+            print(f"{'pinned' if pinned else 'unpinned'} {done['id']}: {done['url']}")
+        return done
+
+    return _each_artifact(api, args, act)
+
+
+def refresh(api: Api, args: argparse.Namespace) -> int:
+    stale = []
+
+    def refresh_one(artifact_id: int) -> dict[str, Any]:
+        done = api.post(f"/artifacts/{artifact_id}/refresh", {})
+        artifact, outcome = done["artifact"], done["outcome"]
+        if outcome == "stale-served":
+            stale.append(f"{artifact['url']} ({done['error']})")
+        elif args.json:
+            pass
+        elif outcome == "running":
+            print(f"changed, the new bytes are being fetched: {artifact['url']}")
+        else:
+            print(f"{outcome}: {artifact['sha256']}  {artifact['size']}  {artifact['url']}")
+        return done
+
+    _each_artifact(api, args, refresh_one)
+    if stale:
+        raise CommandError("the origin could not say, the cached bytes stay: " + ", ".join(stale))
+    return 0
+
+
+def _each_artifact(api: Api, args: argparse.Namespace, act: Callable[[int], dict[str, Any]]) -> int:
+    """Act on the artifacts args.targets name, by id or by URL (every
+    credential scope of it); exit 1 naming the targets that are not cached."""
+    missing, done = [], []
     for target in args.targets:
         if target.isascii() and target.isdigit():
             found = [{"id": int(target)}]
@@ -226,17 +284,13 @@ def rm(api: Api, args: argparse.Namespace) -> int:
                 missing.append(target)
         for artifact in found:
             try:
-                gone = api.delete(f"/artifacts/{artifact['id']}")
+                done.append(act(artifact["id"]))
             except CommandError as err:
                 if err.status != 1:
                     raise
                 missing.append(f"{target} ({err})")
-                continue
-            deleted.append(gone)
-            if not args.json:
-                print(f"deleted {gone['id']}: {gone['url']} ({gone['size']} bytes)")
     if args.json:
-        print_json(deleted)
+        print_json(done)
     if missing:
         raise CommandError("not cached: " + ", ".join(missing))
     return 0

@@ -11,12 +11,13 @@ bounds too), and everything an operator asks for is let in: the bounds keep
 room for both. In a shared store each cache-host counts its own.
 
 Failures are remembered so that asking again doesn't multiply origin
-traffic: a URL whose fill failed for good is not fetched by misses for a
-minute; one whose fill failed for now (the origin broke off, answered 503)
-waits out a backoff that doubles with each failure in a row; and an origin
-that could not be reached at all (its name doesn't resolve, it refused the
-connection or never took it) turns away misses for every URL it serves for
-the same time. Operators' fills ignore all of it. Nothing here is stored: a
+traffic: a URL the origin says is not there (404, 410) is not fetched by
+misses for --negative-ttl (negative.py); one whose fill failed for good
+otherwise is not fetched for a minute; one whose fill failed for now (the
+origin broke off) waits out a backoff that doubles with each failure in a
+row; and an origin that is failing itself (unreachable, silent, answering
+5xx) turns away misses for every URL it serves while it is unhealthy
+(origins.py). Operators' fills ignore all of it. Nothing here is stored: a
 restart forgets.
 """
 
@@ -27,6 +28,8 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from withcache.server.negative import NEGATIVE_STATUSES, NegativeCache
+from withcache.server.origins import OriginHealth, Unhealthy
 from withcache.server.settings import Settings, format_duration
 
 PERMANENT_SECONDS = 60.0  # a fill that failed for good (4xx, policy, cap)
@@ -81,19 +84,27 @@ class Admission:
         self._counted: dict[int, str] = {}  # fill id -> its origin, for fills misses started
         self._per_origin: Counter[str] = Counter()
         self._urls = _Memory()  # (key, scope) -> the last fill's failure
-        self._origins = _Memory()  # origin -> the last failure to reach it
+        self.absent = NegativeCache(settings.negative_ttl)  # the origin's 404s and 410s
+        self.origins = OriginHealth()
 
     def refusal(self, key: str, scope: str, waiting: bool) -> str | None:
         """Why a miss may not start a fill for (key, scope) now, or None.
         `waiting`: a client waits for the bytes (it has more room)."""
         now = time.monotonic()
+        absent = self.absent.get(key, scope)
+        if absent:
+            return absent.describe()
         failed = self._urls.get((key, scope), now)
         if failed:
             return f"the last fill failed: {failed.error}{_retry_note(failed, now)}"
         origin = origin_of(key)
-        down = self._origins.get(origin, now)
+        down = self.origins.blocked(origin)
         if down:
-            return f"{origin} could not be reached just now: {down.error}{_retry_note(down, now)}"
+            wait = format_duration(max(1.0, down.until - time.time()))
+            return (
+                f"{origin} is failing: {down.error} (misses try it again in {wait}, "
+                "or when an operator unblocks it)"
+            )
         room = WAITING_ROOM if waiting else 1
         if len(self._counted) >= self._max_fills * room:
             return f"{len(self._counted)} fills are queued or running already (--max-queued-fills)"
@@ -118,18 +129,29 @@ class Admission:
                 del self._per_origin[origin]
 
     def failed(
-        self, key: str, scope: str, error: str, transient: bool, unreachable: bool = False
-    ) -> None:
-        """Remember a fill's failure; `unreachable`: the origin itself could not be
-        reached (no address, no connection), so its other URLs would fail too."""
-        now = time.monotonic()
-        self._urls.remember((key, scope), error, transient, now)
-        if unreachable:
-            self._origins.remember(origin_of(key), error, transient, now)
+        self, key: str, scope: str, error: str, transient: bool, origin_fault: bool = False,
+        status: int | None = None,
+    ) -> Unhealthy | None:  # fmt: skip
+        """Remember a fill's failure; `origin_fault`: the origin itself is failing
+        (unreachable, silent, a 5xx), so its other URLs would fail too; `status`:
+        the origin's answer, if it gave one. The origin's new state, if it
+        was marked unhealthy."""
+        if status in NEGATIVE_STATUSES:
+            self.absent.remember(key, scope, status)
+            return None
+        self._urls.remember((key, scope), error, transient, time.monotonic())
+        if origin_fault:
+            return self.origins.failed(origin_of(key), error)
+        return None
 
     def succeeded(self, key: str, scope: str) -> None:
+        self.forget(key, scope)
+        self.origins.succeeded(origin_of(key))
+
+    def forget(self, key: str, scope: str) -> None:
+        """Forget what failures said of the URL (an operator asks again)."""
         self._urls.forget((key, scope))
-        self._origins.forget(origin_of(key))
+        self.absent.forget(key, scope)
 
 
 def _retry_note(failure: _Failure, now: float) -> str:

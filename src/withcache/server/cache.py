@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from withcache import __version__, keys
 from withcache.server import events, log, metrics, tokens
 from withcache.server.actions import ActionError, BadInput, NotFound
+from withcache.server.admission import origin_of
 from withcache.server.backlog import Backlog
 from withcache.server.cap import Cap
 from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
@@ -33,10 +34,14 @@ from withcache.server.hits import OpenHit, ReadChecks
 from withcache.server.imports import Imports
 from withcache.server.lists import Lists
 from withcache.server.lookup import Lookups
+from withcache.server.origins import Unhealthy
 from withcache.server.policy import Policy
+from withcache.server.reclaim import Reclaim
 from withcache.server.records import (
     PUBLIC,
+    REVALIDATION,
     Artifact,
+    EvictionCandidate,
     FillRecord,
     FillState,
     Miss,
@@ -45,6 +50,7 @@ from withcache.server.records import (
     TokenScope,
     readable,
 )
+from withcache.server.registry import TagCheck
 from withcache.server.retention import (
     DAY,
     MAX_EVENT_TEXT,
@@ -52,6 +58,13 @@ from withcache.server.retention import (
     Retention,
     clip,
     clip_detail,
+)
+from withcache.server.revalidation import (
+    STALE_HEADER,
+    ConditionalGet,
+    OriginCheck,
+    Outcome,
+    Revalidator,
 )
 from withcache.server.settings import Settings
 from withcache.server.store import BlobDamaged, BlobGone, Blobs, Metadata, open_stores
@@ -63,14 +76,15 @@ BACKLOG_SECONDS = 1.0  # how often writes waiting for the store are tried again
 PRUNE_SECONDS = 600.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
 MAX_TOKENS = 1000
+REFRESH_WAIT_SECONDS = 10.0  # an operator's refresh answers within this
 AWAITING_APPROVAL = "awaiting approval"  # a curated miss's reason until an operator acts
 FETCHING = "being fetched"  # a miss's reason while its fill runs (its ending then says)
 
 
 # The web layer imports what it is handed from here (it never imports fill/ or store/).
 __all__ = [
-    "ActionError", "Added", "BadInput", "Cache", "FillReader", "FillRow", "MissOutcome",
-    "NotFound",
+    "STALE_HEADER", "ActionError", "Added", "BadInput", "Cache", "EvictionCandidate",
+    "FillReader", "FillRow", "MissOutcome", "NotFound", "Outcome", "Unhealthy",
 ]  # fmt: skip
 
 
@@ -111,11 +125,22 @@ class Cache:
         self._policy = policy
         self._backlog = Backlog(metadata.unavailable)
         self._lookups = Lookups()
-        self._cap = Cap(settings, metadata)
+        self._reclaim = Reclaim(metadata, blobs, self.record)
+        # --evict lru: a fill that needs room has eviction make it (cap.py).
+        evict = self._reclaim.make_room if settings.evict == "lru" else None
+        # Local blobs live on the data dir's disk: deleting them makes room there.
+        self._cap = Cap(settings, metadata, evict, blobs.free_bytes() is not None)
         self._fills = FillManager(
             settings, metadata, blobs, policy, self.record, self._backlog, self._cap,
-            self._lookups,
+            self._lookups, self._reclaim.release,
         )  # fmt: skip
+        self._revalidator = Revalidator(
+            settings, metadata, ConditionalGet(self._fills.open_get), self._refill,
+            self.record, self._lookups.forget, self._origin_blocked, self._origin_failed,
+        )  # fmt: skip
+        # oras:// references: a tag asks its registry for the manifest it names now.
+        tags = TagCheck(self._fills.open_get, settings.plain_http_registries)
+        self._revalidator.add_check(keys.is_reference, tags)
         self._tally = metrics.Tally()
         self._retention = Retention(settings, metadata)
         self._verifier = Verifier(metadata, blobs, self.record, self._lookups.forget)
@@ -149,6 +174,9 @@ class Cache:
         ]
         if self._scrub is not None:
             self._tasks.append(asyncio.create_task(self._scrub.run(self._verifier), name="scrub"))
+        if self.settings.evict_unused is not None:
+            unused = self._every(DAY, self.evict_unused, at_start=True)
+            self._tasks.append(asyncio.create_task(unused, name="evict-unused"))
 
     async def stop_fills(self) -> None:
         """Stop the fills (their clients are closed short, and the fills
@@ -157,6 +185,7 @@ class Cache:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks, "cache")
+        await self._revalidator.stop()
         await self._fills.stop()
         await self.flush_hits()
         await self._backlog.flush()
@@ -166,9 +195,11 @@ class Cache:
         await self._blobs.close()
         await self._metadata.close()
 
-    async def _every(self, seconds: float, job: Any) -> None:
+    async def _every(self, seconds: float, job: Any, at_start: bool = False) -> None:
         while True:
-            await asyncio.sleep(seconds)
+            if not at_start:
+                await asyncio.sleep(seconds)
+            at_start = False
             try:
                 await job()
             except Exception:
@@ -180,9 +211,17 @@ class Cache:
         """The artifact this request may read under `key`, if cached
         (remembered for a second: lookup.py)."""
         scope = self._policy.scope_of(authorization)
-        return await self._lookups.find(
+        artifact = await self._lookups.find(
             key, scope, lambda: self._metadata.find_artifact(key, readable(scope))
         )
+        if artifact is not None:
+            self._revalidator.kick(artifact)  # if due, in the background: the hit never waits
+        return artifact
+
+    def stale(self, artifact: Artifact) -> str | None:
+        """Why this host serves the artifact without its origin's word (its
+        revalidation failed), for the Withcache-Stale header; None if it doesn't."""
+        return self._revalidator.stale(artifact)
 
     async def lookup_digest(self, sha256: str, authorization: str | None) -> Artifact | None:
         """An artifact with this SHA-256 that this request may read, if cached.
@@ -203,7 +242,12 @@ class Cache:
         except BlobDamaged as err:
             await self._blob_damaged(artifact, err.problem)
             return None
-        return OpenHit(artifact, reader, self._read_checks, self._count_hit, self._blob_damaged)
+        # Until the answer closes it, a delete or eviction of the blob waits (reclaim.py).
+        self._reclaim.opened(artifact.sha256)
+        return OpenHit(
+            artifact, reader, self._read_checks, self._count_hit, self._blob_damaged,
+            self._reclaim.closed,
+        )  # fmt: skip
 
     def presign_hit(
         self, artifact: Artifact, seconds: int, headers: Mapping[str, str], length: int
@@ -430,6 +474,8 @@ class Cache:
             raise ActionError("this fill used a client's credentials; the client must ask again")
         if record.imported:
             raise ActionError("an import's bytes came from its uploader: import it again")
+        # Asked again: what the last failure said of the URL no longer holds.
+        self._fills.admission.forget(record.key, record.scope)
         fill, _ = await self._operator_fill(
             record.url, record.key, record.scope, record.expected, actor
         )
@@ -440,15 +486,94 @@ class Cache:
         if artifact is None:
             raise NotFound("no such artifact")
         self._lookups.forget(artifact.key)
-        async with self._metadata.blob_lock(artifact.sha256):
-            if not await self._metadata.sha_in_use(artifact.sha256):
-                await self._blobs.delete(artifact.sha256)
+        await self._reclaim.release(artifact.sha256)
         await self.record(
             events.ArtifactDeleted(
                 url=artifact.key, actor=actor, sha256=artifact.sha256, size=artifact.size
             )
         )
         return artifact
+
+    async def pin(self, artifact_id: int, pinned: bool, actor: str | None = None) -> Artifact:
+        """Pin an artifact (never evicted, never revalidated but when an
+        operator asks), or unpin it."""
+        artifact = await self._metadata.set_pinned(artifact_id, pinned)
+        if artifact is None:
+            raise NotFound("no such artifact")
+        self._lookups.forget(artifact.key)
+        kind = events.ArtifactPinned if pinned else events.ArtifactUnpinned
+        await self.record(kind(url=artifact.key, actor=actor, artifact_id=artifact.id))
+        return artifact
+
+    async def refresh(self, artifact_id: int, actor: str | None = None) -> Outcome:
+        """Ask the artifact's origin now whether it changed (and fetch it if
+        it did), pinned or not; what came of it, or "running" if the new bytes
+        take longer than REFRESH_WAIT_SECONDS to fetch."""
+        artifact = await self._metadata.get_artifact(artifact_id)
+        if artifact is None:
+            raise NotFound("no such artifact")
+        if artifact.scoped:
+            raise ActionError("a credential-scoped artifact is fetched only with its credentials")
+        if artifact.imported:
+            raise ActionError("an import has no origin to ask: import it again")
+        try:
+            outcome = await asyncio.wait_for(
+                self._revalidator.revalidate(artifact, actor), REFRESH_WAIT_SECONDS
+            )
+        except TimeoutError:  # new bytes are being fetched: it goes on
+            return Outcome("running", artifact)
+        if outcome.outcome == "busy":
+            raise ActionError("it is being revalidated already (here or by another host)")
+        return outcome
+
+    def add_revalidation_check(self, matches: Callable[[str], bool], check: OriginCheck) -> None:
+        """Ask the origins of the keys `matches` accepts with `check` instead of
+        a conditional GET (revalidation.py; an OCI tag's registry, say)."""
+        self._revalidator.add_check(matches, check)
+
+    async def _refill(self, artifact: Artifact) -> Artifact:
+        """Fetch the new bytes of a changed artifact (its commit hands the old
+        blob to Reclaim.release: deleted once unused and unread)."""
+        fill, _ = await self._fills.request(
+            artifact.key, artifact.key, artifact.scope, None, REVALIDATION
+        )
+        return await fill.result()
+
+    def origins(self) -> list[Unhealthy]:
+        """The origins misses leave alone, or whose last fill failed."""
+        return self._fills.admission.origins.unhealthy()
+
+    async def unblock(self, origin: str, actor: str | None = None) -> Unhealthy:
+        """Let misses (and the fills they queued) try an unhealthy origin again now."""
+        found = self._fills.admission.origins.unblock(origin)
+        if found is None:
+            raise NotFound(f"{origin} is not marked unhealthy")
+        await self._fills.origin_unblocked(origin)
+        await self.record(events.OriginUnblocked(actor=actor, origin=origin))
+        return found
+
+    def _origin_blocked(self, key: str) -> bool:
+        return self._fills.admission.origins.blocked(origin_of(key)) is not None
+
+    async def _origin_failed(self, key: str, error: str) -> None:
+        unhealthy = self._fills.admission.origins.failed(origin_of(key), error)
+        await self.record(
+            events.OriginUnhealthy(
+                origin=unhealthy.origin, error=error, failures=unhealthy.failures,
+                seconds=round(unhealthy.until - time.time(), 1),
+            )
+        )  # fmt: skip
+
+    async def eviction_next(self, limit: int) -> list[EvictionCandidate]:
+        """The unpinned artifacts eviction would take first (the least recently used)."""
+        return await self._metadata.eviction_candidates(limit)
+
+    async def evict_unused(self) -> int:
+        """--evict-unused: evict unpinned artifacts not hit for that many days."""
+        days = self.settings.evict_unused
+        if days is None:
+            return 0
+        return await self._reclaim.evict_unused(time.time() - days * DAY)
 
     async def clear_finished(self, actor: str | None = None) -> int:
         count = await self._metadata.clear_finished_fills()
@@ -501,9 +626,11 @@ class Cache:
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
-        offset: int = 0, limit: int = 50,
+        offset: int = 0, limit: int = 50, pinned: bool = False,
     ) -> Page:  # fmt: skip
-        return await self._metadata.list_artifacts(search, sort, descending, offset, limit)
+        return await self._metadata.list_artifacts(
+            search, sort, descending, offset, limit, pinned=pinned
+        )
 
     async def artifact(self, artifact_id: int) -> Artifact | None:
         return await self._metadata.get_artifact(artifact_id)
@@ -608,6 +735,7 @@ class Cache:
             "verified_at": verified.finished_at if verified else None,
             "verified_blobs": verified.checked if verified else None,
             "bad_blobs": len(verified.corrupt) if verified else None,
+            "origins_up": self._fills.admission.origins.states(),
         }
 
     def integrity(self) -> dict[str, Any]:

@@ -8,10 +8,15 @@ if the bytes stored, plus what is reserved for running fills, plus `size`,
 stay within the cap. The metadata store's reservation statement applies the
 same inequality in one serialized step, so it holds across fills and hosts.
 --min-free: the data dir's disk keeps its floor free after the bytes every
-fill running here still has to write.
+fill running here still has to write. With --evict lru a claim that doesn't
+fit has eviction (reclaim.py) free the bytes it lacks first, and is refused
+only if it still doesn't fit; the disk's floor counts eviction only when the
+blobs live on that disk.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from withcache.server.disk import Disk
 from withcache.server.fill.fill import Fill, FillError
@@ -30,12 +35,21 @@ def fits(taken: int, size: int, cap: int) -> bool:
     return taken + size <= cap
 
 
+# --evict lru: frees at least the bytes asked, least recently used first; the bytes freed.
+Evict = Callable[[int], Awaitable[int]]
+
+
 class Cap:
-    def __init__(self, settings: Settings, metadata: Metadata) -> None:
+    def __init__(
+        self, settings: Settings, metadata: Metadata, evict: Evict | None = None,
+        evict_frees_disk: bool = False,
+    ) -> None:  # fmt: skip
         self.max_bytes = settings.max_bytes
         self._metadata = metadata
         self._disk = Disk(settings.data_dir, settings.min_free)
         self._rooms: set[Room] = set()
+        self._evict = evict
+        self._evict_frees_disk = evict_frees_disk  # deleting blobs makes room on the disk
 
     def low(self) -> str | None:
         """Why no fill may start on this host's disk now, if it is below its floor."""
@@ -43,10 +57,13 @@ class Cap:
 
     async def refusal(self) -> str | None:
         """Why no fill may start now: the disk below --min-free, or not one
-        byte of room left under --max-bytes."""
+        byte of room left under --max-bytes (unless eviction may make room:
+        the fill's claim evicts, or is refused)."""
         low = self._disk.low()
-        if low:
+        if low and not (self._evict and self._evict_frees_disk):
             return low
+        if self._evict is not None:
+            return None
         if self.max_bytes is not None and not fits(await self._taken(), 1, self.max_bytes):
             return FULL
         return None
@@ -84,12 +101,23 @@ class Room:
         """Claim room for the whole artifact (`total`), else for the bytes
         `received` so far and a step ahead; a refusing FillError if it doesn't fit."""
         await self._reserve_cap(total, received)
-        self.check_disk(total, received)
+        await self.claim_disk(total, received)
 
     async def grew(self, received: int) -> None:
         """A body of unknown length grew to `received` bytes."""
         if self._cap.max_bytes is not None and received > self.reserved:
             await self._reserve_cap(None, received)
+
+    async def claim_disk(self, total: int | None, written: int) -> None:
+        """check_disk, evicting first (when that makes room on the disk) if it
+        would fail."""
+        cap = self._cap
+        if cap._evict is not None and cap._evict_frees_disk:
+            due = max(0, total - written) if total is not None else 0
+            short = cap._disk.shortfall(due, cap._promised(self))
+            if short:
+                await cap._evict(short)
+        self.check_disk(total, written)
 
     def check_disk(self, total: int | None, written: int) -> None:
         """A FillError if the rest of the artifact (`total` less the `written`
@@ -107,6 +135,10 @@ class Room:
             return
         ahead = size if total is not None else size + RESERVE_STEP
         if await self._reserve(ahead, cap) or (ahead != size and await self._reserve(size, cap)):
+            return
+        taken = await self._cap._taken(self.reserved)
+        evict = self._cap._evict
+        if evict is not None and await evict(taken + size - cap) and await self._reserve(size, cap):
             return
         taken = await self._cap._taken(self.reserved)
         what = "is" if total is not None else "grew past"

@@ -17,7 +17,13 @@ from typing import Any, NamedTuple, NoReturn
 
 from withcache import __version__
 from withcache.server.log import FORMATS as LOG_FORMATS
-from withcache.server.settings import MinFree, Settings, parse_size
+from withcache.server.settings import (
+    MinFree,
+    RevalidateRule,
+    Settings,
+    parse_duration,
+    parse_size,
+)
 
 PROG = "withcache-server"
 
@@ -77,6 +83,19 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise ValueError(f"{value} is not a positive number")
     return value
+
+
+def _duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("it must be above 0")
+    return value
+
+
+def _evict(text: str) -> str:
+    if text != "lru":
+        raise ValueError("the one policy is lru")
+    return text
 
 
 def _metadata_url(text: str) -> str:
@@ -151,7 +170,8 @@ _OPTIONS = [
     Option("curate", "flag", False, None, "fetch nothing until an operator approves the miss"),
     Option(
         "max_bytes", _typed(parse_size, "size"), None, "SIZE",
-        "cap on stored bytes, e.g. 500G; fills that would cross it are refused (no eviction)",
+        "cap on stored bytes, e.g. 500G; fills that would cross it are refused (unless "
+        "--evict lru makes room)",
     ),
     Option(
         "min_free", _typed(MinFree.parse, "size"), Settings.min_free, "SIZE|N%",
@@ -234,6 +254,28 @@ _OPTIONS = [
         "scrub_every", _typed(_non_negative_float, "number of days"), Settings.scrub_every,
         "DAYS", "re-hash every stored blob once in this many days, at a gentle pace, and "
         "quarantine rotten ones (0: never)",
+    ),
+    Option(
+        "revalidate", "list", (), "GLOB[=MAX_AGE]",
+        "check artifacts whose URL matches GLOB (e.g. '*/latest/*') with their origin "
+        "again once older than MAX_AGE (30s, 10m, 1h, 7d; default 1h), by a conditional "
+        "GET; meanwhile and if the origin is down the cached bytes are served (repeatable; "
+        "the variable takes a comma-separated list; unset: every URL is immutable)",
+    ),
+    Option(
+        "negative_ttl", _typed(_duration, "duration"), Settings.negative_ttl, "DURATION",
+        "believe an origin's 404 or 410 this long (30s, 5m, 1h): misses of that URL are "
+        "answered 404 at once (an operator's retry forgets it)",
+    ),
+    Option(
+        "evict", _typed(_evict, "eviction policy"), None, "lru",
+        "when a fill needs room under --max-bytes or --min-free, delete the least recently "
+        "used artifacts that are not pinned, oldest hit first (unset: no eviction, the "
+        "fill is refused)",
+    ),
+    Option(
+        "evict_unused", _typed(_positive_float, "number of days"), None, "DAYS",
+        "delete artifacts not hit for this many days (pins excepted), once a day",
     ),
     Option(
         "log_format", _typed(_log_format, "log format"), Settings.log_format, "kv|json",
@@ -351,6 +393,7 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     values["plain_http_registries"] = tuple(
         host.lower().removesuffix(":443") for host in values["plain_http_registries"]
     )
+    values["revalidate"] = tuple(_rule(text) for text in values["revalidate"])
     values["s3_region"] = values["s3_region"] or Settings.s3_region
     if (values["tls_cert"] is None) != (values["tls_key"] is None):
         raise UsageError("--tls-cert and --tls-key go together")
@@ -361,6 +404,13 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         admin_password=environ.get("WITHCACHE_ADMIN_PASSWORD") or None,
         session_secret=environ.get("WITHCACHE_SESSION_SECRET") or None,
     )
+
+
+def _rule(text: str) -> RevalidateRule:
+    try:
+        return RevalidateRule.parse(text)
+    except ValueError as err:
+        raise UsageError(f"invalid --revalidate {text!r}: {err}") from None
 
 
 def fail(message: str) -> NoReturn:

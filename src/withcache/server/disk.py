@@ -36,6 +36,12 @@ class Disk:
             )
         return None
 
+    def shortfall(self, size: int, promised: int) -> int:
+        """Bytes to free before `size` more fit above the floor (with
+        `promised` bytes due to other fills); 0 if they fit now."""
+        free, floor = self.room()
+        return max(0, floor + promised + size - free) if free > 0 else floor + promised + size
+
     def refuse(self, size: int, promised: int) -> str | None:
         """Why `size` more bytes don't fit above the floor, with `promised`
         bytes already due to other fills; None if they do."""

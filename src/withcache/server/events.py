@@ -210,6 +210,71 @@ class VerifyFinished(Event):
     seconds: float
 
 
+@dataclass(frozen=True, kw_only=True)
+class ArtifactPinned(Event):
+    """An operator pinned the artifact: never evicted, never revalidated on its own."""
+
+    kind: ClassVar[str] = "artifact.pinned"
+    url: str
+    actor: str | None
+    artifact_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactUnpinned(Event):
+    kind: ClassVar[str] = "artifact.unpinned"
+    url: str
+    actor: str | None
+    artifact_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactEvicted(Event):
+    """Eviction deleted the artifact: `reason` "room" (a fill needed the room,
+    --evict lru) or "unused" (not hit for --evict-unused days)."""
+
+    kind: ClassVar[str] = "artifact.evicted"
+    url: str
+    sha256: str
+    size: int
+    last_used: float
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtifactRevalidated(Event):
+    """The origin was asked whether a cached artifact is current (--revalidate,
+    or an operator's refresh): `outcome` fresh (304), changed (new bytes
+    stored: `sha256`, where they were `previous`) or stale-served (the origin
+    could not say, `error`: the old bytes go on being served)."""
+
+    kind: ClassVar[str] = "artifact.revalidated"
+    url: str
+    actor: str | None
+    outcome: str
+    sha256: str
+    previous: str
+    error: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class OriginUnhealthy(Event):
+    """Fills from an origin kept failing: misses leave it alone for a while."""
+
+    kind: ClassVar[str] = "origin.unhealthy"
+    origin: str
+    error: str
+    failures: int
+    seconds: float  # how long misses leave it alone
+
+
+@dataclass(frozen=True, kw_only=True)
+class OriginUnblocked(Event):
+    kind: ClassVar[str] = "origin.unblocked"
+    actor: str | None
+    origin: str
+
+
 def kinds() -> list[str]:
     """Every event kind, for filters in the UI and the API."""
     return sorted(cls.kind for cls in _all_subclasses(Event))

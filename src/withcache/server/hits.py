@@ -67,12 +67,14 @@ class OpenHit:
         self, artifact: Artifact, reader: BlobReader, checks: ReadChecks,
         count: Callable[[Artifact, int], None],
         damaged: Callable[[Artifact, str], Awaitable[None]],
+        closed: Callable[[str], Awaitable[None]],
     ) -> None:  # fmt: skip
         self.artifact = artifact
         self._reader = reader
         self._checks = checks
         self._count = count
         self._damaged = damaged
+        self._closed = closed  # told the blob's SHA-256 when the answer is done with it
 
     @property
     def file(self) -> BinaryIO | None:
@@ -132,4 +134,7 @@ class OpenHit:
         self._count(self.artifact, nbytes)
 
     async def close(self) -> None:
-        await self._reader.close()
+        try:
+            await self._reader.close()
+        finally:
+            await self._closed(self.artifact.sha256)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -89,6 +89,8 @@ class Tally:
         self._marks: deque[Figures] = deque([Figures(self.started)])
         self.fills = dict.fromkeys(FILL_OUTCOMES, 0)
         self.quarantined = 0
+        self.evicted: Counter[str] = Counter()  # by reason: room, unused
+        self.revalidated: Counter[str] = Counter()  # by outcome: fresh, changed, stale-served
         self.fill_seconds = Histogram(
             "withcache_fill_duration_seconds",
             "Seconds from start to commit of each completed fill",
@@ -138,6 +140,10 @@ class Tally:
             self.fills["cancelled"] += 1
         elif isinstance(event, events.ArtifactQuarantined):
             self.quarantined += 1
+        elif isinstance(event, events.ArtifactEvicted):
+            self.evicted[event.reason] += 1
+        elif isinstance(event, events.ArtifactRevalidated):
+            self.revalidated[event.outcome] += 1
 
 
 class _Snapshot(Collector):
@@ -185,6 +191,21 @@ class _Snapshot(Collector):
             fills.add_metric([outcome], count)
         yield fills
         yield from t.fill_seconds.collect()
+        evicted = CounterMetricFamily(
+            "withcache_evicted_artifacts", "Artifacts eviction deleted, by reason (room, unused)",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, count in sorted(t.evicted.items()):
+            evicted.add_metric([reason], count)
+        yield evicted
+        revalidated = CounterMetricFamily(
+            "withcache_revalidations",
+            "Revalidations (--revalidate, refresh), by outcome (fresh, changed, stale-served)",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(t.revalidated.items()):
+            revalidated.add_metric([outcome], count)
+        yield revalidated
         yield GaugeMetricFamily("withcache_artifacts", "Cached artifacts", h["artifacts"])
         yield GaugeMetricFamily(
             "withcache_stored_bytes", "Bytes stored (shared blobs counted once)", h["bytes_stored"]
@@ -260,6 +281,14 @@ def _work(w: Mapping[str, Any]) -> Iterator[Any]:
     )  # fmt: skip
     yield GaugeMetricFamily("withcache_verify_running", "1 while blobs are being verified",
                             int(w["verify_running"]))  # fmt: skip
+    up = GaugeMetricFamily(
+        "withcache_origin_up",
+        "1 if misses may fill from the origin, 0 while it is marked unhealthy (only the "
+        "origins filled from lately, at most 200)", labels=["host"],
+    )  # fmt: skip
+    for origin, healthy in sorted(w["origins_up"].items()):
+        up.add_metric([origin], int(healthy))
+    yield up
 
 
 def exposition(

@@ -19,6 +19,8 @@ PUBLIC = ""  # the scope of an artifact fetched without credentials
 # A fill's `requested_by` when its bytes were uploaded to this host (an import),
 # not fetched from the origin: no origin vouched for them.
 IMPORTED = "import"
+# A fill's `requested_by` when a revalidation found other bytes at the origin.
+REVALIDATION = "revalidation"
 # Response headers kept with an artifact and replayed on every hit.
 REPLAYED_HEADERS = ("Content-Type", "Last-Modified", "Content-Disposition", "Content-Encoding")
 
@@ -43,10 +45,36 @@ class Artifact:
     misses: int = 0  # times it was asked for before it was cached
     last_hit: float | None = None
     imported: bool = False  # its bytes were uploaded (withcache import), not fetched
+    pinned: bool = False  # never evicted, never revalidated but by an operator
+    validated_at: float | None = None  # the origin last said these bytes are current
+    etag: str | None = None  # the origin's ETag for these bytes (to revalidate with)
 
     @property
     def scoped(self) -> bool:
         return self.scope != PUBLIC
+
+    @property
+    def last_used(self) -> float:
+        """When it was last hit, or else stored: what eviction orders by."""
+        return self.last_hit if self.last_hit is not None else self.fetched_at
+
+    @property
+    def current_since(self) -> float:
+        """When the origin last vouched for its bytes (fetched or revalidated)."""
+        return self.validated_at if self.validated_at is not None else self.fetched_at
+
+
+@dataclass(frozen=True)
+class EvictionCandidate:
+    """An unpinned artifact as eviction weighs it: its blob's bytes come free
+    only once all `refs` artifacts that use the blob are gone."""
+
+    id: int
+    key: str
+    sha256: str
+    size: int
+    last_used: float  # last hit, or when it was stored
+    refs: int  # artifacts using its blob, pinned ones included
 
 
 class FillState(StrEnum):
@@ -70,7 +98,7 @@ class FillRecord:
     scope: str
     url: str
     state: FillState
-    requested_by: str  # "miss", "operator", or IMPORTED (bytes uploaded, not fetched)
+    requested_by: str  # "miss", "operator", REVALIDATION or IMPORTED (bytes uploaded)
     expected: Digest | None = None  # the bytes must hash to this, or the fill fails
     credentialed: bool = False  # the request's Authorization is forwarded
     bytes_done: int = 0

@@ -18,8 +18,9 @@ A client's own Bearer credential is sent to the registry as is. A token that
 expires during the fill is asked for again at the next 401.
 
 The manifest digest the reference resolved to is kept with the artifact
-(the replayed header MANIFEST_HEADER): a tag's revalidation asks
-`Registry.manifest()` again and compares.
+(the replayed header MANIFEST_HEADER): a tag's revalidation (`TagCheck`,
+under --revalidate) asks for the manifest again and compares; a digest
+reference never changes, so it is always current.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from withcache import keys, oras
 from withcache.server.digests import BLOB_ALGORITHM, Digest
 from withcache.server.fill.fill import FillError
 from withcache.server.fill.transfer import TRANSIENT_STATUSES, read_body
+from withcache.server.records import Artifact
+from withcache.server.revalidation import Check, Verdict
 
 MANIFEST_HEADER = "Withcache-Manifest-Digest"
 MAX_MANIFEST = 4 << 20  # the distribution spec's recommended limit
@@ -211,3 +214,26 @@ async def resolve(
             409,
         )
     return blob
+
+
+class TagCheck:
+    """How --revalidate asks a registry whether an oras:// artifact is
+    current (a revalidation.OriginCheck): a digest reference always is; a
+    tag is while it names the manifest the artifact was filled from. One
+    manifest request, never the layer: a moved tag is fetched by a fill."""
+
+    def __init__(self, get: Get, plain_http: Collection[str]) -> None:
+        self._get = get
+        self._plain_http = plain_http
+
+    async def __call__(self, artifact: Artifact) -> Check:
+        reference = oras.parse(artifact.key)
+        if reference.digest is not None:
+            return Check(Verdict.FRESH)
+        registry = Registry(self._get, reference, None, reference.registry in self._plain_http)
+        try:
+            _, _, digest = await registry.manifest()
+        except FillError as err:
+            return Check(Verdict.FAILED, str(err), err.origin_fault)
+        current = digest == artifact.headers.get(MANIFEST_HEADER)
+        return Check(Verdict.FRESH if current else Verdict.CHANGED)

@@ -9,6 +9,7 @@ files), as every tool of those clouds does.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,48 @@ def parse_size(text: str) -> int:
         raise ValueError("use a number with an optional K, M, G or T suffix")
     number, unit = match.groups()
     return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `30s`, `10m`, `1h`, `7d` or `90` (seconds)."""
+    match = _DURATION_RE.fullmatch(text)
+    if not match:
+        raise ValueError("use a number with an optional s, m, h or d suffix, e.g. 10m")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit.lower()]
+
+
+@dataclass(frozen=True)
+class RevalidateRule:
+    """--revalidate GLOB[=MAX_AGE]: artifacts whose URL matches `glob` are
+    checked with their origin again once older than `max_age` seconds."""
+
+    glob: str
+    max_age: float = 3600.0
+
+    def matches(self, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, self.glob)
+
+    def __str__(self) -> str:
+        return f"{self.glob}={self.max_age:g}s"
+
+    @classmethod
+    def parse(cls, text: str) -> RevalidateRule:
+        """`GLOB` or `GLOB=MAX_AGE`: the age follows the last `=` (a glob that
+        holds one is written with its age)."""
+        glob, sep, age = text.strip().rpartition("=")
+        if not sep:
+            glob = age
+        if not glob:
+            raise ValueError("give a URL glob, e.g. '*/latest/*' or '*SHA256SUMS*=10m'")
+        max_age = parse_duration(age) if sep else cls.max_age
+        if max_age <= 0:
+            raise ValueError("the maximum age must be above 0")
+        return cls(glob, max_age)
 
 
 def format_size(n: int | float) -> str:
@@ -124,6 +167,16 @@ class Settings:
     max_client_connections: int = 256
     # Each blob is re-hashed once in this many days (0: never), gently.
     scrub_every: float = 30.0
+    # Mutable URLs: artifacts matching a rule are checked with their origin
+    # again once older than its maximum age (none: every URL is immutable).
+    revalidate: tuple[RevalidateRule, ...] = ()
+    # An origin's 404 or 410 is believed for this many seconds.
+    negative_ttl: float = 300.0
+    # Eviction (opt-in): "lru" deletes the least recently used unpinned
+    # artifacts when a fill needs room; evict_unused deletes unpinned artifacts
+    # not hit for that many days, once a day.
+    evict: str | None = None
+    evict_unused: float | None = None
     log_format: str = "kv"  # "kv" (key=value) or "json", one line per event either way
     private_metrics: bool = False  # /metrics wants a bearer token
     # Scale-out: several cache-hosts sharing PostgreSQL and an object store
@@ -147,6 +200,14 @@ class Settings:
     @property
     def mode(self) -> str:
         return "curate" if self.curate else "auto"
+
+    def revalidate_after(self, key: str) -> float | None:
+        """The maximum age of the artifact under `key`, if it is revalidated
+        (the first matching rule's); None: it is immutable."""
+        for rule in self.revalidate:
+            if rule.matches(key):
+                return rule.max_age
+        return None
 
     @property
     def stream_fills(self) -> bool:

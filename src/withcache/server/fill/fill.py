@@ -32,12 +32,16 @@ class FillError(Exception):
 
     def __init__(
         self, message: str, transient: bool = False, refused: bool = False,
-        unreachable: bool = False, delivered: bool = False,
+        unreachable: bool = False, delivered: bool = False, status: int | None = None,
+        timed_out: bool = False,
     ) -> None:  # fmt: skip
         super().__init__(message)
         self.transient = transient
         self.refused = refused  # the policy or the cap said no: nothing was fetched
         self.unreachable = unreachable  # no connection to the origin at all
+        self.status = status  # the origin's answer, when it answered with an error
+        # The origin itself is failing (not this URL): unreachable, silent, or a 5xx.
+        self.origin_fault = unreachable or timed_out or (status or 0) >= 500
         # The whole body, as far as the origin said, was received; only storing
         # it was refused: clients of the fill get all of it, as from the origin.
         self.delivered = delivered

@@ -48,9 +48,11 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
+
 from withcache import keys
 from withcache.server import digests, events, log
-from withcache.server.admission import Admission
+from withcache.server.admission import Admission, origin_of
 from withcache.server.backlog import Backlog
 from withcache.server.cap import Cap, Room
 from withcache.server.digests import Digest
@@ -139,8 +141,12 @@ class FillManager:
     def __init__(
         self, settings: Settings, metadata: Metadata, blobs: Blobs, policy: Policy, emit: Emit,
         backlog: Backlog, cap: Cap, lookups: Lookups,
+        replaced: Callable[[str], Awaitable[object]],
     ) -> None:  # fmt: skip
         self._settings = settings
+        # Called with the SHA-256 of a blob a key stopped serving (the core
+        # deletes it once unused and unread).
+        self._replaced = replaced
         self._metadata = metadata
         self._blobs = blobs
         self._emit = emit
@@ -279,6 +285,13 @@ class FillManager:
         """A small document from an origin (a checksum file), fetched as fills are."""
         return await self._transfers.fetch_small(url, limit)
 
+    async def open_get(
+        self, url: str, authorization: str | None, extra: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """A GET of `url` as fills make them (the policy checked on every hop),
+        for revalidation's conditional requests; the caller releases it."""
+        return await self._transfers.get(url, authorization, extra)
+
     async def start_import(
         self, url: str, key: str, scope: str, source: Source, expected: Digest | None,
         actor: str | None,
@@ -359,12 +372,18 @@ class FillManager:
             return
         record = fill.record
         self._forget(fill)
+        unhealthy = None
         match outcome:
             case Done() if not record.imported:  # an import says nothing of its origin
                 self.admission.succeeded(record.key, record.scope)
             case Failed(failure=err, remembered=True):
-                self.admission.failed(
-                    record.key, record.scope, str(err), err.transient, err.unreachable
+                unhealthy = self.admission.failed(
+                    record.key,
+                    record.scope,
+                    str(err),
+                    err.transient,
+                    err.origin_fault,
+                    err.status,
                 )
         # Everyone waiting learns first: recording it may have to wait for the
         # store (a full disk), and a client must never hang on that.
@@ -377,6 +396,13 @@ class FillManager:
             recorded.set()
             if self._recording.get(fill.id) is recorded:
                 del self._recording[fill.id]
+        if unhealthy is not None:
+            await self._emit(
+                events.OriginUnhealthy(
+                    origin=unhealthy.origin, error=unhealthy.error, failures=unhealthy.failures,
+                    seconds=round(unhealthy.until - time.time(), 1),
+                )
+            )  # fmt: skip
 
     async def recorded(self, fill_id: int) -> None:
         """Wait (a bounded while) until a fill this host is ending has its
@@ -416,6 +442,9 @@ class FillManager:
     async def _write_miss_reason(self, fill: Fill) -> None:
         """What the fill's miss says now it ended, if its outcome changes that."""
         reason = fill.outcome.miss_reason() if fill.outcome else None
+        absent = self.admission.absent.get(fill.record.key, fill.record.scope)
+        if isinstance(fill.outcome, Failed) and absent is not None:
+            reason = absent.describe()  # the origin says it is not there, until when
         if reason is not None:
             key, clipped = fill.record.key, clip(reason, MAX_REASON)
             await self._backlog.write(
@@ -450,6 +479,8 @@ class FillManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=poll)
                 continue
+            if await self._deferred(record):
+                continue
             task = self._launch(record)
             try:
                 await asyncio.wait([task])
@@ -458,6 +489,23 @@ class FillManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 raise
+
+    async def _deferred(self, record: FillRecord) -> bool:
+        """Put a fill a miss queued for an unhealthy origin back in the queue
+        until the origin may be tried again (operators' fills run anyway)."""
+        if record.requested_by == "operator":
+            return False
+        blocked = self.admission.origins.blocked(origin_of(record.key))
+        if blocked is None:
+            return False
+        await self._metadata.defer_fill(record.id, self.holder, blocked.until)
+        log.info("fill.deferred", fill_id=record.id, origin=blocked.origin, until=blocked.until)
+        return True
+
+    async def origin_unblocked(self, origin: str) -> None:
+        """Queued fills that waited for `origin` may run now."""
+        if await self._metadata.undefer_fills(origin):
+            self._wakeup.set()
 
     def _launch(self, record: FillRecord) -> asyncio.Task[None]:
         """Run a fill this host has just claimed."""
@@ -532,7 +580,7 @@ class FillManager:
             if received.unframed and not (record.expected or pinned):
                 raise FillError(UNFRAMED, delivered=True)
             handle.settled = True
-            artifact = await self._commit(fill, writer, received.headers, display)
+            artifact, replaced = await self._commit(fill, writer, received, display)
             writer = None
         except asyncio.CancelledError:
             if not (handle.lost or handle.cancel_requested):
@@ -568,12 +616,17 @@ class FillManager:
         finally:
             room.close()
         await self.finish(fill, Done(stored=artifact))
+        if replaced is not None:
+            await self._replaced(replaced)
 
     async def _commit(
-        self, fill: Fill, writer: BlobWriter, headers: Mapping[str, str], display: str
-    ) -> Artifact:
-        """Store the blob, then its row; _Lost if another host holds the fill now."""
+        self, fill: Fill, writer: BlobWriter, received: Received, display: str
+    ) -> tuple[Artifact, str | None]:
+        """Store the blob, then its row; _Lost if another host holds the fill
+        now. With the artifact, the blob the key served before, if it changed."""
         sha = writer.hexdigest()
+        record = fill.record
+        before = await self._metadata.find_artifact(record.key, (record.scope,))
         async with self._metadata.blob_lock(sha):
             try:
                 await writer.commit()
@@ -581,7 +634,14 @@ class FillManager:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
             try:
                 artifact = await self._metadata.commit_artifact(
-                    fill.record, sha, writer.size, headers, display, time.time(), self.holder
+                    record,
+                    sha,
+                    writer.size,
+                    received.headers,
+                    display,
+                    time.time(),
+                    self.holder,
+                    received.etag,
                 )
             except Exception as err:
                 with contextlib.suppress(Exception):  # no row points at it: don't keep it
@@ -592,7 +652,7 @@ class FillManager:
                 await self._blobs.delete(sha)
         if artifact is None:
             raise _Lost()
-        return artifact
+        return artifact, before.sha256 if before and before.sha256 != sha else None
 
     async def _lose(self, handle: _Handle) -> None:
         """End a fill this host no longer holds, without touching its row."""

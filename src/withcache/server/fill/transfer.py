@@ -68,6 +68,7 @@ class Received:
     unframed: bool  # it ended where the origin closed: its end can't be checked
     # The digest the origin named for the bytes (an OCI layer's), checked like an expected one.
     pinned: Digest | None = None
+    etag: str | None = None  # the origin's, kept with the artifact to revalidate with
 
 
 @dataclass(eq=False)
@@ -81,6 +82,7 @@ class _Run:
     validator: str | None = None  # the origin's ETag or Last-Modified, to resume against
     total: int | None = None
     headers: dict[str, str] | None = None
+    etag: str | None = None  # the origin's ETag
     unframed: bool = False
     checkpoint: asyncio.Future[None] | None = field(default=None, repr=False)
     blob: Blob | None = None  # the layer an oras:// reference resolved to, pinned
@@ -133,7 +135,8 @@ class Transfers:
                 if run.checkpoint is not None:
                     await run.checkpoint  # no progress saved after the commit
                 assert run.headers is not None
-                return Received(run.headers, run.unframed, run.blob.expected if run.blob else None)
+                pinned = run.blob.expected if run.blob else None
+                return Received(run.headers, run.unframed, pinned, run.etag)
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
@@ -159,7 +162,10 @@ class Transfers:
             try:
                 await self._receive(run, response.content.iter_any(), total)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                raise FillError(f"transfer broke off: {_describe(err)}", transient=True) from None
+                raise FillError(
+                    f"transfer broke off: {_describe(err)}", transient=True,
+                    timed_out=isinstance(err, TimeoutError),
+                ) from None  # fmt: skip
             except _Overlong as err:
                 await self._start_over(run)
                 raise FillError(str(err), transient=True) from None
@@ -196,16 +202,21 @@ class Transfers:
                 raise FillError(f"{changed}: starting over from byte 0", transient=True)
             if run.headers is None:  # resumed after a restart: this answer describes it
                 run.headers = _replayed(run, response)
+                run.etag = response.headers.get("ETag")
             await run.room.claim(run.total, writer.size)
             run.fill.start(run.headers, run.total)
             return run.total
         if status != 200:
             transient = status in TRANSIENT_STATUSES
-            raise FillError(f"origin answered {status} {response.reason or ''}".strip(), transient)
+            raise FillError(
+                f"origin answered {status} {response.reason or ''}".strip(), transient,
+                status=status,
+            )  # fmt: skip
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
             await self._start_over(run)
         run.validator = _validator(response)
+        run.etag = response.headers.get("ETag")
         run.total = response.content_length
         if run.blob and run.total not in (None, run.blob.layer.size):
             raise FillError(f"the registry sent {run.total} bytes for a layer of "
@@ -276,7 +287,7 @@ class Transfers:
                     pending = 0
                     last_flush = now
                     if now - last_save >= PROGRESS_SECONDS:
-                        run.room.check_disk(total, writer.size)
+                        await run.room.claim_disk(total, writer.size)
                         self._checkpoint(run, total)
                         last_save = now
         finally:
@@ -311,7 +322,8 @@ class Transfers:
     async def get(
         self, url: str, authorization: str | None, extra: dict[str, str]
     ) -> aiohttp.ClientResponse:
-        """GET `url`, following redirects with the policy checked on each hop."""
+        """GET `url`, following redirects with the policy checked on each hop
+        (a FillError if it can't be asked); the caller reads and releases it."""
         assert self._session is not None
         origin = _origin(url)
         for _ in range(MAX_REDIRECTS + 1):
@@ -396,7 +408,10 @@ def _not_reached(err: BaseException) -> FillError:
         definite = getattr(err.os_error, "errno", None) in _NO_SUCH_HOST
         return FillError(f"origin unreachable: {text}", transient=not definite, unreachable=True)
     unreachable = isinstance(err, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
-    return FillError(f"origin unreachable: {text}", transient=True, unreachable=unreachable)
+    return FillError(
+        f"origin unreachable: {text}", transient=True, unreachable=unreachable,
+        timed_out=isinstance(err, TimeoutError),
+    )  # fmt: skip
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:

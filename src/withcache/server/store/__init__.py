@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from withcache.server.digests import Digest
 from withcache.server.records import (
     Artifact,
+    EvictionCandidate,
     FillRecord,
     FillState,
     ListItem,
@@ -80,7 +81,9 @@ class Metadata(Protocol):
         """Every artifact stored under `key`, in any scope."""
         ...
 
-    async def delete_artifact(self, artifact_id: int) -> Artifact | None: ...
+    async def delete_artifact(self, artifact_id: int, unpinned: bool = False) -> Artifact | None:
+        """Delete the artifact (with `unpinned`, only if it is not pinned); what was deleted."""
+        ...
 
     async def sha_in_use(self, sha256: str) -> bool: ...
 
@@ -110,7 +113,32 @@ class Metadata(Protocol):
         descending: bool = True,
         offset: int = 0,
         limit: int = 50,
-    ) -> Page: ...
+        pinned: bool = False,
+    ) -> Page:
+        """A page of artifacts (with `pinned`, pinned ones only)."""
+        ...
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        """Pin or unpin an artifact; None if there is no such artifact."""
+        ...
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        """Unpinned artifacts, least recently used first (oldest hit, else
+        oldest stored; then lowest id); with `used_before`, only those not
+        used since then."""
+        ...
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        """Take the artifact's revalidation until `until`, unless another
+        (on any host) holds it; False if one does."""
+        ...
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        """Give the revalidation up; with `validated_at`, the origin said the
+        bytes are current then."""
+        ...
 
     # -- misses
     async def record_miss(self, key: str, url: str | None, reason: str, now: float) -> None:
@@ -160,6 +188,16 @@ class Metadata(Protocol):
         another host), or a running one whose holder's lease ran out (taken
         over; never a credentialed one). With `fill_id`, that fill only, if it
         is one of those."""
+        ...
+
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        """Put a fill `holder` has just claimed back in the queue, not to be
+        claimed before `until` (its origin is unhealthy); False if not held."""
+        ...
+
+    async def undefer_fills(self, origin: str) -> int:
+        """Let the queued fills of `origin` (scheme://host[:port]) deferred
+        until later be claimed now; how many."""
         ...
 
     async def renew_lease(self, lease: Lease) -> set[int]:
@@ -216,8 +254,10 @@ class Metadata(Protocol):
         display_url: str,
         now: float,
         holder: str,
+        etag: str | None = None,
     ) -> Artifact | None:
-        """Atomically: store the artifact, finish the fill, settle its miss.
+        """Atomically: store the artifact (`etag`: the origin's, kept to
+        revalidate with), finish the fill, settle its miss.
         None (and nothing changed) if `holder` no longer holds the fill."""
         ...
 

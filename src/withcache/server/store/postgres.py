@@ -29,6 +29,7 @@ from withcache.server.records import (
     IMPORTED,
     Artifact,
     EventRecord,
+    EvictionCandidate,
     FillRecord,
     FillState,
     ListItem,
@@ -44,22 +45,29 @@ from withcache.server.store import MAX_LISTS, Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    CANDIDATE_COLUMNS,
+    CANDIDATE_ORDER,
+    CANDIDATES,
+    DEFER,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
     ITEMS_JOINED,
+    LAST_USED,
     LIST_COLUMNS,
     RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
+    as_candidate,
     as_fill,
     as_item,
     as_list,
     as_token,
     item_values,
     like_pattern,
+    like_prefix,
     reserve_sql,
     tally,
 )
@@ -223,6 +231,17 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Mutable URLs and a full cache: pins, when the origin last vouched for an
+    # artifact's bytes and who is asking it now, the origin's ETag to ask
+    # with, eviction's order; when a fill for an unhealthy origin may run.
+    """
+    ALTER TABLE artifacts ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
+    ALTER TABLE artifacts ADD COLUMN validated_at DOUBLE PRECISION;
+    ALTER TABLE artifacts ADD COLUMN revalidating_until DOUBLE PRECISION;
+    ALTER TABLE artifacts ADD COLUMN etag TEXT;
+    ALTER TABLE fills ADD COLUMN not_before DOUBLE PRECISION;
+    CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
+    """,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
@@ -348,9 +367,11 @@ class PostgresMetadata:
         )
         return [as_artifact(r) for r in rows]
 
-    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+    async def delete_artifact(self, artifact_id: int, unpinned: bool = False) -> Artifact | None:
         row = await self._one(
-            f"DELETE FROM artifacts WHERE id = %s RETURNING {ARTIFACT_COLUMNS}", (artifact_id,)
+            f"DELETE FROM artifacts WHERE id = %s AND NOT (%s AND pinned) "
+            f"RETURNING {ARTIFACT_COLUMNS}",
+            (artifact_id, unpinned),
         )
         return as_artifact(row) if row else None
 
@@ -389,15 +410,17 @@ class PostgresMetadata:
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
-        offset: int = 0, limit: int = 50,
+        offset: int = 0, limit: int = 50, pinned: bool = False,
     ) -> Page:  # fmt: skip
         if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
-        where, args = (
-            ("WHERE key LIKE %s ESCAPE '\\' OR sha256 = %s", [like_pattern(search), search])
-            if search
-            else ("", [])
-        )
+        clauses, args = [], []
+        if search:
+            clauses.append("(key LIKE %s ESCAPE '\\' OR sha256 = %s)")
+            args += [like_pattern(search), search]
+        if pinned:
+            clauses.append("pinned")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         nulls = "NULLS LAST" if descending else "NULLS FIRST"  # where SQLite puts them
         order = f"{sort} {'DESC' if descending else 'ASC'} {nulls}, id DESC"
         rows = await self._all(
@@ -406,6 +429,40 @@ class PostgresMetadata:
         )
         total = (await self._one(f"SELECT count(*) FROM artifacts {where}", args))[0]
         return Page([as_artifact(r) for r in rows], total)
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        row = await self._one(
+            f"UPDATE artifacts SET pinned = %s WHERE id = %s RETURNING {ARTIFACT_COLUMNS}",
+            (pinned, artifact_id),
+        )
+        return as_artifact(row) if row else None
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        rows = await self._all(
+            f"SELECT {CANDIDATE_COLUMNS} FROM {CANDIDATES} "
+            f"AND (%(before)s::float8 IS NULL OR {LAST_USED} < %(before)s) "
+            f"{CANDIDATE_ORDER} LIMIT %(limit)s",
+            {"before": used_before, "limit": limit},
+        )
+        return [as_candidate(r) for r in rows]
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        # One statement: the row lock makes hosts racing for it take turns.
+        claimed = await self._run(
+            "UPDATE artifacts SET revalidating_until = %s WHERE id = %s "
+            "AND coalesce(revalidating_until, 0) < %s",
+            (until, artifact_id, now),
+        )
+        return claimed == 1
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        await self._run(
+            "UPDATE artifacts SET revalidating_until = NULL, "
+            "validated_at = coalesce(%s, validated_at) WHERE id = %s",
+            (validated_at, artifact_id),
+        )
 
     # -- misses
 
@@ -483,7 +540,8 @@ class PostgresMetadata:
             "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
             "total = NULL, reserved = 0, holder = %(holder)s, lease_until = %(until)s "
             "WHERE id = (SELECT id FROM fills WHERE "
-            "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s)) OR "
+            "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s) "
+            "AND (not_before IS NULL OR not_before <= %(now)s)) OR "
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
             "AND holder <> %(holder)s)) "
             "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
@@ -492,6 +550,21 @@ class PostgresMetadata:
             {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
         )
         return as_fill(row) if row else None
+
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        deferred = await self._run(
+            f"UPDATE fills SET {DEFER.format('%s')} "
+            "WHERE id = %s AND holder = %s AND state = 'running'",
+            (until, fill_id, holder),
+        )
+        return deferred == 1
+
+    async def undefer_fills(self, origin: str) -> int:
+        return await self._run(
+            "UPDATE fills SET not_before = NULL WHERE state = 'queued' "
+            "AND not_before IS NOT NULL AND key LIKE %s ESCAPE '\\'",
+            (like_prefix(origin + "/"),),
+        )
 
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = await self._all(
@@ -551,7 +624,7 @@ class PostgresMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, etag: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
             done = await conn.execute(
@@ -568,17 +641,18 @@ class PostgresMetadata:
             ).fetchone()
             values = (
                 fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                miss[0] if miss else 0, now, fill.requested_by == IMPORTED,
+                miss[0] if miss else 0, now, fill.requested_by == IMPORTED, etag,
             )  # fmt: skip
             # Hashed as it arrived: the blob counts as checked now.
             row = await (
                 await conn.execute(
                     "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                    "checked_at, imported) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "checked_at, imported, etag) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
                     "size = excluded.size, headers = excluded.headers, "
                     "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
-                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported "
+                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported, "
+                    "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
                     f"RETURNING {ARTIFACT_COLUMNS}",
                     values,
                 )

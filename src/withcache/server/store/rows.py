@@ -10,6 +10,7 @@ from typing import Any
 from withcache.server.digests import Digest
 from withcache.server.records import (
     Artifact,
+    EvictionCandidate,
     FillRecord,
     FillState,
     ListItem,
@@ -21,8 +22,16 @@ from withcache.server.records import (
 
 ARTIFACT_SORTS = {"key", "size", "hits", "misses", "fetched_at", "last_hit", "sha256"}
 ARTIFACT_COLUMNS = (
-    "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported"
+    "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported, "
+    "pinned, validated_at, etag"
 )
+# Eviction's order: unpinned artifacts by their last use (the last hit, else
+# when stored), each with the number of artifacts sharing its blob.
+LAST_USED = "coalesce(a.last_hit, a.fetched_at)"
+CANDIDATE_COLUMNS = f"a.id, a.key, a.sha256, a.size, {LAST_USED}, r.refs"
+# (`= FALSE`, not `NOT`: SQLite then walks the artifacts_last_used index.)
+CANDIDATES = "artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE a.pinned = FALSE"
+CANDIDATE_ORDER = f"ORDER BY {LAST_USED}, a.id"
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_digest, credentialed, "
@@ -71,8 +80,13 @@ def as_artifact(row: Sequence[Any]) -> Artifact:
     return Artifact(
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],
         headers=json.loads(row[5]), fetched_at=row[6], hits=row[7], misses=row[8],
-        last_hit=row[9], imported=bool(row[10]),
+        last_hit=row[9], imported=bool(row[10]), pinned=bool(row[11]), validated_at=row[12],
+        etag=row[13],
     )  # fmt: skip
+
+
+def as_candidate(row: Sequence[Any]) -> EvictionCandidate:
+    return EvictionCandidate(*row)
 
 
 def as_fill(row: Sequence[Any]) -> FillRecord:
@@ -114,6 +128,20 @@ def as_token(row: Sequence[Any]) -> TokenRecord:
         id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
         created_by=row[5],
     )  # fmt: skip
+
+
+# A claimed fill put back in the queue until a time ({} is its parameter,
+# as the driver marks it); one a client's credentials came with stays with
+# the host that has them.
+DEFER = (
+    "state = 'queued', not_before = {}, started_at = NULL, "
+    "holder = CASE WHEN credentialed THEN holder ELSE NULL END"
+)
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') that finds what starts with `text`, literally."""
+    return like_pattern(text)[1:]
 
 
 def like_pattern(text: str) -> str:

@@ -26,6 +26,7 @@ from withcache.server.records import (
     IMPORTED,
     Artifact,
     EventRecord,
+    EvictionCandidate,
     FillRecord,
     FillState,
     ListItem,
@@ -41,22 +42,29 @@ from withcache.server.store import MAX_LISTS, Lease
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    CANDIDATE_COLUMNS,
+    CANDIDATE_ORDER,
+    CANDIDATES,
+    DEFER,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
     ITEMS_JOINED,
+    LAST_USED,
     LIST_COLUMNS,
     RESERVED,
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
     as_artifact,
+    as_candidate,
     as_fill,
     as_item,
     as_list,
     as_token,
     item_values,
     like_pattern,
+    like_prefix,
     reserve_sql,
     tally,
 )
@@ -217,6 +225,17 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Mutable URLs and a full cache: pins, when the origin last vouched for an
+    # artifact's bytes and who is asking it now, the origin's ETag to ask
+    # with, eviction's order; when a fill for an unhealthy origin may run.
+    """
+    ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE artifacts ADD COLUMN validated_at REAL;
+    ALTER TABLE artifacts ADD COLUMN revalidating_until REAL;
+    ALTER TABLE artifacts ADD COLUMN etag TEXT;
+    ALTER TABLE fills ADD COLUMN not_before REAL;
+    CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
+    """,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
@@ -226,7 +245,8 @@ RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
-    "(state = 'queued' AND (holder IS NULL OR holder = :holder)) OR "
+    "(state = 'queued' AND (holder IS NULL OR holder = :holder) "
+    "AND (not_before IS NULL OR not_before <= :now)) OR "
     "(state = 'running' AND lease_until < :now AND NOT credentialed AND holder != :holder)"
 )
 
@@ -323,12 +343,13 @@ class SQLiteMetadata:
         ).fetchall()
         return [as_artifact(r) for r in rows]
 
-    async def delete_artifact(self, artifact_id: int) -> Artifact | None:
+    async def delete_artifact(self, artifact_id: int, unpinned: bool = False) -> Artifact | None:
         with self._transaction():
             found = await self.get_artifact(artifact_id)
-            if found:
+            if found and not (unpinned and found.pinned):
                 self._db.execute("DELETE FROM artifacts WHERE id = ?", (artifact_id,))
-            return found
+                return found
+            return None
 
     async def sha_in_use(self, sha256: str) -> bool:
         row = self._db.execute("SELECT 1 FROM blob_refs WHERE sha256 = ?", (sha256,))
@@ -363,15 +384,17 @@ class SQLiteMetadata:
 
     async def list_artifacts(
         self, search: str = "", sort: str = "fetched_at", descending: bool = True,
-        offset: int = 0, limit: int = 50,
+        offset: int = 0, limit: int = 50, pinned: bool = False,
     ) -> Page:  # fmt: skip
         if sort not in ARTIFACT_SORTS:
             raise ValueError(f"cannot sort by {sort!r}")
-        where, args = (
-            ("WHERE key LIKE ? ESCAPE '\\' OR sha256 = ?", [like_pattern(search), search])
-            if (search)
-            else ("", [])
-        )
+        clauses, args = [], []
+        if search:
+            clauses.append("(key LIKE ? ESCAPE '\\' OR sha256 = ?)")
+            args += [like_pattern(search), search]
+        if pinned:
+            clauses.append("pinned")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         order = f"{sort} {'DESC' if descending else 'ASC'}, id DESC"
         rows = self._db.execute(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts {where} ORDER BY {order} LIMIT ? OFFSET ?",
@@ -379,6 +402,35 @@ class SQLiteMetadata:
         ).fetchall()
         total = self._db.execute(f"SELECT count(*) FROM artifacts {where}", args).fetchone()[0]
         return Page([as_artifact(r) for r in rows], total)
+
+    async def set_pinned(self, artifact_id: int, pinned: bool) -> Artifact | None:
+        self._db.execute("UPDATE artifacts SET pinned = ? WHERE id = ?", (pinned, artifact_id))
+        return await self.get_artifact(artifact_id)
+
+    async def eviction_candidates(
+        self, limit: int, used_before: float | None = None
+    ) -> list[EvictionCandidate]:
+        rows = self._db.execute(
+            f"SELECT {CANDIDATE_COLUMNS} FROM {CANDIDATES} "
+            f"AND (:before IS NULL OR {LAST_USED} < :before) {CANDIDATE_ORDER} LIMIT :limit",
+            {"before": used_before, "limit": limit},
+        ).fetchall()
+        return [as_candidate(r) for r in rows]
+
+    async def claim_revalidation(self, artifact_id: int, now: float, until: float) -> bool:
+        cursor = self._db.execute(
+            "UPDATE artifacts SET revalidating_until = ? WHERE id = ? "
+            "AND coalesce(revalidating_until, 0) < ?",
+            (until, artifact_id, now),
+        )
+        return cursor.rowcount == 1
+
+    async def end_revalidation(self, artifact_id: int, validated_at: float | None) -> None:
+        self._db.execute(
+            "UPDATE artifacts SET revalidating_until = NULL, "
+            "validated_at = coalesce(?, validated_at) WHERE id = ?",
+            (validated_at, artifact_id),
+        )
 
     # -- misses
 
@@ -465,6 +517,22 @@ class SQLiteMetadata:
         ).fetchone()
         return as_fill(row) if row else None
 
+    async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        cursor = self._db.execute(
+            f"UPDATE fills SET {DEFER.format('?')} WHERE id = ? AND holder = ? "
+            "AND state = 'running'",
+            (until, fill_id, holder),
+        )
+        return cursor.rowcount == 1
+
+    async def undefer_fills(self, origin: str) -> int:
+        cursor = self._db.execute(
+            "UPDATE fills SET not_before = NULL WHERE state = 'queued' "
+            "AND not_before IS NOT NULL AND key LIKE ? ESCAPE '\\'",
+            (like_prefix(origin + "/"),),
+        )
+        return cursor.rowcount
+
     async def renew_lease(self, lease: Lease) -> set[int]:
         rows = self._db.execute(
             "UPDATE fills SET lease_until = ? WHERE holder = ? AND state IN ('queued', 'running') "
@@ -520,7 +588,7 @@ class SQLiteMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, etag: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         with self._transaction():
             done = self._db.execute(
@@ -534,13 +602,15 @@ class SQLiteMetadata:
             # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
                 "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                "checked_at, imported) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key, scope) "
-                "DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
-                "headers = excluded.headers, fetched_at = excluded.fetched_at, "
-                "misses = misses + excluded.misses, checked_at = excluded.checked_at, "
-                "imported = excluded.imported RETURNING id",
+                "checked_at, imported, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
+                "size = excluded.size, headers = excluded.headers, "
+                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
+                "checked_at = excluded.checked_at, imported = excluded.imported, "
+                "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
+                "RETURNING id",
                 (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0, now, fill.requested_by == IMPORTED),
+                 miss.count if miss else 0, now, fill.requested_by == IMPORTED, etag),
             )  # fmt: skip
             artifact_id = cursor.fetchone()[0]
             artifact = await self.get_artifact(artifact_id)

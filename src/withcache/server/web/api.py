@@ -12,6 +12,7 @@ the audit log is `api:<token name>`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from withcache import keys
 from withcache.server import events, log, metrics
-from withcache.server.cache import ActionError, Cache, FillRow
+from withcache.server.cache import ActionError, Cache, FillRow, Unhealthy
 from withcache.server.digests import BLOB_ALGORITHM, SHA256_RE, BadDigest, Digest
 from withcache.server.export import Selection
 from withcache.server.imports import MAX_OFFERED, Offered, Outcome, bad_headers, bad_scope, uploaded
@@ -58,7 +59,15 @@ def artifact_json(a: Artifact) -> dict[str, Any]:
     return {
         "id": a.id, "url": a.key, "sha256": a.sha256, "size": a.size,
         "fetched_at": a.fetched_at, "hits": a.hits, "misses": a.misses, "last_hit": a.last_hit,
-        "scoped": a.scoped, "imported": a.imported, "serve_path": keys.serve_path(a.key),
+        "scoped": a.scoped, "imported": a.imported, "pinned": a.pinned,
+        "validated_at": a.validated_at, "serve_path": keys.serve_path(a.key),
+    }  # fmt: skip
+
+
+def origin_json(u: Unhealthy) -> dict[str, Any]:
+    return {
+        "origin": u.origin, "error": u.error, "failures": u.failures, "since": u.since,
+        "until": u.until, "blocked": u.blocking(time.time()),
     }  # fmt: skip
 
 
@@ -232,25 +241,69 @@ async def list_artifacts(request: web.Request) -> web.Response:
     offset, limit = _paging(request)
     search = params.search(request)
     sort, order = params.artifact_order(request)
+    pinned = _flag(request, "pinned")
     if "url" in request.query:
         # One key has a handful of artifacts at most (one per credential scope).
         found = await cache.artifacts_of(params.search(request, "url"))
-        rows = [artifact_json(a) for a in found[offset : offset + limit]]
+        found = [a for a in found if a.pinned or not pinned]
+        rows = [_looked_at(cache, a) for a in found[offset : offset + limit]]
         return _listing(rows, len(found), offset, limit)
-    page = await cache.list_artifacts(search, sort, order == "desc", offset, limit)
-    return _listing([artifact_json(a) for a in page.rows], page.total, offset, limit)
+    page = await cache.list_artifacts(search, sort, order == "desc", offset, limit, pinned)
+    return _listing([_looked_at(cache, a) for a in page.rows], page.total, offset, limit)
+
+
+def _looked_at(cache: Cache, artifact: Artifact) -> dict[str, Any]:
+    """An artifact as listings show it: with why it is served stale, if it is."""
+    return {**artifact_json(artifact), "stale": cache.stale(artifact)}
 
 
 async def get_artifact(request: web.Request) -> web.Response:
-    artifact = await _cache(request).artifact(_id(request))
+    cache = _cache(request)
+    artifact = await cache.artifact(_id(request))
     if artifact is None:
         raise web.HTTPNotFound(text="no such artifact")
-    return _json(artifact_json(artifact))
+    return _json(_looked_at(cache, artifact))
 
 
 async def delete_artifact(request: web.Request) -> web.Response:
     artifact = await _cache(request).delete(_id(request), _actor(request))
     return _json(artifact_json(artifact))
+
+
+async def pin_artifact(request: web.Request) -> web.Response:
+    return await _pin(request, True)
+
+
+async def unpin_artifact(request: web.Request) -> web.Response:
+    return await _pin(request, False)
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.Response:
+    artifact = await _cache(request).pin(_id(request), pinned, _actor(request))
+    return _json(artifact_json(artifact))
+
+
+async def refresh_artifact(request: web.Request) -> web.Response:
+    cache = _cache(request)
+    outcome = await cache.refresh(_id(request), _actor(request))
+    body = {"outcome": outcome.outcome, "error": outcome.error,
+            "artifact": artifact_json(outcome.artifact)}  # fmt: skip
+    if outcome.outcome == "running":  # where to look for the new bytes
+        return _json(body, 202, {"Location": f"{PREFIX}/artifacts/{outcome.artifact.id}"})
+    return _json(body)
+
+
+async def list_origins(request: web.Request) -> web.Response:
+    found = _cache(request).origins()
+    offset, limit = _paging(request)
+    rows = [origin_json(u) for u in found[offset : offset + limit]]
+    return _listing(rows, len(found), offset, limit)
+
+
+async def unblock_origin(request: web.Request) -> web.Response:
+    body = await _body(request, {"origin": str}, {"origin"})
+    found = await _cache(request).unblock(body["origin"], _actor(request))
+    return _json(origin_json(found))
 
 
 async def list_misses(request: web.Request) -> web.Response:
@@ -557,6 +610,11 @@ ROUTES = [
     Route("GET", "/artifacts", list_artifacts, READ),
     Route("GET", "/artifacts/{id}", get_artifact, READ),
     Route("DELETE", "/artifacts/{id}", delete_artifact, ADMIN),
+    Route("POST", "/artifacts/{id}/pin", pin_artifact, ADMIN),
+    Route("DELETE", "/artifacts/{id}/pin", unpin_artifact, ADMIN),
+    Route("POST", "/artifacts/{id}/refresh", refresh_artifact, ADMIN),
+    Route("GET", "/origins", list_origins, READ),
+    Route("POST", "/origins/unblock", unblock_origin, ADMIN),
     Route("GET", "/misses", list_misses, READ),
     Route("POST", "/misses/approve", approve_miss, ADMIN),
     Route("POST", "/misses/dismiss", dismiss_miss, ADMIN),

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import struct
 from typing import BinaryIO
 
 from aiohttp import web
 
-from withcache.server.cache import Cache
+from withcache.server.cache import STALE_HEADER, Cache
 from withcache.server.hits import SMALL_BLOB, HitLost, OpenHit
 from withcache.server.records import Artifact
 from withcache.server.web import conditional
@@ -61,6 +62,9 @@ async def send_blob(
     """Answer from a stored blob; None if the blob vanished (deleted
     meanwhile) or was found damaged before anything was sent."""
     answer = conditional.answer(request.method, request.headers, representation(artifact))
+    stale = cache.stale(artifact)
+    if stale:  # served although its origin could not confirm it (stale-if-error)
+        answer = dataclasses.replace(answer, headers={**answer.headers, STALE_HEADER: stale})
     if answer.status in (304, 412, 416):
         return web.Response(status=answer.status, headers=answer.headers)
     if request.method == "HEAD":

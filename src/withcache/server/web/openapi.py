@@ -98,7 +98,21 @@ SCHEMAS: dict[str, Any] = {
         "scoped": {"type": "boolean", "description": "fetched with a client's credentials"},
         "imported": {"type": "boolean", "description": "its bytes were uploaded (`withcache "
                      "import`), not fetched: no origin vouched for them"},
+        "pinned": {"type": "boolean", "description": "never evicted, never revalidated but "
+                   "when an operator asks"},
+        "validated_at": _nullable("number", description="when the origin last said its "
+                                  "bytes are current (--revalidate); null: when fetched"),
         "serve_path": {"type": "string", "description": "where the cache-host serves it"},
+        "stale": _nullable("string", description="listings and GET only: why this host "
+                           "serves it without its origin's word (its revalidation failed)"),
+    }, optional=["stale"]),
+    "Origin": _object({
+        "origin": {"type": "string", "description": "scheme://host[:port]"},
+        "error": {"type": "string", "description": "the last failure"},
+        "failures": {**COUNT, "description": "fills that failed in a row"},
+        "since": TIME,
+        "until": {**TIME, "description": "when misses may try it again"},
+        "blocked": {"type": "boolean", "description": "misses leave it alone now"},
     }),
     "Miss": _object({
         "url": {"type": "string"},
@@ -205,6 +219,12 @@ SCHEMAS: dict[str, Any] = {
         "artifact": {"oneOf": [_ref("Artifact"), {"type": "null"}]},
     }),
     "ArtifactList": _listing("Artifact"),
+    "OriginList": _listing("Origin"),
+    "Refreshed": _object({
+        "outcome": {"type": "string", "enum": ["fresh", "changed", "stale-served", "running"]},
+        "error": _nullable("string", description="why the origin could not say"),
+        "artifact": _ref("Artifact"),
+    }),
     "ListList": _listing("List"),
     "ListItemList": _listing("ListItem"),
     "MissList": _listing("Miss"),
@@ -287,6 +307,8 @@ def _operations() -> dict[str, dict[str, Any]]:
                        "column to sort by (default fetched_at)"),
                 _query("order", {"type": "string", "enum": ["asc", "desc"]},
                        "sort order (default: desc, asc for key and sha256)"),
+                _query("pinned", {"type": "string", "enum": ["true", "false", "1", "0"]},
+                       "only pinned artifacts"),
                 *_paging(),
             ],
             "ok": (200, _ref("ArtifactList")),
@@ -297,6 +319,34 @@ def _operations() -> dict[str, dict[str, Any]]:
         "delete-artifact": {
             "summary": "Delete an artifact (its blob too, unless another artifact shares it)",
             "parameters": [object_id], "ok": (200, _ref("Artifact")), "errors": [404],
+        },
+        "pin-artifact": {
+            "summary": "Pin an artifact: never evicted, never revalidated but when asked",
+            "parameters": [object_id], "ok": (200, _ref("Artifact")), "errors": [404],
+        },
+        "refresh-artifact": {
+            "summary": "Ask the artifact's origin now whether it changed (a conditional "
+            "GET), and fetch the new bytes if it did",
+            "description": "Waits up to 10 s for the outcome; 202 (`running`) if the new "
+            "bytes take longer: the fill goes on.",
+            "parameters": [object_id],
+            "ok": (200, _ref("Refreshed")),
+            "also": {202: ("New bytes are being fetched", _ref("Refreshed"))},
+            "errors": [404, 409],
+        },
+        "unpin-artifact": {
+            "summary": "Unpin an artifact", "parameters": [object_id],
+            "ok": (200, _ref("Artifact")), "errors": [404],
+        },
+        "list-origins": {
+            "summary": "Origins whose fills kept failing: misses leave each alone until "
+            "its `until` (30 s, doubled per failure in a row, up to 30 min)",
+            "parameters": [*_paging()], "ok": (200, _ref("OriginList")),
+        },
+        "unblock-origin": {
+            "summary": "Let misses try an unhealthy origin again now",
+            "body": _body({"origin": {"type": "string", "maxLength": params.MAX_SEARCH}}),
+            "ok": (200, _ref("Origin")), "errors": [404],
         },
         "list-misses": {
             "summary": "URLs asked for and not cached, most recent first",

@@ -36,6 +36,7 @@ STATIC_KEY = web.AppKey("static", render.StaticFiles)
 STARTED = "withcache.started"
 
 LISTS_SHOWN = 5  # the latest lists, above the Downloads page's fills
+EVICTION_SHOWN = 5  # the artifacts eviction would take next, below the Cached page
 LIST_VIEWS = {
     "": ("All", ()),
     "active": ("Queued and running", ("queued", "running")),
@@ -161,7 +162,7 @@ async def downloads_page(request: web.Request) -> web.Response:
     table = await _fills_table(request, page, PAGE_SIZE)
     return await _show(
         request, "downloads.html", section="downloads", view=view, **table,
-        **await _lists_table(request),
+        **await _lists_table(request), origins=request.app[CACHE_KEY].origins(), now=time.time(),
     )  # fmt: skip
 
 
@@ -235,7 +236,20 @@ async def cached_page(request: web.Request) -> web.Response:
     return await _show(
         request, "cached.html", section="cached", artifacts=found, q=search, sort=sort,
         order=order, pages=_pages(found.total, page), ascending_first=params.ASCENDING_FIRST,
+        eviction=await _eviction(cache),
+        stale={a.id: cache.stale(a) for a in found.rows},
     )  # fmt: skip
+
+
+async def _eviction(cache: Cache) -> dict[str, Any] | None:
+    """What eviction would take next, if it is on."""
+    settings = cache.settings
+    policies = [f"--evict {settings.evict}"] if settings.evict else []
+    if settings.evict_unused is not None:
+        policies.append(f"--evict-unused {settings.evict_unused:g}")
+    if not policies:
+        return None
+    return {"policy": ", ".join(policies), "next": await cache.eviction_next(EVICTION_SHOWN)}
 
 
 async def confirm_delete(request: web.Request) -> web.Response:
@@ -322,6 +336,43 @@ async def delete_artifact(request: web.Request) -> web.StreamResponse:
     form = await params.read_form(request)
     await cache.delete(int(request.match_info["id"]), auth.actor(request))
     raise web.HTTPSeeOther(_next(form, "/cached"))
+
+
+@refusals("/cached")
+async def pin_artifact(request: web.Request) -> web.StreamResponse:
+    return await _pin(request, True)
+
+
+@refusals("/cached")
+async def unpin_artifact(request: web.Request) -> web.StreamResponse:
+    return await _pin(request, False)
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await params.read_form(request)
+    await cache.pin(int(request.match_info["id"]), pinned, auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/cached"))
+
+
+@refusals("/cached")
+async def refresh_artifact(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await params.read_form(request)
+    back = _next(form, "/cached")
+    outcome = await cache.refresh(int(request.match_info["id"]), auth.actor(request))
+    if outcome.outcome == "stale-served":
+        said = f"the origin could not say ({outcome.error}); the cached bytes stay"
+        return await _failed(request, [said], back)
+    raise web.HTTPSeeOther(back)
+
+
+@refusals("/downloads")
+async def unblock_origin(request: web.Request) -> web.StreamResponse:
+    cache = request.app[CACHE_KEY]
+    form = await params.read_form(request)
+    await cache.unblock(params.text(form.get("origin", ""), "origin"), auth.actor(request))
+    raise web.HTTPSeeOther(_next(form, "/downloads"))
 
 
 async def _add_form(request: web.Request, error: str) -> web.Response:
@@ -499,6 +550,10 @@ def add_routes(app: web.Application, cache: Cache) -> None:
         (f"/downloads/{object_id}/{{verb:cancel|retry}}", fill_action),
         ("/downloads/clear", clear_finished),
         (f"/cached/{object_id}/delete", delete_artifact),
+        (f"/cached/{object_id}/pin", pin_artifact),
+        (f"/cached/{object_id}/unpin", unpin_artifact),
+        (f"/cached/{object_id}/refresh", refresh_artifact),
+        ("/downloads/origins/unblock", unblock_origin),
         ("/add", add_action),
         ("/add/list", add_list_action),
         ("/tokens", create_token),
