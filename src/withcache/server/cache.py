@@ -146,6 +146,8 @@ class Cache:
             asyncio.create_task(self._every(PRUNE_SECONDS, self._retention.prune)),
             asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
             asyncio.create_task(self._every(BACKLOG_SECONDS, self._backlog.flush)),
+            # Other hosts' deletes, quarantines and commits reach the lookup memo.
+            asyncio.create_task(self._metadata.follow_changes(self._lookups), name="changes"),
         ]
         if self._scrub is not None:
             self._tasks.append(asyncio.create_task(self._scrub.run(self._verifier), name="scrub"))

@@ -47,6 +47,18 @@ class Lease:
     until: float
 
 
+class ChangeListener(Protocol):
+    """Told of changes to what keys serve that other hosts make (the lookup memo)."""
+
+    def changed(self, key: str | None) -> None:
+        """`key` may serve something else now (None: any key may)."""
+        ...
+
+    def listening(self, on: bool) -> None:
+        """Changes are heard from now on (`on`), or no longer."""
+        ...
+
+
 class Metadata(Protocol):
     """Everything the cache-host knows, except the bytes. All calls are atomic."""
 
@@ -57,6 +69,12 @@ class Metadata(Protocol):
     unavailable: tuple[type[Exception], ...]
 
     async def close(self) -> None: ...
+
+    async def follow_changes(self, listener: ChangeListener) -> None:
+        """Tell `listener` of every committed change to an artifact, on any
+        host, until cancelled; a store only one host uses returns at once
+        (every change is made, and forgotten, here)."""
+        ...
 
     async def secret(self, name: str) -> bytes:
         """A random secret shared by every host of this store, made on first use."""

@@ -40,7 +40,7 @@ from withcache.server.records import (
     TokenScope,
     miss_key,
 )
-from withcache.server.store import MAX_LISTS, Lease, StoreError
+from withcache.server.store import MAX_LISTS, ChangeListener, Lease, StoreError, changes
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
@@ -223,6 +223,31 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Every host's lookup memo hears what changes what a key serves (changes.py):
+    # the key of each artifact row inserted, deleted or changed, sent in the
+    # changing transaction (so only once it commits); hit counts and scrub
+    # marks change nothing a lookup answers. A key too long for a notice
+    # (8000 bytes) is sent as '': every key.
+    """
+    CREATE FUNCTION withcache_artifact_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND (to_jsonb(OLD) - 'hits' - 'last_hit' - 'checked_at')
+                = (to_jsonb(NEW) - 'hits' - 'last_hit' - 'checked_at') THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            PERFORM pg_notify('withcache_artifacts',
+                CASE WHEN octet_length(OLD.key) < 7900 THEN OLD.key ELSE '' END);
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('withcache_artifacts',
+                CASE WHEN octet_length(NEW.key) < 7900 THEN NEW.key ELSE '' END);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER artifact_changed AFTER INSERT OR UPDATE OR DELETE ON artifacts
+        FOR EACH ROW EXECUTE FUNCTION withcache_artifact_changed();
+    """,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
@@ -301,6 +326,9 @@ class PostgresMetadata:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def follow_changes(self, listener: ChangeListener) -> None:
+        await changes.follow(self._pool.conninfo, listener)
 
     async def secret(self, name: str) -> bytes:
         await self._run(
