@@ -87,3 +87,11 @@ def test_import_export(tmp_path):
             if len(row) == 3 and row[0] in ("import", "export", "stream", "cp", "tar")}  # fmt: skip
     assert all(mib_s > 0 for mib_s in rows.values()) and len(rows) == 5
     assert (tmp_path / "import_export.json").exists()
+
+
+def test_invalidation(tmp_path):
+    out = run_bench(tmp_path, "invalidation.py", "--rounds", "3")
+    # The bench fails a round in which b serves a deleted artifact for 5 s.
+    row = next(line for line in out.splitlines() if line.startswith("from the DELETE sent"))
+    assert len([float(figure) for figure in row.split()[-3:]]) == 3
+    assert "the 100 ms target" in out
