@@ -560,6 +560,14 @@ class Cache:
             await self._metadata.token_used(record.id, now)
         return record
 
+    async def end_session(self, nonce: str, expires: float) -> None:
+        """An operator logged out: the session `nonce` is refused on every
+        host of the store from now on (until it would have expired anyway)."""
+        await self._metadata.end_session(nonce, expires)
+
+    async def session_ended(self, nonce: str) -> bool:
+        return await self._metadata.session_ended(nonce)
+
     async def session_secret(self) -> bytes:
         """The secret UI sessions are signed with, unless the settings give one:
         made once, shared by every host of the store."""

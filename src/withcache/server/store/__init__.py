@@ -323,6 +323,20 @@ class Metadata(Protocol):
         """Note when a token was last used (callers limit how often)."""
         ...
 
+    # -- operator sessions
+    async def end_session(self, nonce: str, expires: float) -> None:
+        """Note that the session `nonce` ended (a logout) before `expires`."""
+        ...
+
+    async def session_ended(self, nonce: str) -> bool:
+        """Whether the session `nonce` was ended, on any host of this store."""
+        ...
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        """Forget ended sessions that have expired anyway, and all but the
+        `keep` that expire last."""
+        ...
+
 
 class BlobWriter(Protocol):
     """A blob being written: hashed as it goes, invisible until committed."""

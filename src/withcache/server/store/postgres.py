@@ -248,6 +248,11 @@ MIGRATIONS = [
     CREATE TRIGGER artifact_changed AFTER INSERT OR UPDATE OR DELETE ON artifacts
         FOR EACH ROW EXECUTE FUNCTION withcache_artifact_changed();
     """,
+    # Operator sessions ended (logged out) before their cookie expires, on any host.
+    """
+    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL);
+    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
+    """,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
@@ -795,3 +800,25 @@ class PostgresMetadata:
 
     async def token_used(self, token_id: int, now: float) -> None:
         await self._run("UPDATE tokens SET last_used = %s WHERE id = %s", (now, token_id))
+
+    # -- operator sessions
+
+    async def end_session(self, nonce: str, expires: float) -> None:
+        await self._run(
+            "INSERT INTO ended_sessions (nonce, expires) VALUES (%s, %s) "
+            "ON CONFLICT (nonce) DO NOTHING",
+            (nonce, expires),
+        )
+
+    async def session_ended(self, nonce: str) -> bool:
+        found = await self._one("SELECT 1 FROM ended_sessions WHERE nonce = %s", (nonce,))
+        return found is not None
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ended_sessions WHERE expires <= %s", (now,))
+            await conn.execute(
+                "DELETE FROM ended_sessions WHERE nonce IN (SELECT nonce FROM ended_sessions "
+                "ORDER BY expires DESC OFFSET %s)",
+                (keep,),
+            )

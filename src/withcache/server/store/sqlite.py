@@ -217,6 +217,11 @@ MIGRATIONS = [
     );
     CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
     """,
+    # Operator sessions ended (logged out) before their cookie expires.
+    """
+    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
+    """,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
@@ -761,6 +766,26 @@ class SQLiteMetadata:
 
     async def token_used(self, token_id: int, now: float) -> None:
         self._db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    # -- operator sessions
+
+    async def end_session(self, nonce: str, expires: float) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO ended_sessions (nonce, expires) VALUES (?, ?)", (nonce, expires)
+        )
+
+    async def session_ended(self, nonce: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM ended_sessions WHERE nonce = ?", (nonce,))
+        return row.fetchone() is not None
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM ended_sessions WHERE expires <= ?", (now,))
+            self._db.execute(
+                "DELETE FROM ended_sessions WHERE nonce IN (SELECT nonce FROM ended_sessions "
+                "ORDER BY expires DESC LIMIT -1 OFFSET ?)",
+                (keep,),
+            )
 
 
 class _Transaction:
