@@ -125,6 +125,7 @@ async def make_core(
 
     async def make(**settings: object) -> Cache:
         settings = {"curate": True, "data_dir": tmp_path, **settings}
+        Path(settings["data_dir"]).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         cache = await Cache.open(
             backend.settings(allow_private_origins=True, retry_delay=0.05, **settings)
         )

@@ -86,10 +86,12 @@ class Added:
 @dataclass(frozen=True)
 class MissOutcome:
     """What happened to a miss, for the 404 body and the caller; `fill`: the
-    fill it started or joined (Cache.open_fill_reader serves from it)."""
+    fill it started or joined (Cache.open_fill_reader serves from it);
+    `stored`: the artifact a fill committed after the lookup (serve it)."""
 
     reason: str
     fill: Fill | None = None
+    stored: Artifact | None = None  # stored meanwhile (a fill that just ended): a hit
 
 
 @dataclass(frozen=True)
@@ -278,10 +280,15 @@ class Cache:
                 await self.record(events.FillRefused(url=self.display(url), reason=refusal.reason))
             return MissOutcome(f"not fetched: {refusal.reason}")
         try:
-            fill, _ = await self._fills.request(url, key, scope, authorization, "miss")
+            # A fill may have ended since the lookup (here or on another host).
+            fill, _ = await self._fills.request(
+                url, key, scope, authorization, "miss", unless_stored=readable(scope)
+            )
         except self._metadata.unavailable as err:
             log.warning("miss.unqueued", url=self.display(url), error=str(err))
             return MissOutcome(f"not fetched: the cache can't queue a fill now: {err}")
+        if isinstance(fill, Artifact):
+            return MissOutcome("stored meanwhile", stored=fill)
         await self._fills.noting(fill, lambda: self._note_miss(key, None, FETCHING, now))
         return MissOutcome("queued for download; ask again shortly", fill)
 
@@ -328,14 +335,26 @@ class Cache:
         return _Refusal(reason, "room") if reason else None
 
     async def _operator_fill(
-        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None
-    ) -> tuple[Fill, bool]:
-        """Start (or join) a fill an operator asked for, if the gate lets it."""
+        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None,
+        unless_stored: Sequence[str] = (),
+    ) -> tuple[Fill | Artifact, bool]:  # fmt: skip
+        """Start (or join) a fill an operator asked for, if the gate lets it
+        (with `unless_stored`, FillManager.request's)."""
         if self._fills.active(key, scope) is None:
             refusal = await self._refusal(url, key, scope)
             if refusal is not None:
                 raise ActionError(f"not fetched: {refusal.reason}")
-        return await self._fills.request(url, key, scope, None, "operator", expected, actor)
+        return await self._fills.request(
+            url, key, scope, None, "operator", expected, actor, unless_stored
+        )
+
+    async def _operator_fill_record(
+        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None
+    ) -> Fill:
+        """_operator_fill for an action that fetches even if the key is stored."""
+        fill, _ = await self._operator_fill(url, key, scope, expected, actor)
+        assert isinstance(fill, Fill)  # nothing stored was looked for
+        return fill
 
     # -- operator actions
 
@@ -382,7 +401,11 @@ class Cache:
                 )
             if cached is not None:
                 return Added(artifact=cached)
-        fill, created = await self._operator_fill(url, key, PUBLIC, expected, actor)
+        fill, created = await self._operator_fill(
+            url, key, PUBLIC, expected, actor, () if refresh else (PUBLIC,)
+        )
+        if isinstance(fill, Artifact):  # a fill ended since the look above
+            return Added(artifact=fill)
         if not created and expected not in (None, fill.record.expected):
             raise ActionError(
                 "a fill for this URL is already queued or running, without this expected "
@@ -399,7 +422,7 @@ class Cache:
             if miss.url is None:
                 raise BadInput("this miss's URL was too long to keep whole: add it by its URL")
             key = self.key(miss.url)
-        fill, _ = await self._operator_fill(miss.url or key, key, PUBLIC, None, actor)
+        fill = await self._operator_fill_record(miss.url or key, key, PUBLIC, None, actor)
         await self._fills.noting(
             fill, lambda: self._metadata.set_miss_reason(key, "approved; being fetched")
         )
@@ -432,7 +455,7 @@ class Cache:
             raise ActionError("this fill used a client's credentials; the client must ask again")
         if record.imported:
             raise ActionError("an import's bytes came from its uploader: import it again")
-        fill, _ = await self._operator_fill(
+        fill = await self._operator_fill_record(
             record.url, record.key, record.scope, record.expected, actor
         )
         return fill.record

@@ -162,12 +162,17 @@ class Metadata(Protocol):
         credentialed: bool = False,
         lease: Lease | None = None,
         start: bool = False,
-    ) -> tuple[FillRecord, bool]:
+        unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:
         """Queue a fill unless one is active for (key, scope); (fill, created).
         A credentialed fill is queued under the lease of the host that has the
         credentials: no other host can run it. With `start`, the fill is
         running from the start, under `lease`: its holder runs it now, and no
-        worker ever claims it."""
+        worker ever claims it. With `unless_stored` (scopes, the first
+        preferred), an artifact stored under `key` in one of them is returned
+        instead and nothing is queued: this call and commit_artifact exclude
+        each other, so a fill committed (on any host) after the caller looked
+        for the artifact is never fetched a second time."""
         ...
 
     async def claim_fill(

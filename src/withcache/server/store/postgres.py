@@ -68,6 +68,7 @@ from withcache.server.store.rows import (
 # blobs (the two forms never collide).
 MIGRATION_LOCK = 0x77C_5C4E_0001
 BLOB_LOCK_CLASS = 0x77C5
+KEY_LOCK_CLASS = 0x77C6  # a key's commit against a miss's enqueue (hashed: may be shared)
 POOL_SIZE = 10
 CONNECT_SECONDS = 10
 
@@ -258,6 +259,17 @@ MIGRATIONS = [
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 RESERVE = reserve_sql("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
+KEY_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+QUEUE_FILL = (
+    "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, credentialed, "
+    "created_at, started_at, holder, lease_until) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}"
+)
+FIND_STORED = (
+    f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
+    "ORDER BY scope DESC, id DESC LIMIT 1"
+)
 
 
 def describe(url: str) -> str:
@@ -485,28 +497,36 @@ class PostgresMetadata:
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
         expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False,
-    ) -> tuple[FillRecord, bool]:  # fmt: skip
+        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
+        values = (key, scope, url, "running" if start else "queued", requested_by,
+                  expected and str(expected), credentialed, now, now if start else None,
+                  lease and lease.holder, lease and lease.until)  # fmt: skip
         # Another host may queue the same fill at the same moment: the unique
         # index lets one insert win, and the other then reads the winner's row.
         for _ in range(3):
-            row = await self._one(
-                "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
-                "credentialed, created_at, started_at, holder, lease_until) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}",
-                (key, scope, url, "running" if start else "queued", requested_by,
-                 expected and str(expected), credentialed, now, now if start else None,
-                 lease and lease.holder, lease and lease.until),
-            )  # fmt: skip
-            if row:
-                return as_fill(row), True
-            row = await self._one(
-                f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s AND {ACTIVE}",
-                (key, scope),
-            )
-            if row:
-                return as_fill(row), False
+            async with self._pool.connection() as conn, conn.transaction():
+                if unless_stored:
+                    # The key's lock, which commit_artifact takes too: a commit
+                    # on any host is wholly before this look, or after this queues or joins.
+                    await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, key))
+                    found = await (
+                        await conn.execute(FIND_STORED, (key, list(unless_stored)))
+                    ).fetchone()
+                    if found:
+                        return as_artifact(found), False
+                row = await (await conn.execute(QUEUE_FILL, values)).fetchone()
+                if row:
+                    return as_fill(row), True
+                row = await (
+                    await conn.execute(
+                        f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s "
+                        f"AND {ACTIVE}",
+                        (key, scope),
+                    )
+                ).fetchone()
+                if row:
+                    return as_fill(row), False
         raise StoreError("could not queue the fill: it kept ending as it was queued")
 
     async def claim_fill(
@@ -587,6 +607,7 @@ class PostgresMetadata:
         display_url: str, now: float, holder: str,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, fill.key))  # see enqueue_fill
             done = await conn.execute(
                 "UPDATE fills SET state = 'done', error = NULL, url = %s, finished_at = %s, "
                 "bytes_done = %s, total = %s WHERE id = %s AND state = 'running' AND holder = %s",

@@ -438,9 +438,12 @@ class SQLiteMetadata:
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
         expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False,
-    ) -> tuple[FillRecord, bool]:  # fmt: skip
-        with self._transaction():
+        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
+        with self._transaction():  # one writer at a time: a commit is before or after
+            stored = self._find_artifact("key", key, unless_stored) if unless_stored else None
+            if stored is not None:
+                return stored, False
             row = self._db.execute(
                 f"SELECT {FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
                 "AND state IN ('queued', 'running')",

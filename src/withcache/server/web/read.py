@@ -149,6 +149,9 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     if response is not None:
         return response
     outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
+    response = await _send(request, cache, outcome.stored)  # stored since the lookup
+    if response is not None:
+        return response
     streamed = await readthrough.serve_from_fill(request, cache, outcome)
     if streamed is not None:
         # A probe answered from the fill is counted once, by the GET that follows it.
