@@ -250,10 +250,13 @@ class Cache:
         await self._verifier.confirm(artifact.sha256, artifact.size, "read")
 
     async def miss(
-        self, url: str, key: str, authorization: str | None, waiting: bool = False
-    ) -> MissOutcome:
+        self, url: str, key: str, authorization: str | None, waiting: bool = False,
+        refill: bool = False,
+    ) -> MissOutcome:  # fmt: skip
         """Record a miss and, in auto mode, start or join its fill. `waiting`:
-        the client waits for the bytes (a GET, served from the fill). The read
+        the client waits for the bytes (a GET, served from the fill).
+        Unless `refill` (the lookup found an artifact whose blob is gone), an
+        artifact stored since the lookup is handed back instead (`stored`). The read
         path counts it in the tally: it knows whether the client comes back.
         The list of misses is bookkeeping: if the store can't be written (a
         full disk), the client still gets its answer."""
@@ -282,8 +285,9 @@ class Cache:
         try:
             # A fill may have ended since the lookup (here or on another host).
             fill, _ = await self._fills.request(
-                url, key, scope, authorization, "miss", unless_stored=readable(scope)
-            )
+                url, key, scope, authorization, "miss",
+                unless_stored=() if refill else readable(scope),
+            )  # fmt: skip
         except self._metadata.unavailable as err:
             log.warning("miss.unqueued", url=self.display(url), error=str(err))
             return MissOutcome(f"not fetched: the cache can't queue a fill now: {err}")
