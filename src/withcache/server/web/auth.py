@@ -4,8 +4,9 @@ and the API's bearer tokens.
 A session is a signed cookie (`<expires>.<nonce>.<mac>`), so no session table
 is needed and sessions survive a restart; the store keeps only the nonces of
 sessions logged out before they expire (Cache.end_session), so a logout
-holds on every host sharing the store and across restarts. The signing key is derived from the
-session secret and the admin password: changing either ends every session.
+holds on every host sharing the store and across restarts. The signing key
+is derived from the session secret and the admin password: changing either
+ends every session.
 Each session has one CSRF token (a MAC of its nonce); every state-changing UI
 request must carry it, so a page on another site can't act for the operator.
 
