@@ -161,17 +161,16 @@ async def make_core(
     tmp_path: Path, ca_file: Path, monkeypatch: pytest.MonkeyPatch, backend: Backend
 ):
     """Factory: `await make_core(curate=False, max_bytes=...)` starts the cache-host's
-    core in this process on the test's stores (curate mode unless said); all stop
-    at teardown."""
+    core in this process on the test's stores (curate mode unless said; the
+    test's tmp_path as data dir unless `data_dir` says); all stop at teardown."""
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
     made: list[Cache] = []
 
     async def make(**settings: object) -> Cache:
-        settings = {"curate": True, **settings}
+        settings = {"curate": True, "data_dir": tmp_path, **settings}
+        Path(settings["data_dir"]).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         cache = await Cache.open(
-            backend.settings(
-                data_dir=tmp_path, allow_private_origins=True, retry_delay=0.05, **settings
-            )
+            backend.settings(allow_private_origins=True, retry_delay=0.05, **settings)
         )
         made.append(cache)
         await cache.start()

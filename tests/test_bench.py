@@ -100,3 +100,11 @@ def test_eviction(tmp_path):
     out = run_bench(tmp_path, "eviction.py", "--artifacts", "1000", "--runs", "1")
     assert "--evict lru making that room" in out and "--evict-unused pass" in out
     assert (tmp_path / "eviction.json").exists()
+
+
+def test_invalidation(tmp_path):
+    out = run_bench(tmp_path, "invalidation.py", "--rounds", "3")
+    # The bench fails a round in which b serves a deleted artifact for 5 s.
+    row = next(line for line in out.splitlines() if line.startswith("from the DELETE sent"))
+    assert len([float(figure) for figure in row.split()[-3:]]) == 3
+    assert "the 100 ms target" in out

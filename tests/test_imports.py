@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from api_client import Api
+from clients import wait_until
 from conftest import BIN
 from page_client import PageClient
 from test_api import LOCKED, PASSWORD
-from clients import wait_until
 from test_withcache_cli import env_for, one_error_line, withcache
 
 GIB = 1 << 30

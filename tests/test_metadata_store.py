@@ -336,3 +336,14 @@ async def test_a_deferred_fill_waits_until_its_time_or_its_origin_is_unblocked(m
     assert await meta.undefer_fills("https://h") == 0  # another origin (no port)
     assert await meta.undefer_fills("https://h:8443") == 1
     assert (await meta.claim_fill(5.0, HOLDER)).id == fill.id
+
+
+async def test_ended_sessions_are_kept_until_they_expire_and_bounded(meta):
+    for n in range(5):
+        await meta.end_session(f"nonce{n}", 100.0 + n)
+    await meta.end_session("nonce0", 100.0)  # a second logout of the same session
+    assert await meta.session_ended("nonce0") and not await meta.session_ended("other")
+    await meta.prune_sessions(now=101.5, keep=10)  # nonce0 and nonce1 expired anyway
+    assert [await meta.session_ended(f"nonce{n}") for n in range(5)] == [False, False] + [True] * 3
+    await meta.prune_sessions(now=0.0, keep=2)  # the two that expire last are kept
+    assert [await meta.session_ended(f"nonce{n}") for n in range(5)] == [False] * 3 + [True] * 2

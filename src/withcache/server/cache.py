@@ -100,10 +100,12 @@ class Added:
 @dataclass(frozen=True)
 class MissOutcome:
     """What happened to a miss, for the 404 body and the caller; `fill`: the
-    fill it started or joined (Cache.open_fill_reader serves from it)."""
+    fill it started or joined (Cache.open_fill_reader serves from it);
+    `stored`: the artifact a fill committed after the lookup (serve it)."""
 
     reason: str
     fill: Fill | None = None
+    stored: Artifact | None = None  # stored meanwhile (a fill that just ended): a hit
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,8 @@ class Cache:
             asyncio.create_task(self._every(PRUNE_SECONDS, self._retention.prune)),
             asyncio.create_task(self._every(metrics.MARK_SECONDS, self._mark_tally)),
             asyncio.create_task(self._every(BACKLOG_SECONDS, self._backlog.flush)),
+            # Other hosts' deletes, quarantines and commits reach the lookup memo.
+            asyncio.create_task(self._metadata.follow_changes(self._lookups), name="changes"),
         ]
         if self._scrub is not None:
             self._tasks.append(asyncio.create_task(self._scrub.run(self._verifier), name="scrub"))
@@ -290,10 +294,13 @@ class Cache:
         await self._verifier.confirm(artifact.sha256, artifact.size, "read")
 
     async def miss(
-        self, url: str, key: str, authorization: str | None, waiting: bool = False
-    ) -> MissOutcome:
+        self, url: str, key: str, authorization: str | None, waiting: bool = False,
+        refill: bool = False,
+    ) -> MissOutcome:  # fmt: skip
         """Record a miss and, in auto mode, start or join its fill. `waiting`:
-        the client waits for the bytes (a GET, served from the fill). The read
+        the client waits for the bytes (a GET, served from the fill).
+        Unless `refill` (the lookup found an artifact whose blob is gone), an
+        artifact stored since the lookup is handed back instead (`stored`). The read
         path counts it in the tally: it knows whether the client comes back.
         The list of misses is bookkeeping: if the store can't be written (a
         full disk), the client still gets its answer."""
@@ -320,10 +327,16 @@ class Cache:
                 await self.record(events.FillRefused(url=self.display(url), reason=refusal.reason))
             return MissOutcome(f"not fetched: {refusal.reason}")
         try:
-            fill, _ = await self._fills.request(url, key, scope, authorization, "miss")
+            # A fill may have ended since the lookup (here or on another host).
+            fill, _ = await self._fills.request(
+                url, key, scope, authorization, "miss",
+                unless_stored=() if refill else readable(scope),
+            )  # fmt: skip
         except self._metadata.unavailable as err:
             log.warning("miss.unqueued", url=self.display(url), error=str(err))
             return MissOutcome(f"not fetched: the cache can't queue a fill now: {err}")
+        if isinstance(fill, Artifact):
+            return MissOutcome("stored meanwhile", stored=fill)
         await self._fills.noting(fill, lambda: self._note_miss(key, None, FETCHING, now))
         return MissOutcome("queued for download; ask again shortly", fill)
 
@@ -370,14 +383,26 @@ class Cache:
         return _Refusal(reason, "room") if reason else None
 
     async def _operator_fill(
-        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None
-    ) -> tuple[Fill, bool]:
-        """Start (or join) a fill an operator asked for, if the gate lets it."""
+        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None,
+        unless_stored: Sequence[str] = (),
+    ) -> tuple[Fill | Artifact, bool]:  # fmt: skip
+        """Start (or join) a fill an operator asked for, if the gate lets it
+        (with `unless_stored`, FillManager.request's)."""
         if self._fills.active(key, scope) is None:
             refusal = await self._refusal(url, key, scope)
             if refusal is not None:
                 raise ActionError(f"not fetched: {refusal.reason}")
-        return await self._fills.request(url, key, scope, None, "operator", expected, actor)
+        return await self._fills.request(
+            url, key, scope, None, "operator", expected, actor, unless_stored
+        )
+
+    async def _operator_fill_record(
+        self, url: str, key: str, scope: str, expected: Digest | None, actor: str | None
+    ) -> Fill:
+        """_operator_fill for an action that fetches even if the key is stored."""
+        fill, _ = await self._operator_fill(url, key, scope, expected, actor)
+        assert isinstance(fill, Fill)  # nothing stored was looked for
+        return fill
 
     # -- operator actions
 
@@ -424,7 +449,11 @@ class Cache:
                 )
             if cached is not None:
                 return Added(artifact=cached)
-        fill, created = await self._operator_fill(url, key, PUBLIC, expected, actor)
+        fill, created = await self._operator_fill(
+            url, key, PUBLIC, expected, actor, () if refresh else (PUBLIC,)
+        )
+        if isinstance(fill, Artifact):  # a fill ended since the look above
+            return Added(artifact=fill)
         if not created and expected not in (None, fill.record.expected):
             raise ActionError(
                 "a fill for this URL is already queued or running, without this expected "
@@ -441,7 +470,7 @@ class Cache:
             if miss.url is None:
                 raise BadInput("this miss's URL was too long to keep whole: add it by its URL")
             key = self.key(miss.url)
-        fill, _ = await self._operator_fill(miss.url or key, key, PUBLIC, None, actor)
+        fill = await self._operator_fill_record(miss.url or key, key, PUBLIC, None, actor)
         await self._fills.noting(
             fill, lambda: self._metadata.set_miss_reason(key, "approved; being fetched")
         )
@@ -476,7 +505,7 @@ class Cache:
             raise ActionError("an import's bytes came from its uploader: import it again")
         # Asked again: what the last failure said of the URL no longer holds.
         self._fills.admission.forget(record.key, record.scope)
-        fill, _ = await self._operator_fill(
+        fill = await self._operator_fill_record(
             record.url, record.key, record.scope, record.expected, actor
         )
         return fill.record
@@ -689,6 +718,14 @@ class Cache:
         if record and (record.last_used or 0) < now - TOKEN_USE_RESOLUTION:
             await self._metadata.token_used(record.id, now)
         return record
+
+    async def end_session(self, nonce: str, expires: float) -> None:
+        """An operator logged out: the session `nonce` is refused on every
+        host of the store from now on (until it would have expired anyway)."""
+        await self._metadata.end_session(nonce, expires)
+
+    async def session_ended(self, nonce: str) -> bool:
+        return await self._metadata.session_ended(nonce)
 
     async def session_secret(self) -> bytes:
         """The secret UI sessions are signed with, unless the settings give one:

@@ -3,7 +3,8 @@
 Anyone who can reach the read path writes rows: each miss is one, each
 refusal and fill one or more events. The bounds (`--max-misses`,
 `--max-events`, which finished fills follow, and their retention days) are
-enforced as the rows are written: after a tenth of a bound's worth of
+enforced as the rows are written (ended sessions at each prune, once
+their cookies expire): after a tenth of a bound's worth of
 writes (at most PRUNE_EVERY) the store is pruned, so a table never holds
 more than a tenth over its bound, and the space freed is given back
 (SQLite's incremental vacuum; PostgreSQL's autovacuum reuses it). The
@@ -32,6 +33,9 @@ MAX_EVENT_TEXT = 1000  # characters of an event's URL, and of each text in its d
 REFUSAL_EVENT_SECONDS = 60.0  # one refusal event per URL this often...
 REFUSAL_EVENTS = 60  # ...and at most this many in all in that time
 REFUSALS_REMEMBERED = 10_000
+# Logged-out sessions kept until their cookies expire (12 h); past this many,
+# the ones expiring first are forgotten (each took a login with the password).
+MAX_ENDED_SESSIONS = 100_000
 
 
 def clip(text: str, limit: int) -> str:
@@ -69,10 +73,12 @@ class Retention:
         self._miss_writes = self._event_writes = 0
         s = self._settings
         try:
+            now = time.time()
             await self._metadata.prune(
-                time.time(), s.miss_retention_days * DAY, s.max_misses,
-                s.event_retention_days * DAY, s.max_events,
+                now, s.miss_retention_days * DAY, s.max_misses, s.event_retention_days * DAY,
+                s.max_events,
             )  # fmt: skip
+            await self._metadata.prune_sessions(now, MAX_ENDED_SESSIONS)
         except Exception:
             log.error("prune.failed", exc_info=True)
         finally:

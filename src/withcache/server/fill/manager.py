@@ -44,7 +44,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -253,17 +253,23 @@ class FillManager:
         requested_by: str,
         expected: Digest | None = None,
         actor: str | None = None,
-    ) -> tuple[Fill, bool]:
-        """Queue a fill for `url`, or join the one under way; (fill, created)."""
+        unless_stored: Sequence[str] = (),
+    ) -> tuple[Fill | Artifact, bool]:
+        """Queue a fill for `url`, or join the one under way; (fill, created).
+        With `unless_stored` (scopes): the artifact stored in one of them
+        since the caller looked (a fill that ended meanwhile, here or on
+        another host), if there is one, instead of a second download."""
         existing = self._by_key.get((key, scope))
         if existing:
             return existing.fill, False
         # Credentials live only in this process: only this host may run the fill.
         lease = self._lease() if authorization is not None else None
         record, created = await self._metadata.enqueue_fill(
-            key, scope, url, requested_by, time.time(),
-            expected=expected, credentialed=authorization is not None, lease=lease,
+            key, scope, url, requested_by, time.time(), expected=expected,
+            credentialed=authorization is not None, lease=lease, unless_stored=unless_stored,
         )  # fmt: skip
+        if isinstance(record, Artifact):
+            return record, False
         handle = self._by_id.get(record.id)
         if handle is None:
             handle = self._adopt(record, authorization if created else None)
@@ -303,7 +309,7 @@ class FillManager:
             key, scope, url, IMPORTED, time.time(), expected=expected, lease=self._lease(),
             start=True,
         )  # fmt: skip
-        if not created:
+        if not created or not isinstance(record, FillRecord):
             return None
         handle = self._adopt(record)
         handle.source = source

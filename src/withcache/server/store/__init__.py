@@ -48,6 +48,18 @@ class Lease:
     until: float
 
 
+class ChangeListener(Protocol):
+    """Told of changes to what keys serve that other hosts make (the lookup memo)."""
+
+    def changed(self, key: str | None) -> None:
+        """`key` may serve something else now (None: any key may)."""
+        ...
+
+    def listening(self, on: bool) -> None:
+        """Changes are heard from now on (`on`), or no longer."""
+        ...
+
+
 class Metadata(Protocol):
     """Everything the cache-host knows, except the bytes. All calls are atomic."""
 
@@ -58,6 +70,12 @@ class Metadata(Protocol):
     unavailable: tuple[type[Exception], ...]
 
     async def close(self) -> None: ...
+
+    async def follow_changes(self, listener: ChangeListener) -> None:
+        """Tell `listener` of every committed change to an artifact, on any
+        host, until cancelled; a store only one host uses returns at once
+        (every change is made, and forgotten, here)."""
+        ...
 
     async def secret(self, name: str) -> bytes:
         """A random secret shared by every host of this store, made on first use."""
@@ -172,12 +190,17 @@ class Metadata(Protocol):
         credentialed: bool = False,
         lease: Lease | None = None,
         start: bool = False,
-    ) -> tuple[FillRecord, bool]:
+        unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:
         """Queue a fill unless one is active for (key, scope); (fill, created).
         A credentialed fill is queued under the lease of the host that has the
         credentials: no other host can run it. With `start`, the fill is
         running from the start, under `lease`: its holder runs it now, and no
-        worker ever claims it."""
+        worker ever claims it. With `unless_stored` (scopes, the first
+        preferred), an artifact stored under `key` in one of them is returned
+        instead and nothing is queued: this call and commit_artifact exclude
+        each other, so a fill committed (on any host) after the caller looked
+        for the artifact is never fetched a second time."""
         ...
 
     async def claim_fill(
@@ -343,6 +366,20 @@ class Metadata(Protocol):
 
     async def token_used(self, token_id: int, now: float) -> None:
         """Note when a token was last used (callers limit how often)."""
+        ...
+
+    # -- operator sessions
+    async def end_session(self, nonce: str, expires: float) -> None:
+        """Note that the session `nonce` ended (a logout) before `expires`."""
+        ...
+
+    async def session_ended(self, nonce: str) -> bool:
+        """Whether the session `nonce` was ended, on any host of this store."""
+        ...
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        """Forget ended sessions that have expired anyway, and all but the
+        `keep` that expire last."""
         ...
 
 

@@ -41,7 +41,7 @@ from withcache.server.records import (
     TokenScope,
     miss_key,
 )
-from withcache.server.store import MAX_LISTS, Lease, StoreError
+from withcache.server.store import MAX_LISTS, ChangeListener, Lease, StoreError, changes
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
@@ -76,6 +76,7 @@ from withcache.server.store.rows import (
 # blobs (the two forms never collide).
 MIGRATION_LOCK = 0x77C_5C4E_0001
 BLOB_LOCK_CLASS = 0x77C5
+KEY_LOCK_CLASS = 0x77C6  # a key's commit against a miss's enqueue (hashed: may be shared)
 POOL_SIZE = 10
 CONNECT_SECONDS = 10
 
@@ -242,11 +243,53 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN not_before DOUBLE PRECISION;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
     """,
+    # Every host's lookup memo hears what changes what a key serves (changes.py):
+    # the key of each artifact row inserted, deleted or changed, sent in the
+    # changing transaction (so only once it commits); hit counts, scrub marks
+    # and revalidation claims change nothing a lookup answers. A key too long for a notice
+    # (8000 bytes) is sent as '': every key.
+    """
+    CREATE FUNCTION withcache_artifact_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'UPDATE' AND (to_jsonb(OLD) - 'hits' - 'last_hit' - 'checked_at'
+                - 'revalidating_until')
+                = (to_jsonb(NEW) - 'hits' - 'last_hit' - 'checked_at' - 'revalidating_until') THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
+            PERFORM pg_notify('withcache_artifacts',
+                CASE WHEN octet_length(OLD.key) < 7900 THEN OLD.key ELSE '' END);
+        END IF;
+        IF TG_OP <> 'DELETE' THEN
+            PERFORM pg_notify('withcache_artifacts',
+                CASE WHEN octet_length(NEW.key) < 7900 THEN NEW.key ELSE '' END);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER artifact_changed AFTER INSERT OR UPDATE OR DELETE ON artifacts
+        FOR EACH ROW EXECUTE FUNCTION withcache_artifact_changed();
+    """,
+    # Operator sessions ended (logged out) before their cookie expires, on any host.
+    """
+    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL);
+    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
+    """,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 RESERVE = reserve_sql("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
+KEY_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+QUEUE_FILL = (
+    "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, credentialed, "
+    "created_at, started_at, holder, lease_until) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+    f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}"
+)
+FIND_STORED = (
+    f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
+    "ORDER BY scope DESC, id DESC LIMIT 1"
+)
 
 
 def describe(url: str) -> str:
@@ -320,6 +363,9 @@ class PostgresMetadata:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def follow_changes(self, listener: ChangeListener) -> None:
+        await changes.follow(self._pool.conninfo, listener)
 
     async def secret(self, name: str) -> bytes:
         await self._run(
@@ -509,28 +555,36 @@ class PostgresMetadata:
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
         expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False,
-    ) -> tuple[FillRecord, bool]:  # fmt: skip
+        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
+        values = (key, scope, url, "running" if start else "queued", requested_by,
+                  expected and str(expected), credentialed, now, now if start else None,
+                  lease and lease.holder, lease and lease.until)  # fmt: skip
         # Another host may queue the same fill at the same moment: the unique
         # index lets one insert win, and the other then reads the winner's row.
         for _ in range(3):
-            row = await self._one(
-                "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
-                "credentialed, created_at, started_at, holder, lease_until) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}",
-                (key, scope, url, "running" if start else "queued", requested_by,
-                 expected and str(expected), credentialed, now, now if start else None,
-                 lease and lease.holder, lease and lease.until),
-            )  # fmt: skip
-            if row:
-                return as_fill(row), True
-            row = await self._one(
-                f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s AND {ACTIVE}",
-                (key, scope),
-            )
-            if row:
-                return as_fill(row), False
+            async with self._pool.connection() as conn, conn.transaction():
+                if unless_stored:
+                    # The key's lock, which commit_artifact takes too: a commit
+                    # on any host is wholly before this look, or after this queues or joins.
+                    await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, key))
+                    found = await (
+                        await conn.execute(FIND_STORED, (key, list(unless_stored)))
+                    ).fetchone()
+                    if found:
+                        return as_artifact(found), False
+                row = await (await conn.execute(QUEUE_FILL, values)).fetchone()
+                if row:
+                    return as_fill(row), True
+                row = await (
+                    await conn.execute(
+                        f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s "
+                        f"AND {ACTIVE}",
+                        (key, scope),
+                    )
+                ).fetchone()
+                if row:
+                    return as_fill(row), False
         raise StoreError("could not queue the fill: it kept ending as it was queued")
 
     async def claim_fill(
@@ -627,6 +681,7 @@ class PostgresMetadata:
         display_url: str, now: float, holder: str, etag: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, fill.key))  # see enqueue_fill
             done = await conn.execute(
                 "UPDATE fills SET state = 'done', error = NULL, url = %s, finished_at = %s, "
                 "bytes_done = %s, total = %s WHERE id = %s AND state = 'running' AND holder = %s",
@@ -841,3 +896,25 @@ class PostgresMetadata:
 
     async def token_used(self, token_id: int, now: float) -> None:
         await self._run("UPDATE tokens SET last_used = %s WHERE id = %s", (now, token_id))
+
+    # -- operator sessions
+
+    async def end_session(self, nonce: str, expires: float) -> None:
+        await self._run(
+            "INSERT INTO ended_sessions (nonce, expires) VALUES (%s, %s) "
+            "ON CONFLICT (nonce) DO NOTHING",
+            (nonce, expires),
+        )
+
+    async def session_ended(self, nonce: str) -> bool:
+        found = await self._one("SELECT 1 FROM ended_sessions WHERE nonce = %s", (nonce,))
+        return found is not None
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("DELETE FROM ended_sessions WHERE expires <= %s", (now,))
+            await conn.execute(
+                "DELETE FROM ended_sessions WHERE nonce IN (SELECT nonce FROM ended_sessions "
+                "ORDER BY expires DESC OFFSET %s)",
+                (keep,),
+            )

@@ -38,7 +38,7 @@ from withcache.server.records import (
     TokenScope,
     miss_key,
 )
-from withcache.server.store import MAX_LISTS, Lease
+from withcache.server.store import MAX_LISTS, ChangeListener, Lease
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
@@ -236,6 +236,11 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN not_before REAL;
     CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
     """,
+    # Operator sessions ended (logged out) before their cookie expires.
+    """
+    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
+    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
+    """,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
@@ -294,6 +299,9 @@ class SQLiteMetadata:
 
     async def close(self) -> None:
         self._db.close()
+
+    async def follow_changes(self, listener: ChangeListener) -> None:
+        return  # one host: its own changes are forgotten as it makes them
 
     async def secret(self, name: str) -> bytes:
         with self._transaction():
@@ -482,9 +490,12 @@ class SQLiteMetadata:
     async def enqueue_fill(
         self, key: str, scope: str, url: str, requested_by: str, now: float,
         expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False,
-    ) -> tuple[FillRecord, bool]:  # fmt: skip
-        with self._transaction():
+        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
+        with self._transaction():  # one writer at a time: a commit is before or after
+            stored = self._find_artifact("key", key, unless_stored) if unless_stored else None
+            if stored is not None:
+                return stored, False
             row = self._db.execute(
                 f"SELECT {FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
                 "AND state IN ('queued', 'running')",
@@ -828,6 +839,26 @@ class SQLiteMetadata:
 
     async def token_used(self, token_id: int, now: float) -> None:
         self._db.execute("UPDATE tokens SET last_used = ? WHERE id = ?", (now, token_id))
+
+    # -- operator sessions
+
+    async def end_session(self, nonce: str, expires: float) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO ended_sessions (nonce, expires) VALUES (?, ?)", (nonce, expires)
+        )
+
+    async def session_ended(self, nonce: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM ended_sessions WHERE nonce = ?", (nonce,))
+        return row.fetchone() is not None
+
+    async def prune_sessions(self, now: float, keep: int) -> None:
+        with self._transaction():
+            self._db.execute("DELETE FROM ended_sessions WHERE expires <= ?", (now,))
+            self._db.execute(
+                "DELETE FROM ended_sessions WHERE nonce IN (SELECT nonce FROM ended_sessions "
+                "ORDER BY expires DESC LIMIT -1 OFFSET ?)",
+                (keep,),
+            )
 
 
 class _Transaction:

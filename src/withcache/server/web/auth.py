@@ -2,8 +2,11 @@
 and the API's bearer tokens.
 
 A session is a signed cookie (`<expires>.<nonce>.<mac>`), so no session table
-is needed and sessions survive a restart. The signing key is derived from the
-session secret and the admin password: changing either ends every session.
+is needed and sessions survive a restart; the store keeps only the nonces of
+sessions logged out before they expire (Cache.end_session), so a logout
+holds on every host sharing the store and across restarts. The signing key
+is derived from the session secret and the admin password: changing either
+ends every session.
 Each session has one CSRF token (a MAC of its nonce); every state-changing UI
 request must carry it, so a page on another site can't act for the operator.
 
@@ -54,7 +57,7 @@ CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 12 * 3600
 FREE_LOGIN_TRIES = 3  # failed logins from one address before each try costs a wait
 MAX_LOGIN_WAIT = 60.0  # seconds; the wait doubles per failure up to this
-_MAX_TRACKED = 10_000  # addresses (failed logins) and revoked sessions kept in memory
+_MAX_TRACKED = 10_000  # addresses (failed logins) kept in memory
 # The last resort against guesses from more addresses than can be tracked:
 # after FLOOD_FAILURES failed logins from anywhere within FLOOD_SECONDS, a
 # wrong password costs every address FLOOD_WAIT before the next is checked.
@@ -77,9 +80,6 @@ class Auth:
         self._password = hashlib.sha256(password.encode()).digest() if password else None
         material = b"session\0" + (self._password or b"")
         self._key = hmac.new(secret, material, hashlib.sha256).digest()
-        # Logged-out sessions until they would have expired anyway. In memory
-        # only: after a restart a logged-out cookie is valid until its expiry.
-        self._revoked: dict[str, int] = {}
         # address -> (count, last), the longest quiet first: when the table is
         # full, the address that failed longest ago is forgotten, never the newest.
         self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -100,7 +100,8 @@ class Auth:
         return self._session(nonce, expires), cookie
 
     def verify(self, cookie: str | None, now: float | None = None) -> Session | None:
-        """The session a cookie carries, if it is genuine, current and not revoked."""
+        """The session a cookie carries, if it is genuine and current (whether
+        it was logged out is the store's: session_of asks)."""
         if not cookie:
             return None
         parts = cookie.split(".")
@@ -109,16 +110,9 @@ class Auth:
         expires, nonce, mac = int(parts[0]), parts[1], parts[2]
         if not hmac.compare_digest(mac, self._mac("cookie", nonce, expires)):
             return None
-        if expires <= (now or time.time()) or nonce in self._revoked:
+        if expires <= (now or time.time()):
             return None
         return self._session(nonce, expires)
-
-    def revoke(self, session: Session) -> None:
-        now = time.time()
-        if len(self._revoked) >= _MAX_TRACKED:
-            self._revoked = {n: e for n, e in self._revoked.items() if e > now}
-        if len(self._revoked) < _MAX_TRACKED:
-            self._revoked[session.nonce] = session.expires
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
         if not (isinstance(token, str) and token and token.isascii()):
@@ -208,10 +202,13 @@ def actor(request: web.Request) -> str:
     return f"ui:{request.remote or 'unknown'}"
 
 
-def session_of(request: web.Request) -> Session | None:
+async def session_of(request: web.Request) -> Session | None:
+    """The request's session: a genuine, current cookie not logged out on any host."""
     found = request.get(SESSION_KEY)
     if found is None:
         found = request.app[AUTH_KEY].verify(request.cookies.get(COOKIE))
+        if found is not None and await request.config_dict[CACHE_KEY].session_ended(found.nonce):
+            return None
     return found
 
 
@@ -230,10 +227,11 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, value: str) 
     )  # fmt: skip
 
 
-def end_session(request: web.Request, response: web.StreamResponse) -> None:
-    session = session_of(request)
-    if session:
-        request.app[AUTH_KEY].revoke(session)
+async def end_session(request: web.Request, response: web.StreamResponse) -> None:
+    session = await session_of(request)
+    # Without a password anyone gets a session anyway: there is nothing to end.
+    if session and not request.app[AUTH_KEY].open:
+        await request.config_dict[CACHE_KEY].end_session(session.nonce, session.expires)
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
 
 
@@ -252,7 +250,7 @@ def page(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def gated(request: web.Request) -> web.StreamResponse:
         auth = request.app[AUTH_KEY]
-        session = session_of(request)
+        session = await session_of(request)
         if session is None and not auth.open:
             return login_redirect(request)
         if session is not None:
@@ -274,7 +272,7 @@ def action(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def gated(request: web.Request) -> web.StreamResponse:
         auth = request.app[AUTH_KEY]
-        session = session_of(request)
+        session = await session_of(request)
         if session is None:
             return forbidden(request, "no valid session: log in (or reload the page) first")
         token = request.headers.get(CSRF_HEADER)

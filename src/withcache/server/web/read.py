@@ -145,10 +145,18 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
     authorization = request.headers.get("Authorization")
     if authorization is not None and not is_utf8(authorization):
         return _not_utf8(request)
-    response = await _send(request, cache, await cache.lookup(key, authorization))
+    found = await cache.lookup(key, authorization)
+    response = await _send(request, cache, found)
     if response is not None:
         return response
-    outcome = await cache.miss(url, key, authorization, waiting=request.method == "GET")
+    # A row whose blob is gone is fetched again; else a fill stored since the
+    # lookup (on any host) is served, not fetched a second time.
+    outcome = await cache.miss(
+        url, key, authorization, waiting=request.method == "GET", refill=found is not None
+    )
+    response = await _send(request, cache, outcome.stored)
+    if response is not None:
+        return response
     streamed = await readthrough.serve_from_fill(request, cache, outcome)
     if streamed is not None:
         # A probe answered from the fill is counted once, by the GET that follows it.

@@ -477,7 +477,7 @@ async def revoke_token(request: web.Request) -> web.StreamResponse:
 
 async def login_page(request: web.Request) -> web.StreamResponse:
     back = _next(request.query, "/")
-    if request.app[auth.AUTH_KEY].open or auth.session_of(request):
+    if request.app[auth.AUTH_KEY].open or await auth.session_of(request):
         raise web.HTTPSeeOther(back)
     return await _show(request, "login.html", back=back, error=None)
 
@@ -511,7 +511,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 async def logout(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther("/login" if not request.app[auth.AUTH_KEY].open else "/")
-    auth.end_session(request, response)
+    await auth.end_session(request, response)
     raise response
 
 
