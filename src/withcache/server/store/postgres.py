@@ -40,9 +40,12 @@ from withcache.server.store import (
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    BLOB_OBJECTS_TABLE,
     FILL_COLUMNS,
     RESERVED,
     TOKEN_COLUMNS,
+    UPLOAD_ABANDONED,
+    BlobObjectStatements,
     as_artifact,
     as_fill,
     as_token,
@@ -182,10 +185,12 @@ MIGRATIONS = [
     ALTER TABLE artifacts ADD COLUMN checked_at DOUBLE PRECISION NOT NULL DEFAULT 0;
     CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
     """,
+    BLOB_OBJECTS_TABLE,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 RESERVE = reserve_sql("%({})s")
+OBJECTS = BlobObjectStatements("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
 
 
@@ -509,7 +514,7 @@ class PostgresMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, location: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
             done = await conn.execute(
@@ -519,6 +524,10 @@ class PostgresMetadata:
             )
             if done.rowcount != 1:
                 return None
+            if location is not None:
+                found = await conn.execute(OBJECTS.record, {"sha": sha256, "location": location})
+                if found.rowcount != 1:
+                    raise StoreError(UPLOAD_ABANDONED)
             miss = await (
                 await conn.execute(
                     "DELETE FROM misses WHERE key = %s RETURNING count", (miss_key(fill.key),)
@@ -544,6 +553,28 @@ class PostgresMetadata:
 
     async def requeue_interrupted(self) -> int:
         return 0  # other hosts' fills are running: leases decide what moves on
+
+    # -- objects of an object store's blobs
+
+    async def note_upload(self, location: str, now: float) -> None:
+        await self._run(OBJECTS.note, {"location": location, "now": now})
+
+    async def find_blob_object(self, sha256: str) -> str | None:
+        row = await self._one(OBJECTS.find, {"sha": sha256})
+        return row[0] if row else None
+
+    async def abandon_upload(self, location: str) -> bool:
+        return await self._one(OBJECTS.abandon_upload, {"location": location}) is not None
+
+    async def abandon_blob(self, sha256: str) -> str | None:
+        row = await self._one(OBJECTS.abandon_blob, {"sha": sha256})
+        return row[0] if row else None
+
+    async def abandoned_uploads(self, started_before: float) -> list[str]:
+        return [row[0] for row in await self._all(OBJECTS.abandon_stale, {"before": started_before})]
+
+    async def forget_upload(self, location: str) -> None:
+        await self._run(OBJECTS.forget, {"location": location})
 
     @asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[None]:

@@ -29,6 +29,7 @@ from withcache.server.store import (
     Lease,
     Miss,
     Page,
+    StoreError,
     TokenRecord,
     TokenScope,
     miss_key,
@@ -36,9 +37,12 @@ from withcache.server.store import (
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    BLOB_OBJECTS_TABLE,
     FILL_COLUMNS,
     RESERVED,
     TOKEN_COLUMNS,
+    UPLOAD_ABANDONED,
+    BlobObjectStatements,
     as_artifact,
     as_fill,
     as_token,
@@ -175,12 +179,14 @@ MIGRATIONS = [
     ALTER TABLE artifacts ADD COLUMN checked_at REAL NOT NULL DEFAULT 0;
     CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
     """,
+    BLOB_OBJECTS_TABLE,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 RESERVE = reserve_sql(":{}")
+OBJECTS = BlobObjectStatements(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -477,7 +483,7 @@ class SQLiteMetadata:
 
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str,
+        display_url: str, now: float, holder: str, location: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         with self._transaction():
             done = self._db.execute(
@@ -487,6 +493,10 @@ class SQLiteMetadata:
             )
             if done.rowcount != 1:
                 return None
+            if location is not None:
+                found = self._db.execute(OBJECTS.record, {"sha": sha256, "location": location})
+                if found.rowcount != 1:
+                    raise StoreError(UPLOAD_ABANDONED)
             miss = await self.delete_miss(fill.key)
             # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
@@ -514,6 +524,29 @@ class SQLiteMetadata:
                 "UPDATE fills SET holder = NULL, lease_until = NULL WHERE state = 'queued'"
             )
             return cursor.rowcount
+
+    # -- objects of an object store's blobs
+
+    async def note_upload(self, location: str, now: float) -> None:
+        self._db.execute(OBJECTS.note, {"location": location, "now": now})
+
+    async def find_blob_object(self, sha256: str) -> str | None:
+        row = self._db.execute(OBJECTS.find, {"sha": sha256}).fetchone()
+        return row[0] if row else None
+
+    async def abandon_upload(self, location: str) -> bool:
+        return self._db.execute(OBJECTS.abandon_upload, {"location": location}).fetchone() is not None
+
+    async def abandon_blob(self, sha256: str) -> str | None:
+        row = self._db.execute(OBJECTS.abandon_blob, {"sha": sha256}).fetchone()
+        return row[0] if row else None
+
+    async def abandoned_uploads(self, started_before: float) -> list[str]:
+        rows = self._db.execute(OBJECTS.abandon_stale, {"before": started_before}).fetchall()
+        return [row[0] for row in rows]
+
+    async def forget_upload(self, location: str) -> None:
+        self._db.execute(OBJECTS.forget, {"location": location})
 
     @asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[None]:

@@ -72,7 +72,7 @@ async def send_blob(
     # The store's ETag is not ours, so an If-Range would not hold there: such a
     # request is answered here, as evaluated above.
     if cache.settings.redirect_hits and "If-Range" not in request.headers:
-        location = cache.blobs.presign(artifact.sha256, PRESIGN_SECONDS, headers)
+        location = await cache.blobs.presign(artifact.sha256, PRESIGN_SECONDS, headers)
         if location is not None:
             cache.count_hit(artifact, answer.length)
             return web.Response(
