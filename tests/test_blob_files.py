@@ -5,12 +5,14 @@ import asyncio
 import hashlib
 import os
 
+import obstore
 import pytest
 from conftest import AZURE_CONTAINER
 from services import BUCKET, s3_store
 
 from withcache.server.settings import Settings
-from withcache.server.store.bucket import BucketBlobs
+from withcache.server.store import BlobGone, Lease
+from withcache.server.store.bucket import PART_SIZE, BucketBlobs
 from withcache.server.store.bucket_access import Bucket, BucketURL, open_bucket
 from withcache.server.store.files import LocalBlobs
 from withcache.server.store.sqlite import SQLiteMetadata
@@ -80,6 +82,56 @@ async def test_abort_after_a_cancelled_write_leaves_nothing(blobs):
     await writer.abort()  # waits for the thread before closing its descriptor
     assert list(writer.path.parent.iterdir()) == []
     assert not writer._jobs  # no thread still holds the descriptor
+
+
+async def _record(blobs, sha: str, size: int, location: str | None) -> None:
+    """Commit an artifact with the blob, as a fill does after the blob's commit."""
+    objects, holder = blobs.objects, Lease("host", 1e12)
+    fill, _ = await objects.enqueue_fill(f"https://h/{sha}", "", "u", "miss", 1.0)
+    claimed = await objects.claim_fill(1.0, holder)
+    assert claimed.id == fill.id
+    assert await objects.commit_artifact(claimed, sha, size, {}, "u", 1.0, "host", location)
+
+
+def _keys(blobs) -> list[str]:
+    return sorted(meta["path"] for meta in obstore.list(blobs.bucket.store).collect())
+
+
+@pytest.mark.parametrize("blobs", ["s3", "az"], indirect=True)
+async def test_a_big_blob_stays_where_it_was_uploaded_and_shows_once_recorded(blobs):
+    body = os.urandom(PART_SIZE + 1000)  # two parts: a multipart upload
+    writer = blobs.begin()
+    await writer.write(body)
+    sha = writer.hexdigest()
+    location = await writer.commit()
+    assert location.startswith("uploads/")
+    assert _keys(blobs) == [location]  # no copy under its name, no temporary object
+    with pytest.raises(BlobGone):  # not recorded yet: not a blob anyone can read
+        await _stored(blobs, sha, len(body))
+    await _record(blobs, sha, len(body), location)
+    assert await _stored(blobs, sha, len(body)) == body
+    again = blobs.begin()  # another URL with the same bytes
+    await again.write(body)
+    assert await again.commit() == location
+    assert _keys(blobs) == [location]  # its upload was dropped
+    assert await blobs.objects.abandoned_uploads(started_before=1e12) == []
+    await blobs.delete(sha)
+    assert _keys(blobs) == []
+    assert await blobs.objects.find_blob_object(sha) is None
+
+
+@pytest.mark.parametrize("blobs", ["s3", "az"], indirect=True)
+async def test_an_abort_after_a_commit_keeps_the_blob_only_if_recorded(blobs):
+    unrecorded, recorded = blobs.begin(), blobs.begin()
+    await unrecorded.write(os.urandom(PART_SIZE + 1))
+    await recorded.write(body := os.urandom(PART_SIZE + 2))
+    lost = await unrecorded.commit()
+    kept = await recorded.commit()
+    await _record(blobs, recorded.hexdigest(), recorded.size, kept)
+    await unrecorded.abort()  # the fill lost its lease: nothing points at its object
+    await recorded.abort()  # the record went through after all: keep it
+    assert _keys(blobs) == [kept] and lost != kept
+    assert await _stored(blobs, recorded.hexdigest(), len(body)) == body
 
 
 async def test_clean_temp_removes_leftovers(tmp_path):

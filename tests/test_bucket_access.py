@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import obstore
 import pytest
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, s3_store
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
 
 from withcache.server.settings import Settings
 from withcache.server.store import Lease, StoreError

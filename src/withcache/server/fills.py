@@ -515,7 +515,13 @@ class FillManager:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
             try:
                 artifact = await self._metadata.commit_artifact(
-                    fill.record, sha, writer.size, headers, display, time.time(), self.holder,
+                    fill.record,
+                    sha,
+                    writer.size,
+                    headers,
+                    display,
+                    time.time(),
+                    self.holder,
                     location,
                 )
             except Exception as err:

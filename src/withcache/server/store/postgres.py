@@ -571,7 +571,8 @@ class PostgresMetadata:
         return row[0] if row else None
 
     async def abandoned_uploads(self, started_before: float) -> list[str]:
-        return [row[0] for row in await self._all(OBJECTS.abandon_stale, {"before": started_before})]
+        rows = await self._all(OBJECTS.abandon_stale, {"before": started_before})
+        return [row[0] for row in rows]
 
     async def forget_upload(self, location: str) -> None:
         await self._run(OBJECTS.forget, {"location": location})

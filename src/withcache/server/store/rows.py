@@ -62,7 +62,9 @@ class BlobObjectStatements:
         def sql(text: str) -> str:
             return text.format(**names)
 
-        self.note = sql("INSERT INTO blob_objects (location, started_at) VALUES ({location}, {now})")
+        self.note = sql(
+            "INSERT INTO blob_objects (location, started_at) VALUES ({location}, {now})"
+        )
         self.find = sql("SELECT location FROM blob_objects WHERE sha256 = {sha}")
         # A commit records only an object that nobody abandoned meanwhile.
         self.record = sql(

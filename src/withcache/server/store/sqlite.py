@@ -535,7 +535,8 @@ class SQLiteMetadata:
         return row[0] if row else None
 
     async def abandon_upload(self, location: str) -> bool:
-        return self._db.execute(OBJECTS.abandon_upload, {"location": location}).fetchone() is not None
+        row = self._db.execute(OBJECTS.abandon_upload, {"location": location}).fetchone()
+        return row is not None
 
     async def abandon_blob(self, sha256: str) -> str | None:
         row = self._db.execute(OBJECTS.abandon_blob, {"sha": sha256}).fetchone()
