@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -283,7 +284,8 @@ def main() -> None:
     os.environ["S3_CLIENTS_MIB"] = str(args.size_mib)
     names = args.clients.split(",")
     rounds = 3 if args.quick else 7
-    seaweed = SeaweedFS(Path(tempfile.mkdtemp(prefix="withcache-bench-s3-")))
+    work = Path(tempfile.mkdtemp(prefix="withcache-bench-s3-"))
+    seaweed = SeaweedFS(work)
     seaweed.start()
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
@@ -298,6 +300,7 @@ def main() -> None:
                 samples[name].append(json.loads(child.stdout))
     finally:
         seaweed.stop()
+        shutil.rmtree(work, ignore_errors=True)
     results = {
         name: {k: round(statistics.median(r[k] for r in runs), 2) for k in runs[0]}
         | {"import_ms": round(import_ms(IMPORTS[name]))}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,6 @@ def main() -> None:
     postgres, seaweed = Postgres(), SeaweedFS(work / "weed")
     postgres.start()
     seaweed.start()
-    time.sleep(1)  # weed mini creates its bucket just after S3 answers
     env_scale = ("--metadata", postgres.new_database(), "--blobs", f"s3://{BUCKET}/bench",
                  "--s3-endpoint", seaweed.endpoint)  # fmt: skip
     os.environ.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY)
@@ -110,6 +110,7 @@ def main() -> None:
         nginx.stop()
         seaweed.stop()
         postgres.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the bucket's copies of a 256 MiB blob
     results = {
         "artifact_mib": SIZE >> 20,
         "rounds": rounds,
