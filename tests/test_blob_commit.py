@@ -18,7 +18,9 @@ import obstore
 import psycopg
 import pytest
 from api_client import Api
-from conftest import curl
+from backends import Scale
+from conftest import TEST_FLAGS, CacheHost, curl
+from services import StoreTap
 from test_api import LOCKED, PASSWORD, wait_verify
 from test_faults import wait_for
 from test_fills import miss
@@ -65,6 +67,24 @@ def test_a_big_fill_is_stored_once_where_it_was_uploaded(origin, cache_host, bac
         # One object, where it was uploaded: no copy under blobs/, no temporary key.
         assert backend.objects("") == [f"{backend.prefix}/{location}"]
     served(host, url)
+
+
+@pytest.mark.parametrize("backend", ["scale"], indirect=True)
+def test_a_fill_writes_each_byte_to_the_store_once(origin, backend, tmp_path, ca_file):
+    tap = StoreTap(backend.endpoint).start()  # sees every request the host makes
+    env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
+    tapped = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
+    host = CacheHost(tmp_path / "tapped", TEST_FLAGS, env, backend=tapped)
+    try:
+        host.start()
+        url = fill(origin, host, "/commit/tapped.bin")
+        served(host, url)
+    finally:
+        host.stop()
+        tap.stop()
+    assert [r for r in tap.requests if r["copy_source"]] == []  # no server-side copy
+    # The parts, once, and the few hundred bytes that complete the upload.
+    assert len(BIG) <= tap.written() < len(BIG) + 4096, tap.requests
 
 
 @pytest.mark.backends
@@ -256,3 +276,18 @@ def test_a_bucket_from_hosts_that_committed_by_copy_is_served_as_it_is(origin, c
     for artifact in api.get("/artifacts").body["items"]:
         assert api.delete(f"/artifacts/{artifact['id']}").status == 200
     assert backend.objects("") == []
+
+
+@pytest.mark.parametrize("backend", ["scale"], indirect=True)
+def test_a_commit_refused_by_the_metadata_store_leaves_no_object(origin, cache_host, backend):
+    url = origin.add("/commit/refused.bin", BIG, rate=2_500_000)
+    host = cache_host()
+    miss(host, url)
+    wait_for(lambda: recorded(host), 10, "the upload's record")
+    # Another host's cleaning took the upload for a day old: its record is
+    # abandoned, so the commit that would record it is refused.
+    with psycopg.connect(backend.metadata_url) as conn:
+        conn.execute("UPDATE blob_objects SET abandoned = true WHERE sha256 IS NULL")
+    wait_for(lambda: host.rows("SELECT state FROM fills WHERE state = 'failed'"), 20, "the end")
+    assert host.rows("SELECT count(*) FROM artifacts") == [(0,)]
+    assert backend.objects("") == [] and recorded(host) == []  # nothing left for a cleaner
