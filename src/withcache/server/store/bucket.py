@@ -48,6 +48,7 @@ import obstore
 
 from withcache.server.store import BlobDamaged, BlobGone, BlobObjects, StoreError
 from withcache.server.store.bucket_access import Bucket, BucketError, bucket_error, open_bucket
+from withcache.server.store.bucket_reads import read_range
 from withcache.server.store.files import Spool, empty_dir, partial_name, reopen
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 PART_SIZE = 8 << 20  # S3 wants at least 5 MiB in every part but the last
 PARTS_IN_FLIGHT = 4
-READ_CHUNK = 1 << 20
 STALE_UPLOAD_SECONDS = 86400.0
 NAMED = "blobs/"  # blobs under their SHA-256: small ones, and those from before records
 UPLOADS = "uploads/"  # blobs where they were uploaded, found through their records
@@ -184,15 +184,8 @@ class BucketBlobReader:
             await self._check_size(await self._blobs.size(self._key))
             raise bucket_error(err) from None
         await self._check_size(answer.meta["size"])
-        got = 0
-        try:
-            async for chunk in answer.stream(min_chunk_size=READ_CHUNK):
-                got += len(chunk)
-                yield memoryview(chunk)  # type: ignore[misc]  # the library's buffer, not copied
-        except obstore.exceptions.BaseError as err:
-            raise bucket_error(err) from None
-        if got != length:
-            raise BucketError(f"the object store sent {got} of {length} bytes")
+        async for chunk in read_range(self._store, self._key, answer, start, start + length):
+            yield chunk
 
     async def _check_size(self, found: int | None) -> None:
         if found is None:
