@@ -342,6 +342,11 @@ class StoreTap:
         finally:
             self._gets -= get
 
+    def clear(self) -> None:
+        """Forget what was asked so far."""
+        self.requests.clear()
+        self.most_gets = 0
+
     def written(self) -> int:
         """Body bytes of the requests that write (PUT and POST)."""
         return sum(r["bytes"] for r in self.requests if r["method"] in ("PUT", "POST"))  # type: ignore[misc]

@@ -5,12 +5,14 @@ One GET streams the range, pulled ahead of the client by a task holding up
 to READ_AHEAD chunks of READ_CHUNK bytes, so the store's answer and the
 client's copy overlap. A store that is slow per connection (S3, GCS and
 Azure over a network answer one stream at tens of MB/s, and many in
-parallel at far more) shows it in the first READ_PART bytes: if the store
-sent them slower than PARALLEL_BELOW, the rest is read as ranged GETs of
+parallel at far more) shows it over the first PROBE_BYTES: if the store sent
+them slower than PARALLEL_BELOW, the rest is read as ranged GETs of
 READ_PART bytes, PARTS_AHEAD at a time, each conditional on the first
 answer's ETag (every part is of the same object, or the read fails) and
 checked for its length. On SeaweedFS here one stream is the faster
-(parallel GETs cost the store more CPU per byte), and it stays one stream.
+(parallel GETs cost the store more CPU per byte), and it stays one stream;
+the probe is long enough that a busy moment of the host's is not taken for
+a slow store.
 
 Memory per read is flat, whatever the size of the range or the speed of the
 client: READ_AHEAD + 2 chunks while streaming (those waiting, the one being
@@ -33,7 +35,8 @@ READ_CHUNK = 4 << 20  # fewer, larger chunks: less host CPU per GiB than 1 MiB
 READ_AHEAD = 2
 READ_PART = 8 << 20
 PARTS_AHEAD = 4
-PARALLEL_BELOW = 150e6  # bytes a second from the store, over the first READ_PART
+PROBE_BYTES = 32 << 20
+PARALLEL_BELOW = 100e6  # bytes a second from the store, over the first PROBE_BYTES
 
 
 class _Ahead:
@@ -99,7 +102,7 @@ async def read_range(store: Any, key: str, answer: Any, start: int, end: int) ->
         while (chunk := await ahead.next()) is not None:
             position += len(chunk)
             yield memoryview(chunk)  # the library's buffer, not copied
-            slow = ahead.fetched >= READ_PART and ahead.rate() < PARALLEL_BELOW
+            slow = ahead.fetched >= PROBE_BYTES and ahead.rate() < PARALLEL_BELOW
             if slow and end - position > READ_PART:
                 break
         else:
