@@ -272,11 +272,16 @@ class StoreTap:
     what a host really asks of the store. Requests are forwarded with their
     own Host header, so their signatures (made for the tap's address) still
     hold. With `rate`, each answer's body goes out at that many bytes a
-    second, as from a store that is slow per connection."""
+    second, as from a store that is slow per connection; with `ingest`, the
+    store takes request bodies at that many bytes a second in all."""
 
-    def __init__(self, store_endpoint: str, rate: float | None = None) -> None:
+    def __init__(
+        self, store_endpoint: str, rate: float | None = None, ingest: float | None = None
+    ) -> None:
         self.store_endpoint = store_endpoint
         self.rate = rate
+        self.ingest = ingest
+        self._ingest_free = 0.0  # when the store is done taking the bodies so far
         self.requests: list[dict[str, object]] = []
         self.most_gets = 0  # the most GETs answered at once
         self._gets = 0
@@ -309,6 +314,10 @@ class StoreTap:
         from aiohttp import web
 
         body = await request.read()
+        if self.ingest and body:
+            now = self._loop.time()
+            self._ingest_free = max(now, self._ingest_free) + len(body) / self.ingest
+            await asyncio.sleep(self._ingest_free - now)
         noted: dict[str, object] = {
             "method": request.method, "path": request.path, "query": request.query_string,
             "bytes": len(body), "copy_source": request.headers.get("x-amz-copy-source"),

@@ -87,6 +87,26 @@ def test_a_fill_writes_each_byte_to_the_store_once(origin, backend, tmp_path, ca
     assert len(BIG) <= tap.written() < len(BIG) + 4096, tap.requests
 
 
+@pytest.mark.parametrize("backend", ["scale"], indirect=True)
+def test_a_first_client_is_not_held_to_the_stores_pace(origin, backend, tmp_path, ca_file):
+    body = os.urandom(128 << 20)
+    tap = StoreTap(backend.endpoint, ingest=40e6).start()  # a store slower than the origin
+    env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
+    tapped = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
+    host = CacheHost(tmp_path / "tapped", TEST_FLAGS, env, backend=tapped)
+    try:
+        host.start()
+        url = origin.add("/commit/paced.bin", body)
+        # The first client reads through as the origin sends; the upload lags.
+        assert curl("-f", host.blob_url(url)).stdout == body
+        assert tap.written() < len(body) // 2
+        host.wait_cached(url, timeout=60)
+        served(host, url, body)
+    finally:
+        host.stop()
+        tap.stop()
+
+
 @pytest.mark.backends
 def test_the_same_bytes_from_another_url_keep_one_blob(origin, cache_host, backend):
     host, api = with_api(cache_host)

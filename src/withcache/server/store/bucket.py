@@ -4,15 +4,19 @@ Azure Blob), shared by several cache-hosts, over obstore.
 Every byte is written to the store once. A fill uploads as the bytes arrive,
 and its object stays where it was uploaded:
 
-- Every 8 MiB goes up as one part of a multipart upload to a key of its own,
-  `<prefix>/uploads/<random>` (the library's writer, 4 parts in flight). On
-  S3 each part is signed with its own SHA-256, so the store refuses any byte
-  that differs from what was hashed here; GCS and Azure take the parts
-  without a digest of ours (TLS guards them in transit). Either way the
-  blob's SHA-256 is computed here, from the bytes as they arrive, and
-  checked, with the length, before commit. The same bytes also go to a spool
-  file in `<data>/tmp`, which clients of the fill on this host read
-  (read-through), exactly as with local blobs.
+- The bytes go to a spool file in `<data>/tmp`, which clients of the fill on
+  this host read (read-through), exactly as with local blobs. Once it holds
+  8 MiB, a sender task reads the spool back as it grows and uploads it,
+  every 8 MiB one part of a multipart upload to a key of its own,
+  `<prefix>/uploads/<random>` (the library's writer, 4 parts in flight): the
+  download never waits for the store, so read-through clients get the
+  origin's pace however slowly the store takes the parts, and memory holds
+  only the parts in flight. On S3 each part is signed with its own SHA-256,
+  so the store refuses any byte that differs from what was hashed here; GCS
+  and Azure take the parts without a digest of ours (TLS guards them in
+  transit). Either way the blob's SHA-256 is computed here, from the bytes
+  as they arrive, and checked, with the length, before commit, which waits
+  for the sender to finish.
 - The object is noted in the metadata store (BlobObjects) before its first
   part goes up. Commit, under the blob's lock, first looks for the blob: if
   another URL brought the same bytes, the new upload is dropped. Otherwise it
@@ -22,8 +26,8 @@ and its object stays where it was uploaded:
   visible; an object whose record is never written (a host killed between
   the two) is deleted by start-up cleaning once its record is a day old, as
   a stale multipart upload is aborted (S3; elsewhere a lifecycle rule does it).
-- A blob smaller than one part skips all that: one PUT, at commit, under its
-  name, `<prefix>/blobs/<sha256>` (on S3 signed with the SHA-256 that names
+- A blob smaller than one part skips all that: one PUT of the spool, at
+  commit, under its name, `<prefix>/blobs/<sha256>` (on S3 signed with the SHA-256 that names
   it). Blobs stored before records existed are there too: a blob without a
   record is under its name, so such a bucket is served as it is.
 - A fill that resumes after a restart (from its spool file) starts a new
@@ -49,7 +53,7 @@ import obstore
 from withcache.server.store import BlobDamaged, BlobGone, BlobObjects, StoreError
 from withcache.server.store.bucket_access import Bucket, BucketError, bucket_error, open_bucket
 from withcache.server.store.bucket_reads import read_range
-from withcache.server.store.files import Spool, empty_dir, partial_name, reopen
+from withcache.server.store.files import CHUNK, Spool, empty_dir, partial_name, reopen
 
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
@@ -69,42 +73,76 @@ class BucketBlobWriter(Spool):
         self._start_over()
 
     async def absorb(self, block: Callable[[bytes], Awaitable[None]] | None = None) -> None:
-        await super().absorb(self._upload)  # the spooled bytes go up again
+        await super().absorb()
+        await self._spooled()  # the spooled bytes go up again, to a new object
 
     def _start_over(self) -> None:
         self._key = f"{UPLOADS}{os.urandom(12).hex()}"
-        self._pending = bytearray()  # the first bytes, until they make a part
-        self._writer: Any = None  # the library's writer, from the first full part on
+        self._writer: Any = None  # the library's writer, once the spool holds a part
         self._noted = False  # the object has a record (BlobObjects)
+        self._sender: asyncio.Task[None] | None = None  # uploads the spool as it grows
+        self._grown = asyncio.Event()
+        self._ended = False  # every byte is in the spool: the sender finishes
 
     async def write(self, data: bytes) -> None:
         await super().write(data)
-        await self._upload(data)
+        await self._spooled()
 
-    async def _upload(self, data: bytes) -> None:
+    async def _spooled(self) -> None:
+        """The spool grew: wake the sender (started once the spool holds a
+        part), or raise what stopped it."""
+        sender = self._sender
+        if sender is None and self.size >= PART_SIZE:
+            # Noted before the first part goes up (and before there is a sender
+            # to cancel): whatever happens next, the object is either recorded
+            # or found by start-up cleaning.
+            await self._blobs.objects.note_upload(self._key, time.time())
+            self._noted = True
+            self._sender = asyncio.ensure_future(self._send())
+        elif sender is not None and sender.done() and not sender.cancelled():
+            raise sender.exception() or BucketError("the upload ended early")
+        self._grown.set()
+
+    async def _send(self) -> None:
+        """Upload the spool's bytes as they arrive, read back from the file: the
+        download never waits for the store (read-through clients get the
+        origin's pace) and memory holds only the parts in flight."""
+        sent = 0
         try:
-            if self._writer is not None:
-                await self._writer.write(data)
-                return
-            self._pending += data
-            if len(self._pending) >= PART_SIZE:
-                # Noted before the first part goes up: whatever happens next,
-                # the object is either recorded or found by start-up cleaning.
-                await self._blobs.objects.note_upload(self._key, time.time())
-                self._noted = True
-                self._writer = obstore.open_writer_async(
-                    self._blobs.bucket.store, self._key,
-                    buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT,
-                )  # fmt: skip
-                await self._writer.write(bytes(self._pending))
-                self._pending = bytearray()
+            self._writer = obstore.open_writer_async(
+                self._blobs.bucket.store, self._key,
+                buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT,
+            )  # fmt: skip
+            while True:
+                if sent < self.size:
+                    data = await self._read_back(sent, min(CHUNK, self.size - sent))
+                    await self._writer.write(data)
+                    sent += len(data)
+                elif self._ended:
+                    return
+                else:
+                    self._grown.clear()
+                    await self._grown.wait()
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
 
+    async def _read_back(self, offset: int, length: int) -> bytes:
+        read: list[bytes] = []
+        await self._in_thread(lambda: read.append(os.pread(self._fd, length, offset)))
+        if len(read[0]) != length:
+            raise OSError(f"{self.path.name} ended at byte {offset + len(read[0])}")
+        return read[0]
+
     async def _drop_upload(self) -> None:
-        """Abort the multipart upload (the library does so on an error exit),
-        or delete the object it made, and abandon the object's record; what
-        fails here is left for start-up cleaning."""
+        """Stop the sender, abort the multipart upload (the library does so on
+        an error exit) or delete the object it made, and abandon the object's
+        record; what fails here is left for start-up cleaning."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.wait([sender])
+            if not sender.cancelled():
+                sender.exception()  # retrieved: it is dropped with the upload
         upload, self._writer = self._writer, None
         if upload is not None:
             with contextlib.suppress(Exception):
@@ -133,10 +171,15 @@ class BucketBlobWriter(Spool):
                 return location
             if found is not None or location is not None:
                 await blobs.delete(sha)  # not what was recorded: replaced by these bytes
-            if self._writer is None:
-                await obstore.put_async(blobs.bucket.store, blobs.key(sha), bytes(self._pending))
+            if self._sender is None:  # smaller than a part: one PUT, under its name
+                data = await self._read_back(0, self.size)
+                await obstore.put_async(blobs.bucket.store, blobs.key(sha), data)
                 location = None
             else:
+                self._ended = True
+                self._grown.set()
+                await self._sender  # the rest of the spool goes up (or its error is raised)
+                self._sender = None
                 await self._writer.close()  # completes the upload: no copy, no second write
                 self._writer = None
                 location = self._key
