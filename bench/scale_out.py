@@ -13,8 +13,9 @@ interleaved so every setup sees the same machine, medians:
   with the host's CPU time per GiB (steadier than throughput on a busy box);
 - the time from miss to hit of a 256 MiB artifact: the first client's curl
   of an uncached URL (read-through) until a probe sees the stored blob (a
-  HEAD with the SHA-256 ETag), from a loopback origin; beside it, the
-  store's own floor: the same bytes uploaded alone, as a fill uploads them.
+  HEAD with the SHA-256 ETag), from a loopback origin, and of that the
+  first client's own download; beside it, the store's own floor: the same
+  bytes uploaded alone, as a fill uploads them.
 
 With `--before TREE` (a source tree of an earlier withcache, such as
 `git archive main | tar -x -C TREE`), that tree's scale-out hosts run too,
@@ -55,12 +56,13 @@ def curl_seconds(url: str, *flags: str) -> float:
     return float(out.stdout)
 
 
-def miss_to_hit(host: Server, url: str) -> float:
-    """Seconds from a first client's request of an uncached URL until it is a stored hit."""
+def miss_to_hit(host: Server, url: str) -> tuple[float, float]:
+    """Seconds from a first client's request of an uncached URL until that
+    client has every byte, and until the URL is a stored hit."""
     started = time.monotonic()
-    curl_seconds(host.blob_url(url))
+    first = curl_seconds(host.blob_url(url))
     wait_cached(host.blob_url(url))
-    return time.monotonic() - started
+    return first, time.monotonic() - started
 
 
 def upload_seconds(endpoint: str, key: str, body: bytes) -> float:
@@ -149,14 +151,20 @@ def main() -> None:
         floor = "store: the bytes uploaded alone"
         fills: dict[str, list[float]] = {"embedded": [], floor: []}
         fills |= {f"{label} (two hosts)": [] for label in setups}
+        firsts: dict[str, list[float]] = {"embedded": []}
+        firsts |= {f"{label} (two hosts)": [] for label in setups}
         for n in range(1, rounds + 1):
             # New bytes each round (rotated): no fill finds its blob already stored.
             fresh = origin_dir / f"a{n}.bin"
             fresh.write_bytes(body[n * 4096 :] + body[: n * 4096])
-            fills["embedded"].append(miss_to_hit(embedded, f"{origin}/a{n}.bin"))
+            first, stored = miss_to_hit(embedded, f"{origin}/a{n}.bin")
+            firsts["embedded"].append(first)
+            fills["embedded"].append(stored)
             for label, setup in setups.items():
                 host = setup.hosts[n % 2]  # either host may be the one asked
-                fills[f"{label} (two hosts)"].append(miss_to_hit(host, f"{origin}/a{n}.bin"))
+                first, stored = miss_to_hit(host, f"{origin}/a{n}.bin")
+                firsts[f"{label} (two hosts)"].append(first)
+                fills[f"{label} (two hosts)"].append(stored)
             fills[floor].append(upload_seconds(seaweed.endpoint, f"floor/{n}", fresh.read_bytes()))
             fresh.unlink()
     finally:
@@ -180,6 +188,8 @@ def main() -> None:
             k: round(v / fill_times["embedded"], 2) for k, v in fill_times.items()
         },
         "miss_to_hit_s_all": {k: [round(x, 2) for x in v] for k, v in fills.items()},
+        "first_client_s": {k: round(statistics.median(v), 2) for k, v in firsts.items()},
+        "first_client_s_all": {k: [round(x, 2) for x in v] for k, v in firsts.items()},
     }
     print(f"256 MiB artifact, {rounds} rounds, medians (and against embedded)")
     print(f"{'hit throughput':42} MB/s  ratio  host CPU s/GiB")
@@ -189,6 +199,9 @@ def main() -> None:
     print(f"{'miss to hit (first client + store)':42} s")
     for label, value in fill_times.items():
         print(f"  {label:40} {value:5}  {results['miss_to_hit_vs_embedded'][label]:.2f}x")
+    print(f"{'of which the first client':42} s")
+    for label, value in results["first_client_s"].items():
+        print(f"  {label:40} {value:5}")
     print("wrote", write_results("scale_out", results))
 
 
