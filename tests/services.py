@@ -272,16 +272,12 @@ class StoreTap:
     what a host really asks of the store. Requests are forwarded with their
     own Host header, so their signatures (made for the tap's address) still
     hold. With `rate`, each answer's body goes out at that many bytes a
-    second, as from a store that is slow per connection; with `ingest`, the
-    store takes request bodies at that many bytes a second in all."""
+    second, as from a store that is slow per connection; between hold() and
+    release(), requests with a body wait, as at a store that takes nothing."""
 
-    def __init__(
-        self, store_endpoint: str, rate: float | None = None, ingest: float | None = None
-    ) -> None:
+    def __init__(self, store_endpoint: str, rate: float | None = None) -> None:
         self.store_endpoint = store_endpoint
         self.rate = rate
-        self.ingest = ingest
-        self._ingest_free = 0.0  # when the store is done taking the bodies so far
         self.requests: list[dict[str, object]] = []
         self.most_gets = 0  # the most GETs answered at once
         self._gets = 0
@@ -302,6 +298,8 @@ class StoreTap:
         from aiohttp import ClientSession, web
 
         self._session = ClientSession(auto_decompress=False)
+        self._open = asyncio.Event()
+        self._open.set()
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{path:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
@@ -314,10 +312,8 @@ class StoreTap:
         from aiohttp import web
 
         body = await request.read()
-        if self.ingest and body:
-            now = self._loop.time()
-            self._ingest_free = max(now, self._ingest_free) + len(body) / self.ingest
-            await asyncio.sleep(self._ingest_free - now)
+        if body:
+            await self._open.wait()
         noted: dict[str, object] = {
             "method": request.method, "path": request.path, "query": request.query_string,
             "bytes": len(body), "copy_source": request.headers.get("x-amz-copy-source"),
@@ -350,6 +346,12 @@ class StoreTap:
                 return response
         finally:
             self._gets -= get
+
+    def hold(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)
 
     def clear(self) -> None:
         """Forget what was asked so far."""
