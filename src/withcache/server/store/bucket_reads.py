@@ -22,7 +22,6 @@ pulled, the one being sent), 16 MiB; PARTS_AHEAD parts once parallel, 32 MiB.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -83,8 +82,7 @@ class _Ahead:
     async def stop(self) -> list[Any]:
         """Stop pulling; the chunks pulled and not read yet."""
         self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait([self._task])  # (a cancel of the caller's still propagates)
         kept = []
         while not self._queue.empty():
             item = self._queue.get_nowait()
