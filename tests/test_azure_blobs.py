@@ -1,6 +1,7 @@
 """Scale-out with the blobs in Azure Blob storage (`--blobs az://…`), against
 Azurite, Microsoft's emulator: the same library calls as on S3, reached with
-Azure's own variables. One fill, hits on another host, redirects to a SAS URL."""
+Azure's own variables. One fill (committed without a copy), hits on another
+host, redirects to a SAS URL."""
 
 import hashlib
 import os
@@ -20,8 +21,10 @@ def test_a_fill_on_one_host_is_a_hit_on_another(origin, cache_host, backend):
     miss(a, url)
     a.wait_cached(url)
     sha = hashlib.sha256(BODY).hexdigest()
-    assert backend.objects("blobs/") == [f"{backend.prefix}/blobs/{sha}"]
-    assert backend.objects("tmp/") == []  # the upload was committed by copy, then deleted
+    # The blob stayed where it was uploaded (block list committed, no copy), recorded.
+    ((location,),) = a.rows(f"SELECT location FROM blob_objects WHERE sha256 = '{sha}'")
+    assert backend.objects("") == [f"{backend.prefix}/{location}"]
+    assert location.startswith("uploads/")
     assert curl("-f", b.blob_url(url)).stdout == BODY
     assert curl("-f", "-r", "9000000-9000999", b.blob_url(url)).stdout == BODY[9_000_000:9_001_000]
     assert origin.gets("/azure/shared.bin") == 1

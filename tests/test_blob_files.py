@@ -11,10 +11,11 @@ from conftest import AZURE_CONTAINER
 from services import BUCKET, s3_store
 
 from withcache.server.settings import Settings
-from withcache.server.store import bucket
-from withcache.server.store.bucket import BucketBlobs
+from withcache.server.store import BlobGone, Lease
+from withcache.server.store.bucket import PART_SIZE, BucketBlobs
 from withcache.server.store.bucket_access import Bucket, BucketURL, open_bucket
 from withcache.server.store.files import LocalBlobs
+from withcache.server.store.sqlite import SQLiteMetadata
 
 _prefixes = iter(range(1, 1_000_000))
 
@@ -33,9 +34,11 @@ async def blobs(request, tmp_path, monkeypatch):
             monkeypatch.setenv(name, value)
         settings = Settings(data_dir=tmp_path, blobs_url=f"az://{AZURE_CONTAINER}/{prefix}")
         bucket = open_bucket(settings)
-    store = BucketBlobs(bucket, tmp_path / "tmp")
+    objects = SQLiteMetadata(tmp_path / "objects.db")  # where the bucket's blobs are
+    store = BucketBlobs(bucket, tmp_path / "tmp", objects)
     yield store
     await store.close()
+    await objects.close()
 
 
 async def _stored(blobs, sha: str, size: int) -> bytes:
@@ -50,7 +53,8 @@ async def test_commit_names_the_blob_by_its_sha256(blobs):
     writer = blobs.begin()
     await writer.write(b"hello ")
     await writer.write(b"world")
-    sha = await writer.commit()
+    sha = writer.hexdigest()
+    assert await writer.commit() is None  # a small blob is stored under its name
     assert sha == hashlib.sha256(b"hello world").hexdigest()
     assert await _stored(blobs, sha, 11) == b"hello world"
     assert list(writer.path.parent.iterdir()) == []
@@ -63,7 +67,9 @@ async def test_restart_drops_what_was_written(blobs):
     await writer.write(b"fresh")
     assert writer.size == 5
     assert writer.path.read_bytes() == b"fresh"  # what read-through clients see
-    assert await writer.commit() == hashlib.sha256(b"fresh").hexdigest()
+    assert writer.hexdigest() == hashlib.sha256(b"fresh").hexdigest()
+    await writer.commit()
+    assert await _stored(blobs, writer.hexdigest(), 5) == b"fresh"
 
 
 async def test_abort_after_a_cancelled_write_leaves_nothing(blobs):
@@ -78,15 +84,56 @@ async def test_abort_after_a_cancelled_write_leaves_nothing(blobs):
     assert not writer._jobs  # no thread still holds the descriptor
 
 
-@pytest.mark.parametrize("blobs", ["s3"], indirect=True)
-async def test_a_blob_too_big_to_copy_on_s3_is_uploaded_again_from_its_spool(blobs, monkeypatch):
-    monkeypatch.setattr(bucket, "S3_COPY_LIMIT", 0)  # S3's CopyObject stops at 5 GiB
-    body = os.urandom(bucket.PART_SIZE + 1000)
+async def _record(blobs, sha: str, size: int, location: str | None) -> None:
+    """Commit an artifact with the blob, as a fill does after the blob's commit."""
+    objects, holder = blobs.objects, Lease("host", 1e12)
+    fill, _ = await objects.enqueue_fill(f"https://h/{sha}", "", "u", "miss", 1.0)
+    claimed = await objects.claim_fill(1.0, holder)
+    assert claimed.id == fill.id
+    assert await objects.commit_artifact(
+        claimed, sha, size, {}, "u", 1.0, "host", location=location
+    )
+
+
+def _keys(blobs) -> list[str]:
+    return sorted(meta["path"] for meta in obstore.list(blobs.bucket.store).collect())
+
+
+@pytest.mark.parametrize("blobs", ["s3", "az"], indirect=True)
+async def test_a_big_blob_stays_where_it_was_uploaded_and_shows_once_recorded(blobs):
+    body = os.urandom(PART_SIZE + 1000)  # two parts: a multipart upload
     writer = blobs.begin()
     await writer.write(body)
-    sha = await writer.commit()
+    sha = writer.hexdigest()
+    location = await writer.commit()
+    assert location.startswith("uploads/")
+    assert _keys(blobs) == [location]  # no copy under its name, no temporary object
+    with pytest.raises(BlobGone):  # not recorded yet: not a blob anyone can read
+        await _stored(blobs, sha, len(body))
+    await _record(blobs, sha, len(body), location)
     assert await _stored(blobs, sha, len(body)) == body
-    assert obstore.list(blobs.bucket.store, prefix="tmp/").collect() == []
+    again = blobs.begin()  # another URL with the same bytes
+    await again.write(body)
+    assert await again.commit() == location
+    assert _keys(blobs) == [location]  # its upload was dropped
+    assert await blobs.objects.abandoned_uploads(started_before=1e12) == []
+    await blobs.delete(sha)
+    assert _keys(blobs) == []
+    assert await blobs.objects.find_blob_object(sha) is None
+
+
+@pytest.mark.parametrize("blobs", ["s3", "az"], indirect=True)
+async def test_an_abort_after_a_commit_keeps_the_blob_only_if_recorded(blobs):
+    unrecorded, recorded = blobs.begin(), blobs.begin()
+    await unrecorded.write(os.urandom(PART_SIZE + 1))
+    await recorded.write(body := os.urandom(PART_SIZE + 2))
+    lost = await unrecorded.commit()
+    kept = await recorded.commit()
+    await _record(blobs, recorded.hexdigest(), recorded.size, kept)
+    await unrecorded.abort()  # the fill lost its lease: nothing points at its object
+    await recorded.abort()  # the record went through after all: keep it
+    assert _keys(blobs) == [kept] and lost != kept
+    assert await _stored(blobs, recorded.hexdigest(), len(body)) == body
 
 
 async def test_clean_temp_removes_leftovers(tmp_path):

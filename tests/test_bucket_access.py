@@ -9,15 +9,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import obstore
 import pytest
-from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY, s3_store
+from services import BUCKET, S3_ACCESS_KEY, S3_SECRET_KEY
 
 from withcache.server.settings import Settings
-from withcache.server.store import StoreError
+from withcache.server.store import Lease, StoreError
 from withcache.server.store import bucket as bucket_module
 from withcache.server.store.bucket import PART_SIZE, BucketBlobs
 from withcache.server.store.bucket_access import open_bucket
+from withcache.server.store.sqlite import SQLiteMetadata
 
 _prefixes = iter(range(1, 1_000_000))
+HOLDER = Lease("host-a", 1e12)
 
 
 @pytest.fixture
@@ -37,6 +39,21 @@ def _settings(tmp_path, endpoint, **kw):
     )  # fmt: skip
 
 
+async def record(objects, sha, size, location):
+    """Commit an artifact whose blob is at `location`, as a fill would."""
+    fill, _ = await objects.enqueue_fill(f"https://h/{sha}", "", f"https://h/{sha}", "miss", 1.0)
+    claimed = await objects.claim_fill(1.0, HOLDER)
+    assert claimed.id == fill.id
+    return await objects.commit_artifact(
+        claimed, sha, size, {}, "u", 1.0, HOLDER.holder, location=location
+    )
+
+
+def _objects(tmp_path):
+    """Where the bucket's blobs are recorded: an SQLite metadata store."""
+    return SQLiteMetadata(tmp_path / "objects.db")
+
+
 def _profile(tmp_path, monkeypatch, secret):
     credentials = tmp_path / "credentials"
     credentials.write_text(
@@ -50,10 +67,11 @@ async def test_credentials_come_from_a_profile_file(scale_stores, tmp_path, monk
                                                     no_aws_environment):  # fmt: skip
     _, seaweed = scale_stores
     _profile(tmp_path, monkeypatch, S3_SECRET_KEY)
-    blobs = await BucketBlobs.connect(_settings(tmp_path, seaweed.endpoint))
+    blobs = await BucketBlobs.connect(_settings(tmp_path, seaweed.endpoint), _objects(tmp_path))
     writer = blobs.begin()
     await writer.write(b"from a profile")
-    sha = await writer.commit()
+    sha = writer.hexdigest()
+    await writer.commit()
     reader = await blobs.open(sha, 14)
     assert await reader.read(0, 14) == b"from a profile"
     assert sha == hashlib.sha256(b"from a profile").hexdigest()
@@ -64,7 +82,7 @@ async def test_a_wrong_secret_is_one_line_at_connect(scale_stores, tmp_path, mon
     _, seaweed = scale_stores
     _profile(tmp_path, monkeypatch, "not-the-secret")
     with pytest.raises(StoreError, match=r"^cannot use s3://withcache/access\d+: ") as caught:
-        await BucketBlobs.connect(_settings(tmp_path, seaweed.endpoint))
+        await BucketBlobs.connect(_settings(tmp_path, seaweed.endpoint), _objects(tmp_path))
     assert "\n" not in str(caught.value) and "not-the-secret" not in str(caught.value)
 
 
@@ -72,7 +90,7 @@ async def test_a_missing_profile_is_one_line_at_connect(tmp_path, monkeypatch,
                                                       no_aws_environment):  # fmt: skip
     monkeypatch.setenv("AWS_PROFILE", "nowhere")
     with pytest.raises(StoreError, match="The config profile \\(nowhere\\) could not be found"):
-        await BucketBlobs.connect(_settings(tmp_path, "http://127.0.0.1:9"))
+        await BucketBlobs.connect(_settings(tmp_path, "http://127.0.0.1:9"), _objects(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -110,7 +128,7 @@ def test_virtual_hosted_requests_need_a_host_name(tmp_path):
         open_bucket(settings)
 
 
-async def test_clean_temp_aborts_stale_uploads_and_removes_stale_objects(
+async def test_clean_temp_removes_what_was_never_recorded_once_a_day_old(
     scale_stores, tmp_path, monkeypatch
 ):
     _, seaweed = scale_stores
@@ -118,15 +136,32 @@ async def test_clean_temp_aborts_stale_uploads_and_removes_stale_objects(
         tmp_path, seaweed.endpoint, s3_access_key_id=S3_ACCESS_KEY,
         s3_secret_access_key=S3_SECRET_KEY,
     )  # fmt: skip
-    blobs = await BucketBlobs.connect(settings)
-    prefix = blobs.bucket.url.prefix
-    killed = BucketBlobs(blobs.bucket, tmp_path / "killed").begin()  # another host's fill
+    objects = _objects(tmp_path)
+    blobs = await BucketBlobs.connect(settings, objects)
+    store = blobs.bucket.store
+    killed = BucketBlobs(blobs.bucket, tmp_path / "killed", objects).begin()  # mid-upload
     await killed.write(os.urandom(PART_SIZE + 1))
-    await obstore.put_async(blobs.bucket.store, "tmp/left-behind", b"x")
-    assert await blobs.clean_temp() == 0  # both are younger than a day: another host's, maybe
-    assert blobs.bucket.stale_uploads(started_before=2e9)  # the upload is there
+    unrecorded = blobs.begin()  # uploaded, then its host died before the record
+    await unrecorded.write(os.urandom(PART_SIZE + 2))
+    orphan = await unrecorded.commit()
+    kept = blobs.begin()  # uploaded and recorded: a blob
+    await kept.write(body := os.urandom(PART_SIZE + 3))
+    await record(objects, kept.hexdigest(), kept.size, await kept.commit())
+    old = hashlib.sha256(b"from before records").hexdigest()
+    await obstore.put_async(store, f"blobs/{old}", b"from before records")
+    await obstore.put_async(store, "tmp/left-behind", b"x")  # a host that committed by copy
+    assert await blobs.clean_temp() == 0  # all younger than a day: another host's, maybe
+    assert blobs.bucket.stale_uploads(2e9, ["uploads/"])  # the upload is there
     monkeypatch.setattr(bucket_module, "STALE_UPLOAD_SECONDS", -60.0)  # everything is old now
-    assert await blobs.clean_temp() == 2
-    assert blobs.bucket.stale_uploads(started_before=2e9) == []
-    assert obstore.list(s3_store(seaweed.endpoint), prefix=f"{prefix}tmp/").collect() == []
+    # The multipart upload, both records of objects never recorded, the temporary object.
+    assert await blobs.clean_temp() == 4
+    assert blobs.bucket.stale_uploads(2e9, ["uploads/", "tmp/"]) == []
+    keys = {meta["path"] for meta in obstore.list(store).collect()}
+    assert keys == {f"blobs/{old}", await objects.find_blob_object(kept.hexdigest())}
+    assert orphan not in keys
+    for sha, data in ((kept.hexdigest(), body), (old, b"from before records")):
+        reader = await blobs.open(sha, len(data))
+        assert await reader.read(0, len(data)) == data
     await killed.abort()  # its upload is gone already: nothing to complain about
+    assert await blobs.clean_temp() == 0
+    await objects.close()

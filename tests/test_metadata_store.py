@@ -8,7 +8,7 @@ import pytest
 
 from withcache.server.digests import Digest
 from withcache.server.records import FillState, ItemState, ListItem
-from withcache.server.store import MAX_LISTS, Lease
+from withcache.server.store import MAX_LISTS, Lease, StoreError
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)
@@ -27,11 +27,13 @@ async def meta(request, tmp_path):
     await store.close()
 
 
-async def add(meta, key, sha, size, now=1.0):
+async def add(meta, key, sha, size, now=1.0, location=None):
     fill, _ = await meta.enqueue_fill(key, "", key, "operator", now)
     claimed = await meta.claim_fill(now, HOLDER)
     assert claimed.id == fill.id
-    return await meta.commit_artifact(claimed, sha, size, {}, key, now, HOLDER.holder)
+    return await meta.commit_artifact(
+        claimed, sha, size, {}, key, now, HOLDER.holder, location=location
+    )
 
 
 async def test_totals_count_shared_blobs_once(meta):
@@ -347,3 +349,56 @@ async def test_ended_sessions_are_kept_until_they_expire_and_bounded(meta):
     assert [await meta.session_ended(f"nonce{n}") for n in range(5)] == [False, False] + [True] * 3
     await meta.prune_sessions(now=0.0, keep=2)  # the two that expire last are kept
     assert [await meta.session_ended(f"nonce{n}") for n in range(5)] == [False] * 3 + [True] * 2
+
+
+async def test_a_blob_object_is_pending_then_recorded_then_abandoned(meta):
+    await meta.note_upload("uploads/a", 1.0)
+    assert await meta.find_blob_object("a" * 64) is None  # pending: nobody reads it
+    assert await meta.abandoned_uploads(started_before=0.5) == []  # younger than that
+    await add(meta, "https://h/a", "a" * 64, 10, location="uploads/a")
+    assert await meta.find_blob_object("a" * 64) == "uploads/a"
+    # Recorded: neither a failed fill's clean-up nor start-up cleaning may take it.
+    assert not await meta.abandon_upload("uploads/a")
+    assert await meta.abandoned_uploads(started_before=1e12) == []
+    # Another URL with the same bytes records the same object.
+    await add(meta, "https://h/a2", "a" * 64, 10, location="uploads/a")
+    assert await meta.totals() == (2, 10)
+    # The blob is deleted: its record is abandoned until the object is gone.
+    assert await meta.abandon_blob("a" * 64) == "uploads/a"
+    assert await meta.find_blob_object("a" * 64) is None
+    assert await meta.abandoned_uploads(started_before=0.0) == ["uploads/a"]  # any age
+    await meta.forget_upload("uploads/a")
+    assert await meta.abandoned_uploads(started_before=1e12) == []
+    assert await meta.abandon_blob("a" * 64) is None
+
+
+async def test_a_pending_object_abandoned_once_is_cleaned_once(meta):
+    await meta.note_upload("uploads/p", 1.0)
+    await meta.note_upload("uploads/q", 5.0)
+    assert await meta.abandon_upload("uploads/p")  # the fill failed: its host cleans up
+    assert await meta.abandoned_uploads(started_before=2.0) == ["uploads/p"]
+    assert sorted(await meta.abandoned_uploads(started_before=6.0)) == ["uploads/p", "uploads/q"]
+    await meta.forget_upload("uploads/p")
+    await meta.forget_upload("uploads/q")
+    assert await meta.abandoned_uploads(started_before=1e12) == []
+
+
+async def test_a_commit_whose_upload_was_abandoned_changes_nothing(meta):
+    fill, _ = await meta.enqueue_fill("https://h/late", "", "https://h/late", "miss", 1.0)
+    claimed = await meta.claim_fill(1.0, HOLDER)
+    await meta.note_upload("uploads/late", 1.0)
+    assert await meta.abandoned_uploads(started_before=2.0) == ["uploads/late"]  # a day old
+    with pytest.raises(StoreError, match="abandoned before it was recorded"):
+        await meta.commit_artifact(
+            claimed, "l" * 64, 5, {}, "u", 3.0, HOLDER.holder, location="uploads/late"
+        )
+    assert (await meta.get_fill(fill.id)).state is FillState.RUNNING
+    assert await meta.totals() == (0, 0)
+    assert await meta.find_blob_object("l" * 64) is None
+    # The same fill, with its bytes stored again, commits.
+    await meta.note_upload("uploads/again", 3.0)
+    found = await meta.commit_artifact(
+        claimed, "l" * 64, 5, {}, "u", 4.0, HOLDER.holder, location="uploads/again"
+    )
+    assert found.sha256 == "l" * 64
+    assert await meta.find_blob_object("l" * 64) == "uploads/again"

@@ -253,13 +253,13 @@ class Cache:
             self._reclaim.closed,
         )  # fmt: skip
 
-    def presign_hit(
+    async def presign_hit(
         self, artifact: Artifact, seconds: int, headers: Mapping[str, str], length: int
     ) -> str | None:
         """A URL the client may GET the blob from directly for `seconds`,
         answering with `headers`; None if the store has none to give. The hit
         (of `length` bytes) is counted when there is one."""
-        location = self._blobs.presign(artifact.sha256, seconds, headers)
+        location = await self._blobs.presign(artifact.sha256, seconds, headers)
         if location is not None:
             self._count_hit(artifact, length)
         return location

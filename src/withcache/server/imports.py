@@ -289,11 +289,11 @@ class _StoredBlob:
             raise KeyError(algorithm)
         return self._sha256
 
-    async def commit(self) -> str:
+    async def commit(self) -> str | None:
         holder = await self._metadata.find_artifact_by_sha256(self._sha256, self._scopes)
         if holder is None:
             raise OSError(errno.ENOENT, "the stored bytes were deleted meanwhile; send them")
-        return self._sha256
+        return None  # stored already, where it is: no new object to record
 
     async def abort(self) -> None:
         pass

@@ -635,27 +635,23 @@ class FillManager:
         before = await self._metadata.find_artifact(record.key, (record.scope,))
         async with self._metadata.blob_lock(sha):
             try:
-                await writer.commit()
+                location = await writer.commit()
             except OSError as err:
                 raise FillError(f"cannot store the blob: {err.strerror or err}") from None
             try:
                 artifact = await self._metadata.commit_artifact(
-                    record,
-                    sha,
-                    writer.size,
-                    received.headers,
-                    display,
-                    time.time(),
-                    self.holder,
-                    received.etag,
-                )
+                    record, sha, writer.size, received.headers, display, time.time(),
+                    self.holder, etag=received.etag, location=location,
+                )  # fmt: skip
             except Exception as err:
                 with contextlib.suppress(Exception):  # no row points at it: don't keep it
                     if not await self._metadata.sha_in_use(sha):
                         await self._blobs.delete(sha)
                 raise FillError(f"cannot record the artifact: {err}") from None
-            if artifact is None and not await self._metadata.sha_in_use(sha):
-                await self._blobs.delete(sha)
+            if artifact is None:
+                await writer.abort()  # what its commit stored, unrecorded
+                if not await self._metadata.sha_in_use(sha):
+                    await self._blobs.delete(sha)
         if artifact is None:
             raise _Lost()
         return artifact, before.sha256 if before and before.sha256 != sha else None

@@ -1,7 +1,9 @@
 """The two narrow interfaces the cache-host stores through.
 
 `Metadata` holds what is known about artifacts, misses, fills and events;
-`Blobs` holds the bytes, named by their SHA-256. The embedded default is
+`Blobs` holds the bytes, named by their SHA-256 (an object store leaves a
+fill's upload where it is and finds it again through the metadata store's
+`BlobObjects` records, so no byte is written twice). The embedded default is
 SQLite (store.sqlite) and local files (store.files); the scale-out pair is
 PostgreSQL (store.postgres) and an object-store bucket (store.bucket: S3,
 GCS or Azure), which several cache-hosts share. The records they take and
@@ -60,7 +62,52 @@ class ChangeListener(Protocol):
         ...
 
 
-class Metadata(Protocol):
+class BlobObjects(Protocol):
+    """Where an object store keeps the blobs it left where they were uploaded
+    (store.bucket: a fill's upload is not copied to a key named by its
+    SHA-256, which would write every byte twice).
+
+    Each such object has a record from the moment its upload starts: pending
+    (no SHA-256 yet), then recorded, in the transaction that commits its
+    artifact (Metadata.commit_artifact's `location`), or abandoned. Only a
+    recorded object is ever read, so a blob is visible exactly when its
+    artifact is; an object is deleted only after its record was abandoned,
+    which a recorded one never is until its blob is deleted, so a crash at
+    any point leaves either a blob that is whole and recorded or a record
+    that start-up cleaning finishes."""
+
+    async def note_upload(self, location: str, now: float) -> None:
+        """Record, pending, an object whose upload begins."""
+        ...
+
+    async def find_blob_object(self, sha256: str) -> str | None:
+        """The object the blob is recorded at; None if it has none (then it is
+        under its SHA-256, as blobs stored before there were records are)."""
+        ...
+
+    async def abandon_upload(self, location: str) -> bool:
+        """Abandon a pending object's record (its upload failed or was not
+        needed); whether it was pending (or abandoned already), so that its
+        object may be deleted. False for a recorded object: keep it."""
+        ...
+
+    async def abandon_blob(self, sha256: str) -> str | None:
+        """Abandon the record of the blob's object (the blob is being deleted
+        or quarantined, under its blob lock); the object, or None."""
+        ...
+
+    async def abandoned_uploads(self, started_before: float) -> list[str]:
+        """Abandon the records of pending objects whose upload began before the
+        time (their host is gone, or the upload is a day old); every abandoned
+        object, those abandoned earlier included, for deletion."""
+        ...
+
+    async def forget_upload(self, location: str) -> None:
+        """Drop an abandoned record once its object is deleted."""
+        ...
+
+
+class Metadata(BlobObjects, Protocol):
     """Everything the cache-host knows, except the bytes. All calls are atomic."""
 
     # Other cache-hosts may claim, run and end fills in this store.
@@ -278,10 +325,14 @@ class Metadata(Protocol):
         now: float,
         holder: str,
         etag: str | None = None,
+        location: str | None = None,
     ) -> Artifact | None:
         """Atomically: store the artifact (`etag`: the origin's, kept to
-        revalidate with), finish the fill, settle its miss.
-        None (and nothing changed) if `holder` no longer holds the fill."""
+        revalidate with), finish the fill, settle its miss, and record the
+        blob's object at `location` (what BlobWriter.commit returned), if any.
+        None (and nothing changed) if `holder` no longer holds the fill;
+        StoreError (and nothing changed) if that object's record was
+        abandoned meanwhile (a cleaner found it a day old)."""
         ...
 
     async def requeue_interrupted(self) -> int:
@@ -408,11 +459,18 @@ class BlobWriter(Protocol):
         writer was begun with."""
         ...
 
-    async def commit(self) -> str:
-        """Make the bytes durable and visible under their SHA-256; return it."""
+    async def commit(self) -> str | None:
+        """Make the bytes durable, as the blob named by their SHA-256; called
+        under the blob's lock (Metadata.blob_lock), so a blob already stored
+        is found and the new copy dropped. Return where the store keeps the
+        blob if not by that name (the object Metadata.commit_artifact must
+        record), or None. The blob is visible once its artifact is committed."""
         ...
 
-    async def abort(self) -> None: ...
+    async def abort(self) -> None:
+        """Drop everything written; after a commit whose artifact was not
+        committed, drop what the commit stored, unless it was recorded."""
+        ...
 
 
 class BlobGone(Exception):
@@ -473,7 +531,7 @@ class Blobs(Protocol):
         BlobDamaged if it is known not to be `size` bytes long."""
         ...
 
-    def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+    async def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
         """A URL that lets anyone GET the blob directly for `seconds`, answering
         with `headers` (Content-Type, Content-Disposition); None if this store
         can't hand out such URLs."""
@@ -523,7 +581,7 @@ async def open_stores(settings: Settings) -> tuple[Metadata, Blobs]:
         if settings.blobs_url:
             from withcache.server.store.bucket import BucketBlobs
 
-            blobs = await BucketBlobs.connect(settings)
+            blobs = await BucketBlobs.connect(settings, metadata)
         else:
             from withcache.server.store.files import LocalBlobs
 

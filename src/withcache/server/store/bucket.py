@@ -1,26 +1,35 @@
 """Blobs in an object-store bucket (S3-compatible, Google Cloud Storage or
 Azure Blob), shared by several cache-hosts, over obstore.
 
-A blob is the object `<prefix>/blobs/<sha256>`, and such an object is only
-ever written with bytes known to hash to its name:
+Every byte is written to the store once. A fill uploads as the bytes arrive,
+and its object stays where it was uploaded:
 
-- A fill uploads as the bytes arrive: every 8 MiB goes up as one part of a
-  multipart upload to a temporary key (the library's writer, 4 parts in
-  flight). On S3 each part is signed with its own SHA-256, so the store
-  refuses any byte that differs from what was hashed here; GCS and Azure
-  take the parts without a digest of ours (TLS guards them in transit). Either
-  way the blob's SHA-256 is computed here, from the bytes as they arrive,
-  and checked before commit. The same bytes also go to a spool file in
-  `<data>/tmp`, which clients of the fill on this host read (read-through),
-  exactly as with local blobs.
-- Only after the length and SHA-256 checks does commit complete the upload
-  and copy it, server-side, to the blob's key, then delete the temporary
-  object. Until then nothing exists under `blobs/`; a failed fill aborts its
-  upload, and a host killed mid-fill leaves one that start-up cleaning (S3)
-  or a bucket lifecycle rule removes once it is a day old.
-- A blob smaller than one part skips all that: one PUT to its final key
-  (on S3, signed with the SHA-256 that names it).
-
+- The bytes go to a spool file in `<data>/tmp`, which clients of the fill on
+  this host read (read-through), exactly as with local blobs. Once it holds
+  8 MiB, a sender task reads the spool back as it grows and uploads it,
+  every 8 MiB one part of a multipart upload to a key of its own,
+  `<prefix>/uploads/<random>` (the library's writer, 4 parts in flight): the
+  download never waits for the store, so read-through clients get the
+  origin's pace however slowly the store takes the parts, and memory holds
+  only the parts in flight. On S3 each part is signed with its own SHA-256,
+  so the store refuses any byte that differs from what was hashed here; GCS
+  and Azure take the parts without a digest of ours (TLS guards them in
+  transit). Either way the blob's SHA-256 is computed here, from the bytes
+  as they arrive, and checked, with the length, before commit, which waits
+  for the sender to finish.
+- The object is noted in the metadata store (BlobObjects) before its first
+  part goes up. Commit, under the blob's lock, first looks for the blob: if
+  another URL brought the same bytes, the new upload is dropped. Otherwise it
+  completes the upload, and the metadata commit records the object with the
+  blob's SHA-256, in the transaction that makes the artifact visible. Only a
+  recorded object is ever read, so nothing half-written or unverified is
+  visible; an object whose record is never written (a host killed between
+  the two) is deleted by start-up cleaning once its record is a day old, as
+  a stale multipart upload is aborted (S3; elsewhere a lifecycle rule does it).
+- A blob smaller than one part skips all that: one PUT of the spool, at
+  commit, under its name, `<prefix>/blobs/<sha256>` (on S3 signed with the SHA-256 that names
+  it). Blobs stored before records existed are there too: a blob without a
+  record is under its name, so such a bucket is served as it is.
 - A fill that resumes after a restart (from its spool file) starts a new
   upload and sends the spooled bytes again as its first parts.
 
@@ -41,20 +50,20 @@ from typing import TYPE_CHECKING, Any
 
 import obstore
 
-from withcache.server.store import BlobDamaged, BlobGone, StoreError
+from withcache.server.store import BlobDamaged, BlobGone, BlobObjects, StoreError
 from withcache.server.store.bucket_access import Bucket, BucketError, bucket_error, open_bucket
-from withcache.server.store.files import Spool, empty_dir, partial_name, reopen
+from withcache.server.store.bucket_reads import read_range
+from withcache.server.store.files import CHUNK, Spool, empty_dir, partial_name, reopen
 
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
 
 PART_SIZE = 8 << 20  # S3 wants at least 5 MiB in every part but the last
 PARTS_IN_FLIGHT = 4
-READ_CHUNK = 1 << 20
 STALE_UPLOAD_SECONDS = 86400.0
-# S3's CopyObject takes at most 5 GiB: a larger blob is uploaded again from
-# its spool file instead (the library has no multipart copy).
-S3_COPY_LIMIT = 5 << 30
+NAMED = "blobs/"  # blobs under their SHA-256: small ones, and those from before records
+UPLOADS = "uploads/"  # blobs where they were uploaded, found through their records
+COPIED_UPLOADS = "tmp/"  # the temporary keys of hosts that committed by copy
 
 
 class BucketBlobWriter(Spool):
@@ -67,74 +76,120 @@ class BucketBlobWriter(Spool):
         self._start_over()
 
     async def absorb(self, block: Callable[[bytes], Awaitable[None]] | None = None) -> None:
-        await super().absorb(self._upload)  # the spooled bytes go up again
+        await super().absorb()
+        await self._spooled()  # the spooled bytes go up again, to a new object
 
     def _start_over(self) -> None:
-        self._key = f"tmp/{os.urandom(12).hex()}"
-        self._pending = bytearray()  # the first bytes, until they make a part
-        self._writer: Any = None  # the library's writer, from the first full part on
+        self._key = f"{UPLOADS}{os.urandom(12).hex()}"
+        self._writer: Any = None  # the library's writer, once the spool holds a part
+        self._noted = False  # the object has a record (BlobObjects)
+        self._sender: asyncio.Task[None] | None = None  # uploads the spool as it grows
+        self._grown = asyncio.Event()
+        self._ended = False  # every byte is in the spool: the sender finishes
 
     async def write(self, data: bytes) -> None:
         await super().write(data)
-        await self._upload(data)
+        await self._spooled()
 
-    async def _upload(self, data: bytes) -> None:
+    async def _spooled(self) -> None:
+        """The spool grew: wake the sender (started once the spool holds a
+        part), or raise what stopped it."""
+        sender = self._sender
+        if sender is None and self.size >= PART_SIZE:
+            # Noted before the first part goes up (and before there is a sender
+            # to cancel): whatever happens next, the object is either recorded
+            # or found by start-up cleaning.
+            await self._blobs.objects.note_upload(self._key, time.time())
+            self._noted = True
+            self._sender = asyncio.ensure_future(self._send())
+        elif sender is not None and sender.done() and not sender.cancelled():
+            raise sender.exception() or BucketError("the upload ended early")
+        self._grown.set()
+
+    async def _send(self) -> None:
+        """Upload the spool's bytes as they arrive, read back from the file: the
+        download never waits for the store (read-through clients get the
+        origin's pace) and memory holds only the parts in flight."""
+        sent = 0
         try:
-            if self._writer is not None:
-                await self._writer.write(data)
-                return
-            self._pending += data
-            if len(self._pending) >= PART_SIZE:
-                self._writer = obstore.open_writer_async(
-                    self._blobs.bucket.store, self._key,
-                    buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT,
-                )  # fmt: skip
-                await self._writer.write(bytes(self._pending))
-                self._pending = bytearray()
+            self._writer = obstore.open_writer_async(
+                self._blobs.bucket.store, self._key,
+                buffer_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT,
+            )  # fmt: skip
+            while True:
+                if sent < self.size:
+                    data = await self._read_back(sent, min(CHUNK, self.size - sent))
+                    await self._writer.write(data)
+                    sent += len(data)
+                elif self._ended:
+                    return
+                else:
+                    self._grown.clear()
+                    await self._grown.wait()
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
 
+    async def _read_back(self, offset: int, length: int) -> bytes:
+        read: list[bytes] = []
+        await self._in_thread(lambda: read.append(os.pread(self._fd, length, offset)))
+        if len(read[0]) != length:
+            raise OSError(f"{self.path.name} ended at byte {offset + len(read[0])}")
+        return read[0]
+
     async def _drop_upload(self) -> None:
-        """Abort the multipart upload (the library does so on an error exit)."""
+        """Stop the sender, abort the multipart upload (the library does so on
+        an error exit) or delete the object it made, and abandon the object's
+        record; what fails here is left for start-up cleaning."""
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.wait([sender])
+            if not sender.cancelled():
+                sender.exception()  # retrieved: it is dropped with the upload
         upload, self._writer = self._writer, None
         if upload is not None:
             with contextlib.suppress(Exception):
                 await upload.__aexit__(BucketError, BucketError("aborted"), None)
+        noted, self._noted = self._noted, False
+        with contextlib.suppress(Exception):
+            if noted and await self._blobs.objects.abandon_upload(self._key):
+                # (Also when the upload was not completed, or not known to be.)
+                await self._blobs.remove(self._key)
+                await self._blobs.objects.forget_upload(self._key)
 
     async def restart(self) -> None:
         await self._drop_upload()
         self._start_over()
         await super().restart()
 
-    async def commit(self) -> str:
+    async def commit(self) -> str | None:
         sha = self.hexdigest()
-        store = self._blobs.bucket.store
-        final = self._blobs.key(sha)
+        blobs = self._blobs
         try:
-            if self._writer is None:
-                await obstore.put_async(store, final, bytes(self._pending))
+            key, location = await blobs.locate(sha)
+            found = await blobs.size(key)
+            if found == self.size:  # another URL brought the same bytes: keep those
+                await self._drop_upload()
+                await self._discard()
+                return location
+            if found is not None or location is not None:
+                await blobs.delete(sha)  # not what was recorded: replaced by these bytes
+            if self._sender is None:  # smaller than a part: one PUT, under its name
+                data = await self._read_back(0, self.size)
+                await obstore.put_async(blobs.bucket.store, blobs.key(sha), data)
+                location = None
             else:
-                await self._writer.close()  # completes the multipart upload
+                self._ended = True
+                self._grown.set()
+                await self._sender  # the rest of the spool goes up (or its error is raised)
+                self._sender = None
+                await self._writer.close()  # completes the upload: no copy, no second write
                 self._writer = None
-                try:
-                    # Another URL may have brought the same bytes: then they are there.
-                    if await self._blobs.size(final) != self.size:
-                        await self._copy_to(final)
-                finally:
-                    await obstore.delete_async(store, self._key)
+                location = self._key
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
         await self._discard()
-        return sha
-
-    async def _copy_to(self, final: str) -> None:
-        store = self._blobs.bucket.store
-        if self._blobs.bucket.url.scheme == "s3" and self.size > S3_COPY_LIMIT:
-            await obstore.put_async(
-                store, final, self.path, chunk_size=PART_SIZE, max_concurrency=PARTS_IN_FLIGHT
-            )
-        else:
-            await obstore.copy_async(store, self._key, final)
+        return location
 
     async def abort(self) -> None:
         await self._drop_upload()
@@ -142,7 +197,7 @@ class BucketBlobWriter(Spool):
 
     async def suspend(self) -> None:
         # The parts sent so far belong to an upload nobody will complete: the
-        # spool keeps the bytes, and a resume sends them again.
+        # spool keeps the bytes, and a resume sends them again to a new object.
         await self._drop_upload()
         await super().suspend()
 
@@ -153,10 +208,10 @@ class BucketBlobReader:
     # hashed on every read (the round trip costs more than the hash).
     stamp = None
 
-    def __init__(self, blobs: BucketBlobs, sha256: str, size: int) -> None:
+    def __init__(self, blobs: BucketBlobs, key: str, sha256: str, size: int) -> None:
         self._blobs = blobs
         self._store = blobs.bucket.store
-        self._key = blobs.key(sha256)
+        self._key = key
         self._sha256 = sha256
         self._size = size
 
@@ -169,25 +224,18 @@ class BucketBlobReader:
                 self._store, self._key, options={"range": (start, start + length)}
             )
         except FileNotFoundError:
-            raise BlobGone(self._key) from None
+            raise BlobGone(self._sha256) from None
         except obstore.exceptions.BaseError as err:
             # A range past a cut-short object's end is refused: say so, if that's why.
             await self._check_size(await self._blobs.size(self._key))
             raise bucket_error(err) from None
         await self._check_size(answer.meta["size"])
-        got = 0
-        try:
-            async for chunk in answer.stream(min_chunk_size=READ_CHUNK):
-                got += len(chunk)
-                yield memoryview(chunk)  # type: ignore[misc]  # the library's buffer, not copied
-        except obstore.exceptions.BaseError as err:
-            raise bucket_error(err) from None
-        if got != length:
-            raise BucketError(f"the object store sent {got} of {length} bytes")
+        async for chunk in read_range(self._store, self._key, answer, start, start + length):
+            yield chunk
 
     async def _check_size(self, found: int | None) -> None:
         if found is None:
-            raise BlobGone(self._key)
+            raise BlobGone(self._sha256)
         if found != self._size:
             raise BlobDamaged(self._sha256, f"size: {found} bytes, recorded {self._size}")
 
@@ -199,19 +247,21 @@ class BucketBlobReader:
 
 
 class BucketBlobs:
-    """The Blobs interface over `s3://`, `gs://` or `az://bucket/prefix`."""
+    """The Blobs interface over `s3://`, `gs://` or `az://bucket/prefix`; the
+    metadata store's BlobObjects say where each blob is."""
 
-    def __init__(self, bucket: Bucket, spool_dir: Path) -> None:
+    def __init__(self, bucket: Bucket, spool_dir: Path, objects: BlobObjects) -> None:
         self.bucket = bucket
         self.spool_dir = spool_dir
+        self.objects = objects
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    async def connect(cls, settings: Settings) -> BucketBlobs:
+    async def connect(cls, settings: Settings, objects: BlobObjects) -> BucketBlobs:
         """Reach the bucket; StoreError if it can't be used."""
         try:
             bucket = await asyncio.to_thread(open_bucket, settings)
-            blobs = cls(bucket, settings.data_dir / "tmp")
+            blobs = cls(bucket, settings.data_dir / "tmp", objects)
             async for _ in obstore.list(bucket.store, prefix="blobs/", chunk_size=1):
                 break
         except (obstore.exceptions.BaseError, OSError, ValueError) as err:
@@ -220,7 +270,14 @@ class BucketBlobs:
         return blobs
 
     def key(self, sha256: str) -> str:
-        return f"blobs/{sha256}"
+        """The key of a blob stored under its name (small, or from before records)."""
+        return f"{NAMED}{sha256}"
+
+    async def locate(self, sha256: str) -> tuple[str, str | None]:
+        """The key of the blob's object, and its recorded location (None if
+        the blob is under its name)."""
+        location = await self.objects.find_blob_object(sha256)
+        return location or self.key(sha256), location
 
     async def size(self, key: str) -> int | None:
         """The object's size, or None if there is no such object."""
@@ -228,6 +285,11 @@ class BucketBlobs:
             return (await obstore.head_async(self.bucket.store, key))["size"]
         except FileNotFoundError:
             return None
+
+    async def remove(self, key: str) -> None:
+        """Delete the object, if it is there."""
+        with contextlib.suppress(FileNotFoundError):
+            await obstore.delete_async(self.bucket.store, key)
 
     def begin(self, also: Collection[str] = ()) -> BucketBlobWriter:
         return BucketBlobWriter(self, also=also)
@@ -241,25 +303,36 @@ class BucketBlobs:
         return resumed  # type: ignore[return-value]
 
     async def open(self, sha256: str, size: int) -> BucketBlobReader:
-        return BucketBlobReader(self, sha256, size)
+        key, _ = await self.locate(sha256)
+        return BucketBlobReader(self, key, sha256, size)
 
-    def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
-        return self.bucket.presign(self.key(sha256), seconds, headers)
+    async def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+        key, _ = await self.locate(sha256)
+        return self.bucket.presign(key, seconds, headers)
 
     async def delete(self, sha256: str) -> None:
+        location = await self.objects.abandon_blob(sha256)
         try:
-            await obstore.delete_async(self.bucket.store, self.key(sha256))
+            if location is not None:
+                await self.remove(location)
+            await self.remove(self.key(sha256))  # a copy under its name, if any
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
+        if location is not None:
+            await self.objects.forget_upload(location)
 
     async def quarantine(self, sha256: str) -> None:
         store = self.bucket.store
+        location = await self.objects.abandon_blob(sha256)
+        key = location or self.key(sha256)
         try:
-            if await self.size(self.key(sha256)) is not None:
-                await obstore.copy_async(store, self.key(sha256), f"quarantine/{sha256}")
-                await obstore.delete_async(store, self.key(sha256))
+            if await self.size(key) is not None:
+                await obstore.copy_async(store, key, f"quarantine/{sha256}")
+                await self.remove(key)
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
+        if location is not None:
+            await self.objects.forget_upload(location)
 
     async def discard_partial(self, name: str) -> None:
         if partial_name(name):
@@ -271,10 +344,17 @@ class BucketBlobs:
         stale = time.time() - STALE_UPLOAD_SECONDS
         store = self.bucket.store
         try:
-            for key, upload in await asyncio.to_thread(self.bucket.stale_uploads, stale):
+            folders = (UPLOADS, COPIED_UPLOADS)
+            for key, upload in await asyncio.to_thread(self.bucket.stale_uploads, stale, folders):
                 await asyncio.to_thread(self.bucket.abort_upload, key, upload)
                 cleaned += 1
-            async for batch in obstore.list(store, prefix="tmp/"):
+            # Objects never recorded: a killed host's, or a failed clean-up's.
+            for location in await self.objects.abandoned_uploads(stale):
+                await self.remove(location)
+                await self.objects.forget_upload(location)
+                cleaned += 1
+            # Temporary objects of the commit by copy (hosts before records).
+            async for batch in obstore.list(store, prefix=COPIED_UPLOADS):
                 for meta in batch:
                     if meta["last_modified"].timestamp() < stale:
                         await obstore.delete_async(store, meta["path"])

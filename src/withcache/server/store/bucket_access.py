@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -101,22 +101,26 @@ class Bucket:
         params |= {"Bucket": self.url.bucket, "Key": self.url.prefix + key}
         return self._s3.generate_presigned_url("get_object", Params=params, ExpiresIn=seconds)
 
-    def stale_uploads(self, started_before: float) -> list[tuple[str, str]]:
-        """Unfinished multipart uploads under tmp/ started before the time:
-        (key, upload id). Blocking (botocore); S3 only, [] elsewhere."""
+    def stale_uploads(self, started_before: float, under: Sequence[str]) -> list[tuple[str, str]]:
+        """Unfinished multipart uploads to keys under the folders `under`,
+        started before the time: (key, upload id). Blocking (botocore); S3
+        only, [] elsewhere."""
         if self._s3 is None:
             return []
-        try:
-            answer = self._s3.list_multipart_uploads(
-                Bucket=self.url.bucket, Prefix=self.url.prefix + "tmp/"
-            )
-        except self._s3_errors as err:
-            raise BucketError(f"cannot list uploads: {err}") from None
-        return [
-            (u["Key"], u["UploadId"])
-            for u in answer.get("Uploads", [])
-            if u["Initiated"].timestamp() < started_before
-        ]
+        found = []
+        for folder in under:
+            try:
+                answer = self._s3.list_multipart_uploads(
+                    Bucket=self.url.bucket, Prefix=self.url.prefix + folder
+                )
+            except self._s3_errors as err:
+                raise BucketError(f"cannot list uploads: {err}") from None
+            found += [
+                (u["Key"], u["UploadId"])
+                for u in answer.get("Uploads", [])
+                if u["Initiated"].timestamp() < started_before
+            ]
+        return found
 
     def abort_upload(self, key: str, upload: str) -> None:
         try:

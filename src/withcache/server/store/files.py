@@ -146,7 +146,7 @@ class LocalBlobWriter(Spool):
         super().__init__(blobs.tmp_dir, resume, also)
         self._blobs = blobs
 
-    def _commit(self) -> str:
+    def _commit(self) -> None:
         sha = self._hash.hexdigest()
         os.fsync(self._fd)
         os.close(self._fd)
@@ -157,11 +157,10 @@ class LocalBlobWriter(Spool):
         # identical one is harmless: open readers keep the old inode.
         os.replace(self.path, final)
         _fsync_dir(final.parent)
-        return sha
 
-    async def commit(self) -> str:
+    async def commit(self) -> None:
         await self._settle()
-        return await asyncio.to_thread(self._commit)
+        await asyncio.to_thread(self._commit)  # under its name: nothing to record
 
     async def abort(self) -> None:
         await self._discard()
@@ -297,7 +296,7 @@ class LocalBlobs:
             raise BlobDamaged(sha256, f"size: {stat.st_size} bytes, recorded {size}")
         return LocalBlobReader(file, sha256, stat)
 
-    def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+    async def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
         return None
 
     async def delete(self, sha256: str) -> None:

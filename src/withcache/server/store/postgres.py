@@ -45,6 +45,7 @@ from withcache.server.store import MAX_LISTS, ChangeListener, Lease, StoreError,
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    BLOB_OBJECTS_TABLE,
     CANDIDATE_COLUMNS,
     CANDIDATE_ORDER,
     CANDIDATES,
@@ -59,6 +60,8 @@ from withcache.server.store.rows import (
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
+    UPLOAD_ABANDONED,
+    BlobObjectStatements,
     as_artifact,
     as_candidate,
     as_fill,
@@ -274,10 +277,12 @@ MIGRATIONS = [
     CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL);
     CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
     """,
+    BLOB_OBJECTS_TABLE,
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 RESERVE = reserve_sql("%({})s")
+OBJECTS = BlobObjectStatements("%({})s")
 ACTIVE = "state IN ('queued', 'running')"
 KEY_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 QUEUE_FILL = (
@@ -679,6 +684,7 @@ class PostgresMetadata:
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
         display_url: str, now: float, holder: str, etag: str | None = None,
+        location: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, fill.key))  # see enqueue_fill
@@ -689,6 +695,10 @@ class PostgresMetadata:
             )
             if done.rowcount != 1:
                 return None
+            if location is not None:
+                found = await conn.execute(OBJECTS.record, {"sha": sha256, "location": location})
+                if found.rowcount != 1:
+                    raise StoreError(UPLOAD_ABANDONED)
             miss = await (
                 await conn.execute(
                     "DELETE FROM misses WHERE key = %s RETURNING count", (miss_key(fill.key),)
@@ -716,6 +726,29 @@ class PostgresMetadata:
 
     async def requeue_interrupted(self) -> int:
         return 0  # other hosts' fills are running: leases decide what moves on
+
+    # -- objects of an object store's blobs
+
+    async def note_upload(self, location: str, now: float) -> None:
+        await self._run(OBJECTS.note, {"location": location, "now": now})
+
+    async def find_blob_object(self, sha256: str) -> str | None:
+        row = await self._one(OBJECTS.find, {"sha": sha256})
+        return row[0] if row else None
+
+    async def abandon_upload(self, location: str) -> bool:
+        return await self._one(OBJECTS.abandon_upload, {"location": location}) is not None
+
+    async def abandon_blob(self, sha256: str) -> str | None:
+        row = await self._one(OBJECTS.abandon_blob, {"sha": sha256})
+        return row[0] if row else None
+
+    async def abandoned_uploads(self, started_before: float) -> list[str]:
+        rows = await self._all(OBJECTS.abandon_stale, {"before": started_before})
+        return [row[0] for row in rows]
+
+    async def forget_upload(self, location: str) -> None:
+        await self._run(OBJECTS.forget, {"location": location})
 
     @asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[None]:

@@ -76,6 +76,57 @@ def reserve_sql(mark: str) -> str:
     return _RESERVE.format(**{name: mark.format(name) for name in ("size", "id", "holder", "cap")})
 
 
+# Where an object store keeps each blob it left where it was uploaded (see
+# store.BlobObjects): pending while sha256 is NULL and it is not abandoned.
+# The same text is valid SQL for SQLite and PostgreSQL.
+BLOB_OBJECTS_TABLE = """
+    CREATE TABLE blob_objects (
+        location TEXT PRIMARY KEY,
+        sha256 TEXT UNIQUE,
+        started_at DOUBLE PRECISION NOT NULL,
+        abandoned BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX blob_objects_pending ON blob_objects (started_at) WHERE sha256 IS NULL;
+"""
+
+
+UPLOAD_ABANDONED = "the blob's upload was abandoned before it was recorded (it was a day old)"
+
+
+class BlobObjectStatements:
+    """The statements on blob_objects, the parameters written as the driver
+    names them (`mark`, as for reserve_sql)."""
+
+    def __init__(self, mark: str) -> None:
+        names = {name: mark.format(name) for name in ("location", "sha", "now", "before")}
+
+        def sql(text: str) -> str:
+            return text.format(**names)
+
+        self.note = sql(
+            "INSERT INTO blob_objects (location, started_at) VALUES ({location}, {now})"
+        )
+        self.find = sql("SELECT location FROM blob_objects WHERE sha256 = {sha}")
+        # A commit records only an object that nobody abandoned meanwhile.
+        self.record = sql(
+            "UPDATE blob_objects SET sha256 = {sha} WHERE location = {location} "
+            "AND NOT abandoned AND (sha256 IS NULL OR sha256 = {sha})"
+        )
+        self.abandon_upload = sql(
+            "UPDATE blob_objects SET abandoned = true "
+            "WHERE location = {location} AND sha256 IS NULL RETURNING location"
+        )
+        self.abandon_blob = sql(
+            "UPDATE blob_objects SET sha256 = NULL, abandoned = true "
+            "WHERE sha256 = {sha} RETURNING location"
+        )
+        self.abandon_stale = sql(
+            "UPDATE blob_objects SET abandoned = true "
+            "WHERE sha256 IS NULL AND (abandoned OR started_at < {before}) RETURNING location"
+        )
+        self.forget = sql("DELETE FROM blob_objects WHERE location = {location} AND abandoned")
+
+
 def as_artifact(row: Sequence[Any]) -> Artifact:
     return Artifact(
         id=row[0], key=row[1], scope=row[2], sha256=row[3], size=row[4],

@@ -38,10 +38,11 @@ from withcache.server.records import (
     TokenScope,
     miss_key,
 )
-from withcache.server.store import MAX_LISTS, ChangeListener, Lease
+from withcache.server.store import MAX_LISTS, ChangeListener, Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
+    BLOB_OBJECTS_TABLE,
     CANDIDATE_COLUMNS,
     CANDIDATE_ORDER,
     CANDIDATES,
@@ -56,6 +57,8 @@ from withcache.server.store.rows import (
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
+    UPLOAD_ABANDONED,
+    BlobObjectStatements,
     as_artifact,
     as_candidate,
     as_fill,
@@ -241,12 +244,14 @@ MIGRATIONS = [
     CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
     CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
     """,
+    BLOB_OBJECTS_TABLE,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 RESERVE = reserve_sql(":{}")
+OBJECTS = BlobObjectStatements(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -600,6 +605,7 @@ class SQLiteMetadata:
     async def commit_artifact(
         self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
         display_url: str, now: float, holder: str, etag: str | None = None,
+        location: str | None = None,
     ) -> Artifact | None:  # fmt: skip
         with self._transaction():
             done = self._db.execute(
@@ -609,6 +615,10 @@ class SQLiteMetadata:
             )
             if done.rowcount != 1:
                 return None
+            if location is not None:
+                found = self._db.execute(OBJECTS.record, {"sha": sha256, "location": location})
+                if found.rowcount != 1:
+                    raise StoreError(UPLOAD_ABANDONED)
             miss = await self.delete_miss(fill.key)
             # Hashed as it arrived: the blob counts as checked now.
             cursor = self._db.execute(
@@ -639,6 +649,30 @@ class SQLiteMetadata:
                 "UPDATE fills SET holder = NULL, lease_until = NULL WHERE state = 'queued'"
             )
             return cursor.rowcount
+
+    # -- objects of an object store's blobs
+
+    async def note_upload(self, location: str, now: float) -> None:
+        self._db.execute(OBJECTS.note, {"location": location, "now": now})
+
+    async def find_blob_object(self, sha256: str) -> str | None:
+        row = self._db.execute(OBJECTS.find, {"sha": sha256}).fetchone()
+        return row[0] if row else None
+
+    async def abandon_upload(self, location: str) -> bool:
+        row = self._db.execute(OBJECTS.abandon_upload, {"location": location}).fetchone()
+        return row is not None
+
+    async def abandon_blob(self, sha256: str) -> str | None:
+        row = self._db.execute(OBJECTS.abandon_blob, {"sha": sha256}).fetchone()
+        return row[0] if row else None
+
+    async def abandoned_uploads(self, started_before: float) -> list[str]:
+        rows = self._db.execute(OBJECTS.abandon_stale, {"before": started_before}).fetchall()
+        return [row[0] for row in rows]
+
+    async def forget_upload(self, location: str) -> None:
+        self._db.execute(OBJECTS.forget, {"location": location})
 
     @asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[None]:

@@ -74,7 +74,7 @@ async def send_blob(
     # The store's ETag is not ours, so an If-Range would not hold there: such a
     # request is answered here, as evaluated above.
     if cache.settings.redirect_hits and "If-Range" not in request.headers:
-        location = cache.presign_hit(artifact, PRESIGN_SECONDS, answer.headers, answer.length)
+        location = await cache.presign_hit(artifact, PRESIGN_SECONDS, answer.headers, answer.length)
         if location is not None:
             return web.Response(
                 status=302, headers={"Location": location, "Cache-Control": "no-store"}
