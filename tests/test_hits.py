@@ -29,6 +29,7 @@ class Opened:
         self.checks = ReadChecks()
         self.counted: list[int] = []
         self.damaged: list[str] = []
+        self.closed: list[str] = []  # blobs whose answer is done with them
 
     async def open(self, artifact: Artifact) -> OpenHit:
         reader = await self.blobs.open(artifact.sha256, artifact.size)
@@ -36,7 +37,13 @@ class Opened:
         async def damaged(found: Artifact, problem: str) -> None:
             self.damaged.append(problem)
 
-        return OpenHit(artifact, reader, self.checks, lambda a, n: self.counted.append(n), damaged)
+        async def closed(sha256: str) -> None:
+            self.closed.append(sha256)
+
+        def counted(found: Artifact, sent: int) -> None:
+            self.counted.append(sent)
+
+        return OpenHit(artifact, reader, self.checks, counted, damaged, closed)
 
 
 @pytest.fixture

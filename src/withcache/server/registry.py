@@ -49,11 +49,11 @@ Get = Callable[[str, "str | None", dict[str, str]], Awaitable[aiohttp.ClientResp
 class Unresolved(FillError):
     """The registry answered, but the reference names no one blob there, or
     may not be read with the credentials sent: the client's error, told to
-    it with `status`."""
+    it with `client_status` (FillError's `status` is an origin's answer)."""
 
     def __init__(self, message: str, status: int) -> None:
         super().__init__(message)
-        self.status = status
+        self.client_status = status
 
 
 class Registry:

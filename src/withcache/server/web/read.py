@@ -165,7 +165,7 @@ async def _serve(request: web.Request, url: str) -> web.StreamResponse:
         return streamed
     cache.count_miss()  # the client goes to the origin (or fails)
     error = outcome.fill.error if outcome.fill else None
-    status = getattr(error, "status", None)
+    status = getattr(error, "client_status", None)
     if status is not None:  # the fill found the request can't be met as asked
         return bad_request(request, f"not fetched: {error}", status)
     reason = f"fill failed: {error}" if error is not None else outcome.reason
