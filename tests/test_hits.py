@@ -17,7 +17,8 @@ from withcache.server.web.hit import send_blob
 async def _stored(blobs: LocalBlobs, body: bytes) -> Artifact:
     writer = blobs.begin()
     await writer.write(body)
-    sha = await writer.commit()
+    await writer.commit()
+    sha = writer.hexdigest()
     return Artifact(1, "http://o/x", "", sha, len(body), {"Content-Type": "x/y"}, 0.0)
 
 
