@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +62,6 @@ from withcache.server.retention import (
 from withcache.server.revalidation import (
     STALE_HEADER,
     ConditionalGet,
-    OriginCheck,
     Outcome,
     Revalidator,
 )
@@ -554,11 +553,6 @@ class Cache:
         if outcome.outcome == "busy":
             raise ActionError("it is being revalidated already (here or by another host)")
         return outcome
-
-    def add_revalidation_check(self, matches: Callable[[str], bool], check: OriginCheck) -> None:
-        """Ask the origins of the keys `matches` accepts with `check` instead of
-        a conditional GET (revalidation.py; an OCI tag's registry, say)."""
-        self._revalidator.add_check(matches, check)
 
     async def _refill(self, artifact: Artifact) -> Artifact:
         """Fetch the new bytes of a changed artifact (its commit hands the old
