@@ -97,10 +97,6 @@ class Verification:
     def finished(self) -> bool:
         return self.finished_at is not None
 
-    @property
-    def by_scrub(self) -> bool:
-        return self.actor == SCRUB_ACTOR
-
     async def run(self, verifier: Verifier) -> None:
         """Check every stored blob (what `verify` does)."""
         started = time.monotonic()

@@ -282,10 +282,6 @@ class Fill:
         return self._rate
 
     @property
-    def running_here(self) -> bool:
-        return self._here
-
-    @property
     def elsewhere(self) -> bool:
         """Running on another cache-host: its bytes can't be read here."""
         return not self._here and self._record.state is FillState.RUNNING
