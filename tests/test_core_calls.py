@@ -312,6 +312,29 @@ async def test_a_cancelled_fill_says_so_on_its_miss(auto_core, origin):
     assert miss.reason == "fill cancelled by an operator"
 
 
+async def test_a_cancel_that_lands_before_its_fill_first_runs_cancels_it(
+    auto_core, origin, monkeypatch
+):
+    """A worker has claimed the fill and made its task, but the task has not
+    run yet when the operator's cancel lands: the fill still ends cancelled,
+    in the store and on its miss, before cancel returns."""
+    url = origin.add("/core/cancelled-early.bin", BODY * 10, rate=1_000_000)
+    manager = auto_core._fills
+    launched = asyncio.Event()
+
+    async def held_before_it_runs(handle):
+        launched.set()
+        await asyncio.Event().wait()  # the cancel lands here, before _run's first line
+
+    monkeypatch.setattr(manager, "_run", held_before_it_runs)
+    outcome = await auto_core.miss(url, auto_core.key(url), None)
+    await asyncio.wait_for(launched.wait(), 10)
+    await auto_core.cancel(outcome.fill.id, actor="operator")
+    (miss,) = (await auto_core.list_misses()).rows
+    assert miss.reason == "fill cancelled by an operator"
+    assert (await auto_core.fill(outcome.fill.id)).record.state is FillState.CANCELLED
+
+
 async def test_a_miss_that_joins_a_fill_as_it_fails_keeps_the_failure(
     auto_core, origin, monkeypatch
 ):

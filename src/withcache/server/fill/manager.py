@@ -133,6 +133,7 @@ class _Handle:
     cancel_requested: bool = False
     cancelled_by: str | None = None
     lost: bool = False  # the heartbeat found the lease gone
+    ending: asyncio.Task[None] | None = None  # the ending of a task that never ran
     settled: bool = False  # committing or ending: the heartbeat leaves it alone
     source: Source | None = None  # an import's bytes (None: the origin's)
 
@@ -356,6 +357,8 @@ class FillManager:
                 if not handle.settled:  # committing: it ends as stored
                     task.cancel()
                 await asyncio.wait([task], timeout=min(CANCEL_RETRY_SECONDS, left))
+            if handle.ending and (left := deadline - time.monotonic()) > 0:
+                await asyncio.wait([handle.ending], timeout=left)
             return True
         # Queued, or running on another host: that host sees it at its next heartbeat.
         record = await self._metadata.get_fill(fill_id)
@@ -528,16 +531,26 @@ class FillManager:
         """Whatever stopped a fill's task, no one may be left waiting on the fill."""
         if handle.fill.finished:
             return
-        outcome: Outcome = Stopped()  # cancelled before it ever ran
+        # Unfinished, the task never reached _run's own endings: it crashed,
+        # or was cancelled before it first ran (by an operator, the heartbeat
+        # or shutting down).
         if not task.cancelled() and task.exception() is not None:
             log.error("fill.crashed", exc_info=task.exception(), fill_id=handle.fill.id)
-            outcome = Failed(failure=FillError("the fill stopped unexpectedly", transient=True))
-        self._spawn(self.finish(handle.fill, outcome))
+            failure = FillError("the fill stopped unexpectedly", transient=True)
+            ending = self.finish(handle.fill, Failed(failure=failure))
+        elif handle.lost:
+            ending = self._lose(handle)
+        elif handle.cancel_requested:
+            ending = self.finish(handle.fill, Cancelled(actor=handle.cancelled_by))
+        else:
+            ending = self.finish(handle.fill, Stopped())
+        handle.ending = self._spawn(ending)
 
-    def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, job: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(job)
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+        return task
 
     async def _open_writer(
         self, fill: Fill, also: Collection[str]
