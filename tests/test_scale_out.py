@@ -9,6 +9,7 @@ import pytest
 from clients import finish, start_curls, wait_until
 from conftest import curl
 from page_client import PageClient
+from test_deploy import stop_cleanly
 from test_fills import miss, wait_fill_state
 
 pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
@@ -28,6 +29,15 @@ def test_eight_clients_on_two_hosts_cost_one_origin_download(origin, cache_host,
     assert origin.gets("/scale/eight.bin") == 1
     assert origin.body_bytes["/scale/eight.bin"] == len(BODY)
     assert hosts[0].rows("SELECT count(*), sum(size) FROM artifacts") == [(1, len(BODY))]
+
+
+def test_a_host_that_filled_and_served_exits_0_on_sigterm(origin, cache_host):
+    """As systemd and podman stop it: the object store's runtime (obstore)
+    must not abort the process while Python finalizes."""
+    host = cache_host()
+    url = host.cached(origin, "/scale/stopping.bin", BODY)
+    assert curl("-f", host.blob_url(url)).stdout == BODY
+    stop_cleanly(host, 10)
 
 
 def test_a_probe_on_another_host_during_a_fill_answers_with_the_length(origin, cache_host):
