@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -59,6 +60,12 @@ def origin(ca: trustme.CA) -> Iterator[Origin]:
     server.start()
     yield server
     server.stop()
+
+
+# The suite runs on busy shared boxes (2 cores, other suites beside it): a
+# property's examples are checked for what they return, never for how fast.
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -42,7 +42,7 @@ def completion(candidates):
     return done
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(ARTIFACTS, SIZES, st.integers(-10, 6000))
 def test_whole_blobs_in_order_and_the_fewest(artifacts, sizes, need):
     candidates, pinned, _ = build(artifacts, sizes)
@@ -67,7 +67,7 @@ def test_whole_blobs_in_order_and_the_fewest(artifacts, sizes, need):
         assert choice.freed - sizes[int(last, 16)] < need
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(ARTIFACTS, SIZES, st.integers(1, 3000), st.integers(1, 2000))
 def test_a_fill_fits_under_the_cap_whenever_eviction_can_make_room(artifacts, sizes, cap, size):
     candidates, _, stored = build(artifacts, sizes)

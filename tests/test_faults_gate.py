@@ -385,8 +385,8 @@ def _request(method: bytes, target: bytes, headers: dict[bytes, bytes], body: by
 
 
 @settings(
-    max_examples=200, deadline=None, derandomize=True, database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=200, derandomize=True, database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )  # fmt: skip
 @given(data=st.data(), where=st.sampled_from(["query", "header", "form", "charset", "json"]),
        value=_NASTY)  # fmt: skip

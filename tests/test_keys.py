@@ -1,7 +1,7 @@
 """The cache key and the /b/ token: one definition, shared by every part."""
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from withcache import keys
@@ -102,7 +102,6 @@ hosts_with_ports = st.tuples(hosts, st.one_of(st.none(), st.integers(1, 65535)))
 mirrored = urls_on(hosts_with_ports)
 
 
-@settings(suppress_health_check=[HealthCheck.too_slow])  # URLs are slow to draw on a busy box
 @given(mirrored)
 def test_every_mirror_spelling_gives_back_the_url(url):
     scheme, rest = url.split("://", 1)

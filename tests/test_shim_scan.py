@@ -139,13 +139,13 @@ def check(tool_name, argv, url_at):
             assert result.argv[i] == word, (i, argv)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(commands("curl"))
 def test_curl_command_keeps_every_word_but_its_urls(command):
     check("curl", *command)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(commands("wget"))
 def test_wget_command_keeps_every_word_but_its_urls(command):
     check("wget", *command)
@@ -158,7 +158,7 @@ words = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.sampled_from(["curl", "wget"]), st.lists(words, max_size=10))
 def test_any_argv_only_ever_changes_http_words(tool_name, argv):
     result = plan(tool_name, argv, ENV, all_hits)
