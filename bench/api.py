@@ -8,7 +8,7 @@ is what authentication costs), and a /metrics scrape. Then it stores real
 blobs (--verify-mib in all) and times `verify`, and times the `withcache`
 command with hyperfine. Medians throughout.
 
-    .venv/bin/python bench/api.py [--rows 10000] [--runs 51] [--verify-mib 1024]
+    .venv/bin/python bench/api.py [--rows 10000] [--runs 51] [--verify-mib 1024] [--cli-runs 30]
 """
 
 from __future__ import annotations
@@ -129,13 +129,13 @@ def time_verify(port: int, admin: str, runs: int) -> list[float]:
     return seconds
 
 
-def time_cli(url: str, admin: str, work: Path) -> dict[str, float]:
-    """Medians (ms) of the `withcache` command, by hyperfine."""
+def time_cli(url: str, admin: str, work: Path, runs: int) -> dict[str, float]:
+    """Medians (ms) of the `withcache` command over `runs`, by hyperfine."""
     withcache = Path(sys.executable).parent / "withcache"
     export = work / "cli.json"
     env = {**os.environ, "WITHCACHE_SERVER": url, "WITHCACHE_TOKEN": admin}
     subprocess.run(
-        ["hyperfine", "-N", "--warmup", "3", "--runs", "30", "--export-json", str(export),
+        ["hyperfine", "-N", "--warmup", "3", "--runs", str(runs), "--export-json", str(export),
          "-n", "withcache --version", f"{withcache} --version",
          "-n", "withcache ls (first 50 rows)", f"{withcache} ls",
          "-n", "withcache misses", f"{withcache} misses"],
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=51, help="requests per URL")
     parser.add_argument("--verify-mib", type=int, default=1024, help="blob bytes to verify")
+    parser.add_argument("--cli-runs", type=int, default=30, help="runs of each command")
     args = parser.parse_args()
     tally = Tally()
     per_hit = min(timeit.repeat(lambda: tally.hit(65536), number=100_000, repeat=5)) / 100_000
@@ -164,7 +165,9 @@ def main() -> None:
         try:
             admin = token(server.port)
             results = time_requests(Client(server.port, admin), args.runs)
-            cli = time_cli(server.url, admin, Path(tmp)) if shutil.which("hyperfine") else {}
+            cli = {}
+            if shutil.which("hyperfine"):
+                cli = time_cli(server.url, admin, Path(tmp), args.cli_runs)
         finally:
             server.stop()
         server = Server(blobs)
@@ -183,7 +186,7 @@ def main() -> None:
     print(f"\nverify: {args.verify_mib} MiB in 8 blobs: median {statistics.median(verify):.2f} s "
           f"of 3, {mib_s:.0f} MiB/s")  # fmt: skip
     for name, ms in cli.items():
-        print(f"{name:34} {ms:6.1f} ms (hyperfine median of 30)")
+        print(f"{name:34} {ms:6.1f} ms (hyperfine median of {args.cli_runs})")
 
 
 if __name__ == "__main__":

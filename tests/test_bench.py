@@ -31,11 +31,13 @@ def run_bench(tmp_path: Path, script: str, *args: str) -> str:
 def test_ui_pages(tmp_path):
     out = run_bench(tmp_path, "ui_pages.py", "--rows", "50", "--runs", "2")
     assert "cached, last page" in out
-    assert "medians all under the 200 ms target" in out
+    assert "2 requests per page; medians " in out  # the verdict: its figure is for a quiet box
 
 
 def test_api(tmp_path):
-    out = run_bench(tmp_path, "api.py", "--rows", "50", "--runs", "2", "--verify-mib", "8")
+    out = run_bench(
+        tmp_path, "api.py", "--rows", "50", "--runs", "2", "--verify-mib", "8", "--cli-runs", "2"
+    )
     assert "GET /api/v1/status" in out
     assert "verify: 8 MiB in 8 blobs" in out
 
