@@ -22,7 +22,7 @@ from services import Postgres  # noqa: E402
 from withcache.server.digests import Digest  # noqa: E402
 from withcache.server.records import FillState, ItemState, ListItem, TokenScope  # noqa: E402
 from withcache.server.store import Lease  # noqa: E402
-from withcache.server.store.postgres import PostgresMetadata  # noqa: E402
+from withcache.server.store.postgres import MIGRATIONS, PostgresMetadata  # noqa: E402
 from withcache.server.store.sqlite import SQLiteMetadata  # noqa: E402
 
 LEASE = Lease("host-a", 2e9)
@@ -72,7 +72,6 @@ async def main() -> None:
         url = postgres.new_database()
         meta = await PostgresMetadata.connect(url)
         await populate(meta)
-        version = (await meta._one("SELECT max(version) FROM withcache_schema"))[0]
         await meta.close()
         dump = subprocess.run(
             [*postgres._as, str(postgres.bin / "pg_dump"), "--inserts", "--no-owner",
@@ -83,7 +82,7 @@ async def main() -> None:
         # SQL, which psycopg runs as one script.
         kept = [line for line in dump.splitlines()
                 if line and not line.startswith(("--", "\\"))]  # fmt: skip
-        (HERE / f"postgres-v{version}.dump").write_text("\n".join(kept) + "\n")
+        (HERE / f"postgres-v{len(MIGRATIONS)}.dump").write_text("\n".join(kept) + "\n")
     finally:
         postgres.stop()
 
