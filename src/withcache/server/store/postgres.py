@@ -15,8 +15,7 @@ unless it is one of the transactions below.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,21 +23,11 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from withcache.server.digests import Digest
-from withcache.server.records import IMPORTED, Artifact, FillRecord, miss_key
-from withcache.server.store import ChangeListener, Lease, StoreError, changes
+from withcache.server.store import ChangeListener, StoreError, changes
 from withcache.server.store.rows import (
-    ARTIFACT_COLUMNS,
     BLOB_OBJECTS_TABLE,
-    FILL_COLUMNS,
-    UPLOAD_ABANDONED,
-    as_artifact,
-    as_fill,
-    reserve_sql,
 )
 from withcache.server.store.sql import (
-    ACTIVE,
-    OBJECTS,
     POSTGRES,
     Args,
     Database,
@@ -252,20 +241,6 @@ MIGRATIONS = [
     BLOB_OBJECTS_TABLE,
 ]
 
-RESERVE = reserve_sql("%({})s")
-RECORD_OBJECT = for_psycopg(OBJECTS.record)
-KEY_LOCK = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
-QUEUE_FILL = (
-    "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, credentialed, "
-    "created_at, started_at, holder, lease_until) "
-    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}"
-)
-FIND_STORED = (
-    f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE key = %s AND scope = ANY(%s) "
-    "ORDER BY scope DESC, id DESC LIMIT 1"
-)
-
 
 def describe(url: str) -> str:
     """Where a PostgreSQL URL points, without its password: for messages."""
@@ -338,93 +313,13 @@ class PostgresMetadata(SQLMetadata):
     async def follow_changes(self, listener: ChangeListener) -> None:
         await changes.follow(self._pool.conninfo, listener)
 
-    async def enqueue_fill(
-        self, key: str, scope: str, url: str, requested_by: str, now: float,
-        expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
-    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
-        values = (key, scope, url, "running" if start else "queued", requested_by,
-                  expected and str(expected), credentialed, now, now if start else None,
-                  lease and lease.holder, lease and lease.until)  # fmt: skip
-        # Another host may queue the same fill at the same moment: the unique
-        # index lets one insert win, and the other then reads the winner's row.
-        for _ in range(3):
-            async with self._pool.connection() as conn, conn.transaction():
-                if unless_stored:
-                    # The key's lock, which commit_artifact takes too: a commit
-                    # on any host is wholly before this look, or after this queues or joins.
-                    await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, key))
-                    found = await (
-                        await conn.execute(FIND_STORED, (key, list(unless_stored)))
-                    ).fetchone()
-                    if found:
-                        return as_artifact(found), False
-                row = await (await conn.execute(QUEUE_FILL, values)).fetchone()
-                if row:
-                    return as_fill(row), True
-                row = await (
-                    await conn.execute(
-                        f"SELECT {FILL_COLUMNS} FROM fills WHERE key = %s AND scope = %s "
-                        f"AND {ACTIVE}",
-                        (key, scope),
-                    )
-                ).fetchone()
-                if row:
-                    return as_fill(row), False
-        raise StoreError("could not queue the fill: it kept ending as it was queued")
+    async def _hold_key(self, db: Database, key: str) -> None:
+        await db.run("SELECT pg_advisory_xact_lock(?, hashtext(?))", (KEY_LOCK_CLASS, key))
 
-    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
-        async with self._pool.connection() as conn, conn.transaction():
-            # The totals row is the one lock every reservation and every commit
-            # (its trigger) takes: reservations across hosts happen one at a time.
-            await conn.execute("SELECT bytes FROM totals FOR UPDATE")
-            done = await conn.execute(
-                RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
-            )
-            return done.rowcount == 1
-
-    async def commit_artifact(
-        self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str, etag: str | None = None,
-        location: str | None = None,
-    ) -> Artifact | None:  # fmt: skip
-        async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(KEY_LOCK, (KEY_LOCK_CLASS, fill.key))  # see enqueue_fill
-            done = await conn.execute(
-                "UPDATE fills SET state = 'done', error = NULL, url = %s, finished_at = %s, "
-                "bytes_done = %s, total = %s WHERE id = %s AND state = 'running' AND holder = %s",
-                (display_url, now, size, size, fill.id, holder),
-            )
-            if done.rowcount != 1:
-                return None
-            if location is not None:
-                found = await conn.execute(RECORD_OBJECT, {"sha": sha256, "location": location})
-                if found.rowcount != 1:
-                    raise StoreError(UPLOAD_ABANDONED)
-            miss = await (
-                await conn.execute(
-                    "DELETE FROM misses WHERE key = %s RETURNING count", (miss_key(fill.key),)
-                )
-            ).fetchone()
-            values = (
-                fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                miss[0] if miss else 0, now, fill.requested_by == IMPORTED, etag,
-            )  # fmt: skip
-            # Hashed as it arrived: the blob counts as checked now.
-            row = await (
-                await conn.execute(
-                    "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                    "checked_at, imported, etag) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
-                    "size = excluded.size, headers = excluded.headers, "
-                    "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
-                    "misses = artifacts.misses + excluded.misses, imported = excluded.imported, "
-                    "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
-                    f"RETURNING {ARTIFACT_COLUMNS}",
-                    values,
-                )
-            ).fetchone()
-            return as_artifact(row)
+    async def _hold_totals(self, db: Database) -> None:
+        # The totals row is the one lock every reservation and every commit
+        # (its trigger) takes: reservations across hosts happen one at a time.
+        await db.run("SELECT bytes FROM totals FOR UPDATE")
 
     async def requeue_interrupted(self) -> int:
         return 0  # other hosts' fills are running: leases decide what moves on

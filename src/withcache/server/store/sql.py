@@ -2,7 +2,9 @@
 SQLite and PostgreSQL, written once, and run by each store through its own
 connections (store.sqlite: the one connection on the event loop's thread;
 store.postgres: a pool). What differs for real stays with each store: how a
-fill is queued and committed, byte reservations, blob locks, start-up.
+transaction keeps other writers out (SQLite has one writer; PostgreSQL takes
+advisory and row locks), blob locks, fills interrupted at start, start-up and
+the schema's first versions.
 
 Queries are written as sqlite3 takes them, `?` and `:name` for parameters;
 PostgreSQL's store hands psycopg the same text marked its way (`for_psycopg`).
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from withcache.server.digests import Digest
 from withcache.server.records import (
+    IMPORTED,
     Artifact,
     EventRecord,
     EvictionCandidate,
@@ -37,7 +41,7 @@ from withcache.server.records import (
     TokenScope,
     miss_key,
 )
-from withcache.server.store import MAX_LISTS, Lease
+from withcache.server.store import MAX_LISTS, Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
@@ -55,6 +59,7 @@ from withcache.server.store.rows import (
     SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
+    UPLOAD_ABANDONED,
     BlobObjectStatements,
     as_artifact,
     as_candidate,
@@ -65,6 +70,7 @@ from withcache.server.store.rows import (
     item_values,
     like_pattern,
     like_prefix,
+    reserve_sql,
     tally,
 )
 
@@ -74,6 +80,7 @@ Args = Sequence[Any] | Mapping[str, Any]
 MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 ACTIVE = "state IN ('queued', 'running')"
 OBJECTS = BlobObjectStatements(":{}")
+RESERVE = reserve_sql(":{}")
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -133,6 +140,16 @@ class SQLMetadata(ABC):
     def _transaction(self) -> AbstractAsyncContextManager[Database]:
         """`async with` block = one transaction, its queries run through what it gives."""
 
+    @abstractmethod
+    async def _hold_key(self, db: Database, key: str) -> None:
+        """In a transaction: until it ends, no commit of the key's artifact on
+        any host comes in between (enqueue_fill's look against commit_artifact)."""
+
+    @abstractmethod
+    async def _hold_totals(self, db: Database) -> None:
+        """In a transaction: until it ends, no other byte reservation or commit
+        on any host comes in between (reserve_bytes' sum and its update)."""
+
     async def secret(self, name: str) -> bytes:
         await self._sql.run(
             "INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
@@ -151,11 +168,12 @@ class SQLMetadata(ABC):
         return await self._find_artifact("sha256", sha256, scopes)
 
     async def _find_artifact(
-        self, column: str, value: str, scopes: Sequence[str]
+        self, column: str, value: str, scopes: Sequence[str], db: Database | None = None
     ) -> Artifact | None:
-        """The artifact whose `column` is `value` in the first of `scopes` that has one."""
+        """The artifact whose `column` is `value` in the first of `scopes` that
+        has one (through `db`, a transaction's, if given)."""
         marks = ",".join("?" * len(scopes))
-        row = await self._sql.one(
+        row = await (db or self._sql).one(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE {column} = ? AND scope IN ({marks}) "
             "ORDER BY scope DESC, id DESC LIMIT 1",
             (value, *scopes),
@@ -331,6 +349,40 @@ class SQLMetadata(ABC):
 
     # -- fills
 
+    async def enqueue_fill(
+        self, key: str, scope: str, url: str, requested_by: str, now: float,
+        expected: Digest | None = None, credentialed: bool = False,
+        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
+    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
+        values = (key, scope, url, "running" if start else "queued", requested_by,
+                  expected and str(expected), credentialed, now, now if start else None,
+                  lease and lease.holder, lease and lease.until)  # fmt: skip
+        # Another host may queue the same fill at the same moment: the unique
+        # index lets one insert win, and the other then reads the winner's row.
+        for _ in range(3):
+            async with self._transaction() as db:
+                if unless_stored:
+                    await self._hold_key(db, key)  # a commit is wholly before, or after
+                    found = await self._find_artifact("key", key, unless_stored, db)
+                    if found:
+                        return found, False
+                row = await db.one(
+                    "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
+                    "credentialed, created_at, started_at, holder, lease_until) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    f"ON CONFLICT (key, scope) WHERE {ACTIVE} DO NOTHING RETURNING {FILL_COLUMNS}",
+                    values,
+                )
+                if row:
+                    return as_fill(row), True
+                row = await db.one(
+                    f"SELECT {FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? AND {ACTIVE}",
+                    (key, scope),
+                )
+                if row:
+                    return as_fill(row), False
+        raise StoreError("could not queue the fill: it kept ending as it was queued")
+
     async def claim_fill(
         self, now: float, lease: Lease, fill_id: int | None = None
     ) -> FillRecord | None:
@@ -388,6 +440,14 @@ class SQLMetadata(ABC):
             (bytes_done, total, resume and json.dumps(dict(resume)), fill_id),
         )
 
+    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        async with self._transaction() as db:
+            await self._hold_totals(db)
+            reserved = await db.run(
+                RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
+            )
+            return reserved == 1
+
     async def reserved_bytes(self) -> int:
         row = await self._sql.one(RESERVED)
         assert row is not None
@@ -406,6 +466,43 @@ class SQLMetadata(ABC):
              "id": fill_id, "holder": holder},
         )  # fmt: skip
         return as_fill(row) if row else None
+
+    async def commit_artifact(
+        self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
+        display_url: str, now: float, holder: str, etag: str | None = None,
+        location: str | None = None,
+    ) -> Artifact | None:  # fmt: skip
+        async with self._transaction() as db:
+            await self._hold_key(db, fill.key)  # see enqueue_fill
+            done = await db.run(
+                "UPDATE fills SET state = 'done', error = NULL, url = ?, finished_at = ?, "
+                "bytes_done = ?, total = ? WHERE id = ? AND state = 'running' AND holder = ?",
+                (display_url, now, size, size, fill.id, holder),
+            )
+            if done != 1:
+                return None
+            if location is not None:
+                recorded = await db.run(OBJECTS.record, {"sha": sha256, "location": location})
+                if recorded != 1:
+                    raise StoreError(UPLOAD_ABANDONED)
+            miss = await db.one(
+                "DELETE FROM misses WHERE key = ? RETURNING count", (miss_key(fill.key),)
+            )
+            # Hashed as it arrived: the blob counts as checked now.
+            row = await db.one(
+                "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
+                "checked_at, imported, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
+                "size = excluded.size, headers = excluded.headers, "
+                "fetched_at = excluded.fetched_at, checked_at = excluded.checked_at, "
+                "misses = artifacts.misses + excluded.misses, imported = excluded.imported, "
+                "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
+                f"RETURNING {ARTIFACT_COLUMNS}",
+                (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
+                 miss[0] if miss else 0, now, fill.requested_by == IMPORTED, etag),
+            )  # fmt: skip
+            assert row is not None
+            return as_artifact(row)
 
     async def clear_finished_fills(self) -> int:
         async with self._transaction() as db:

@@ -13,23 +13,14 @@ WAL (which is also cut back to WAL_SIZE_LIMIT after every checkpoint).
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from withcache.server.digests import Digest
-from withcache.server.records import IMPORTED, Artifact, FillRecord
-from withcache.server.store import ChangeListener, Lease, StoreError
-from withcache.server.store.rows import (
-    BLOB_OBJECTS_TABLE,
-    FILL_COLUMNS,
-    UPLOAD_ABANDONED,
-    as_fill,
-    reserve_sql,
-)
-from withcache.server.store.sql import OBJECTS, SQLITE, Args, Database, Row, SQLMetadata
+from withcache.server.store import ChangeListener
+from withcache.server.store.rows import BLOB_OBJECTS_TABLE
+from withcache.server.store.sql import SQLITE, Args, Database, Row, SQLMetadata
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
 MIGRATIONS = [
@@ -209,8 +200,6 @@ MIGRATIONS = [
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
 _INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
-RESERVE = reserve_sql(":{}")
-
 
 class SQLiteMetadata(SQLMetadata):
     """The Metadata interface over a single SQLite file."""
@@ -264,89 +253,25 @@ class SQLiteMetadata(SQLMetadata):
     async def follow_changes(self, listener: ChangeListener) -> None:
         return  # one host: its own changes are forgotten as it makes them
 
-    async def enqueue_fill(
-        self, key: str, scope: str, url: str, requested_by: str, now: float,
-        expected: Digest | None = None, credentialed: bool = False,
-        lease: Lease | None = None, start: bool = False, unless_stored: Sequence[str] = (),
-    ) -> tuple[FillRecord | Artifact, bool]:  # fmt: skip
-        async with self._transaction():  # one writer at a time: a commit is before or after
-            stored = await self._find_artifact("key", key, unless_stored) if unless_stored else None
-            if stored is not None:
-                return stored, False
-            row = self._db.execute(
-                f"SELECT {FILL_COLUMNS} FROM fills WHERE key = ? AND scope = ? "
-                "AND state IN ('queued', 'running')",
-                (key, scope),
-            ).fetchone()
-            if row:
-                return as_fill(row), False
-            cursor = self._db.execute(
-                "INSERT INTO fills (key, scope, url, state, requested_by, expected_digest, "
-                "credentialed, created_at, started_at, holder, lease_until) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, scope, url, "running" if start else "queued", requested_by,
-                 expected and str(expected), credentialed, now, now if start else None,
-                 lease and lease.holder, lease and lease.until),
-            )  # fmt: skip
-            fill = await self.get_fill(cursor.lastrowid or 0)
-            assert fill is not None
-            return fill, True
+    # One writer at a time (BEGIN IMMEDIATE): a transaction holds the whole file.
 
-    async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
-        # One statement: SQLite runs one writer at a time, so no other
-        # reservation or commit can slip in between the sum and the update.
-        cursor = self._db.execute(
-            RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
-        )
-        return cursor.rowcount == 1
+    async def _hold_key(self, db: Database, key: str) -> None:
+        return
 
-    async def commit_artifact(
-        self, fill: FillRecord, sha256: str, size: int, headers: Mapping[str, str],
-        display_url: str, now: float, holder: str, etag: str | None = None,
-        location: str | None = None,
-    ) -> Artifact | None:  # fmt: skip
-        async with self._transaction():
-            done = self._db.execute(
-                "UPDATE fills SET state = 'done', error = NULL, url = ?, finished_at = ?, "
-                "bytes_done = ?, total = ? WHERE id = ? AND state = 'running' AND holder = ?",
-                (display_url, now, size, size, fill.id, holder),
-            )
-            if done.rowcount != 1:
-                return None
-            if location is not None:
-                found = self._db.execute(OBJECTS.record, {"sha": sha256, "location": location})
-                if found.rowcount != 1:
-                    raise StoreError(UPLOAD_ABANDONED)
-            miss = await self.delete_miss(fill.key)
-            # Hashed as it arrived: the blob counts as checked now.
-            cursor = self._db.execute(
-                "INSERT INTO artifacts (key, scope, sha256, size, headers, fetched_at, misses, "
-                "checked_at, imported, etag) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (key, scope) DO UPDATE SET sha256 = excluded.sha256, "
-                "size = excluded.size, headers = excluded.headers, "
-                "fetched_at = excluded.fetched_at, misses = misses + excluded.misses, "
-                "checked_at = excluded.checked_at, imported = excluded.imported, "
-                "etag = excluded.etag, validated_at = NULL, revalidating_until = NULL "
-                "RETURNING id",
-                (fill.key, fill.scope, sha256, size, json.dumps(dict(headers)), now,
-                 miss.count if miss else 0, now, fill.requested_by == IMPORTED, etag),
-            )  # fmt: skip
-            artifact_id = cursor.fetchone()[0]
-            artifact = await self.get_artifact(artifact_id)
-            assert artifact is not None
-            return artifact
+    async def _hold_totals(self, db: Database) -> None:
+        return
 
     async def requeue_interrupted(self) -> int:
-        async with self._transaction():
-            cursor = self._db.execute(
+        async with self._transaction() as db:
+            requeued = await db.run(
                 "UPDATE fills SET state = 'queued', started_at = NULL WHERE state = 'running'"
             )
             # This process is the file's only host: whatever a previous one held
             # is free now (a credentialed fill then fails, its credentials gone).
-            self._db.execute(
+            await db.run(
                 "UPDATE fills SET holder = NULL, lease_until = NULL WHERE state = 'queued'"
             )
-            return cursor.rowcount
+            return requeued
 
     @asynccontextmanager
     async def blob_lock(self, sha256: str) -> AsyncIterator[None]:
