@@ -24,9 +24,7 @@ from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from withcache.server.store import ChangeListener, StoreError, changes
-from withcache.server.store.rows import (
-    BLOB_OBJECTS_TABLE,
-)
+from withcache.server.store.schema import BLOB_OBJECTS, ENDED_SESSIONS, LISTS, PINS, RESERVATIONS
 from withcache.server.store.sql import (
     POSTGRES,
     Args,
@@ -161,52 +159,10 @@ MIGRATIONS = [
         FOR EACH ROW WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256)
         EXECUTE FUNCTION withcache_count_blobs();
     """,
-    # Bytes promised to running fills under --max-bytes; where an interrupted
-    # fill resumes from; when each blob was last re-hashed (the scrub's order).
-    """
-    ALTER TABLE fills ADD COLUMN reserved BIGINT NOT NULL DEFAULT 0;
-    ALTER TABLE fills ADD COLUMN resume TEXT;
-    ALTER TABLE artifacts ADD COLUMN checked_at DOUBLE PRECISION NOT NULL DEFAULT 0;
-    CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
-    """,
-    # Pre-seeded and air-gapped labs: a fill's expected digest names its
-    # algorithm; imported artifacts say so; lists group the fills added together.
-    """
-    ALTER TABLE fills RENAME COLUMN expected_sha256 TO expected_digest;
-    UPDATE fills SET expected_digest = 'sha256:' || lower(expected_digest)
-        WHERE expected_digest IS NOT NULL;
-    ALTER TABLE artifacts ADD COLUMN imported BOOLEAN NOT NULL DEFAULT false;
-    CREATE TABLE lists (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        source TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        created_by TEXT
-    );
-    CREATE INDEX lists_created_at ON lists (created_at);
-    CREATE TABLE list_items (
-        list_id BIGINT NOT NULL,
-        line INTEGER NOT NULL,
-        url TEXT NOT NULL,
-        state TEXT NOT NULL,
-        fill_id BIGINT,
-        size BIGINT,
-        note TEXT,
-        PRIMARY KEY (list_id, line)
-    );
-    CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
-    """,
-    # Mutable URLs and a full cache: pins, when the origin last vouched for an
-    # artifact's bytes and who is asking it now, the origin's ETag to ask
-    # with, eviction's order; when a fill for an unhealthy origin may run.
-    """
-    ALTER TABLE artifacts ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;
-    ALTER TABLE artifacts ADD COLUMN validated_at DOUBLE PRECISION;
-    ALTER TABLE artifacts ADD COLUMN revalidating_until DOUBLE PRECISION;
-    ALTER TABLE artifacts ADD COLUMN etag TEXT;
-    ALTER TABLE fills ADD COLUMN not_before DOUBLE PRECISION;
-    CREATE INDEX artifacts_last_used ON artifacts (pinned, (coalesce(last_hit, fetched_at)), id);
-    """,
+    # From here on, the same steps as SQLite's (schema.py), but the notices.
+    RESERVATIONS,
+    LISTS.format(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+    PINS,
     # Every host's lookup memo hears what changes what a key serves (changes.py):
     # the key of each artifact row inserted, deleted or changed, sent in the
     # changing transaction (so only once it commits); hit counts, scrub marks
@@ -233,12 +189,8 @@ MIGRATIONS = [
     CREATE TRIGGER artifact_changed AFTER INSERT OR UPDATE OR DELETE ON artifacts
         FOR EACH ROW EXECUTE FUNCTION withcache_artifact_changed();
     """,
-    # Operator sessions ended (logged out) before their cookie expires, on any host.
-    """
-    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires DOUBLE PRECISION NOT NULL);
-    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
-    """,
-    BLOB_OBJECTS_TABLE,
+    ENDED_SESSIONS,
+    BLOB_OBJECTS,
 ]
 
 

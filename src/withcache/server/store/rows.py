@@ -76,20 +76,6 @@ def reserve_sql(mark: str) -> str:
     return _RESERVE.format(**{name: mark.format(name) for name in ("size", "id", "holder", "cap")})
 
 
-# Where an object store keeps each blob it left where it was uploaded (see
-# store.BlobObjects): pending while sha256 is NULL and it is not abandoned.
-# The same text is valid SQL for SQLite and PostgreSQL.
-BLOB_OBJECTS_TABLE = """
-    CREATE TABLE blob_objects (
-        location TEXT PRIMARY KEY,
-        sha256 TEXT UNIQUE,
-        started_at DOUBLE PRECISION NOT NULL,
-        abandoned BOOLEAN NOT NULL DEFAULT false
-    );
-    CREATE INDEX blob_objects_pending ON blob_objects (started_at) WHERE sha256 IS NULL;
-"""
-
-
 UPLOAD_ABANDONED = "the blob's upload was abandoned before it was recorded (it was a day old)"
 
 

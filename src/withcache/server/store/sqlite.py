@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from withcache.server.store import ChangeListener
-from withcache.server.store.rows import BLOB_OBJECTS_TABLE
+from withcache.server.store.schema import BLOB_OBJECTS, ENDED_SESSIONS, LISTS, PINS, RESERVATIONS
 from withcache.server.store.sql import SQLITE, Args, Database, Row, SQLMetadata
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
@@ -143,58 +143,12 @@ MIGRATIONS = [
     ALTER TABLE fills ADD COLUMN holder TEXT;
     ALTER TABLE fills ADD COLUMN lease_until REAL;
     """,
-    # Bytes promised to running fills under --max-bytes; where an interrupted
-    # fill resumes from; when each blob was last re-hashed (the scrub's order).
-    """
-    ALTER TABLE fills ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE fills ADD COLUMN resume TEXT;
-    ALTER TABLE artifacts ADD COLUMN checked_at REAL NOT NULL DEFAULT 0;
-    CREATE INDEX artifacts_checked_at ON artifacts (checked_at);
-    """,
-    # Pre-seeded and air-gapped labs: a fill's expected digest names its
-    # algorithm; imported artifacts say so; lists group the fills added together.
-    """
-    ALTER TABLE fills RENAME COLUMN expected_sha256 TO expected_digest;
-    UPDATE fills SET expected_digest = 'sha256:' || lower(expected_digest)
-        WHERE expected_digest IS NOT NULL;
-    ALTER TABLE artifacts ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
-    CREATE TABLE lists (
-        id INTEGER PRIMARY KEY,
-        source TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        created_by TEXT
-    );
-    CREATE INDEX lists_created_at ON lists (created_at);
-    CREATE TABLE list_items (
-        list_id INTEGER NOT NULL,
-        line INTEGER NOT NULL,
-        url TEXT NOT NULL,
-        state TEXT NOT NULL,
-        fill_id INTEGER,
-        size INTEGER,
-        note TEXT,
-        PRIMARY KEY (list_id, line)
-    );
-    CREATE INDEX list_items_fill ON list_items (fill_id) WHERE fill_id IS NOT NULL;
-    """,
-    # Mutable URLs and a full cache: pins, when the origin last vouched for an
-    # artifact's bytes and who is asking it now, the origin's ETag to ask
-    # with, eviction's order; when a fill for an unhealthy origin may run.
-    """
-    ALTER TABLE artifacts ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE artifacts ADD COLUMN validated_at REAL;
-    ALTER TABLE artifacts ADD COLUMN revalidating_until REAL;
-    ALTER TABLE artifacts ADD COLUMN etag TEXT;
-    ALTER TABLE fills ADD COLUMN not_before REAL;
-    CREATE INDEX artifacts_last_used ON artifacts (pinned, coalesce(last_hit, fetched_at), id);
-    """,
-    # Operator sessions ended (logged out) before their cookie expires.
-    """
-    CREATE TABLE ended_sessions (nonce TEXT PRIMARY KEY, expires REAL NOT NULL);
-    CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
-    """,
-    BLOB_OBJECTS_TABLE,
+    # From here on, the same steps as PostgreSQL's (schema.py).
+    RESERVATIONS,
+    LISTS.format(identity="INTEGER PRIMARY KEY"),
+    PINS,
+    ENDED_SESSIONS,
+    BLOB_OBJECTS,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
