@@ -45,22 +45,13 @@ from withcache.server.store import MAX_LISTS, Lease, StoreError
 from withcache.server.store.rows import (
     ARTIFACT_COLUMNS,
     ARTIFACT_SORTS,
-    CANDIDATE_COLUMNS,
-    CANDIDATE_ORDER,
-    CANDIDATES,
-    DEFER,
     FILL_COLUMNS,
     ITEM_COLUMNS,
     ITEM_FIELDS,
     ITEMS_JOINED,
-    LAST_USED,
     LIST_COLUMNS,
-    RESERVED,
-    SETTLE_ITEMS,
     TALLY_COLUMNS,
     TOKEN_COLUMNS,
-    UPLOAD_ABANDONED,
-    BlobObjectStatements,
     as_artifact,
     as_candidate,
     as_fill,
@@ -68,9 +59,6 @@ from withcache.server.store.rows import (
     as_list,
     as_token,
     item_values,
-    like_pattern,
-    like_prefix,
-    reserve_sql,
     tally,
 )
 
@@ -79,8 +67,13 @@ Args = Sequence[Any] | Mapping[str, Any]
 
 MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
 ACTIVE = "state IN ('queued', 'running')"
-OBJECTS = BlobObjectStatements(":{}")
-RESERVE = reserve_sql(":{}")
+# Before finished fills are forgotten, their lists' items keep how they ended.
+SETTLE_ITEMS = (
+    "UPDATE list_items SET (state, size, note, fill_id) = (SELECT f.state, f.total, f.error, "
+    "CAST(NULL AS BIGINT) FROM fills f WHERE f.id = list_items.fill_id) "
+    f"WHERE fill_id IN (SELECT id FROM fills WHERE NOT {ACTIVE})"
+)
+UPLOAD_ABANDONED = "the blob's upload was abandoned before it was recorded (it was a day old)"
 # The fills a holder may claim: queued and not held by another host, or
 # running under a lease that ran out (a credentialed one never moves).
 CLAIMABLE = (
@@ -279,10 +272,15 @@ class SQLMetadata(ABC):
     async def eviction_candidates(
         self, limit: int, used_before: float | None = None
     ) -> list[EvictionCandidate]:
+        # Unpinned artifacts by their last use (the last hit, else when
+        # stored), each with the number of artifacts sharing its blob.
+        # (`= FALSE`, not `NOT`: SQLite then walks the artifacts_last_used index.)
+        last_used = "coalesce(a.last_hit, a.fetched_at)"
         rows = await self._sql.all(
-            f"SELECT {CANDIDATE_COLUMNS} FROM {CANDIDATES} "
-            f"AND (CAST(:before AS DOUBLE PRECISION) IS NULL OR {LAST_USED} < :before) "
-            f"{CANDIDATE_ORDER} LIMIT :limit",
+            f"SELECT a.id, a.key, a.sha256, a.size, {last_used}, r.refs "
+            "FROM artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE a.pinned = FALSE "
+            f"AND (CAST(:before AS DOUBLE PRECISION) IS NULL OR {last_used} < :before) "
+            f"ORDER BY {last_used}, a.id LIMIT :limit",
             {"before": used_before, "limit": limit},
         )
         return [as_candidate(r) for r in rows]
@@ -398,9 +396,12 @@ class SQLMetadata(ABC):
         return as_fill(row) if row else None
 
     async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
+        # Back in the queue until then; one a client's credentials came with
+        # stays with the host that has them.
         deferred = await self._sql.run(
-            f"UPDATE fills SET {DEFER.format('?')} WHERE id = ? AND holder = ? "
-            "AND state = 'running'",
+            "UPDATE fills SET state = 'queued', not_before = ?, started_at = NULL, "
+            "holder = CASE WHEN credentialed THEN holder ELSE NULL END "
+            "WHERE id = ? AND holder = ? AND state = 'running'",
             (until, fill_id, holder),
         )
         return deferred == 1
@@ -441,15 +442,23 @@ class SQLMetadata(ABC):
         )
 
     async def reserve_bytes(self, fill_id: int, holder: str, size: int, cap: int) -> bool:
+        # --max-bytes: promise a running fill `size` bytes only if the bytes
+        # stored and every running fill's promise stay within `cap`.
         async with self._transaction() as db:
             await self._hold_totals(db)
             reserved = await db.run(
-                RESERVE, {"size": size, "id": fill_id, "holder": holder, "cap": cap}
+                "UPDATE fills SET reserved = :size WHERE id = :id AND holder = :holder "
+                "AND state = 'running' AND (SELECT bytes FROM totals) + :size + (SELECT "
+                "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' AND id <> :id) "
+                "<= :cap",
+                {"size": size, "id": fill_id, "holder": holder, "cap": cap},
             )
             return reserved == 1
 
     async def reserved_bytes(self) -> int:
-        row = await self._sql.one(RESERVED)
+        row = await self._sql.one(
+            "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
+        )
         assert row is not None
         return int(row[0])
 
@@ -482,7 +491,12 @@ class SQLMetadata(ABC):
             if done != 1:
                 return None
             if location is not None:
-                recorded = await db.run(OBJECTS.record, {"sha": sha256, "location": location})
+                # A commit records only an object that nobody abandoned meanwhile.
+                recorded = await db.run(
+                    "UPDATE blob_objects SET sha256 = :sha WHERE location = :location "
+                    "AND NOT abandoned AND (sha256 IS NULL OR sha256 = :sha)",
+                    {"sha": sha256, "location": location},
+                )
                 if recorded != 1:
                     raise StoreError(UPLOAD_ABANDONED)
             miss = await db.one(
@@ -529,25 +543,42 @@ class SQLMetadata(ABC):
     # -- objects of an object store's blobs
 
     async def note_upload(self, location: str, now: float) -> None:
-        await self._sql.run(OBJECTS.note, {"location": location, "now": now})
+        await self._sql.run(
+            "INSERT INTO blob_objects (location, started_at) VALUES (?, ?)", (location, now)
+        )
 
     async def find_blob_object(self, sha256: str) -> str | None:
-        row = await self._sql.one(OBJECTS.find, {"sha": sha256})
+        row = await self._sql.one("SELECT location FROM blob_objects WHERE sha256 = ?", (sha256,))
         return row[0] if row else None
 
     async def abandon_upload(self, location: str) -> bool:
-        return await self._sql.one(OBJECTS.abandon_upload, {"location": location}) is not None
+        row = await self._sql.one(
+            "UPDATE blob_objects SET abandoned = true "
+            "WHERE location = ? AND sha256 IS NULL RETURNING location",
+            (location,),
+        )
+        return row is not None
 
     async def abandon_blob(self, sha256: str) -> str | None:
-        row = await self._sql.one(OBJECTS.abandon_blob, {"sha": sha256})
+        row = await self._sql.one(
+            "UPDATE blob_objects SET sha256 = NULL, abandoned = true "
+            "WHERE sha256 = ? RETURNING location",
+            (sha256,),
+        )
         return row[0] if row else None
 
     async def abandoned_uploads(self, started_before: float) -> list[str]:
-        rows = await self._sql.all(OBJECTS.abandon_stale, {"before": started_before})
+        rows = await self._sql.all(
+            "UPDATE blob_objects SET abandoned = true "
+            "WHERE sha256 IS NULL AND (abandoned OR started_at < ?) RETURNING location",
+            (started_before,),
+        )
         return [row[0] for row in rows]
 
     async def forget_upload(self, location: str) -> None:
-        await self._sql.run(OBJECTS.forget, {"location": location})
+        await self._sql.run(
+            "DELETE FROM blob_objects WHERE location = ? AND abandoned", (location,)
+        )
 
     # -- lists
 
@@ -723,3 +754,14 @@ class SQLMetadata(ABC):
                 f"ORDER BY expires DESC {self._dialect.no_limit} OFFSET ?)",
                 (keep,),
             )
+
+
+def like_prefix(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') that finds what starts with `text`, literally."""
+    return like_pattern(text)[1:]
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (with ESCAPE '\\') that finds `text` anywhere, literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
