@@ -23,8 +23,7 @@ import psycopg
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from withcache.server.store import ChangeListener, StoreError, changes
-from withcache.server.store.schema import BLOB_OBJECTS, ENDED_SESSIONS, LISTS, PINS, RESERVATIONS
+from withcache.server.store import ChangeListener, StoreError, changes, schema
 from withcache.server.store.sql import (
     POSTGRES,
     Args,
@@ -42,88 +41,19 @@ KEY_LOCK_CLASS = 0x77C6  # a key's commit against a miss's enqueue (hashed: may 
 POOL_SIZE = 10
 CONNECT_SECONDS = 10
 
+IDENTITY = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+
 # Each entry upgrades the schema by one version (table withcache_schema).
 MIGRATIONS = [
-    """
-    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);
-    CREATE TABLE artifacts (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        key TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size BIGINT NOT NULL,
-        headers TEXT NOT NULL,
-        fetched_at DOUBLE PRECISION NOT NULL,
-        hits BIGINT NOT NULL DEFAULT 0,
-        misses BIGINT NOT NULL DEFAULT 0,
-        last_hit DOUBLE PRECISION,
-        UNIQUE (key, scope)
-    );
-    CREATE INDEX artifacts_sha256 ON artifacts (sha256);
-    CREATE INDEX artifacts_fetched_at ON artifacts (fetched_at);
-    CREATE TABLE misses (
-        key TEXT PRIMARY KEY,
-        url TEXT,
-        count BIGINT NOT NULL,
-        first_seen DOUBLE PRECISION NOT NULL,
-        last_seen DOUBLE PRECISION NOT NULL,
-        reason TEXT NOT NULL
-    );
-    CREATE INDEX misses_last_seen ON misses (last_seen);
-    CREATE TABLE fills (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        key TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        url TEXT NOT NULL,
-        state TEXT NOT NULL,
-        requested_by TEXT NOT NULL,
-        expected_sha256 TEXT,
-        credentialed BOOLEAN NOT NULL DEFAULT false,
-        bytes_done BIGINT NOT NULL DEFAULT 0,
-        total BIGINT,
-        error TEXT,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        holder TEXT,
-        lease_until DOUBLE PRECISION
-    );
-    CREATE UNIQUE INDEX fills_one_active ON fills (key, scope)
-        WHERE state IN ('queued', 'running');
-    CREATE INDEX fills_state ON fills (state, id);
+    # What SQLite's first four versions made, at once, and the totals' triggers.
+    "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BYTEA NOT NULL);"
+    + schema.FIRST_TABLES.format(identity=IDENTITY)
+    + schema.TOKENS.format(identity=IDENTITY)
+    + schema.LEASES
+    + schema.COUNTS
+    + """
     CREATE INDEX fills_finished_at ON fills (finished_at);
     CREATE INDEX fills_holder ON fills (holder) WHERE state IN ('queued', 'running');
-    CREATE TABLE events (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        at DOUBLE PRECISION NOT NULL,
-        kind TEXT NOT NULL,
-        url TEXT,
-        actor TEXT,
-        detail TEXT NOT NULL
-    );
-    CREATE INDEX events_at ON events (at);
-    -- API tokens: only the SHA-256 of each token is kept.
-    CREATE TABLE tokens (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        scope TEXT NOT NULL,
-        digest TEXT NOT NULL UNIQUE,
-        created_at DOUBLE PRECISION NOT NULL,
-        last_used DOUBLE PRECISION,
-        created_by TEXT
-    );
-    -- Totals kept by triggers, so the header strip, /healthz and the cap
-    -- check cost one row read instead of a scan of every artifact.
-    CREATE TABLE blob_refs (
-        sha256 TEXT PRIMARY KEY,
-        size BIGINT NOT NULL,
-        refs BIGINT NOT NULL
-    );
-    CREATE TABLE totals (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        artifacts BIGINT NOT NULL,
-        bytes BIGINT NOT NULL
-    );
     INSERT INTO totals VALUES (1, 0, 0);
     CREATE FUNCTION withcache_count_blobs() RETURNS trigger LANGUAGE plpgsql AS $$
     DECLARE
@@ -159,10 +89,9 @@ MIGRATIONS = [
         FOR EACH ROW WHEN (OLD.sha256 IS DISTINCT FROM NEW.sha256)
         EXECUTE FUNCTION withcache_count_blobs();
     """,
-    # From here on, the same steps as SQLite's (schema.py), but the notices.
-    RESERVATIONS,
-    LISTS.format(identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
-    PINS,
+    schema.RESERVATIONS,
+    schema.LISTS.format(identity=IDENTITY),
+    schema.PINS,
     # Every host's lookup memo hears what changes what a key serves (changes.py):
     # the key of each artifact row inserted, deleted or changed, sent in the
     # changing transaction (so only once it commits); hit counts, scrub marks
@@ -189,8 +118,8 @@ MIGRATIONS = [
     CREATE TRIGGER artifact_changed AFTER INSERT OR UPDATE OR DELETE ON artifacts
         FOR EACH ROW EXECUTE FUNCTION withcache_artifact_changed();
     """,
-    ENDED_SESSIONS,
-    BLOB_OBJECTS,
+    schema.ENDED_SESSIONS,
+    schema.BLOB_OBJECTS,
 ]
 
 

@@ -18,80 +18,18 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from withcache.server.store import ChangeListener
-from withcache.server.store.schema import BLOB_OBJECTS, ENDED_SESSIONS, LISTS, PINS, RESERVATIONS
+from withcache.server.store import ChangeListener, schema
 from withcache.server.store.sql import SQLITE, Args, Database, Row, SQLMetadata
+
+IDENTITY = "INTEGER PRIMARY KEY"  # an alias of the rowid, which SQLite makes up
 
 # Each entry upgrades the schema by one version (PRAGMA user_version).
 MIGRATIONS = [
-    """
-    CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
-    CREATE TABLE artifacts (
-        id INTEGER PRIMARY KEY,
-        key TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        sha256 TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        headers TEXT NOT NULL,
-        fetched_at REAL NOT NULL,
-        hits INTEGER NOT NULL DEFAULT 0,
-        misses INTEGER NOT NULL DEFAULT 0,
-        last_hit REAL,
-        UNIQUE (key, scope)
-    );
-    CREATE INDEX artifacts_sha256 ON artifacts (sha256);
-    CREATE INDEX artifacts_fetched_at ON artifacts (fetched_at);
-    CREATE TABLE misses (
-        key TEXT PRIMARY KEY,
-        url TEXT,
-        count INTEGER NOT NULL,
-        first_seen REAL NOT NULL,
-        last_seen REAL NOT NULL,
-        reason TEXT NOT NULL
-    );
-    CREATE INDEX misses_last_seen ON misses (last_seen);
-    CREATE TABLE fills (
-        id INTEGER PRIMARY KEY,
-        key TEXT NOT NULL,
-        scope TEXT NOT NULL,
-        url TEXT NOT NULL,
-        state TEXT NOT NULL,
-        requested_by TEXT NOT NULL,
-        expected_sha256 TEXT,
-        credentialed INTEGER NOT NULL DEFAULT 0,
-        bytes_done INTEGER NOT NULL DEFAULT 0,
-        total INTEGER,
-        error TEXT,
-        created_at REAL NOT NULL,
-        started_at REAL,
-        finished_at REAL
-    );
-    CREATE UNIQUE INDEX fills_one_active ON fills (key, scope)
-        WHERE state IN ('queued', 'running');
-    CREATE INDEX fills_state ON fills (state, id);
-    CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        at REAL NOT NULL,
-        kind TEXT NOT NULL,
-        url TEXT,
-        actor TEXT,
-        detail TEXT NOT NULL
-    );
-    CREATE INDEX events_at ON events (at);
-    """,
-    # Totals kept by triggers, so the header strip, /healthz and the cap check
-    # cost one row read instead of a scan of every artifact.
-    """
-    CREATE TABLE blob_refs (
-        sha256 TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        refs INTEGER NOT NULL
-    );
-    CREATE TABLE totals (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        artifacts INTEGER NOT NULL,
-        bytes INTEGER NOT NULL
-    );
+    "CREATE TABLE secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);"
+    + schema.FIRST_TABLES.format(identity=IDENTITY),
+    # Counted from the artifacts already stored, and kept by triggers since.
+    schema.COUNTS
+    + """
     INSERT INTO blob_refs SELECT sha256, max(size), count(*) FROM artifacts GROUP BY sha256;
     INSERT INTO totals VALUES (
         1, (SELECT count(*) FROM artifacts), (SELECT coalesce(sum(size), 0) FROM blob_refs)
@@ -125,30 +63,14 @@ MIGRATIONS = [
     END;
     CREATE INDEX fills_finished_at ON fills (finished_at);
     """,
-    # API tokens: only the SHA-256 of each token is kept.
-    """
-    CREATE TABLE tokens (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        scope TEXT NOT NULL,
-        digest TEXT NOT NULL UNIQUE,
-        created_at REAL NOT NULL,
-        last_used REAL,
-        created_by TEXT
-    );
-    """,
-    # Leases: which host runs a fill (or keeps a credentialed fill's
-    # credentials), and until when; the same model as the shared store's.
-    """
-    ALTER TABLE fills ADD COLUMN holder TEXT;
-    ALTER TABLE fills ADD COLUMN lease_until REAL;
-    """,
-    # From here on, the same steps as PostgreSQL's (schema.py).
-    RESERVATIONS,
-    LISTS.format(identity="INTEGER PRIMARY KEY"),
-    PINS,
-    ENDED_SESSIONS,
-    BLOB_OBJECTS,
+    schema.TOKENS.format(identity=IDENTITY),
+    # The same model of leases as the shared store's.
+    schema.LEASES,
+    schema.RESERVATIONS,
+    schema.LISTS.format(identity=IDENTITY),
+    schema.PINS,
+    schema.ENDED_SESSIONS,
+    schema.BLOB_OBJECTS,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint
