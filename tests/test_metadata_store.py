@@ -9,6 +9,7 @@ import pytest
 from withcache.server.digests import Digest
 from withcache.server.records import FillState, ItemState, ListItem
 from withcache.server.store import MAX_LISTS, Lease, StoreError
+from withcache.server.store.sql import for_psycopg
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)
@@ -34,6 +35,15 @@ async def add(meta, key, sha, size, now=1.0, location=None):
     return await meta.commit_artifact(
         claimed, sha, size, {}, key, now, HOLDER.holder, location=location
     )
+
+
+def test_a_query_reaches_psycopg_with_its_marks():
+    """The one text both stores run: sqlite3's `?` and `:name` become psycopg's,
+    a `%` of the query's own is kept as one, a PostgreSQL cast stays."""
+    assert for_psycopg(
+        "SELECT a FROM t WHERE b = ? AND c = :c AND d::text LIKE '10%' AND e = :e_2 OR f = ?"
+    ) == ("SELECT a FROM t WHERE b = %s AND c = %(c)s AND d::text LIKE '10%%' "
+          "AND e = %(e_2)s OR f = %s")  # fmt: skip
 
 
 async def test_totals_count_shared_blobs_once(meta):
