@@ -160,6 +160,13 @@ async def test_finished_fills_follow_the_event_limits(meta):
     assert kept == ["https://h/run", "https://h/5", "https://h/4", "https://h/3"]
 
 
+async def test_no_scope_finds_nothing(meta):
+    stored = await add(meta, "https://h/a", "a" * 64, 10)
+    assert await meta.find_artifact("https://h/a", ()) is None
+    assert await meta.find_artifact_by_sha256("a" * 64, []) is None
+    assert (await meta.find_artifact_by_sha256("a" * 64, [""])).id == stored.id
+
+
 async def test_one_active_fill_per_key_and_scope(meta):
     first, created = await meta.enqueue_fill("https://h/a", "", "https://h/a", "miss", 1.0)
     again, created_again = await meta.enqueue_fill("https://h/a", "", "https://h/a", "miss", 2.0)

@@ -165,6 +165,8 @@ class SQLMetadata(ABC):
     ) -> Artifact | None:
         """The artifact whose `column` is `value` in the first of `scopes` that
         has one (through `db`, a transaction's, if given)."""
+        if not scopes:
+            return None  # (`IN ()` is no SQL to PostgreSQL)
         marks = ",".join("?" * len(scopes))
         row = await (db or self._sql).one(
             f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE {column} = ? AND scope IN ({marks}) "
