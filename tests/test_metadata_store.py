@@ -9,6 +9,7 @@ import pytest
 from withcache.server.digests import Digest
 from withcache.server.records import FillState, ItemState, ListItem
 from withcache.server.store import MAX_LISTS, Lease, StoreError
+from withcache.server.store.sql import for_psycopg
 from withcache.server.store.sqlite import MIGRATIONS, SQLiteMetadata
 
 HOLDER = Lease("host-a", 1e12)
@@ -34,6 +35,15 @@ async def add(meta, key, sha, size, now=1.0, location=None):
     return await meta.commit_artifact(
         claimed, sha, size, {}, key, now, HOLDER.holder, location=location
     )
+
+
+def test_a_query_reaches_psycopg_with_its_marks():
+    """The one text both stores run: sqlite3's `?` and `:name` become psycopg's,
+    a `%` of the query's own is kept as one, a PostgreSQL cast stays."""
+    assert for_psycopg(
+        "SELECT a FROM t WHERE b = ? AND c = :c AND d::text LIKE '10%' AND e = :e_2 OR f = ?"
+    ) == ("SELECT a FROM t WHERE b = %s AND c = %(c)s AND d::text LIKE '10%%' "
+          "AND e = %(e_2)s OR f = %s")  # fmt: skip
 
 
 async def test_totals_count_shared_blobs_once(meta):
@@ -148,6 +158,13 @@ async def test_finished_fills_follow_the_event_limits(meta):
     kept = [f.key for f in (await meta.list_fills()).rows]
     # Age took 0 and 1 (finished before 102); the count kept the newest 3.
     assert kept == ["https://h/run", "https://h/5", "https://h/4", "https://h/3"]
+
+
+async def test_no_scope_finds_nothing(meta):
+    stored = await add(meta, "https://h/a", "a" * 64, 10)
+    assert await meta.find_artifact("https://h/a", ()) is None
+    assert await meta.find_artifact_by_sha256("a" * 64, []) is None
+    assert (await meta.find_artifact_by_sha256("a" * 64, [""])).id == stored.id
 
 
 async def test_one_active_fill_per_key_and_scope(meta):

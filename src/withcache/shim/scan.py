@@ -84,17 +84,25 @@ def _long(table: Table, argv: list[str], i: int, tokens: list[Token]) -> int:
     if table.style == GETOPT and name.startswith("no-") and table.long.get(name[3:]) == OPTIONAL:
         name, negated = name[3:], True  # getopt lists the generated --no-<bool> forms
     if kind == ARG:
-        if value is not None:
-            tokens.append(Token(i, name, value, -1))
-            return i + 1
-        if i + 1 >= len(argv):
-            raise Unreadable(f"--{name} needs an argument")
-        tokens.append(Token(i, name, argv[i + 1], i + 1))
-        return i + 2
+        return _argument(argv, i, name, value, f"--{name}", tokens)
     if value is not None and kind != OPTIONAL:
         raise Unreadable(f"--{name} takes no argument")
     tokens.append(Token(i, name, value, -1, negated))
     return i + 1
+
+
+def _argument(
+    argv: list[str], i: int, name: str, attached: str | None, spelled: str, tokens: list[Token]
+) -> int:
+    """Option `name` (at argv[i], written `spelled`) with its argument: the one
+    `attached` to it, else the next word; where the scan goes on."""
+    if attached is not None:
+        tokens.append(Token(i, name, attached, -1))
+        return i + 1
+    if i + 1 >= len(argv):
+        raise Unreadable(f"{spelled} needs an argument")
+    tokens.append(Token(i, name, argv[i + 1], i + 1))
+    return i + 2
 
 
 def _match(table: Table, word: str) -> str:
@@ -116,14 +124,7 @@ def _short(table: Table, argv: list[str], i: int, tokens: list[Token]) -> int:
         if table.long[name] != ARG:
             tokens.append(Token(i, name, None, -1))
             continue
-        rest = word[pos + 1 :]
-        if rest:
-            tokens.append(Token(i, name, rest, -1))
-            return i + 1
-        if i + 1 >= len(argv):
-            raise Unreadable(f"-{word[pos]} needs an argument")
-        tokens.append(Token(i, name, argv[i + 1], i + 1))
-        return i + 2
+        return _argument(argv, i, name, word[pos + 1 :] or None, f"-{word[pos]}", tokens)
     if len(word) == 1:
         raise Unreadable("a lone '-' is not an option curl knows")
     return i + 1

@@ -25,13 +25,6 @@ ARTIFACT_COLUMNS = (
     "id, key, scope, sha256, size, headers, fetched_at, hits, misses, last_hit, imported, "
     "pinned, validated_at, etag"
 )
-# Eviction's order: unpinned artifacts by their last use (the last hit, else
-# when stored), each with the number of artifacts sharing its blob.
-LAST_USED = "coalesce(a.last_hit, a.fetched_at)"
-CANDIDATE_COLUMNS = f"a.id, a.key, a.sha256, a.size, {LAST_USED}, r.refs"
-# (`= FALSE`, not `NOT`: SQLite then walks the artifacts_last_used index.)
-CANDIDATES = "artifacts a JOIN blob_refs r ON r.sha256 = a.sha256 WHERE a.pinned = FALSE"
-CANDIDATE_ORDER = f"ORDER BY {LAST_USED}, a.id"
 TOKEN_COLUMNS = "id, name, scope, created_at, last_used, created_by"
 FILL_COLUMNS = (
     "id, key, scope, url, state, requested_by, expected_digest, credentialed, "
@@ -51,80 +44,6 @@ ITEMS_JOINED = "list_items i LEFT JOIN fills f ON f.id = i.fill_id"
 ITEM_FIELDS = "line, url, state, fill_id, bytes_done, total, note"
 # Per state: items, bytes received, bytes in all (of the sized ones), sized ones.
 TALLY_COLUMNS = "state, count(*), sum(bytes_done), sum(coalesce(total, 0)), count(total)"
-# Before finished fills are forgotten, their lists' items keep how they ended.
-SETTLE_ITEMS = (
-    "UPDATE list_items SET (state, size, note, fill_id) = (SELECT f.state, f.total, f.error, "
-    "CAST(NULL AS BIGINT) FROM fills f WHERE f.id = list_items.fill_id) "
-    "WHERE fill_id IN (SELECT id FROM fills WHERE state NOT IN ('queued', 'running'))"
-)
-
-
-# --max-bytes: promise a running fill `size` bytes only if the bytes stored and
-# every running fill's promise stay within `cap` (the stores run it so that no
-# other reservation or commit comes in between; see Metadata.reserve_bytes).
-_RESERVE = (
-    "UPDATE fills SET reserved = {size} WHERE id = {id} AND holder = {holder} "
-    "AND state = 'running' AND (SELECT bytes FROM totals) + {size} + (SELECT "
-    "coalesce(sum(reserved), 0) FROM fills WHERE state = 'running' AND id <> {id}) <= {cap}"
-)
-RESERVED = "SELECT coalesce(sum(reserved), 0) FROM fills WHERE state = 'running'"
-
-
-def reserve_sql(mark: str) -> str:
-    """The reservation, its parameters written as the driver names them:
-    `mark` is ":{}" for sqlite3, "%({})s" for psycopg."""
-    return _RESERVE.format(**{name: mark.format(name) for name in ("size", "id", "holder", "cap")})
-
-
-# Where an object store keeps each blob it left where it was uploaded (see
-# store.BlobObjects): pending while sha256 is NULL and it is not abandoned.
-# The same text is valid SQL for SQLite and PostgreSQL.
-BLOB_OBJECTS_TABLE = """
-    CREATE TABLE blob_objects (
-        location TEXT PRIMARY KEY,
-        sha256 TEXT UNIQUE,
-        started_at DOUBLE PRECISION NOT NULL,
-        abandoned BOOLEAN NOT NULL DEFAULT false
-    );
-    CREATE INDEX blob_objects_pending ON blob_objects (started_at) WHERE sha256 IS NULL;
-"""
-
-
-UPLOAD_ABANDONED = "the blob's upload was abandoned before it was recorded (it was a day old)"
-
-
-class BlobObjectStatements:
-    """The statements on blob_objects, the parameters written as the driver
-    names them (`mark`, as for reserve_sql)."""
-
-    def __init__(self, mark: str) -> None:
-        names = {name: mark.format(name) for name in ("location", "sha", "now", "before")}
-
-        def sql(text: str) -> str:
-            return text.format(**names)
-
-        self.note = sql(
-            "INSERT INTO blob_objects (location, started_at) VALUES ({location}, {now})"
-        )
-        self.find = sql("SELECT location FROM blob_objects WHERE sha256 = {sha}")
-        # A commit records only an object that nobody abandoned meanwhile.
-        self.record = sql(
-            "UPDATE blob_objects SET sha256 = {sha} WHERE location = {location} "
-            "AND NOT abandoned AND (sha256 IS NULL OR sha256 = {sha})"
-        )
-        self.abandon_upload = sql(
-            "UPDATE blob_objects SET abandoned = true "
-            "WHERE location = {location} AND sha256 IS NULL RETURNING location"
-        )
-        self.abandon_blob = sql(
-            "UPDATE blob_objects SET sha256 = NULL, abandoned = true "
-            "WHERE sha256 = {sha} RETURNING location"
-        )
-        self.abandon_stale = sql(
-            "UPDATE blob_objects SET abandoned = true "
-            "WHERE sha256 IS NULL AND (abandoned OR started_at < {before}) RETURNING location"
-        )
-        self.forget = sql("DELETE FROM blob_objects WHERE location = {location} AND abandoned")
 
 
 def as_artifact(row: Sequence[Any]) -> Artifact:
@@ -179,23 +98,3 @@ def as_token(row: Sequence[Any]) -> TokenRecord:
         id=row[0], name=row[1], scope=TokenScope(row[2]), created_at=row[3], last_used=row[4],
         created_by=row[5],
     )  # fmt: skip
-
-
-# A claimed fill put back in the queue until a time ({} is its parameter,
-# as the driver marks it); one a client's credentials came with stays with
-# the host that has them.
-DEFER = (
-    "state = 'queued', not_before = {}, started_at = NULL, "
-    "holder = CASE WHEN credentialed THEN holder ELSE NULL END"
-)
-
-
-def like_prefix(text: str) -> str:
-    """A LIKE pattern (with ESCAPE '\\') that finds what starts with `text`, literally."""
-    return like_pattern(text)[1:]
-
-
-def like_pattern(text: str) -> str:
-    """A LIKE pattern (with ESCAPE '\\') that finds `text` anywhere, literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
