@@ -278,6 +278,8 @@ MIGRATIONS = [
     CREATE INDEX ended_sessions_expires ON ended_sessions (expires);
     """,
     BLOB_OBJECTS_TABLE,
+    # Where the host running a fill serves its bytes to the other hosts (fill/peers.py).
+    "ALTER TABLE fills ADD COLUMN peer_url TEXT;",
 ]
 
 _MISS_COLUMNS = "key, url, count, first_seen, last_seen, reason"
@@ -597,8 +599,8 @@ class PostgresMetadata:
     ) -> FillRecord | None:
         row = await self._one(
             "UPDATE fills SET state = 'running', started_at = %(now)s, bytes_done = 0, "
-            "total = NULL, reserved = 0, holder = %(holder)s, lease_until = %(until)s "
-            "WHERE id = (SELECT id FROM fills WHERE "
+            "total = NULL, reserved = 0, holder = %(holder)s, lease_until = %(until)s, "
+            "peer_url = %(peer)s WHERE id = (SELECT id FROM fills WHERE "
             "((state = 'queued' AND (holder IS NULL OR holder = %(holder)s) "
             "AND (not_before IS NULL OR not_before <= %(now)s)) OR "
             "(state = 'running' AND lease_until < %(now)s AND NOT credentialed "
@@ -606,8 +608,9 @@ class PostgresMetadata:
             "AND (%(id)s::bigint IS NULL OR id = %(id)s) "
             "ORDER BY requested_by <> 'operator', id LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {FILL_COLUMNS}",
-            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
-        )
+            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id,
+             "peer": lease.peer_url},
+        )  # fmt: skip
         return as_fill(row) if row else None
 
     async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
@@ -643,6 +646,14 @@ class PostgresMetadata:
     async def get_fill(self, fill_id: int) -> FillRecord | None:
         row = await self._one(f"SELECT {FILL_COLUMNS} FROM fills WHERE id = %s", (fill_id,))
         return as_fill(row) if row else None
+
+    async def fill_peer(self, fill_id: int) -> tuple[str, str] | None:
+        row = await self._one(
+            "SELECT holder, peer_url FROM fills WHERE id = %s AND state = 'running' "
+            "AND peer_url IS NOT NULL",
+            (fill_id,),
+        )
+        return (row[0], row[1]) if row else None
 
     async def save_progress(
         self, fill_id: int, bytes_done: int, total: int | None,

@@ -570,6 +570,9 @@ class SQLiteMetadata:
         found = row.fetchone()
         return as_fill(found) if found else None
 
+    async def fill_peer(self, fill_id: int) -> tuple[str, str] | None:
+        return None  # one host per SQLite file: no fill runs elsewhere
+
     async def save_progress(
         self, fill_id: int, bytes_done: int, total: int | None,
         resume: Mapping[str, Any] | None = None,
