@@ -101,6 +101,7 @@ def test_a_fill_checked_against_a_digest_holds_its_last_byte_on_b_too(origin, ca
     wait_until(lambda: fill_state(a) == [("running",)], what="the fill running on a")
     (on_b,) = start_curls(["-f", "-o", str(tmp_path / "on-b"), b.blob_url(url)])
     wait_until(lambda: size(tmp_path / "on-b") > 0, what="bytes on b's client")
+    assert fill_state(a) == [("running",)]
     # The bytes all came from the origin, but b's client has all but the last
     # until a checked them: then all.
     wait_until(lambda: origin.body_bytes["/peer/pinned.bin"] == len(body), what="the whole body")
@@ -156,3 +157,24 @@ def test_forged_expired_or_misdirected_peer_requests_get_nothing(origin, cache_h
     assert status == 200 and body == BODY[1000:]
     finish([on_a])
     assert a.health()["status"] == "ok"
+
+
+def test_a_credentialed_fill_streams_to_the_same_credentials_on_b_only(
+    origin, cache_host, tmp_path
+):
+    secret = "Bearer peer-private"
+    url = origin.add("/peer/private.bin", BODY, rate=1_000_000, require_auth=secret)
+    a, b = two_hosts(cache_host)
+    as_owner = ["-f", "-H", f"Authorization: {secret}"]
+    (on_a,) = start_curls([*as_owner, "-o", str(tmp_path / "on-a"), a.blob_url(url)])
+    wait_until(lambda: size(tmp_path / "on-a") > 0, what="bytes on a's client")
+    (on_b,) = start_curls([*as_owner, "-o", str(tmp_path / "on-b"), b.blob_url(url)])
+    wait_until(lambda: size(tmp_path / "on-b") > 0, what="bytes on b's client")
+    assert fill_state(a) == [("running",)]  # b's client reads a's fill, with a's credentials
+    stranger = curl("-f", "-H", "Authorization: Bearer someone-else", b.blob_url(url))
+    assert stranger.returncode == 22 and BODY[:1000] not in stranger.stdout
+    for code, _, err in finish([on_a, on_b]):
+        assert code == 0, err
+    assert (tmp_path / "on-b").read_bytes() == BODY
+    sent = [h.headers.get("Authorization") for h in origin.hits if h.path == "/peer/private.bin"]
+    assert sent.count(secret) == 1

@@ -136,13 +136,12 @@ class PeerStream:
     checked: bool
 
     def headers(self) -> dict[str, str]:
-        headers = {
+        return {
             HEADERS_HEADER: json.dumps(dict(self.reader.headers)),
             GENERATION_HEADER: str(self.generation),
             CHECKED_HEADER: "1" if self.checked else "0",
             "Content-Type": "application/octet-stream",
         }
-        return headers
 
 
 class _Broken(Exception):
@@ -163,6 +162,8 @@ class Mirror:
         self._key = key
         self._path = spool_dir / f"peer-{fill.id}-{secrets.token_hex(4)}"
         self._ready = asyncio.Event()  # mirroring, or given up
+        self._done = 0  # bytes copied
+        self._generation: int | None = None  # of the filling host's transfer, once it answered
         self.failed_holder: str | None = None  # the holder it could not copy from
         self._task = asyncio.create_task(self._run(), name=f"fill-mirror-{fill.id}")
 
@@ -215,25 +216,21 @@ class Mirror:
 
     async def _copy(self, holder: str, url: str) -> None:
         """Copy the fill from `holder` at `url`; returns once every byte is here."""
-        fill = self._fill
         with open(self._path, "wb") as out:
-            done, generation = 0, None
             for attempt in range(2):  # a connection dropped once is picked up where it was
                 try:
-                    done, generation = await self._receive(holder, url, out, done, generation)
+                    await self._receive(holder, url, out.fileno())
                     return
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as err:
-                    if generation is None or attempt:
+                    if self._generation is None or attempt:
                         raise _Broken(f"{type(err).__name__}: {err}") from None
-                    log.info("fill.peer_resuming", fill_id=fill.id, offset=done)
+                    log.info("fill.peer_resuming", fill_id=self._fill.id, offset=self._done)
 
-    async def _receive(
-        self, holder: str, url: str, out: object, done: int, generation: int | None
-    ) -> tuple[int, int | None]:
+    async def _receive(self, holder: str, url: str, fileno: int) -> None:
         fill = self._fill
-        query = {"holder": holder, "offset": str(done)}
-        if generation is not None:
-            query["generation"] = str(generation)
+        query = {"holder": holder, "offset": str(self._done)}
+        if self._generation is not None:
+            query["generation"] = str(self._generation)
         headers = {
             TOKEN_HEADER: sign(self._key, fill.id, holder, fill.record.scope, time.time()),
             SCOPE_HEADER: fill.record.scope,
@@ -243,20 +240,18 @@ class Mirror:
             if response.status != 200:
                 reason = (await response.text())[:200].strip()
                 raise _Broken(f"the filling host answered {response.status}: {reason}")
-            if generation is None:
-                generation = _parse_start(response, fill, self._path)
+            if self._generation is None:
+                self._generation = _parse_start(response, fill, self._path)
                 self._ready.set()
-            elif response.headers.get(GENERATION_HEADER) != str(generation):
+            elif response.headers.get(GENERATION_HEADER) != str(self._generation):
                 raise _Broken("the fill started over on its host")
-            fileno = out.fileno()  # type: ignore[attr-defined]
             async for chunk in response.content.iter_chunked(CHUNK):
-                os.pwrite(fileno, chunk, done)
-                done += len(chunk)
-                fill.advance(done)
+                os.pwrite(fileno, chunk, self._done)
+                self._done += len(chunk)
+                fill.advance(self._done)
         total = fill.total
-        if total is not None and done != total:
-            raise _Broken(f"the stream ended at {done} of {total} bytes")
-        return done, generation
+        if total is not None and self._done != total:
+            raise _Broken(f"the stream ended at {self._done} of {total} bytes")
 
 
 def _parse_start(response: aiohttp.ClientResponse, fill: Fill, path: Path) -> int:
