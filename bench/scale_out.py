@@ -15,7 +15,14 @@ interleaved so every setup sees the same machine, medians:
   of an uncached URL (read-through) until a probe sees the stored blob (a
   HEAD with the SHA-256 ETag), from a loopback origin, and of that the
   first client's own download; beside it, the store's own floor: the same
-  bytes uploaded alone, as a fill uploads them.
+  bytes uploaded alone, as a fill uploads them;
+- eight clients at once of one uncached 256 MiB artifact, spread over the two
+  scale-out hosts (four each) against eight on the embedded host: the bytes
+  the origin sent (1.00x: one download), each client's time to its first
+  byte (the clients of the host not running the fill read it through that
+  host, peer streams), the wall time until all eight have every byte, and
+  until the blob is stored (no client of a stream from the store's parts
+  could have had every byte sooner).
 
 With `--before TREE` (a source tree of an earlier withcache, such as
 `git archive main | tar -x -C TREE`), that tree's scale-out hosts run too,
@@ -63,6 +70,35 @@ def miss_to_hit(host: Server, url: str) -> tuple[float, float]:
     first = curl_seconds(host.blob_url(url))
     wait_cached(host.blob_url(url))
     return first, time.monotonic() - started
+
+
+def eight_clients(hosts: list[Server], url: str) -> tuple[float, list[float], float]:
+    """Eight clients at once of an uncached URL, spread over `hosts`: seconds
+    until all have every byte, each one's seconds to its first byte, and the
+    seconds until the blob is stored (a hit)."""
+    started = time.monotonic()
+    argv = ["curl", "-sf", "-o", os.devnull, "-w", "%{time_starttransfer}"]
+    procs = [
+        subprocess.Popen(
+            [*argv, hosts[n % len(hosts)].blob_url(url)], stdout=subprocess.PIPE, text=True
+        )
+        for n in range(8)
+    ]
+    firsts = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise SystemExit(f"a client of {url} failed: curl exit {proc.returncode}")
+        firsts.append(float(out))
+    wall = time.monotonic() - started
+    wait_cached(hosts[0].blob_url(url))
+    return wall, firsts, time.monotonic() - started
+
+
+def origin_bytes(access_log: Path, path: str) -> int:
+    """The bytes nginx sent for `path` (its access log: the URI, the body's bytes)."""
+    lines = access_log.read_text().splitlines()
+    return sum(int(sent) for uri, sent in (line.split() for line in lines) if uri == path)
 
 
 def upload_seconds(endpoint: str, key: str, body: bytes) -> float:
@@ -117,7 +153,11 @@ def main() -> None:
     origin_dir.mkdir()
     body = os.urandom(SIZE)
     (origin_dir / "a0.bin").write_bytes(body)
-    nginx = start_nginx(work / "nginx", origin_dir, free_ports(1)[0])
+    access_log = work / "nginx" / "access.log"
+    nginx = start_nginx(
+        work / "nginx", origin_dir, free_ports(1)[0],
+        http=f"log_format sent '$uri $body_bytes_sent'; access_log {access_log} sent;",
+    )  # fmt: skip
     origin = f"http://127.0.0.1:{nginx.port}"
     postgres, seaweed = Postgres(), SeaweedFS(work / "weed")
     servers: list[Server | ScaleOut] = []
@@ -167,6 +207,24 @@ def main() -> None:
                 fills[f"{label} (two hosts)"].append(stored)
             fills[floor].append(upload_seconds(seaweed.endpoint, f"floor/{n}", fresh.read_bytes()))
             fresh.unlink()
+        crowds = {"embedded": [embedded]} | {
+            f"{label} (two hosts)": setup.hosts for label, setup in setups.items()
+        }
+        walls: dict[str, list[float]] = {label: [] for label in crowds}
+        first_bytes: dict[str, list[list[float]]] = {label: [] for label in crowds}
+        sent: dict[str, list[float]] = {label: [] for label in crowds}
+        stored_at: dict[str, list[float]] = {label: [] for label in crowds}
+        for n in range(1, rounds + 1):
+            for i, (label, hosts) in enumerate(crowds.items()):
+                name = f"e{n}-{i}.bin"  # new bytes for each crowd: uncached everywhere
+                shift = n * 4096 + i * 512 + 1
+                (origin_dir / name).write_bytes(body[shift:] + body[:shift])
+                wall, waited, stored = eight_clients(hosts, f"{origin}/{name}")
+                walls[label].append(wall)
+                stored_at[label].append(stored)
+                first_bytes[label].append(waited)
+                sent[label].append(origin_bytes(access_log, f"/{name}") / SIZE)
+                (origin_dir / name).unlink()
     finally:
         for server in servers:
             server.stop()
@@ -190,6 +248,20 @@ def main() -> None:
         "miss_to_hit_s_all": {k: [round(x, 2) for x in v] for k, v in fills.items()},
         "first_client_s": {k: round(statistics.median(v), 2) for k, v in firsts.items()},
         "first_client_s_all": {k: [round(x, 2) for x in v] for k, v in firsts.items()},
+        "eight_clients": {
+            label: {
+                "origin_bytes_vs_artifact": round(max(sent[label]), 2),
+                "slowest_first_byte_s": round(statistics.median(map(max, first_bytes[label])), 2),
+                "wall_s": round(statistics.median(walls[label]), 2),
+                "wall_vs_embedded": round(
+                    statistics.median(walls[label]) / statistics.median(walls["embedded"]), 2
+                ),
+                "stored_s": round(statistics.median(stored_at[label]), 2),
+                "first_byte_s_all": [[round(x, 2) for x in r] for r in first_bytes[label]],
+                "wall_s_all": [round(x, 2) for x in walls[label]],
+            }
+            for label in crowds
+        },
     }
     print(f"256 MiB artifact, {rounds} rounds, medians (and against embedded)")
     print(f"{'hit throughput':42} MB/s  ratio  host CPU s/GiB")
@@ -202,6 +274,13 @@ def main() -> None:
     print(f"{'of which the first client':42} s")
     for label, value in results["first_client_s"].items():
         print(f"  {label:40} {value:5}")
+    print(f"{'eight clients, one uncached artifact':42} origin  slowest 1st byte  wall  stored")
+    for label, crowd in results["eight_clients"].items():
+        print(
+            f"  {label:40} {crowd['origin_bytes_vs_artifact']:.2f}x  "
+            f"{crowd['slowest_first_byte_s']:5} s  {crowd['wall_s']:5} s "
+            f"{crowd['wall_vs_embedded']:.2f}x  {crowd['stored_s']:5} s"
+        )
     print("wrote", write_results("scale_out", results))
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 SERVER = Path(__file__).resolve().parent.parent / "src" / "withcache" / "server"
 FORBIDDEN_IN_WEB = ("withcache.server.store", "withcache.server.fill")
 # A Fill's writer side: only the fill package calls it.
-WRITER_SIDE = {"claimed", "observed", "spooling", "start", "restart", "advance", "end"}
+WRITER_SIDE = {
+    "claimed", "observed", "spooling", "start", "restart", "advance", "end", "mirroring",
+    "unmirrored",
+}  # fmt: skip
 # Attributes of aiohttp's own objects that a handler sets.
 AIOHTTP_FIELDS = {"content_length", "content_type", "charset", "last_modified"}
 

@@ -29,6 +29,7 @@ from withcache.server.digests import BLOB_ALGORITHM, BadDigest, Digest
 from withcache.server.export import Export, Selection, prepare_export
 from withcache.server.fill.fill import Fill, FillReader
 from withcache.server.fill.manager import FillManager
+from withcache.server.fill.peers import PeerRefused, PeerRequest, PeerStream
 from withcache.server.fill.progress import FillRow, fill_rows
 from withcache.server.hits import OpenHit, ReadChecks
 from withcache.server.imports import Imports
@@ -71,6 +72,7 @@ from withcache.server.tasks import cancel_all
 from withcache.server.verify import Scrub, Verification, Verifier
 
 HIT_FLUSH_SECONDS = 2.0
+PEER_WAIT_SECONDS = 30.0  # a peer's request waits this long for the fill's origin to answer
 BACKLOG_SECONDS = 1.0  # how often writes waiting for the store are tried again
 PRUNE_SECONDS = 600.0
 TOKEN_USE_RESOLUTION = 60.0  # seconds; a token's last use is written at most this often
@@ -83,7 +85,8 @@ FETCHING = "being fetched"  # a miss's reason while its fill runs (its ending th
 # The web layer imports what it is handed from here (it never imports fill/ or store/).
 __all__ = [
     "STALE_HEADER", "ActionError", "Added", "BadInput", "Cache", "EvictionCandidate",
-    "FillReader", "FillRow", "MissOutcome", "NotFound", "Outcome", "Unhealthy",
+    "FillReader", "FillRow", "MissOutcome", "NotFound", "Outcome", "PeerRefused", "PeerStream",
+    "Unhealthy",
 ]  # fmt: skip
 
 
@@ -164,7 +167,11 @@ class Cache:
         policy = Policy(settings, await metadata.secret("scope"))
         return cls(settings, metadata, blobs, policy)
 
-    async def start(self) -> None:
+    async def start(self, peer_url: str | None = None) -> None:
+        """Start the background work. `peer_url`: where the other hosts of a
+        shared store read this host's fills in progress (None: they can't)."""
+        if self._metadata.shared:
+            self._fills.open_peers(peer_url, await self.session_secret())
         await self._fills.start()
         await self._retention.prune()
         self._tasks = [
@@ -352,7 +359,18 @@ class Cache:
         await self._fills.start_for_client(fill, probe)
         if not await fill.wait_started(wait) and not fill.elsewhere:
             return None
+        if fill.elsewhere and not probe:  # its bytes come here from the host running it
+            await self._fills.follow(fill, wait)
         return fill.reader(self._count_streamed, local=not probe)
+
+    async def open_peer_stream(
+        self, fill_id: int, headers: Mapping[str, str], query: Mapping[str, str]
+    ) -> PeerStream:
+        """A fill running here, read by another host of the store for its
+        clients (fill/peers.py), as that host's request asks; PeerRefused
+        says why not."""
+        asked = PeerRequest.parse(fill_id, headers, query)
+        return await self._fills.peer_stream(asked, PEER_WAIT_SECONDS)
 
     def _count_streamed(self, nbytes: int) -> None:
         self._tally.streamed_bytes += nbytes

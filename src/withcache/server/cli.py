@@ -321,6 +321,12 @@ _OPTIONS = [
         "SECONDS", "a cache-host renews its claim on its fills within this time, or another "
         "host sharing the store takes them over",
     ),
+    Option(
+        "peer_url", _typed(_http_url, "URL"), None, "URL",
+        "scale-out: the address at which the other cache-hosts sharing the store reach this "
+        "one, to stream its fills in progress to their clients (unset: http://<--host, or "
+        "this machine's name if --host is a wildcard>:<--port>, https with --tls-cert)",
+    ),
 ]  # fmt: skip
 # Flags whose Settings field has another name.
 _FIELDS = {"allow_origin": "allow_origins", "metadata": "metadata_url", "blobs": "blobs_url",

@@ -77,6 +77,16 @@ def _listen_problem(host: str, port: int, err: OSError) -> str:
     return reason
 
 
+def default_peer_url(scheme: str, host: str, port: int) -> str:
+    """Where other hosts reach this one unless --peer-url says: the address it
+    listens on, or this machine's name when it listens on every address."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
+
+
 def serve(settings: Settings) -> None:
     """Run the cache-host until SIGTERM or SIGINT."""
     log.setup(format=settings.log_format)
@@ -107,13 +117,13 @@ async def _serve(settings: Settings, tls: ssl.SSLContext | None) -> None:
         await cache.close()
         reason = _listen_problem(settings.host, settings.port, err)
         raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
-    await cache.start()
+    port = runner.addresses[0][1]
+    scheme = "https" if tls else "http"
+    await cache.start(settings.peer_url or default_peer_url(scheme, settings.host, port))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    port = runner.addresses[0][1]
-    scheme = "https" if tls else "http"
     log.info(
         "listening",
         url=f"{scheme}://{settings.host}:{port}",

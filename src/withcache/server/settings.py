@@ -194,6 +194,9 @@ class Settings:
     redirect_hits: bool = False
     # A host must renew its claim on its fills this often, or another takes them over.
     fill_lease: float = 30.0
+    # Where the other hosts of the store reach this one for the bytes of its
+    # fills in progress (None: http(s)://<its --host, or host name>:<port>).
+    peer_url: str | None = None
     admin_password: str | None = field(default=None, repr=False)
     session_secret: str | None = field(default=None, repr=False)
 

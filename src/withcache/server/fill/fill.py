@@ -218,6 +218,7 @@ class Fill:
         self._generation = 0
         self._path: Path | None = None
         self._here = False  # its transfer runs in this process
+        self._mirrored = False  # its bytes are copied here from the host running it
         self._pinned = False  # the origin named the bytes' digest (an OCI layer's)
         self._started: float | None = None
         self._clients = 0
@@ -287,6 +288,12 @@ class Fill:
         return not self._here and self._record.state is FillState.RUNNING
 
     @property
+    def readable(self) -> bool:
+        """Its bytes can be read here as they arrive: its transfer runs here,
+        or they are mirrored from the host that runs it (fill/peers.py)."""
+        return self._path is not None and (self._here or self._mirrored)
+
+    @property
     def finished(self) -> bool:
         return self._result.done()
 
@@ -338,6 +345,7 @@ class Fill:
         """This host has claimed the fill and runs its transfer now."""
         self._record, self._here, self._pinned = record, True, False
         self._total, self._started = None, time.monotonic()
+        self._mirrored = False
 
     def observed(self, record: FillRecord) -> None:
         """What the store says of a fill not running here (watched)."""
@@ -350,6 +358,22 @@ class Fill:
         """The transfer writes to `path`, which holds `size` bytes already (a resume)."""
         self._path, self._total = path, total
         self.advance(size)
+
+    def mirroring(
+        self, path: Path, headers: Mapping[str, str], total: int | None, pinned: bool
+    ) -> None:
+        """Its bytes (none yet) are copied into `path` from the host running it,
+        whose transfer answered with these headers and length."""
+        self._path, self._mirrored, self._pinned = path, True, pinned
+        self.start(headers, total)
+        self.advance(0)
+
+    def unmirrored(self) -> None:
+        """The copy from the host running it broke off: its readers here have
+        bytes of a transfer that may never end (a new generation), and the
+        bytes can't be read here any more."""
+        self._path, self._mirrored, self._headers = None, False, None
+        self.restart()
 
     def pin(self) -> None:
         """The origin named the digest the bytes must have (checked at the end)."""
@@ -409,7 +433,7 @@ class FillReader:
         self.total = fill.total
         self._generation = fill.generation
         self.file: BinaryIO | None = None
-        if local and fill.path is not None and not fill.elsewhere:
+        if local and fill.readable:
             with contextlib.suppress(FileNotFoundError):
                 self.file = open(fill.path, "rb")  # noqa: SIM115 (close() closes it)
         fill._clients += 1

@@ -67,6 +67,14 @@ from withcache.server.fill.fill import (
     Outcome,
     Stopped,
 )
+from withcache.server.fill.peers import (
+    Mirror,
+    PeerRefused,
+    PeerRequest,
+    PeerStream,
+    peer_key,
+    refusal,
+)
 from withcache.server.fill.transfer import Received, Transfers
 from withcache.server.lookup import Lookups
 from withcache.server.policy import Policy
@@ -77,6 +85,7 @@ from withcache.server.store import Blobs, BlobWriter, Lease, Metadata
 from withcache.server.tasks import cancel_all
 
 WATCH_SECONDS = 0.25  # how often a fill running on another host is looked at
+PEER_CONNECT_SECONDS = 5.0  # a filling host that doesn't take a connection by then is gone
 QUEUE_POLL_SECONDS = 5.0  # idle workers look for fills other hosts queued this often
 CANCEL_WAIT_SECONDS = 5.0  # a cancel waits this long for the transfer to wind down
 CANCEL_RETRY_SECONDS = 0.2  # ... asking it again this often
@@ -136,6 +145,7 @@ class _Handle:
     ending: asyncio.Task[None] | None = None  # the ending of a task that never ran
     settled: bool = False  # committing or ending: the heartbeat leaves it alone
     source: Source | None = None  # an import's bytes (None: the origin's)
+    mirror: Mirror | None = None  # copies its bytes here while another host runs it
 
 
 class FillManager:
@@ -168,9 +178,28 @@ class FillManager:
         # Fills whose finish has woken their waiters but not yet written their row.
         self._recording: dict[int, asyncio.Event] = {}
         self._kept: dict[str, int] = {}  # partial files kept at start -> their fill's id
+        # Peer streams (peers.py), once open_peers has run: where this host
+        # serves its fills, the key peer requests are signed with, the client.
+        self._peer_url: str | None = None
+        self._peer_key: bytes | None = None
+        self._peer_session: aiohttp.ClientSession | None = None
 
     def _lease(self) -> Lease:
-        return Lease(self.holder, time.time() + self._settings.fill_lease)
+        return Lease(self.holder, time.time() + self._settings.fill_lease, self._peer_url)
+
+    def open_peers(self, url: str | None, secret: bytes) -> None:
+        """Serve this host's fills in progress to the other hosts of a shared
+        store (announcing `url` in its leases), and read theirs; the key is
+        derived from the hosts' shared `secret`."""
+        self._peer_url, self._peer_key = url, peer_key(secret)
+        # A filling host sends nothing while its origin sends nothing, and
+        # cuts its stream once it gives up on the origin.
+        silence = self._settings.origin_timeout or None
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=PEER_CONNECT_SECONDS,
+            sock_read=silence and silence + self._settings.fill_lease,
+        )
+        self._peer_session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
 
     async def start(self) -> None:
         interrupted = await self._metadata.requeue_interrupted()
@@ -208,10 +237,18 @@ class FillManager:
         # The transfers too, not only through their workers: a cancellation a
         # transfer swallowed (see cancel) would hold its worker until it ends.
         tasks = [t for h in self._by_id.values() for t in (h.task, h.watcher) if t]
+        mirrors = [h.mirror for h in self._by_id.values() if h.mirror]
+        for mirror in mirrors:
+            mirror.stop()
         await cancel_all([*self._workers, *self._client_fills, *tasks], "fills")
+        for mirror in mirrors:
+            await mirror.wait_stopped()
         if self._ending:  # endings a done-callback started, bounded like a cancel
             await asyncio.wait(self._ending, timeout=CANCEL_WAIT_SECONDS)
         await self._transfers.close()
+        if self._peer_session is not None:
+            await self._peer_session.close()
+            self._peer_session = None
 
     # -- what the rest of the cache-host calls
 
@@ -341,6 +378,55 @@ class FillManager:
         if probe:
             self._probe_fills.add(task)
             task.add_done_callback(self._probe_fills.discard)
+
+    async def follow(self, fill: Fill, wait: float) -> None:
+        """A client here waits for the bytes of `fill`, which runs on another
+        host: copy them here from that host as they arrive, and wait (up to
+        `wait` s) until they can be read (`fill.readable`). If they can't (the
+        host announced no peer URL, or can't be reached), the client waits for
+        the fill to be stored."""
+        handle = self._by_id.get(fill.id)
+        if handle is None or handle.task or not fill.elsewhere or self._peer_session is None:
+            return
+        assert self._peer_key is not None
+        mirror = handle.mirror
+        if mirror is None or (mirror.done and mirror.failed_holder != fill.record.holder):
+            spool = self._settings.data_dir / "tmp"
+            spool.mkdir(parents=True, exist_ok=True)
+            mirror = handle.mirror = Mirror(
+                fill, self._metadata, self._peer_session, self._peer_key, spool
+            )
+        await mirror.ready(wait)
+
+    async def peer_stream(self, asked: PeerRequest, wait: float) -> PeerStream:
+        """The bytes of a fill running here, for another host of the store,
+        from an offset (of the transfer's generation the asker has); PeerRefused
+        if the request is forged, expired, or names no fill running here."""
+        if self._peer_key is None:
+            raise PeerRefused(404, "this cache-host serves no peer streams")
+        why = refusal(
+            self._peer_key, asked.token, asked.fill_id, asked.holder, asked.scope, time.time()
+        )
+        if why is not None:
+            raise PeerRefused(403, why)
+        handle = self._by_id.get(asked.fill_id)
+        fill = handle.fill if handle else None
+        # Another scope's fill is answered as no fill at all: nothing leaks.
+        if (
+            fill is None or handle is None or handle.task is None or fill.finished
+            or asked.holder != self.holder or fill.record.scope != asked.scope
+        ):  # fmt: skip
+            raise PeerRefused(404, "no such fill running on this cache-host")
+        if not await fill.wait_started(wait):
+            raise PeerRefused(404, "the fill ended or its origin has not answered")
+        if asked.generation is not None and asked.generation != fill.generation:
+            raise PeerRefused(409, "the fill started over since that generation")
+        if asked.offset and asked.generation is None:
+            raise PeerRefused(400, "an offset needs the generation it is of")
+        if fill.total is not None and asked.offset > fill.total:
+            raise PeerRefused(416, "offset out of range")
+        reader = fill.reader(lambda _: None)  # bytes for a host, not a client: not tallied
+        return PeerStream(reader, asked.offset, fill.generation, fill.checked_at_end)
 
     async def cancel(self, fill_id: int, actor: str | None = None) -> bool:
         await self.recorded(fill_id)  # ending here already: its row says how
@@ -522,6 +608,9 @@ class FillManager:
         if handle.watcher:
             handle.watcher.cancel()
             handle.watcher = None
+        if handle.mirror:  # the transfer starts afresh here: the copy's readers break
+            handle.mirror.stop()
+            handle.mirror = None
         handle.fill.claimed(record)
         task = handle.task = asyncio.create_task(self._run(handle), name=f"fill-{record.id}")
         task.add_done_callback(lambda task: self._ended(handle, task))

@@ -48,6 +48,9 @@ class Lease:
 
     holder: str
     until: float
+    # Where the other hosts of the store read this host's fills in progress
+    # (fill/peers.py); None: nowhere (its fills are served once stored).
+    peer_url: str | None = None
 
 
 class ChangeListener(Protocol):
@@ -281,6 +284,11 @@ class Metadata(BlobObjects, Protocol):
         ...
 
     async def get_fill(self, fill_id: int) -> FillRecord | None: ...
+
+    async def fill_peer(self, fill_id: int) -> tuple[str, str] | None:
+        """The holder of a running fill and the peer URL its lease announced;
+        None if it isn't running or announced none (never in an unshared store)."""
+        ...
 
     async def save_progress(
         self,

@@ -120,6 +120,7 @@ MIGRATIONS = [
     """,
     schema.ENDED_SESSIONS,
     schema.BLOB_OBJECTS,
+    schema.PEER_URLS,
 ]
 
 

@@ -164,3 +164,7 @@ BLOB_OBJECTS = """
     );
     CREATE INDEX blob_objects_pending ON blob_objects (started_at) WHERE sha256 IS NULL;
 """
+
+# Where the host running a fill serves its bytes to the other hosts of a
+# shared store (fill/peers.py); NULL on a store only one host uses.
+PEER_URLS = "ALTER TABLE fills ADD COLUMN peer_url TEXT;"

@@ -388,13 +388,14 @@ class SQLMetadata(ABC):
     ) -> FillRecord | None:
         row = await self._sql.one(
             "UPDATE fills SET state = 'running', started_at = :now, bytes_done = 0, total = NULL, "
-            "reserved = 0, holder = :holder, lease_until = :until "
+            "reserved = 0, holder = :holder, lease_until = :until, peer_url = :peer "
             f"WHERE id = (SELECT id FROM fills WHERE ({CLAIMABLE}) "
             "AND (CAST(:id AS BIGINT) IS NULL OR id = :id) "
             f"ORDER BY requested_by <> 'operator', id LIMIT 1 {self._dialect.skip_locked}) "
             f"RETURNING {FILL_COLUMNS}",
-            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id},
-        )
+            {"now": now, "holder": lease.holder, "until": lease.until, "id": fill_id,
+             "peer": lease.peer_url},
+        )  # fmt: skip
         return as_fill(row) if row else None
 
     async def defer_fill(self, fill_id: int, holder: str, until: float) -> bool:
@@ -433,6 +434,14 @@ class SQLMetadata(ABC):
     async def get_fill(self, fill_id: int) -> FillRecord | None:
         row = await self._sql.one(f"SELECT {FILL_COLUMNS} FROM fills WHERE id = ?", (fill_id,))
         return as_fill(row) if row else None
+
+    async def fill_peer(self, fill_id: int) -> tuple[str, str] | None:
+        row = await self._sql.one(
+            "SELECT holder, peer_url FROM fills WHERE id = ? AND state = 'running' "
+            "AND peer_url IS NOT NULL",
+            (fill_id,),
+        )
+        return (row[0], row[1]) if row else None
 
     async def save_progress(
         self, fill_id: int, bytes_done: int, total: int | None,

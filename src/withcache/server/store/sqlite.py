@@ -71,6 +71,7 @@ MIGRATIONS = [
     schema.PINS,
     schema.ENDED_SESSIONS,
     schema.BLOB_OBJECTS,
+    schema.PEER_URLS,
 ]
 
 WAL_SIZE_LIMIT = 4 << 20  # bytes the WAL file keeps after a checkpoint

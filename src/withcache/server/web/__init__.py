@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from withcache.server.cache import Cache
-from withcache.server.web import api, read, ui
+from withcache.server.web import api, peer, read, ui
 
 
 def make_app(cache: Cache) -> web.Application:
@@ -14,6 +14,7 @@ def make_app(cache: Cache) -> web.Application:
     read.add_routes(app)
     ui.add_routes(app, cache)
     api.add_routes(app, cache)
+    peer.add_routes(app)
 
     async def end_fills(app: web.Application) -> None:
         # Before the server waits for open requests to end: a client streaming

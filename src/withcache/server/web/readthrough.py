@@ -79,7 +79,7 @@ async def serve_from_fill(
         end = answer.start + answer.length if reader.total is not None else None
         try:
             await response.prepare(request)
-            await _copy(request, response, reader, answer.start, end)
+            await copy_fill(request, response, reader, answer.start, end)
         except ConnectionError:
             pass  # the client left; the fill goes on
         return response
@@ -99,7 +99,7 @@ async def _when_stored(
     return response
 
 
-async def _copy(
+async def copy_fill(
     request: web.Request, response: web.StreamResponse, reader: FillReader, pos: int,
     end: int | None,
 ) -> None:  # fmt: skip
