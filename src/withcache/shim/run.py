@@ -39,8 +39,9 @@ def rewrite(tool: str, args: list[str], env: Mapping[str, str]) -> plan.Plan:
 
 def supervise(real: str, tool: str, planned: plan.Plan, env: Mapping[str, str]) -> None:
     """Run the planned hit as a child (its fail switch first); end as it ended,
-    unless its exit status is one of `planned.fallback` (the cache failed before anything irrevocable was
-    written): then return, and the caller runs the command as written."""
+    unless its exit status is one of `planned.fallback` (the cache failed
+    before anything irrevocable was written): then return, and the caller
+    runs the command as written."""
     import _signal  # `signal` imports enum (milliseconds); the C module is enough
 
     child: list[int] = []
@@ -49,7 +50,7 @@ def supervise(real: str, tool: str, planned: plan.Plan, env: Mapping[str, str]) 
         if not child:  # before the spawn returned: the tool never saw it, so end now
             _signal.signal(signum, _signal.SIG_DFL)
             os.kill(os.getpid(), signum)
-        try:
+        try:  # noqa: SIM105 (contextlib costs milliseconds at start-up)
             os.kill(child[0], signum)
         except OSError:  # it ended meanwhile
             pass
