@@ -82,7 +82,7 @@ fn passOn(sig: c_int) callconv(.c) void {
         _ = c.kill(child_pid, @enumFromInt(sig));
         return;
     }
-    _ = signal(sig, null); // before the spawn returned: the tool never saw it, so end now
+    _ = signal(sig, sig_dfl); // before the spawn returned: the tool never saw it, so end now
     _ = raise(sig);
 }
 
@@ -90,30 +90,47 @@ fn passOn(sig: c_int) callconv(.c) void {
 /// its exit status is in `fallback` (the cache failed before anything
 /// irrevocable was written); then return, and the command runs as written.
 fn supervise(real: [:0]const u8, tool: *const Tool, argv: [:null]const ?[*:0]const u8, envp: [:null]const ?[*:0]const u8, fallback: []const u8, debug: bool) void {
-    for (passed_on) |sig| _ = signal(sig, passOn); // a handler (not SIG_IGN) is reset in the spawned tool
+    // A handler is reset in the spawned tool; an ignored signal (a background
+    // job's SIGINT) stays ignored there, as it would through exec.
+    var passed: [passed_on.len]bool = @splat(false);
+    for (passed_on, &passed) |sig, *on| {
+        on.* = signal(sig, @intFromPtr(&passOn)) != sig_ign;
+        if (!on.*) _ = signal(sig, sig_ign);
+    }
     var pid: c.pid_t = 0;
     if (posix_spawn(&pid, real, null, null, argv.ptr, envp.ptr) != 0) {
-        for (passed_on) |sig| _ = signal(sig, null);
+        restore(passed);
         return; // the command as written fails the same way, with the tool's own message
     }
     child_pid = pid;
     var status: c_int = 0;
-    while (c.waitpid(pid, &status, 0) < 0) {}
+    while (c.waitpid(pid, &status, 0) < 0) {
+        if (c._errno().* != @intFromEnum(c.E.INTR)) return; // as os.waitpid raising in run.py
+    }
     const word: u32 = @bitCast(status);
     const sig: u32 = word & 0x7f;
     if (sig != 0) { // killed by a signal: the shim ends the same way
-        _ = signal(@intCast(sig), null);
+        _ = signal(@intCast(sig), sig_dfl);
         _ = raise(@intCast(sig));
         c._exit(@intCast(128 + sig));
     }
     const code: u8 = @truncate(word >> 8);
     if (std.mem.indexOfScalar(u8, fallback, code) == null) c._exit(code);
-    for (passed_on) |s| _ = signal(s, null);
+    restore(passed);
     if (debug) say("withcache: {s}: the cache failed (exit {d}): running the command as written\n", .{ tool.name, code });
 }
 
+const sig_dfl: usize = 0;
+const sig_ign: usize = 1;
+
+fn restore(passed: [passed_on.len]bool) void {
+    for (passed_on, passed) |sig, on| {
+        if (on) _ = signal(sig, sig_dfl);
+    }
+}
+
 extern "c" fn posix_spawn(pid: *c.pid_t, path: [*:0]const u8, file_actions: ?*const anyopaque, attrp: ?*const anyopaque, argv: [*:null]const ?[*:0]const u8, envp: [*:null]const ?[*:0]const u8) c_int;
-extern "c" fn signal(sig: c_int, handler: ?*const fn (c_int) callconv(.c) void) ?*const anyopaque;
+extern "c" fn signal(sig: c_int, handler: usize) usize; // a handler, SIG_DFL (0) or SIG_IGN (1)
 extern "c" fn raise(sig: c_int) c_int;
 
 /// The command as written, with no allocation: the kernel's argv array (it

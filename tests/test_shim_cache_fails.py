@@ -245,3 +245,20 @@ def test_client_fetch_when_the_cache_dies_mid_body(cache_host, origin, tmp_path)
     assert got.source == "origin" and "cache failed" in got.note, got
     assert (tmp_path / "out" / "c.run").read_bytes() == BODY
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["c.run"]
+
+
+def test_an_ignored_signal_stays_ignored_in_the_tool(curated, origin, tmp_path, shims):
+    """A background job's SIGINT is ignored (sh does that for `cmd &`): the tool
+    the shim runs for a hit ignores it too, as it would if the shim exec'd it."""
+    host, api = curated
+    url, _ = stored(host, api, origin, "/fails/ignored.run")
+    env = at_get(tmp_path, "curl", "grep SigIgn /proc/$$/status > sigign")
+    command = f"trap '' INT; exec {shims / 'curlwithcache'} -sS -o x.run {url}"
+    result = subprocess.run(
+        ["sh", "-c", command], env=shim_env(host.url, **env), cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"hit {url}" in result.stderr
+    ignored = int((tmp_path / "sigign").read_text().split()[1], 16)
+    assert ignored & (1 << (signal.SIGINT - 1))

@@ -50,13 +50,17 @@ def supervise(real: str, tool: str, planned: plan.Plan, env: Mapping[str, str]) 
         if not child:  # before the spawn returned: the tool never saw it, so end now
             _signal.signal(signum, _signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
         try:  # noqa: SIM105 (contextlib costs milliseconds at start-up)
             os.kill(child[0], signum)
         except OSError:  # it ended meanwhile
             pass
 
-    for name in _PASSED_ON:  # a handler (not SIG_IGN) is reset in the spawned tool
-        _signal.signal(getattr(_signal, name), pass_on)
+    # A handler is reset in the spawned tool; an ignored signal (a background
+    # job's SIGINT) stays ignored there, as it would through exec.
+    passed = [s for s in (getattr(_signal, n) for n in _PASSED_ON) if not _ignored(s)]
+    for signum in passed:
+        _signal.signal(signum, pass_on)
     child.append(os.posix_spawn(real, [tool, *planned.fail_switch, *planned.argv], os.environ))
     status = os.waitstatus_to_exitcode(os.waitpid(child[0], 0)[1])
     if status < 0:  # killed by a signal: the shim ends the same way
@@ -64,13 +68,19 @@ def supervise(real: str, tool: str, planned: plan.Plan, env: Mapping[str, str]) 
         os.kill(os.getpid(), -status)
     if status not in planned.fallback:
         os._exit(status)  # as the tool exited, without the interpreter's clean-up
-    for name in _PASSED_ON:
-        _signal.signal(getattr(_signal, name), _signal.SIG_DFL)
+    for signum in passed:
+        _signal.signal(signum, _signal.SIG_DFL)
     if _debug(env):
         note = (
             f"withcache: {tool}: the cache failed (exit {status}): running the command as written\n"
         )
         os.write(2, note.encode())
+
+
+def _ignored(signum: int) -> bool:
+    import _signal
+
+    return _signal.getsignal(signum) == _signal.SIG_IGN
 
 
 def _debug(env: Mapping[str, str]) -> bool:
