@@ -61,6 +61,12 @@ pub const Probe = struct {
 pub const Plan = struct {
     argv: [][]const u8, // what to exec, without argv[0]
     notes: [][]const u8, // one line per URL (or one for the command) for WITHCACHE_DEBUG
+    // A one-URL hit runs as a child with `fail_switch` (if any) before argv;
+    // after one of the `fallback` exit statuses the command runs again as
+    // written: the cache failed before it delivered anything that can't be
+    // taken back. Empty: exec argv and be done.
+    fallback: []const u8 = &.{},
+    fail_switch: ?[]const u8 = null,
 };
 
 const off_words = [_][]const u8{ "off", "no", "0", "false" };
@@ -123,7 +129,29 @@ pub fn plan(gpa: Allocator, tool: *const Tool, argv: []const []const u8, env: En
             notes[position] = try std.fmt.allocPrint(gpa, "{t} {s}", .{ answer.state, entry.url });
         }
     }
-    return .{ .argv = args, .notes = notes };
+    const one_hit = urls.len == 1 and command.ops.items.len == 1 and answers.len == 1 and answers[0].state == .hit;
+    if (!one_hit or command.fail == false or anyOn(command.unsupervised.items)) return .{ .argv = args, .notes = notes };
+    const fail_switch = if (tool.fail_option) |fail| (if (command.fail == null) try std.mem.concat(gpa, u8, &.{ "--", fail }) else null) else null;
+    return .{ .argv = args, .notes = notes, .fallback = try fallback(gpa, tool, &command), .fail_switch = fail_switch };
+}
+
+/// The exit statuses after which a one-URL hit runs again as written (see
+/// Tool.fallback_statuses in tool.py): more when its body goes to a file written afresh.
+fn fallback(gpa: Allocator, tool: *const Tool, command: *const Command) ![]const u8 {
+    var stdout = false;
+    for (command.outputs.items) |output| stdout = stdout or std.mem.eql(u8, output, "-");
+    const named = command.outputs.items.len > 0 or anyOn(command.remote_name.items);
+    if (named and !stdout and !anyOn(command.keep.items)) {
+        return try std.mem.concat(gpa, u8, &.{ tool.fallback_statuses, tool.file_fallback_statuses });
+    }
+    return tool.fallback_statuses;
+}
+
+fn anyOn(switches: []const Switch) bool {
+    for (switches) |s| {
+        if (s.on) return true;
+    }
+    return false;
 }
 
 fn one(gpa: Allocator, args: [][]const u8, note: []const u8) !Plan {
@@ -355,6 +383,13 @@ const Command = struct {
     urls: std.ArrayList(Url) = .empty,
     switches: std.ArrayList(Switch) = .empty, // pass-through options in first-seen order
     methods: std.ArrayList([]const u8) = .empty,
+    // What decides the fallback (Tool.fallback_statuses): the fail switch as
+    // given (null: not given), options in effect or not, the output files.
+    fail: ?bool = null,
+    unsupervised: std.ArrayList(Switch) = .empty,
+    outputs: std.ArrayList([]const u8) = .empty,
+    remote_name: std.ArrayList(Switch) = .empty,
+    keep: std.ArrayList(Switch) = .empty,
 
     /// Why the whole command passes through ("" if nothing does).
     fn blockers(command: *const Command, gpa: Allocator, tool: *const Tool, server: cachehost.CacheHost) ![]const u8 {
@@ -371,17 +406,18 @@ const Command = struct {
         }
         return "";
     }
-
-    fn setSwitch(command: *Command, gpa: Allocator, name: []const u8, on: bool) !void {
-        for (command.switches.items) |*s| {
-            if (std.mem.eql(u8, s.name, name)) {
-                s.on = on;
-                return;
-            }
-        }
-        try command.switches.append(gpa, .{ .name = name, .on = on });
-    }
 };
+
+/// Record an option's state in a list of switches: the last one given wins.
+fn setSwitch(gpa: Allocator, switches: *std.ArrayList(Switch), name: []const u8, on: bool) !void {
+    for (switches.items) |*s| {
+        if (std.mem.eql(u8, s.name, name)) {
+            s.on = on;
+            return;
+        }
+    }
+    try switches.append(gpa, .{ .name = name, .on = on });
+}
 
 fn read(gpa: Allocator, tool: *const Tool, argv: []const []const u8, posixly_correct: bool, why: *scan_.Why) scan_.Error!Command {
     const tokens = try scan_.scan(&tool.table, argv, posixly_correct, why);
@@ -450,7 +486,17 @@ fn apply(gpa: Allocator, tool: *const Tool, command: *Command, token: Token) !vo
     } else if (tool_.lookup(tool_.Text, tool.pass_through, name) != null or
         tool_.lookup(tool_.Text, tool.https_pass_through, name) != null)
     {
-        try command.setSwitch(gpa, name, on);
+        try setSwitch(gpa, &command.switches, name, on);
+    } else if (tool_.optEql(tool.fail_option, name)) {
+        command.fail = on;
+    } else if (tool_.lookup(tool_.Text, tool.unsupervised, name) != null) {
+        try setSwitch(gpa, &command.unsupervised, name, on);
+    } else if (tool_.contains(tool.output_options, name) and value != null) {
+        try command.outputs.append(gpa, value.?);
+    } else if (tool_.contains(tool.remote_name_options, name)) {
+        try setSwitch(gpa, &command.remote_name, name, on);
+    } else if (tool_.contains(tool.keep_options, name)) {
+        try setSwitch(gpa, &command.keep, name, on);
     } else if (tool_.contains(tool.method_options, name) and value != null) {
         try command.methods.append(gpa, value.?);
     } else if (tool_.optEql(tool.globoff_option, name)) {

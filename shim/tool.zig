@@ -63,6 +63,13 @@ pub const Tool = struct {
     execute_option: ?[]const u8,
     execute_aliases: []const Text,
     execute_ignored: []const []const u8,
+    fallback_statuses: []const u8,
+    fail_option: ?[]const u8,
+    unsupervised: []const Text,
+    file_fallback_statuses: []const u8,
+    output_options: []const []const u8,
+    remote_name_options: []const []const u8,
+    keep_options: []const []const u8,
 };
 
 pub fn eql(a: []const u8, b: []const u8) bool {

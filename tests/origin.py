@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
@@ -49,6 +50,7 @@ class Hit:
     path: str
     headers: dict[str, str]
     query: str = ""  # the query string as sent
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 class Origin:

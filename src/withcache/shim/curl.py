@@ -168,4 +168,25 @@ TOOL = Tool(
     execute_option=None,
     execute_aliases={},
     execute_ignored=frozenset(),
+    # curl's exit codes for a failure before the body: 6 and 7 the cache-host
+    # can't be resolved or reached, 22 an HTTP error under --fail (no body
+    # written), 35 and 60 TLS, 52 nothing answered.
+    fallback_statuses=(6, 7, 22, 35, 52, 60),
+    fail_option="fail",
+    unsupervised={
+        "fail-with-body": "writes an error's body",
+        "write-out": "writes to stdout after a failure too",
+        "dump-header": "writes the failed try's headers",
+        "head": "writes the failed try's headers",
+        "cookie-jar": "writes the failed try's cookies",
+        "etag-save": "writes the failed try's ETag",
+        "trace": "writes a trace of the failed try",
+        "trace-ascii": "writes a trace of the failed try",
+    },
+    # ... and midway: 8 a strange answer, 16 and 92 HTTP/2, 18 a short body, 28
+    # a timeout, 55 and 56 the connection broke.
+    file_fallback_statuses=(8, 16, 18, 28, 55, 56, 92),
+    output_options=frozenset({"output"}),
+    remote_name_options=frozenset({"remote-name", "remote-name-all"}),
+    keep_options=frozenset({"continue-at"}),
 )

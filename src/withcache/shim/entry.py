@@ -4,7 +4,8 @@ This module is on every curl/wget call, so it imports nothing beyond `os`
 and `sys` (already loaded by the interpreter). With no cache-host set it
 execs the real tool at once: no parsing, no network. Where no variable
 names one, a shims.conf may (`find_conf`, then `withcache.shim.conf`).
-Otherwise `withcache.shim.run` rewrites the arguments first.
+Otherwise `withcache.shim.run` rewrites the arguments first; a one-URL hit
+runs as its child, and if the cache fails it, the command runs as written.
 """
 
 import os
@@ -56,7 +57,11 @@ def main(tool: str, server_env: str, real_env: str) -> None:
         try:
             from withcache.shim import run
 
-            args = run.rewrite(tool, args, env)
+            planned = run.rewrite(tool, args, env)
+            if planned.fallback:  # returns only if the cache failed: then as written
+                run.supervise(real, tool, planned, env)
+            else:
+                args = planned.argv
         except Exception as err:  # even a broken install must leave curl working
             if env.get("WITHCACHE_DEBUG", "0") not in ("", "0"):
                 os.write(

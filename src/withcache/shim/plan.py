@@ -37,6 +37,12 @@ _GLOB_CHARS = frozenset("[]{}")
 class Plan(Record):
     argv: list[str]  # what to exec, without argv[0]
     notes: list[str]  # one line per URL (or one for the command) for WITHCACHE_DEBUG
+    # A one-URL hit runs as a child with `fail_switch` (if any) before argv;
+    # after one of the `fallback` exit statuses the command runs again as
+    # written: the cache failed before it delivered anything that can't be
+    # taken back. Empty: exec argv and be done.
+    fallback: tuple[int, ...] = ()
+    fail_switch: tuple[str, ...] = ()
 
 
 def server_setting(tool: Tool, env: Mapping[str, str]) -> str:
@@ -90,7 +96,20 @@ def plan(tool_name: str, argv: Sequence[str], env: Mapping[str, str], probe: Pro
         else:
             detail = f" ({answer.detail})" if answer.detail else ""
             notes[position] = f"{answer.state} {url}{detail}"
-    return Plan(args, notes)
+    one_hit = len(command.urls) == len(command.ops) == 1 and [a.state for a in answers] == [HIT]
+    if not one_hit or command.fail is False or any(command.unsupervised.values()):
+        return Plan(args, notes)
+    fail_switch = ("--" + tool.fail_option,) if tool.fail_option and command.fail is None else ()
+    return Plan(args, notes, _fallback(tool, command), fail_switch)
+
+
+def _fallback(tool: Tool, command: _Command) -> tuple[int, ...]:
+    """The exit statuses after which a one-URL hit runs again as written (see
+    Tool.fallback_statuses): more when its body goes to a file written afresh."""
+    named = command.outputs or any(command.remote_name.values())
+    if named and "-" not in command.outputs and not any(command.keep.values()):
+        return tool.fallback_statuses + tool.file_fallback_statuses
+    return tool.fallback_statuses
 
 
 def server_path(server: cachehost.CacheHost, url: str) -> str:
@@ -265,6 +284,13 @@ class _Command:
         self.urls: list[tuple[int, str, _Operation]] = []
         self.switches: dict[str, bool] = {}  # pass-through options: in effect or not
         self.methods: list[str] = []
+        # What decides the fallback (Tool.fallback_statuses): the fail switch as
+        # given (None: not given), options in effect or not, the output files.
+        self.fail: bool | None = None
+        self.unsupervised: dict[str, bool] = {}
+        self.outputs: list[str] = []
+        self.remote_name: dict[str, bool] = {}
+        self.keep: dict[str, bool] = {}
 
     def blockers(self, tool: Tool, server: cachehost.CacheHost) -> str:
         """Why the whole command passes through ('' if nothing does)."""
@@ -323,6 +349,16 @@ def _apply(tool: Tool, command: _Command, token: Token) -> None:
         command.ops.append(_Operation())
     elif name in tool.pass_through or name in tool.https_pass_through:
         command.switches[name] = on
+    elif name == tool.fail_option:
+        command.fail = on
+    elif name in tool.unsupervised:
+        command.unsupervised[name] = on
+    elif name in tool.output_options and value is not None:
+        command.outputs.append(value)
+    elif name in tool.remote_name_options:
+        command.remote_name[name] = on
+    elif name in tool.keep_options:
+        command.keep[name] = on
     elif name in tool.method_options and value is not None:
         command.methods.append(value)
     elif name == tool.globoff_option:

@@ -66,3 +66,23 @@ class Tool(Record):
     execute_option: str | None
     execute_aliases: dict[str, str]  # wgetrc command -> long option
     execute_ignored: frozenset[str]  # commands that can't change what is fetched or how
+    # A one-URL hit runs as a child, and when the cache fails before a byte of
+    # the body is out, the command runs again as written (the real tool against
+    # the origin). `fallback_statuses`: the tool's exit statuses that say so;
+    # `fail_option`: a switch the shim adds so that an HTTP error from the cache
+    # is one of them (curl --fail), unless the user set it or turned it off;
+    # `unsupervised`: options that would put something of the failed try where
+    # the second run can't take it back (stdout, a saved error body): with one
+    # in effect the hit is exec'd as before. Option -> why.
+    fallback_statuses: tuple[int, ...]
+    fail_option: str | None
+    unsupervised: dict[str, str]
+    # When the body goes to a file the second run writes afresh, a failure
+    # midway can be taken back too: `file_fallback_statuses` then count as well.
+    # The file is named by an `output_options` argument (not "-": stdout) or
+    # after the URL (`remote_name_options`), and no `keep_options` (resume, no
+    # clobber) makes the second run keep what the first one wrote.
+    file_fallback_statuses: tuple[int, ...]
+    output_options: frozenset[str]
+    remote_name_options: frozenset[str]
+    keep_options: frozenset[str]

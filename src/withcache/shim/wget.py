@@ -148,4 +148,18 @@ TOOL = Tool(
         "dirprefix": "directory-prefix",
     },
     execute_ignored=frozenset({"robots"}),
+    # wget's exit codes for a failure that saved nothing: 5 TLS, 8 an error
+    # answer (its body is not saved). 4, a network failure, is left out: wget
+    # also gives it after retrying a body cut off midway, with part of it saved.
+    fallback_statuses=(5, 8),
+    fail_option=None,
+    unsupervised={
+        "content-on-error": "saves an error's body",
+        "save-cookies": "writes the failed try's cookies",
+        "input-file": "fetches more URLs than the one on the command line",
+    },
+    file_fallback_statuses=(4,),  # -O FILE is truncated when wget starts
+    output_options=frozenset({"output-document"}),
+    remote_name_options=frozenset(),  # its own naming keeps a partial file: x.run.1
+    keep_options=frozenset({"continue", "no-clobber", "timestamping", "start-pos"}),
 )

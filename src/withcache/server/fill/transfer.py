@@ -2,11 +2,12 @@
 
 Redirects are followed here, with the policy checked on every hop (and on
 every DNS answer, by its resolver). Transient errors are retried with
-exponential backoff and resumed with Range + If-Range where the origin
-honours it. A resume is taken only if the 206 carries the first answer's
-validator and total; an origin that ignores the resume, or whose content
-changed meanwhile, starts the blob over (and the fill's generation with it,
-so read-through clients of the old bytes fail).
+exponential backoff (no sooner than a 429's or 5xx's Retry-After) and
+resumed with Range + If-Range where the origin honours it. A resume is
+taken only if the 206 carries the first answer's validator and total; an
+origin that ignores the resume, or whose content changed meanwhile, starts
+the blob over (and the fill's generation with it, so read-through clients of
+the old bytes fail).
 
 The length is checked against Content-Length. Room is claimed through the
 fill's cap.Room before the body where the length is known, else as it
@@ -28,6 +29,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
@@ -50,6 +52,7 @@ MAX_REDIRECTS = 10
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 # Statuses worth another try: the origin or something before it is struggling.
 TRANSIENT_STATUSES = {408, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is waited for this long
 FLUSH_BYTES = 1 << 20  # write to the partial blob in blocks of this size...
 FLUSH_SECONDS = 0.2  # ...or at least this often, so readers of a slow fill see progress
 PROGRESS_SECONDS = 1.0  # how often progress (and a resume point) is saved
@@ -140,13 +143,16 @@ class Transfers:
             except FillError as err:
                 if not err.transient or attempt >= self._settings.fill_attempts:
                     raise
+                delay = self._settings.retry_delay * 2 ** (attempt - 1)
+                if isinstance(err, _ComeBackLater):
+                    delay = max(delay, err.wait)
                 await self._emit(
                     events.FillRetrying(
                         url=display, fill_id=fill.id, error=str(err), attempt=attempt,
                         resume_from=writer.size,
                     )
                 )  # fmt: skip
-                await asyncio.sleep(self._settings.retry_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(delay)
                 attempt += 1
 
     async def _transfer(self, run: _Run) -> None:
@@ -207,11 +213,11 @@ class Transfers:
             run.fill.start(run.headers, run.total)
             return run.total
         if status != 200:
-            transient = status in TRANSIENT_STATUSES
-            raise FillError(
-                f"origin answered {status} {response.reason or ''}".strip(), transient,
-                status=status,
-            )  # fmt: skip
+            message = f"origin answered {status} {response.reason or ''}".strip()
+            wait = _retry_after(response.headers.get("Retry-After"))
+            if status in TRANSIENT_STATUSES and wait is not None:
+                raise _ComeBackLater(message, wait, status)
+            raise FillError(message, status in TRANSIENT_STATUSES, status=status)
         if writer.size:
             # The origin ignored the resume (or the artifact changed): start over.
             await self._start_over(run)
@@ -350,6 +356,30 @@ class Transfers:
             except keys.BadURL as err:
                 raise FillError(f"bad redirect: {err}") from None
         raise FillError(f"more than {MAX_REDIRECTS} redirects")
+
+
+class _ComeBackLater(FillError):
+    """A transient status with a Retry-After: the next try waits at least `wait` seconds."""
+
+    def __init__(self, message: str, wait: float, status: int) -> None:
+        super().__init__(message, transient=True, status=status)
+        self.wait = wait
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After asks for (delay-seconds or an HTTP date), at most
+    MAX_RETRY_AFTER; None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class _Overlong(Exception):
