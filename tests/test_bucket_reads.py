@@ -3,7 +3,8 @@ pulled ahead of the client on a fast store, parallel ranged GETs of the same
 object on a store that is slow per connection, memory flat per client
 whatever the blob's size or the client's speed. On PostgreSQL + SeaweedFS,
 with real hosts and curl; a proxy in front of the store slows each answer
-and notes what the host asked."""
+and notes what the host asked. The hosts keep no local copies (those are
+test_local_copies.py's): every hit here streams."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 
 RATE = 25e6  # bytes a second, each answer of the slow store
 PER_CLIENT = 32 << 20  # the most a streamed hit holds (bucket_reads.py, README)
+STREAMED = ("--local-copies", "0")
 
 
 @pytest.fixture
@@ -39,7 +41,8 @@ def tapped(backend, tmp_path, ca_file):
         tap = StoreTap(backend.endpoint, rate).start()
         env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
         through = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
-        host = CacheHost(tmp_path / f"tapped{len(started)}", TEST_FLAGS, env, backend=through)
+        flags = (*TEST_FLAGS, *STREAMED)
+        host = CacheHost(tmp_path / f"tapped{len(started)}", flags, env, backend=through)
         started.append((host, tap))
         host.start()
         return host, tap
@@ -112,7 +115,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_memory_stays_flat_per_client_however_slow_it_reads(origin, cache_host, backend):
-    host = cache_host()
+    host = cache_host(*STREAMED)
     body = os.urandom(12 * READ_PART)  # 96 MiB: far more than a client may hold
     url = stored(origin, host, "/reads/big.bin", body)
     assert curl("-f", "-o", os.devnull, host.blob_url(url)).returncode == 0  # warm
