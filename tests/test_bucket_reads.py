@@ -16,9 +16,8 @@ import time
 
 import obstore
 import pytest
-from backends import Scale
 from clients import wait_until
-from conftest import TEST_FLAGS, CacheHost, curl
+from conftest import curl
 from services import StoreTap
 from test_fills import miss
 
@@ -29,28 +28,6 @@ pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 RATE = 25e6  # bytes a second, each answer of the slow store
 PER_CLIENT = 32 << 20  # the most a streamed hit holds (bucket_reads.py, README)
 STREAMED = ("--local-copies", "0")
-
-
-@pytest.fixture
-def tapped(backend, tmp_path, ca_file):
-    """tapped(rate): a host whose every call to the store goes through a
-    StoreTap answering at `rate` bytes a second (None: at the store's own)."""
-    started: list[tuple[CacheHost, StoreTap]] = []
-
-    def start(rate: float | None) -> tuple[CacheHost, StoreTap]:
-        tap = StoreTap(backend.endpoint, rate).start()
-        env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
-        through = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
-        flags = (*TEST_FLAGS, *STREAMED)
-        host = CacheHost(tmp_path / f"tapped{len(started)}", flags, env, backend=through)
-        started.append((host, tap))
-        host.start()
-        return host, tap
-
-    yield start
-    for host, tap in started:
-        host.stop()
-        tap.stop()
 
 
 def stored(origin, host, path: str, body: bytes) -> str:
@@ -66,7 +43,7 @@ def parts_asked(tap: StoreTap) -> list[dict[str, object]]:
 
 
 def test_a_store_slow_per_connection_is_read_in_parallel_parts(origin, tapped):
-    host, tap = tapped(RATE)
+    host, tap = tapped(*STREAMED, rate=RATE)
     body = os.urandom(PROBE_BYTES + 5 * READ_PART + 12345)
     url = stored(origin, host, "/reads/slow.bin", body)
     tap.clear()
@@ -83,7 +60,7 @@ def test_a_store_slow_per_connection_is_read_in_parallel_parts(origin, tapped):
 
 
 def test_a_blob_replaced_while_it_is_read_fails_the_client(origin, backend, tapped, tmp_path):
-    host, tap = tapped(RATE)
+    host, tap = tapped(*STREAMED, rate=RATE)
     body = os.urandom(PROBE_BYTES + 6 * READ_PART)  # parts after the first answer's stream
     url = stored(origin, host, "/reads/replaced.bin", body)
     key = backend.blob_key(hashlib.sha256(body).hexdigest())

@@ -18,47 +18,14 @@ import time
 import obstore
 import pytest
 from api_client import Api
-from backends import Scale
 from clients import wait_until
-from conftest import TEST_FLAGS, CacheHost, curl
+from conftest import CacheHost, curl
 from services import StoreTap
 from test_api import LOCKED, PASSWORD, wait_verify
-from test_fills import miss
 from test_metrics import scrape
 
 pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 MIB = 1 << 20
-
-
-@pytest.fixture
-def tapped(backend, tmp_path, ca_file):
-    """tapped(*flags, name=, data_dir=): a host whose every call to the store
-    goes through its own StoreTap (it notes the requests)."""
-    started: list[tuple[CacheHost, StoreTap]] = []
-
-    def start(
-        *flags: str, name: str = "b", data_dir=None, rate: float | None = None
-    ) -> tuple[CacheHost, StoreTap]:
-        tap = StoreTap(backend.endpoint, rate).start()
-        env = {**os.environ, "SSL_CERT_FILE": str(ca_file), **LOCKED}
-        through = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
-        folder = data_dir or tmp_path / name
-        host = CacheHost(folder, (*TEST_FLAGS, *flags), env, backend=through)
-        started.append((host, tap))
-        host.start()
-        return host, tap
-
-    yield start
-    for host, tap in started:
-        host.stop()
-        tap.stop()
-
-
-def stored(origin, host, path: str, body: bytes) -> str:
-    url = origin.add(path, body)
-    miss(host, url)
-    host.wait_cached(url)
-    return url
 
 
 def gets(tap: StoreTap) -> list[dict[str, object]]:
@@ -76,6 +43,18 @@ def has_copy(host, body: bytes) -> None:
     wait_until(lambda: copy_of(host, body).exists(), what="the local copy")
 
 
+def copied(
+    origin, cache_host, tapped, path: str, body: bytes, **start: object
+) -> tuple[str, CacheHost, StoreTap]:
+    """`body` stored through host a, then hit once on a tapped host b, which
+    copied it: (URL, b, b's tap)."""
+    url = cache_host(name="a").cached(origin, path, body)
+    b, tap = tapped(**start)
+    assert curl("-f", b.blob_url(url)).stdout == body
+    has_copy(b, body)
+    return url, b, tap
+
+
 def copies(host) -> list[str]:
     return sorted(p.name for p in (host.data_dir / "copies").iterdir())
 
@@ -83,7 +62,7 @@ def copies(host) -> list[str]:
 def test_a_second_hit_on_another_host_is_sent_from_its_local_copy(origin, cache_host, tapped):
     a = cache_host(name="a")
     body = os.urandom(20 * MIB)
-    url = stored(origin, a, "/copies/second.bin", body)
+    url = a.cached(origin, "/copies/second.bin", body)
     has_copy(a, body)  # the filling host kept its spool
     b, tap = tapped()
     assert curl("-f", b.blob_url(url)).stdout == body  # streamed, and copied beside
@@ -107,7 +86,7 @@ def test_a_second_hit_on_another_host_is_sent_from_its_local_copy(origin, cache_
 def test_copies_stay_within_their_bound_least_recently_hit_first(origin, cache_host, tapped):
     a = cache_host("--local-copies", "0", name="a")
     bodies = [os.urandom(2 * MIB) for _ in range(3)]
-    urls = [stored(origin, a, f"/copies/bound{n}.bin", body) for n, body in enumerate(bodies)]
+    urls = [a.cached(origin, f"/copies/bound{n}.bin", body) for n, body in enumerate(bodies)]
     assert not (a.data_dir / "copies").exists()  # --local-copies 0: none made
     b, tap = tapped("--local-copies", "5M")  # room for two of the three
     for n in (0, 1):
@@ -127,10 +106,7 @@ def test_copies_stay_within_their_bound_least_recently_hit_first(origin, cache_h
 
 def test_a_copy_changed_on_disk_is_never_served(origin, cache_host, tapped):
     body = os.urandom(8 * MIB)
-    url = stored(origin, cache_host(name="a"), "/copies/changed.bin", body)
-    b, tap = tapped()
-    assert curl("-f", b.blob_url(url)).stdout == body
-    has_copy(b, body)
+    url, b, tap = copied(origin, cache_host, tapped, "/copies/changed.bin", body)
     with open(copy_of(b, body), "r+b") as copy:  # a write to the copy's file
         copy.seek(4 * MIB)
         copy.write(bytes([body[4 * MIB] ^ 1]))
@@ -147,10 +123,7 @@ def test_a_copy_changed_on_disk_is_never_served(origin, cache_host, tapped):
 
 def test_verify_removes_a_rotten_copy_and_keeps_the_blob(origin, cache_host, tapped):
     body = os.urandom(8 * MIB)
-    url = stored(origin, cache_host(name="a"), "/copies/rotten.bin", body)
-    b, tap = tapped()
-    assert curl("-f", b.blob_url(url)).stdout == body
-    has_copy(b, body)
+    url, b, tap = copied(origin, cache_host, tapped, "/copies/rotten.bin", body, env=LOCKED)
     path = copy_of(b, body)
     stat = path.stat()
     with open(path, "r+b") as copy:  # rot that leaves the file's times alone
@@ -174,7 +147,7 @@ def test_a_key_refreshed_on_another_host_is_not_served_from_the_old_copy(
 ):
     old, new = os.urandom(4 * MIB), os.urandom(4 * MIB)
     a = cache_host(env=LOCKED, name="a")
-    url = stored(origin, a, "/copies/refreshed.bin", old)
+    url = a.cached(origin, "/copies/refreshed.bin", old)
     b, _ = tapped()
     assert curl("-f", b.blob_url(url)).stdout == old
     has_copy(b, old)
@@ -195,8 +168,8 @@ def test_a_key_refreshed_on_another_host_is_not_served_from_the_old_copy(
 def test_copies_are_read_back_at_a_restart_and_strays_removed(origin, cache_host, tapped):
     body, gone = os.urandom(4 * MIB), os.urandom(3 * MIB)
     a = cache_host(env=LOCKED, name="a")
-    url = stored(origin, a, "/copies/restart.bin", body)
-    gone_url = stored(origin, a, "/copies/gone.bin", gone)
+    url = a.cached(origin, "/copies/restart.bin", body)
+    gone_url = a.cached(origin, "/copies/gone.bin", gone)
     b, tap = tapped()
     for u, data in ((url, body), (gone_url, gone)):
         assert curl("-f", b.blob_url(u)).stdout == data
@@ -230,7 +203,7 @@ def test_a_disk_full_while_a_copy_is_written_drops_it_and_serves_the_client(
     origin, cache_host, tapped, tmpfs
 ):
     body = os.urandom(12 * MIB)
-    url = stored(origin, cache_host(name="a"), "/copies/full.bin", body)
+    url = cache_host(name="a").cached(origin, "/copies/full.bin", body)
     disk = tmpfs("24m")
     # (Its log is beside the data dir, off the RAM disk.)
     b, tap = tapped("--min-free", "0", "--local-copies", "20M", data_dir=disk, rate=4e6)
@@ -256,7 +229,7 @@ def test_a_disk_full_while_a_copy_is_written_drops_it_and_serves_the_client(
 
 def test_a_store_sending_other_bytes_fails_the_copying_client(origin, backend, cache_host, tapped):
     body = os.urandom(6 * MIB)
-    url = stored(origin, cache_host("--local-copies", "0", name="a"), "/copies/other.bin", body)
+    url = cache_host("--local-copies", "0", name="a").cached(origin, "/copies/other.bin", body)
     sha = hashlib.sha256(body).hexdigest()
     obstore.put(backend._store(), backend.blob_key(sha), os.urandom(len(body)))  # same size
     b, _ = tapped()

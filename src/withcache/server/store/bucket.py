@@ -317,12 +317,7 @@ class BucketBlobs:
             reason = bucket_error(err) if isinstance(err, obstore.exceptions.BaseError) else err
             raise StoreError(f"cannot use {settings.blobs_url}: {reason}") from None
         if copies is not None:
-
-            async def stored_size(sha256: str) -> int | None:
-                found = await metadata.list_artifacts(search=sha256, limit=10)
-                return next((a.size for a in found.rows if a.sha256 == sha256), None)
-
-            await copies.start(stored_size)
+            await copies.start(metadata.sha_in_use)
         return blobs
 
     def key(self, sha256: str) -> str:

@@ -30,7 +30,8 @@ store cost the store far more CPU than a sendfile of a local file.
   the disk may briefly hold more than the bound). A disk that fills up while
   a copy is written drops that copy; the client's bytes go on regardless.
 - At start the folder is read back: what is not a verified copy of a blob
-  the metadata store holds (by name and size) is removed.
+  the metadata store holds is removed (a copy not the size of its blob is
+  removed when a hit first opens it, as any copy that fails its check).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ TEMP_PREFIX = "copy-"
 _NAME = re.compile(r"[0-9a-f]{64}")
 AUTO_SHARE = 0.5  # auto bound: this share of the disk's free space (copies counted) above its floor
 
-StoredSize = Callable[[str], Awaitable[int | None]]  # a stored blob's size, None if not stored
+Stored = Callable[[str], Awaitable[bool]]  # whether the metadata store holds the blob
 
 
 def _marked(stat: os.stat_result) -> bool:
@@ -149,8 +150,9 @@ class LocalCopies:
         self.hits = 0  # hits answered from a copy
         folder.mkdir(parents=True, exist_ok=True)
 
-    async def start(self, stored_size: StoredSize) -> None:
-        """Read the folder back; what is not a verified copy of a stored blob goes."""
+    async def start(self, stored: Stored) -> None:
+        """Read the folder back; what is not a verified copy of a stored blob
+        goes (one whose size is not the blob's goes when it is first opened)."""
         found = []
         for entry in os.scandir(self.folder):
             stat = entry.stat(follow_symlinks=False)
@@ -160,7 +162,7 @@ class LocalCopies:
             else:
                 self._remove(entry.path)
         for _, sha256, size in sorted(found):
-            if await stored_size(sha256) == size:
+            if await stored(sha256):
                 self._copies[sha256] = size
                 self.bytes += size
             else:
