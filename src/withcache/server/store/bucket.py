@@ -35,7 +35,11 @@ and its object stays where it was uploaded:
 
 Reads are ranged GETs streamed through the host, or presigned URLs. Each
 answer says the object's whole size, which is checked against the recorded
-one before any byte is used.
+one before any byte is used. With local copies (store/local_copies.py) a
+blob this host keeps a copy of is read from that file instead (sendfile),
+a fill's spool becomes its copy at commit, and a read of a whole blob
+writes one beside the client, its last chunk held back until the bytes
+hash to the blob's SHA-256.
 """
 
 from __future__ import annotations
