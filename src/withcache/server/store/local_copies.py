@@ -264,26 +264,26 @@ class LocalCopies:
         task.add_done_callback(self._tasks.discard)
 
     async def _publish(self, sha256: str, size: int, temp: Path, fd: int) -> None:
-        def finish() -> None:
+        def sync() -> None:
             try:
                 os.fsync(fd)
                 now = time.time_ns()
                 os.utime(fd, ns=(now, now - now % 1_000_000_000 + MTIME_MARK))
             finally:
                 os.close(fd)
-            os.replace(temp, self._path(sha256))
-            fsync_dir(self.folder)
 
         try:
-            await asyncio.shield(asyncio.to_thread(finish))
-        except OSError as err:
-            log.warning("local_copy.dropped", sha256=sha256, error=str(err))
-            temp.unlink(missing_ok=True)
-        else:
+            await asyncio.shield(asyncio.to_thread(sync))
+            # Named and listed in one step of the loop: a copy on disk is one hits open.
+            os.replace(temp, self._path(sha256))
             if sha256 in self._copies:
                 self.bytes -= self._copies.pop(sha256)
             self._copies[sha256] = size
             self.bytes += size
+            await asyncio.to_thread(fsync_dir, self.folder)
+        except OSError as err:
+            log.warning("local_copy.dropped", sha256=sha256, error=str(err))
+            temp.unlink(missing_ok=True)
         finally:
             self._writing.pop(sha256, None)
 
