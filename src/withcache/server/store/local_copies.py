@@ -125,9 +125,14 @@ class CopyWriter:
         self._failed = True
         job, self._job = self._job, None
         if job is not None and not job.done():
-            job.add_done_callback(lambda _: self._close())
+            job.add_done_callback(self._closed_after)
         else:
             self._close()
+
+    def _closed_after(self, job: asyncio.Future[None]) -> None:
+        if not job.cancelled():
+            job.exception()  # retrieved: the copy is dropped whatever it was
+        self._close()
 
     def _close(self) -> None:
         if self._fd >= 0:
