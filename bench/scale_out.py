@@ -8,8 +8,11 @@ starts its own throwaway PostgreSQL and SeaweedFS on loopback. Measures, runs
 interleaved so every setup sees the same machine, medians:
 
 - hit throughput of a 256 MiB artifact with curl: from the embedded host
-  (sendfile), through a scale-out host (streamed from the object store), and
-  via `--redirect-hits` (`curl -L` to a presigned URL: bytes skip the host),
+  (sendfile), through a scale-out host streamed from the object store (host
+  b, `--local-copies 0`), through one sending its local copy (host c, by
+  sendfile), through host c while it makes that copy (its copy removed
+  before the hit: streamed, written and hashed beside the client), and via
+  `--redirect-hits` (`curl -L` to a presigned URL: bytes skip the host),
   with the host's CPU time per GiB (steadier than throughput on a busy box);
 - the time from miss to hit of a 256 MiB artifact: the first client's curl
   of an uncached URL (read-through) until a probe sees the stored blob (a
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import shutil
 import statistics
@@ -43,7 +47,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import obstore
 from common import Server, cpu_seconds, start_nginx, wait_cached, write_results
@@ -121,8 +127,9 @@ def upload_seconds(endpoint: str, key: str, body: bytes) -> float:
 
 
 class ScaleOut:
-    """Two hosts (a, b) and one with --redirect-hits on one database and
-    bucket prefix, running this venv's withcache or the tree `source`'s."""
+    """Two hosts (a, b: b streams every hit) and one with --redirect-hits on
+    one database and bucket prefix, running this venv's withcache or the tree
+    `source`'s; this venv's also host c, with local copies."""
 
     def __init__(
         self, work: Path, name: str, postgres: Postgres, endpoint: str, source: Path | None
@@ -130,12 +137,29 @@ class ScaleOut:
         env = {"PYTHONPATH": str(source / "src")} if source else None
         flags = ("--allow-private-origins", "--metadata", postgres.new_database(),
                  "--blobs", f"s3://{BUCKET}/{name}", "--s3-endpoint", endpoint)  # fmt: skip
+        streamed = () if source else ("--local-copies", "0")  # (earlier trees keep none)
+        hosts = [("a", ()), ("b", streamed), ("r", ("--redirect-hits",))]
+        if source is None:
+            hosts.append(("c", ()))
         self.servers: list[Server] = []
-        for host, more in (("a", ()), ("b", ()), ("r", ("--redirect-hits",))):
+        for host, more in hosts:
             (work / f"{name}-{host}").mkdir()
             data = work / f"{name}-{host}" / "data"
             self.servers.append(Server(data, *flags, *more, env=env))
         self.hosts, self.redirect = self.servers[:2], self.servers[2]
+        self.copying = self.servers[3] if source is None else None
+        self.copies = work / f"{name}-c" / "data" / "copies"
+
+    def drop_copy(self, sha256: str) -> None:
+        """Remove host c's copy: its next hit streams and copies again."""
+        (self.copies / sha256).unlink()
+
+    def wait_copy(self, sha256: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (self.copies / sha256).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("host c made no copy")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         for server in self.servers:
@@ -177,17 +201,34 @@ def main() -> None:
         hit_url = f"{origin}/a0.bin"
         for host in (embedded, *(setup.hosts[0] for setup in setups.values())):
             miss_to_hit(host, hit_url)
-        targets = {"embedded": (embedded, ())}
+        sha256 = hashlib.sha256(body).hexdigest()
+        nothing = lambda: None  # noqa: E731
+        # label: (host, curl's flags, before the hit, after it)
+        targets: dict[str, tuple[Server, tuple[str, ...], Any, Any]] = {
+            "embedded": (embedded, (), nothing, nothing)
+        }
         for label, setup in setups.items():
-            targets[f"{label}, through host b"] = (setup.hosts[1], ())
-            targets[f"{label}, --redirect-hits"] = (setup.redirect, ("-L",))
+            targets[f"{label}, through host b"] = (setup.hosts[1], (), nothing, nothing)
+            if setup.copying is not None:
+                drop, made = partial(setup.drop_copy, sha256), partial(setup.wait_copy, sha256)
+                targets[f"{label}, through host c, copying"] = (setup.copying, (), drop, made)
+                targets[f"{label}, through host c, local copy"] = (
+                    setup.copying, (), nothing, nothing
+                )  # fmt: skip
+            targets[f"{label}, --redirect-hits"] = (setup.redirect, ("-L",), nothing, nothing)
+        for setup in setups.values():
+            if setup.copying is not None:  # its copy, made by a first hit
+                curl_seconds(setup.copying.blob_url(hit_url))
+                setup.wait_copy(sha256)
         hits: dict[str, list[float]] = {label: [] for label in targets}
         host_cpu: dict[str, list[float]] = {label: [] for label in targets}
         for _ in range(rounds):
-            for label, (host, flags) in targets.items():
+            for label, (host, flags, before, after) in targets.items():
+                before()
                 used = cpu_seconds([host.pid])
                 hits[label].append(SIZE / curl_seconds(host.blob_url(hit_url), *flags) / 1e6)
                 host_cpu[label].append((cpu_seconds([host.pid]) - used) * (1 << 30) / SIZE)
+                after()
         floor = "store: the bytes uploaded alone"
         fills: dict[str, list[float]] = {"embedded": [], floor: []}
         fills |= {f"{label} (two hosts)": [] for label in setups}

@@ -113,9 +113,13 @@ class Scale:
         return sorted(named + [recorded.get(key) or key for key in uploads])
 
     def delete_blobs(self, data_dir: Path) -> None:
+        """Delete every blob object, and the host's local copies of them
+        (--local-copies), which it would otherwise rightly serve."""
         import obstore
 
         obstore.delete(self._store(), self.objects("blobs/") + self.objects("uploads/"))
+        for copy in (data_dir / "copies").glob("*"):
+            copy.unlink()
 
     def blob_bytes(self, data_dir: Path, sha256: str) -> bytes:
         import obstore
@@ -123,10 +127,12 @@ class Scale:
         return bytes(obstore.get(self._store(), self.blob_key(sha256)).bytes())
 
     def replace_blob(self, data_dir: Path, sha256: str, data: bytes) -> None:
-        """Rot a blob in place: another object under the blob's key."""
+        """Rot a blob in place: another object under the blob's key (and no
+        local copy of the host's to send instead)."""
         import obstore
 
         obstore.put(self._store(), self.blob_key(sha256), data)
+        (data_dir / "copies" / sha256).unlink(missing_ok=True)
 
 
 class AzureScale(Scale):

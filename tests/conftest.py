@@ -336,6 +336,36 @@ def cache_host(tmp_path: Path, ca_file: Path, backend: Backend) -> Iterator[call
         host.stop()
 
 
+@pytest.fixture
+def tapped(backend: Backend, tmp_path: Path, ca_file: Path) -> Iterator[callable]:  # type: ignore[valid-type]
+    """Factory (scale-out only): tapped(*flags, rate=, name=, data_dir=, env=) starts a
+    host whose every call to the object store goes through a StoreTap of its
+    own (it notes the requests; with `rate`, each answer comes at that many
+    bytes a second); (host, tap). All stop at teardown."""
+    from services import StoreTap
+
+    started: list[tuple[CacheHost, StoreTap]] = []
+
+    def start(
+        *flags: str, rate: float | None = None, name: str | None = None,
+        data_dir: Path | None = None, env: dict[str, str] | None = None,
+    ) -> tuple[CacheHost, StoreTap]:  # fmt: skip
+        assert isinstance(backend, Scale)
+        tap = StoreTap(backend.endpoint, rate).start()
+        full_env = {**os.environ, "SSL_CERT_FILE": str(ca_file), **(env or {})}
+        through = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
+        folder = data_dir or tmp_path / (name or f"tapped{len(started)}")
+        host = CacheHost(folder, (*TEST_FLAGS, *flags), full_env, backend=through)
+        started.append((host, tap))
+        host.start()
+        return host, tap
+
+    yield start
+    for host, tap in started:
+        host.stop()
+        tap.stop()
+
+
 @pytest.fixture(scope="module")
 def shared_cache_host(
     tmp_path_factory: pytest.TempPathFactory, ca_file: Path

@@ -3,7 +3,8 @@ pulled ahead of the client on a fast store, parallel ranged GETs of the same
 object on a store that is slow per connection, memory flat per client
 whatever the blob's size or the client's speed. On PostgreSQL + SeaweedFS,
 with real hosts and curl; a proxy in front of the store slows each answer
-and notes what the host asked."""
+and notes what the host asked. The hosts keep no local copies (those are
+test_local_copies.py's): every hit here streams."""
 
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import time
 
 import obstore
 import pytest
-from backends import Scale
 from clients import wait_until
-from conftest import TEST_FLAGS, CacheHost, curl
+from conftest import curl
 from services import StoreTap
 from test_fills import miss
 
@@ -27,27 +27,7 @@ pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 
 RATE = 25e6  # bytes a second, each answer of the slow store
 PER_CLIENT = 32 << 20  # the most a streamed hit holds (bucket_reads.py, README)
-
-
-@pytest.fixture
-def tapped(backend, tmp_path, ca_file):
-    """tapped(rate): a host whose every call to the store goes through a
-    StoreTap answering at `rate` bytes a second (None: at the store's own)."""
-    started: list[tuple[CacheHost, StoreTap]] = []
-
-    def start(rate: float | None) -> tuple[CacheHost, StoreTap]:
-        tap = StoreTap(backend.endpoint, rate).start()
-        env = {**os.environ, "SSL_CERT_FILE": str(ca_file)}
-        through = Scale(backend.metadata_url, tap.endpoint, backend.prefix)
-        host = CacheHost(tmp_path / f"tapped{len(started)}", TEST_FLAGS, env, backend=through)
-        started.append((host, tap))
-        host.start()
-        return host, tap
-
-    yield start
-    for host, tap in started:
-        host.stop()
-        tap.stop()
+STREAMED = ("--local-copies", "0")
 
 
 def stored(origin, host, path: str, body: bytes) -> str:
@@ -63,7 +43,7 @@ def parts_asked(tap: StoreTap) -> list[dict[str, object]]:
 
 
 def test_a_store_slow_per_connection_is_read_in_parallel_parts(origin, tapped):
-    host, tap = tapped(RATE)
+    host, tap = tapped(*STREAMED, rate=RATE)
     body = os.urandom(PROBE_BYTES + 5 * READ_PART + 12345)
     url = stored(origin, host, "/reads/slow.bin", body)
     tap.clear()
@@ -80,7 +60,7 @@ def test_a_store_slow_per_connection_is_read_in_parallel_parts(origin, tapped):
 
 
 def test_a_blob_replaced_while_it_is_read_fails_the_client(origin, backend, tapped, tmp_path):
-    host, tap = tapped(RATE)
+    host, tap = tapped(*STREAMED, rate=RATE)
     body = os.urandom(PROBE_BYTES + 6 * READ_PART)  # parts after the first answer's stream
     url = stored(origin, host, "/reads/replaced.bin", body)
     key = backend.blob_key(hashlib.sha256(body).hexdigest())
@@ -112,7 +92,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_memory_stays_flat_per_client_however_slow_it_reads(origin, cache_host, backend):
-    host = cache_host()
+    host = cache_host(*STREAMED)
     body = os.urandom(12 * READ_PART)  # 96 MiB: far more than a client may hold
     url = stored(origin, host, "/reads/big.bin", body)
     assert curl("-f", "-o", os.devnull, host.blob_url(url)).returncode == 0  # warm

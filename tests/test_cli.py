@@ -50,6 +50,8 @@ def test_help_lists_every_flag_with_default_and_env():
         (["--negative-ttl", "0"], {}, "it must be above 0"),
         (["--evict", "lfu"], {}, "invalid eviction policy 'lfu': the one policy is lru"),
         (["--evict-unused", "0"], {}, "not a positive number"),
+        (["--local-copies", "5G"], {}, "--local-copies needs --blobs"),
+        (["--blobs", "s3://bucket/prefix", "--local-copies", "lots"], {}, "invalid size 'lots'"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(args, env, message):
@@ -164,3 +166,16 @@ def test_revalidation_and_eviction_settings_from_flags_and_env():
     s = settings_from(["--revalidate", "*.deb=7d", "--revalidate", "*=30s"], env)
     assert [r.max_age for r in s.revalidate] == [7 * 86400, 30]
     assert s.revalidate_after("https://h/a/cuda-keyring_1.1.deb") == 7 * 86400
+
+
+def test_local_copies_sizes_auto_and_none():
+    blobs = ("--blobs", "s3://bucket/prefix")
+    assert settings_from([*blobs, "--local-copies", "50G"], {}).local_copies == 50 << 30
+    assert settings_from([*blobs], {"WITHCACHE_LOCAL_COPIES": "0"}).local_copies == 0
+    assert settings_from([*blobs], {}).local_copies is None  # auto
+    assert settings_from([*blobs, "--local-copies", "auto"], {}).local_copies is None
+    # Redirected hits pass no bytes through the host: no copies unless asked for.
+    assert settings_from([*blobs, "--redirect-hits"], {}).local_copies == 0
+    asked = [*blobs, "--redirect-hits", "--local-copies", "1G"]
+    assert settings_from(asked, {}).local_copies == 1 << 30
+    assert settings_from([], {}).local_copies is None  # (meaningless without --blobs)

@@ -787,6 +787,14 @@ class Cache:
             "origins_up": self._fills.admission.origins.states(),
         }
 
+    def local_copies(self) -> dict[str, int] | None:
+        """This host's copies of the object store's blobs (--local-copies), if it keeps any."""
+        copies = self._blobs.copies
+        if copies is None:
+            return None
+        return {"bytes": copies.bytes, "bound": copies.bound, "hits": copies.hits,
+                "copies": len(copies)}  # fmt: skip
+
     def integrity(self) -> dict[str, Any]:
         """The scrub's progress and the last verification's findings (UI, /metrics)."""
         scrub, last = self._scrub, self.last_verification
@@ -829,7 +837,11 @@ class Cache:
     async def metrics_text(self) -> bytes:
         """The Prometheus exposition of /metrics."""
         return metrics.exposition(
-            self._tally, await self.health(), await self.work(), self.integrity()
+            self._tally,
+            await self.health(),
+            await self.work(),
+            self.integrity(),
+            self.local_copies(),
         )
 
     async def record(self, event: events.Event) -> None:

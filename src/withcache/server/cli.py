@@ -118,6 +118,10 @@ def _blobs_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _local_copies(text: str) -> int | str:
+    return "auto" if text.strip().lower() == "auto" else parse_size(text)
+
+
 def _s3_addressing(text: str) -> str:
     if text not in ("auto", "path", "virtual"):
         raise ValueError("use auto, path or virtual")
@@ -317,6 +321,14 @@ _OPTIONS = [
         "bytes don't pass through the cache-host (needs --blobs)",
     ),
     Option(
+        "local_copies", _typed(_local_copies, "size"), "auto", "SIZE|auto",
+        "with --blobs: keep verified copies of the hot blobs in the data dir, at most this "
+        "many bytes (e.g. 50G; the least recently hit go first; 0: none), and send hits "
+        "from them by sendfile instead of streaming them from the object store; auto: half "
+        "the data dir's free space above --min-free, as found at start (none with "
+        "--redirect-hits)",
+    ),
+    Option(
         "fill_lease", _typed(_positive_float, "number of seconds"), Settings.fill_lease,
         "SECONDS", "a cache-host renews its claim on its fills within this time, or another "
         "host sharing the store takes them over",
@@ -405,6 +417,12 @@ def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         raise UsageError("--tls-cert and --tls-key go together")
     if values["redirect_hits"] and not values["blobs_url"]:
         raise UsageError("--redirect-hits needs --blobs s3://…: local blobs have no URL to send")
+    if values["local_copies"] == "auto":
+        # Redirected hits don't pass through the host, whose copies would be
+        # only its own fills': an operator who wants those sent from here says so.
+        values["local_copies"] = 0 if values["redirect_hits"] else None
+    elif values["local_copies"] and not values["blobs_url"]:
+        raise UsageError("--local-copies needs --blobs s3://…: local blobs are local already")
     return Settings(
         **values,
         admin_password=environ.get("WITHCACHE_ADMIN_PASSWORD") or None,

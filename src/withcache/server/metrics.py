@@ -153,11 +153,13 @@ class _Snapshot(Collector):
         health: Mapping[str, Any],
         work: Mapping[str, Any],
         integrity: Mapping[str, Any],
+        copies: Mapping[str, int] | None,
     ) -> None:
         self._tally = tally
         self._health = health
         self._work = work
         self._integrity = integrity
+        self._copies = copies
 
     def collect(self) -> Iterator[Any]:
         t, h, w = self._tally, self._health, self._work
@@ -221,6 +223,8 @@ class _Snapshot(Collector):
             int(h["status"] != "ok"),
         )  # fmt: skip
         yield from self._integrity_figures()
+        if self._copies is not None:  # --blobs, with --local-copies
+            yield from _copy_figures(self._copies)
 
     def _integrity_figures(self) -> Iterator[Any]:
         i, last = self._integrity, self._integrity["last"]
@@ -248,6 +252,20 @@ class _Snapshot(Collector):
                 "Share of stored bytes the scrub re-hashed within its period (--scrub-every)",
                 i["checked_ratio"],
             )
+
+
+def _copy_figures(c: Mapping[str, int]) -> Iterator[Any]:
+    yield GaugeMetricFamily(
+        "withcache_local_copy_bytes", "Bytes of this host's local copies of blobs", c["bytes"]
+    )
+    yield GaugeMetricFamily(
+        "withcache_local_copy_bound_bytes", "The bound on them (--local-copies)", c["bound"]
+    )
+    yield CounterMetricFamily(
+        "withcache_local_copy_hits",
+        "Hits sent from this host's local copy of the blob, not streamed from the object store",
+        c["hits"],
+    )
 
 
 def _windowed(tally: Tally) -> Iterator[Any]:
@@ -292,11 +310,12 @@ def _work(w: Mapping[str, Any]) -> Iterator[Any]:
 
 
 def exposition(
-    tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any], integrity: Mapping[str, Any]
-) -> bytes:
+    tally: Tally, health: Mapping[str, Any], work: Mapping[str, Any],
+    integrity: Mapping[str, Any], copies: Mapping[str, int] | None = None,
+) -> bytes:  # fmt: skip
     """The Prometheus text format of the counts, a health snapshot
-    (Cache.health), what waits on the cache-host (Cache.work) and the
-    integrity figures (Cache.integrity)."""
+    (Cache.health), what waits on the cache-host (Cache.work), the
+    integrity figures (Cache.integrity) and the local copies' (Cache.local_copies)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(tally, health, work, integrity))
+    registry.register(_Snapshot(tally, health, work, integrity, copies))
     return generate_latest(registry)

@@ -192,6 +192,9 @@ class Settings:
     s3_secret_access_key: str | None = field(default=None, repr=False)
     s3_session_token: str | None = field(default=None, repr=False)
     redirect_hits: bool = False
+    # With --blobs: this host's copies of hot blobs, at most this many bytes
+    # (None: auto, half the data dir's free space above --min-free; 0: none).
+    local_copies: int | None = None
     # A host must renew its claim on its fills this often, or another takes them over.
     fill_lease: float = 30.0
     # Where the other hosts of the store reach this one for the bytes of its

@@ -121,6 +121,7 @@ class Verification:
             self.bytes_checked = done_before + n
 
         problem = await _inspect(verifier.blobs, sha256, size, progress, self.pace)
+        await _inspect_copy(verifier.blobs, sha256, size, self.pace)
         self.bytes_checked = done_before + size
         self.checked += 1
         if problem is None:
@@ -161,6 +162,7 @@ class Verifier:
     ) -> Corrupt | None:
         """Check a blob found bad again, under its blob lock, and (if it still
         is, and `quarantine`) take it out of service; what was found, or None."""
+        await _inspect_copy(self.blobs, sha256, size, Pace())
         async with self.metadata.blob_lock(sha256):
             problem = await _inspect(self.blobs, sha256, size, lambda n: None, Pace())
             if problem is None:
@@ -270,9 +272,9 @@ async def _artifacts_by_blob(verifier: Verifier) -> dict[str, list[Artifact]]:
 async def _inspect(
     blobs: Blobs, sha256: str, size: int, progress: Callable[[int], None], pace: Pace
 ) -> str | None:
-    """What is wrong with the blob, or None."""
+    """What is wrong with the store's blob (not this host's copy), or None."""
     try:
-        reader = await blobs.open(sha256, size)
+        reader = await blobs.open(sha256, size, copy=False)
     except BlobGone:
         return "missing: the blob file is gone"
     except BlobDamaged as err:
@@ -300,6 +302,29 @@ async def _inspect(
     finally:
         with contextlib.suppress(Exception):
             await reader.close()
+
+
+async def _inspect_copy(blobs: Blobs, sha256: str, size: int, pace: Pace) -> None:
+    """Re-hash this host's copy of the blob, if it keeps one; drop it if bad
+    (the store's own blob is another matter: a bad copy is no bad blob)."""
+    copy = blobs.copies.open(sha256, size, hit=False) if blobs.copies is not None else None
+    if copy is None:
+        return
+    try:
+        assert copy.file is not None
+        problem = await asyncio.to_thread(
+            _inspect_file, copy.file, sha256, size, lambda n: None, pace
+        )
+    except OSError as err:
+        problem = f"unreadable: {err.strerror or err}"
+    except asyncio.CancelledError:
+        pace.stopped = True
+        raise
+    finally:
+        await copy.close()
+    if problem is not None and blobs.copies is not None:
+        log.warning("local_copy.bad", sha256=sha256, problem=problem)
+        blobs.copies.drop(sha256)
 
 
 def _inspect_file(

@@ -37,6 +37,7 @@ from withcache.server.records import (
 
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
+    from withcache.server.store.local_copies import LocalCopies
 
 MAX_LISTS = 1000  # lists kept (older ones go first), besides their age limit
 
@@ -523,6 +524,10 @@ class BlobReader(Protocol):
 class Blobs(Protocol):
     """Content-addressed bytes: two URLs with the same bytes share one blob."""
 
+    # This host's own copies of an object store's hot blobs (--local-copies),
+    # which `open` answers from; None: the store keeps none.
+    copies: LocalCopies | None
+
     def begin(self, also: Collection[str] = ()) -> BlobWriter:
         """A new blob; its writer computes SHA-256 and the algorithms `also`
         (hashlib names) from the bytes as they arrive."""
@@ -534,9 +539,10 @@ class Blobs(Protocol):
         `also` too); None if that file is gone or shorter."""
         ...
 
-    async def open(self, sha256: str, size: int) -> BlobReader:
+    async def open(self, sha256: str, size: int, copy: bool = True) -> BlobReader:
         """The committed blob; BlobGone if it is known to be gone already,
-        BlobDamaged if it is known not to be `size` bytes long."""
+        BlobDamaged if it is known not to be `size` bytes long. With `copy`
+        False, the store's own bytes, never this host's copy (what verify checks)."""
         ...
 
     async def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:

@@ -35,7 +35,11 @@ and its object stays where it was uploaded:
 
 Reads are ranged GETs streamed through the host, or presigned URLs. Each
 answer says the object's whole size, which is checked against the recorded
-one before any byte is used.
+one before any byte is used. With local copies (store/local_copies.py) a
+blob this host keeps a copy of is read from that file instead (sendfile),
+a fill's spool becomes its copy at commit, and a read of a whole blob
+writes one beside the client, its last chunk held back until the bytes
+hash to the blob's SHA-256.
 """
 
 from __future__ import annotations
@@ -50,10 +54,19 @@ from typing import TYPE_CHECKING, Any
 
 import obstore
 
-from withcache.server.store import BlobDamaged, BlobGone, BlobObjects, StoreError
+from withcache.server.disk import Disk
+from withcache.server.store import BlobDamaged, BlobGone, BlobObjects, Metadata, StoreError
 from withcache.server.store.bucket_access import Bucket, BucketError, bucket_error, open_bucket
 from withcache.server.store.bucket_reads import read_range
-from withcache.server.store.files import CHUNK, Spool, empty_dir, partial_name, reopen
+from withcache.server.store.files import (
+    CHUNK,
+    LocalBlobReader,
+    Spool,
+    empty_dir,
+    partial_name,
+    reopen,
+)
+from withcache.server.store.local_copies import LocalCopies
 
 if TYPE_CHECKING:
     from withcache.server.settings import Settings
@@ -170,6 +183,7 @@ class BucketBlobWriter(Spool):
             found = await blobs.size(key)
             if found == self.size:  # another URL brought the same bytes: keep those
                 await self._drop_upload()
+                self._keep_copy(sha)
                 await self._discard()
                 return location
             if found is not None or location is not None:
@@ -188,8 +202,14 @@ class BucketBlobWriter(Spool):
                 location = self._key
         except obstore.exceptions.BaseError as err:
             raise bucket_error(err) from None
+        self._keep_copy(sha)
         await self._discard()
         return location
+
+    def _keep_copy(self, sha256: str) -> None:
+        """The spool, whole and hashed, stays as this host's copy of the blob."""
+        if self._blobs.copies is not None:
+            self._blobs.copies.keep(self.path, sha256, self.size)
 
     async def abort(self) -> None:
         await self._drop_upload()
@@ -210,6 +230,7 @@ class BucketBlobReader:
 
     def __init__(self, blobs: BucketBlobs, key: str, sha256: str, size: int) -> None:
         self._blobs = blobs
+        self._copies = blobs.copies
         self._store = blobs.bucket.store
         self._key = key
         self._sha256 = sha256
@@ -230,8 +251,31 @@ class BucketBlobReader:
             await self._check_size(await self._blobs.size(self._key))
             raise bucket_error(err) from None
         await self._check_size(answer.meta["size"])
-        async for chunk in read_range(self._store, self._key, answer, start, start + length):
-            yield chunk
+        chunks = read_range(self._store, self._key, answer, start, start + length)
+        copy = None
+        if self._copies is not None and (start, length) == (0, self._size):
+            copy = self._copies.begin(self._sha256, self._size)
+        if copy is None:
+            async for chunk in chunks:
+                yield chunk
+            return
+        # The whole blob: a copy is written beside it, and the last chunk held
+        # back until the bytes are known to be the blob's (else the client fails).
+        held = None
+        try:
+            async for chunk in chunks:
+                await copy.add(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+            problem = await copy.finish()
+        except BaseException:
+            copy.abandon()
+            raise
+        if problem is not None:
+            raise BlobDamaged(self._sha256, problem)
+        if held is not None:
+            yield held
 
     async def _check_size(self, found: int | None) -> None:
         if found is None:
@@ -250,23 +294,34 @@ class BucketBlobs:
     """The Blobs interface over `s3://`, `gs://` or `az://bucket/prefix`; the
     metadata store's BlobObjects say where each blob is."""
 
-    def __init__(self, bucket: Bucket, spool_dir: Path, objects: BlobObjects) -> None:
+    def __init__(
+        self, bucket: Bucket, spool_dir: Path, objects: BlobObjects,
+        copies: LocalCopies | None = None,
+    ) -> None:  # fmt: skip
         self.bucket = bucket
         self.spool_dir = spool_dir
         self.objects = objects
+        self.copies = copies  # this host's copies of hot blobs (--local-copies)
         spool_dir.mkdir(parents=True, exist_ok=True)
 
     @classmethod
-    async def connect(cls, settings: Settings, objects: BlobObjects) -> BucketBlobs:
-        """Reach the bucket; StoreError if it can't be used."""
+    async def connect(cls, settings: Settings, metadata: Metadata) -> BucketBlobs:
+        """Reach the bucket, read this host's local copies back; StoreError if
+        it can't be used."""
         try:
             bucket = await asyncio.to_thread(open_bucket, settings)
-            blobs = cls(bucket, settings.data_dir / "tmp", objects)
+            copies = None
+            if settings.local_copies != 0:
+                disk = Disk(settings.data_dir, settings.min_free)
+                copies = LocalCopies(settings.data_dir / "copies", settings.local_copies, disk)
+            blobs = cls(bucket, settings.data_dir / "tmp", metadata, copies)
             async for _ in obstore.list(bucket.store, prefix="blobs/", chunk_size=1):
                 break
         except (obstore.exceptions.BaseError, OSError, ValueError) as err:
             reason = bucket_error(err) if isinstance(err, obstore.exceptions.BaseError) else err
             raise StoreError(f"cannot use {settings.blobs_url}: {reason}") from None
+        if copies is not None:
+            await copies.start(metadata.sha_in_use)
         return blobs
 
     def key(self, sha256: str) -> str:
@@ -302,15 +357,25 @@ class BucketBlobs:
         )
         return resumed  # type: ignore[return-value]
 
-    async def open(self, sha256: str, size: int) -> BucketBlobReader:
+    async def open(
+        self, sha256: str, size: int, copy: bool = True
+    ) -> BucketBlobReader | LocalBlobReader:
+        if copy and self.copies is not None:
+            local = self.copies.open(sha256, size)
+            if local is not None:
+                return local
         key, _ = await self.locate(sha256)
         return BucketBlobReader(self, key, sha256, size)
 
     async def presign(self, sha256: str, seconds: int, headers: Mapping[str, str]) -> str | None:
+        if self.copies is not None and self.copies.holds(sha256):
+            return None  # sent from here by sendfile: faster than the redirect and its GET
         key, _ = await self.locate(sha256)
         return self.bucket.presign(key, seconds, headers)
 
     async def delete(self, sha256: str) -> None:
+        if self.copies is not None:
+            self.copies.drop(sha256)
         location = await self.objects.abandon_blob(sha256)
         try:
             if location is not None:
@@ -322,6 +387,8 @@ class BucketBlobs:
             await self.objects.forget_upload(location)
 
     async def quarantine(self, sha256: str) -> None:
+        if self.copies is not None:
+            self.copies.drop(sha256)
         store = self.bucket.store
         location = await self.objects.abandon_blob(sha256)
         key = location or self.key(sha256)
@@ -368,4 +435,5 @@ class BucketBlobs:
         return None
 
     async def close(self) -> None:
-        pass
+        if self.copies is not None:
+            await self.copies.close()

@@ -156,7 +156,7 @@ class LocalBlobWriter(Spool):
         # If another URL already stored these bytes, replacing the file with an
         # identical one is harmless: open readers keep the old inode.
         os.replace(self.path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     async def commit(self) -> None:
         await self._settle()
@@ -201,7 +201,7 @@ async def reopen(spool: Callable[[], Spool], folder: Path, name: str) -> Spool |
     return writer
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -257,6 +257,8 @@ class LocalBlobReader:
 class LocalBlobs:
     """The Blobs interface over a directory tree."""
 
+    copies = None  # the blobs are local files already
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blob_dir = root / "blobs"
@@ -280,7 +282,7 @@ class LocalBlobs:
     def path(self, sha256: str) -> Path:
         return self.blob_dir / sha256[:2] / sha256
 
-    async def open(self, sha256: str, size: int) -> LocalBlobReader:
+    async def open(self, sha256: str, size: int, copy: bool = True) -> LocalBlobReader:
         # Every hit opens its blob: a str path and an unbuffered file (the bytes
         # go out by sendfile or pread) cost a third of pathlib and buffered open.
         path = f"{self._blob_root}/{sha256[:2]}/{sha256}"
