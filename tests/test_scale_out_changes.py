@@ -9,12 +9,12 @@ import time
 import pytest
 
 from withcache.server import lookup
+from withcache.server.store import changes
 
 pytestmark = pytest.mark.parametrize("backend", ["scale"], indirect=True)
 BODY = os.urandom(100_000)
 MEMO = 60.0  # the memo's life here: a host that hears nothing serves stale this long
 HEARD = 10.0  # a change is heard well within this (it takes milliseconds)
-LISTENER = "withcache-changes"  # changes.APPLICATION: a listening connection's name
 
 
 @pytest.fixture
@@ -24,10 +24,13 @@ def long_memo(monkeypatch):
 
 
 def listeners(backend, tmp_path) -> int:
+    """Connections that LISTEN: the listener's first query is its LISTEN, so
+    any query shown means it has run (the one shown is its health check's
+    once it has been quiet for changes.HEALTH_SECONDS)."""
     (count,) = backend.rows(
         tmp_path,
-        f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{LISTENER}' "
-        "AND datname = current_database() AND query LIKE 'LISTEN%'",
+        f"SELECT count(*) FROM pg_stat_activity WHERE application_name = '{changes.APPLICATION}' "
+        "AND datname = current_database() AND query <> ''",
     )[0]
     return count
 
@@ -117,7 +120,7 @@ async def test_the_listener_reconnects_after_its_connection_drops(
     backend.rows(
         tmp_path,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        f"WHERE application_name = '{LISTENER}' AND datname = current_database()",
+        f"WHERE application_name = '{changes.APPLICATION}' AND datname = current_database()",
     )
 
     async def back():
@@ -131,3 +134,21 @@ async def test_the_listener_reconnects_after_its_connection_drops(
         return await b.lookup(b.key(url), None) is None
 
     await eventually(gone, HEARD, "miss on the other host after the reconnect")
+
+
+async def test_changes_are_heard_after_the_listener_has_been_quiet(
+    make_core, backend, tmp_path, origin, long_memo
+):
+    """A quiet listener asks its connection a health query every
+    HEALTH_SECONDS; it goes on listening after it."""
+    url = origin.add("/changes/after-quiet.bin", BODY)
+    a, b = await two_hosts(make_core, backend, tmp_path)
+    artifact = await stored_on(a, b, url)
+    await asyncio.sleep(changes.HEALTH_SECONDS + 1)
+    assert listeners(backend, tmp_path) == 2
+    await a.delete(artifact.id)
+
+    async def gone():
+        return await b.lookup(b.key(url), None) is None
+
+    await eventually(gone, HEARD, "miss on the other host after a quiet while")
