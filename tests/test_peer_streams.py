@@ -178,3 +178,21 @@ def test_a_credentialed_fill_streams_to_the_same_credentials_on_b_only(
     assert (tmp_path / "on-b").read_bytes() == BODY
     sent = [h.headers.get("Authorization") for h in origin.hits if h.path == "/peer/private.bin"]
     assert sent.count(secret) == 1
+
+
+def test_a_client_that_waited_for_the_stored_blob_counts_as_a_miss_not_a_hit(
+    origin, cache_host, tmp_path
+):
+    """Where b can't mirror a's fill (a's peer URL unreachable), b's client
+    waits and is answered from the stored blob: one request, one miss."""
+    url = origin.add("/peer/unreachable.bin", BODY, rate=3_000_000)
+    a = cache_host("--peer-url", "http://127.0.0.1:9", env=ENV, name="a")
+    b = cache_host(env=ENV, name="b")
+    on_a = running_on_a(a, tmp_path, url)
+    on_b = curl("-f", "-o", str(tmp_path / "on-b"), b.blob_url(url))
+    assert on_b.returncode == 0, on_b.stderr
+    assert (tmp_path / "on-b").read_bytes() == BODY
+    assert finish([on_a])[0][0] == 0
+    for host in (a, b):
+        host.stop()  # flushes the batched hit counts
+    assert a.rows("SELECT hits FROM artifacts") == [(0,)]

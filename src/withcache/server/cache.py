@@ -242,9 +242,11 @@ class Cache:
         scope = self._policy.scope_of(authorization)
         return await self._metadata.find_artifact_by_sha256(sha256, readable(scope))
 
-    async def open_hit(self, artifact: Artifact) -> OpenHit | None:
+    async def open_hit(self, artifact: Artifact, for_fill: bool = False) -> OpenHit | None:
         """The stored blob of `artifact`, opened to answer from; None if it is
-        gone (deleted meanwhile) or found damaged (and quarantined): a miss."""
+        gone (deleted meanwhile) or found damaged (and quarantined): a miss.
+        `for_fill`: the answer of a client that waited for the fill to be
+        stored, counted as the miss it is (its bytes as streamed), not a hit."""
         try:
             reader = await self._blobs.open(artifact.sha256, artifact.size)
         except BlobGone:
@@ -254,20 +256,21 @@ class Cache:
             return None
         # Until the answer closes it, a delete or eviction of the blob waits (reclaim.py).
         self._reclaim.opened(artifact.sha256)
+        count = self._count_fill_answer if for_fill else self._count_hit
         return OpenHit(
-            artifact, reader, self._read_checks, self._count_hit, self._blob_damaged,
-            self._reclaim.closed,
-        )  # fmt: skip
+            artifact, reader, self._read_checks, count, self._blob_damaged, self._reclaim.closed
+        )
 
     async def presign_hit(
-        self, artifact: Artifact, seconds: int, headers: Mapping[str, str], length: int
-    ) -> str | None:
+        self, artifact: Artifact, seconds: int, headers: Mapping[str, str], length: int,
+        for_fill: bool = False,
+    ) -> str | None:  # fmt: skip
         """A URL the client may GET the blob from directly for `seconds`,
         answering with `headers`; None if the store has none to give. The hit
-        (of `length` bytes) is counted when there is one."""
+        (of `length` bytes) is counted when there is one (`for_fill`: as in open_hit)."""
         location = await self._blobs.presign(artifact.sha256, seconds, headers)
         if location is not None:
-            self._count_hit(artifact, length)
+            (self._count_fill_answer if for_fill else self._count_hit)(artifact, length)
         return location
 
     def _count_hit(self, artifact: Artifact, sent_bytes: int) -> None:
@@ -276,6 +279,9 @@ class Cache:
         count, _ = self._hits.get(artifact.id, (0, 0.0))
         self._hits[artifact.id] = (count + 1, time.time())
         self._tally.hit(sent_bytes)
+
+    def _count_fill_answer(self, artifact: Artifact, sent_bytes: int) -> None:
+        self._count_streamed(sent_bytes)
 
     def count_miss(self) -> None:
         """A client asked for what isn't stored and is not served from a fill

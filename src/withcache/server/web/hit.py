@@ -57,10 +57,11 @@ def representation(artifact: Artifact) -> conditional.Representation:
 
 
 async def send_blob(
-    request: web.Request, cache: Cache, artifact: Artifact
+    request: web.Request, cache: Cache, artifact: Artifact, for_fill: bool = False
 ) -> web.StreamResponse | None:
     """Answer from a stored blob; None if the blob vanished (deleted
-    meanwhile) or was found damaged before anything was sent."""
+    meanwhile) or was found damaged before anything was sent. `for_fill`:
+    the client waited for its fill to be stored (Cache.open_hit)."""
     answer = conditional.answer(request.method, request.headers, representation(artifact))
     stale = cache.stale(artifact)
     if stale:  # served although its origin could not confirm it (stale-if-error)
@@ -74,12 +75,14 @@ async def send_blob(
     # The store's ETag is not ours, so an If-Range would not hold there: such a
     # request is answered here, as evaluated above.
     if cache.settings.redirect_hits and "If-Range" not in request.headers:
-        location = await cache.presign_hit(artifact, PRESIGN_SECONDS, answer.headers, answer.length)
+        location = await cache.presign_hit(
+            artifact, PRESIGN_SECONDS, answer.headers, answer.length, for_fill
+        )
         if location is not None:
             return web.Response(
                 status=302, headers={"Location": location, "Cache-Control": "no-store"}
             )
-    hit = await cache.open_hit(artifact)
+    hit = await cache.open_hit(artifact, for_fill)
     if hit is None:
         return None
     try:

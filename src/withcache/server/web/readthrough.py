@@ -91,7 +91,7 @@ async def _when_stored(
     """Wait for a fill whose bytes can't be read here to be stored, then
     answer like a hit; if it fails, close the connection without an answer."""
     artifact = await reader.stored()
-    response = await send_blob(request, cache, artifact) if artifact else None
+    response = await send_blob(request, cache, artifact, for_fill=True) if artifact else None
     if response is None:
         if request.transport is not None:
             request.transport.close()  # no answer at all: the client fails loudly
