@@ -62,18 +62,23 @@ async def stored_on(a, b, url):
     return artifact
 
 
+async def deleted_on(a, b, artifact, url, what: str) -> None:
+    """Delete `artifact` on a; b's lookup of `url` misses within HEARD."""
+    await a.delete(artifact.id)
+
+    async def gone():
+        return await b.lookup(b.key(url), None) is None
+
+    await eventually(gone, HEARD, what)
+
+
 async def test_a_delete_on_one_host_stops_hits_on_the_other(
     make_core, backend, tmp_path, origin, long_memo
 ):
     url = origin.add("/changes/deleted.bin", BODY)
     a, b = await two_hosts(make_core, backend, tmp_path)
     artifact = await stored_on(a, b, url)
-    await a.delete(artifact.id)
-
-    async def gone():
-        return await b.lookup(b.key(url), None) is None
-
-    await eventually(gone, HEARD, "miss on the other host")
+    await deleted_on(a, b, artifact, url, "miss on the other host")
 
 
 async def test_a_new_blob_on_one_host_is_served_by_the_other(
@@ -128,12 +133,7 @@ async def test_the_listener_reconnects_after_its_connection_drops(
 
     await eventually(back, 10, "listeners back")
     artifact = await stored_on(a, b, url)
-    await a.delete(artifact.id)
-
-    async def gone():
-        return await b.lookup(b.key(url), None) is None
-
-    await eventually(gone, HEARD, "miss on the other host after the reconnect")
+    await deleted_on(a, b, artifact, url, "miss on the other host after the reconnect")
 
 
 async def test_changes_are_heard_after_the_listener_has_been_quiet(
@@ -146,9 +146,4 @@ async def test_changes_are_heard_after_the_listener_has_been_quiet(
     artifact = await stored_on(a, b, url)
     await asyncio.sleep(changes.HEALTH_SECONDS + 1)
     assert listeners(backend, tmp_path) == 2
-    await a.delete(artifact.id)
-
-    async def gone():
-        return await b.lookup(b.key(url), None) is None
-
-    await eventually(gone, HEARD, "miss on the other host after a quiet while")
+    await deleted_on(a, b, artifact, url, "miss on the other host after a quiet while")

@@ -410,13 +410,13 @@ class FillManager:
         if why is not None:
             raise PeerRefused(403, why)
         handle = self._by_id.get(asked.fill_id)
-        fill = handle.fill if handle else None
         # Another scope's fill is answered as no fill at all: nothing leaks.
         if (
-            fill is None or handle is None or handle.task is None or fill.finished
-            or asked.holder != self.holder or fill.record.scope != asked.scope
+            handle is None or handle.task is None or handle.fill.finished
+            or asked.holder != self.holder or handle.fill.record.scope != asked.scope
         ):  # fmt: skip
             raise PeerRefused(404, "no such fill running on this cache-host")
+        fill = handle.fill
         if not await fill.wait_started(wait):
             raise PeerRefused(404, "the fill ended or its origin has not answered")
         if asked.generation is not None and asked.generation != fill.generation:
